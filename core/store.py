@@ -1,0 +1,381 @@
+"""The results store: every trial, epoch and test image of every run, in one SQL database.
+
+The schema below is a public interface (documented in README.md): the jobs write it, the
+dashboard reads it, and users query it directly. Change it only by adding, and bump
+SCHEMA_VERSION when you do. Any SQLAlchemy URL works; SQLite gets WAL mode and a busy
+timeout so a dashboard can read while a sweep writes, and several workers can share a file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import (
+    JSON, Column, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
+    Text, UniqueConstraint, create_engine, event, func, insert, select, update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+SCHEMA_VERSION = 1
+DEFAULT_URL = "sqlite:///results.db"
+TRIAL_STATES = ("running", "complete", "pruned", "failed")
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+datasets = Table(
+    "datasets", metadata,
+    Column("name", String(255), primary_key=True),  # "<source>/<root folder>"
+    Column("source", String(32), nullable=False),    # oxford-pets | synthetic
+    Column("root", Text, nullable=False),            # where the images were read from
+    Column("created_at", DateTime, nullable=False),
+)
+
+trials = Table(
+    "trials", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sweep", String(255), nullable=False, index=True),
+    Column("study", String(255), nullable=False),
+    Column("arch", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("val_dice", Float),
+    Column("test_dice", Float),
+    Column("epochs_run", Integer, nullable=False, default=0),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("device", String(64), nullable=False),
+    Column("dataset", String(255), nullable=False),
+    Column("image_size", Integer, nullable=False),
+    Column("error", Text),
+    Column("checkpoint", Text),
+    UniqueConstraint("study", "number", name="uq_trials_study_number"),
+)
+
+epochs = Table(
+    "epochs", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    Column("train_loss", Float),
+    Column("val_loss", Float),
+    Column("train_dice", Float),
+    Column("val_dice", Float),
+    Column("lr", Float),
+    Column("seconds", Float),
+    Column("images_per_s", Float),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(255), ForeignKey("datasets.name"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("split", String(8), nullable=False),
+    Column("breed", String(128), nullable=False),
+    Column("species", String(8), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("brightness", Float, nullable=False),
+    Column("fg_fraction", Float, nullable=False),
+    UniqueConstraint("dataset", "name", name="uq_images_dataset_name"),
+)
+
+image_results = Table(
+    "image_results", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("dice", Float, nullable=False),
+    Column("iou", Float, nullable=False),
+    Column("dice_no_border", Float, nullable=False),
+    Index("ix_image_results_trial_dice", "trial_id", "dice"),  # worst images of a trial
+    Index("ix_image_results_image", "image_id"),               # all results of one image
+)
+
+masks = Table(
+    "masks", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("png", LargeBinary, nullable=False),  # predicted mask at evaluation size, 1-bit PNG
+)
+
+Index("ix_trials_study_state", trials.c.study, trials.c.state)
+
+
+class StoreError(Exception):
+    """A store problem the user can fix (bad URL, unreachable server, unwritable file)."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a different schema version than this code reads."""
+
+
+@dataclass
+class ImageResults:
+    """Per-image evaluation of one trial on the test split, aligned by position."""
+
+    image_ids: np.ndarray       # (M,) int, ids from `images`
+    dice: np.ndarray            # (M,) float
+    iou: np.ndarray             # (M,) float
+    dice_no_border: np.ndarray  # (M,) float
+    masks: Sequence[np.ndarray] | None = None  # M predicted masks, (S, S) bool/uint8
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A binary mask as a 1-bit PNG: a few hundred bytes at 256 px for pet-shaped masks."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def decode_mask(png: bytes) -> np.ndarray:
+    """Inverse of encode_mask: (S, S) bool."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("1"), dtype=bool)
+
+
+def normalize_url(url_or_path: str | os.PathLike[str]) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    text = os.fspath(url_or_path)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser()}"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 60000")
+    cur.execute("PRAGMA foreign_keys = ON")
+    try:
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+    except Exception:  # read-only connections cannot switch the journal mode
+        pass
+    cur.close()
+
+
+def make_engine(url: str, read_only: bool = False) -> Engine:
+    """An engine for any SQLAlchemy URL; SQLite gets WAL, a busy timeout and read-only mode on request."""
+    try:
+        parsed = make_url(normalize_url(url))
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL or path: {url!r}") from exc
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database or ""
+        if db and db != ":memory:":
+            path = Path(db).expanduser().resolve()
+            if read_only:
+                parsed = parsed.set(database=f"file:{path}?mode=ro", query={"uri": "true"})
+            else:
+                if not path.parent.is_dir():
+                    raise StoreError(f"cannot create database {path}: folder {path.parent} does not exist")
+                parsed = parsed.set(database=str(path))
+        kwargs = {"connect_args": {"timeout": 60}}
+        engine = create_engine(parsed, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(parsed, **kwargs)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise StoreError(f"no driver for {parsed.get_backend_name()}: {exc}") from exc
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, else None."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+class Store:
+    """Reads and writes the results schema through one engine.
+
+    Writers create the tables on first use; readers (read_only=True) never write and
+    refuse a database whose schema version they do not understand.
+    """
+
+    def __init__(self, url: str | os.PathLike[str] = DEFAULT_URL, read_only: bool = False):
+        self.url = normalize_url(url)
+        self.read_only = read_only
+        self.engine = make_engine(self.url, read_only=read_only)
+        try:
+            if read_only:
+                self._check_version()
+            else:
+                self._create()
+        except OperationalError as exc:
+            self.engine.dispose()
+            raise StoreError(_one_line_db_error(self.url, exc)) from exc
+
+    # -- schema ---------------------------------------------------------------
+    def _create(self) -> None:
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            found = conn.execute(select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
+            if found is None:
+                try:
+                    conn.execute(insert(schema_info).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                except SQLAlchemyError:  # another worker wrote it first
+                    pass
+            elif int(found) != SCHEMA_VERSION:
+                raise SchemaVersionError(_version_message(self.url, int(found)))
+
+    def _check_version(self) -> None:
+        with self.engine.connect() as conn:
+            names = set(self.engine.dialect.get_table_names(conn))
+            if "schema_info" not in names:
+                if "trials" in names:
+                    raise SchemaVersionError(_version_message(self.url, 0))
+                return
+            found = conn.execute(select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
+        if found is not None and int(found) != SCHEMA_VERSION:
+            raise SchemaVersionError(_version_message(self.url, int(found)))
+
+    def has_tables(self) -> bool:
+        with self.engine.connect() as conn:
+            return "trials" in set(self.engine.dialect.get_table_names(conn))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- writes ---------------------------------------------------------------
+    def register_dataset(self, name: str, source: str, root: str | Path, infos: Iterable[Any]) -> dict[str, int]:
+        """Record a dataset and its images (idempotent); returns image name -> image id."""
+        infos = list(infos)
+        try:
+            return self._register_dataset(name, source, root, infos)
+        except IntegrityError:  # a concurrent worker registered the same rows first
+            return self._register_dataset(name, source, root, infos)
+
+    def _register_dataset(self, name: str, source: str, root: str | Path, infos: list[Any]) -> dict[str, int]:
+        with self.engine.begin() as conn:
+            if conn.execute(select(datasets.c.name).where(datasets.c.name == name)).first() is None:
+                conn.execute(insert(datasets).values(name=name, source=source, root=str(Path(root).resolve()),
+                                                     created_at=_now()))
+            else:
+                conn.execute(update(datasets).where(datasets.c.name == name).values(root=str(Path(root).resolve())))
+            known = dict(conn.execute(select(images.c.name, images.c.id).where(images.c.dataset == name)).all())
+            new_rows = [
+                dict(dataset=name, name=i.name, split=i.split, breed=i.breed, species=i.species, width=int(i.width),
+                     height=int(i.height), brightness=float(i.brightness), fg_fraction=float(i.fg_fraction))
+                for i in infos if i.name not in known
+            ]
+            if new_rows:
+                conn.execute(insert(images), new_rows)
+                known = dict(conn.execute(select(images.c.name, images.c.id).where(images.c.dataset == name)).all())
+        return known
+
+    def start_trial(self, *, sweep: str, study: str, arch: str, number: int, params: dict[str, Any], device: str,
+                    dataset: str, image_size: int) -> int:
+        """Insert a trial in state 'running' and return its id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(trials).values(
+                sweep=sweep, study=study, arch=arch, number=number, state="running", params=params,
+                epochs_run=0, started_at=_now(), device=device, dataset=dataset, image_size=image_size))
+            return int(result.inserted_primary_key[0])
+
+    def record_epoch(self, trial_id: int, epoch: int, **values: float | None) -> None:
+        """One row of a trial's learning curve; also advances trials.epochs_run."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(epochs).values(trial_id=trial_id, epoch=epoch, **values))
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(epochs_run=epoch + 1))
+
+    def finish_trial(self, trial_id: int, *, state: str, val_dice: float | None = None, error: str | None = None,
+                     checkpoint: str | None = None, results: ImageResults | None = None) -> float | None:
+        """Close a trial; its per-image rows and masks land in the same transaction, or not at all.
+
+        Returns test_dice, the mean of the trial's per-image dice (None without results).
+        """
+        if state not in TRIAL_STATES or state == "running":
+            raise ValueError(f"cannot finish a trial as {state!r}")
+        test_dice = None
+        result_rows: list[dict[str, Any]] = []
+        mask_rows: list[dict[str, Any]] = []
+        if results is not None and len(results.image_ids):
+            ids = np.asarray(results.image_ids, dtype=np.int64)
+            dice = np.asarray(results.dice, dtype=np.float64)
+            iou = np.asarray(results.iou, dtype=np.float64)
+            dnb = np.asarray(results.dice_no_border, dtype=np.float64)
+            test_dice = float(dice.mean())
+            result_rows = [dict(trial_id=trial_id, image_id=int(i), dice=float(d), iou=float(j), dice_no_border=float(b))
+                           for i, d, j, b in zip(ids.tolist(), dice.tolist(), iou.tolist(), dnb.tolist())]
+            if results.masks is not None:
+                mask_rows = [dict(trial_id=trial_id, image_id=int(i), png=encode_mask(m))
+                             for i, m in zip(ids.tolist(), results.masks)]
+        with self.engine.begin() as conn:
+            if result_rows:
+                conn.execute(insert(image_results), result_rows)
+            if mask_rows:
+                conn.execute(insert(masks), mask_rows)
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(
+                state=state, val_dice=val_dice, test_dice=test_dice, finished_at=_now(), error=error,
+                checkpoint=checkpoint))
+        return test_dice
+
+    def set_checkpoint(self, trial_id: int, path: str | None) -> None:
+        """Record where a trial's weights are, or that they were removed (None)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(trials).where(trials.c.id == trial_id).values(checkpoint=path))
+
+    def fail_running(self, study: str, numbers: Iterable[int], error: str) -> int:
+        """Mark trials left 'running' by a dead worker as failed; returns how many changed."""
+        numbers = list(numbers)
+        if not numbers:
+            return 0
+        with self.engine.begin() as conn:
+            res = conn.execute(update(trials).where(
+                trials.c.study == study, trials.c.number.in_(numbers), trials.c.state == "running",
+            ).values(state="failed", error=error, finished_at=_now()))
+            return int(res.rowcount or 0)
+
+    # -- small reads the jobs need --------------------------------------------
+    def trial(self, trial_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(trials).where(trials.c.id == trial_id)).mappings().first()
+            return dict(row) if row else None
+
+    def study_trials(self, study: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(trials).where(trials.c.study == study).order_by(trials.c.number)).mappings()
+            return [dict(r) for r in rows]
+
+    def test_dice_of(self, trial_id: int) -> np.ndarray:
+        """Every per-image test dice of a trial, ordered by image id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(image_results.c.dice).where(image_results.c.trial_id == trial_id)
+                                .order_by(image_results.c.image_id)).scalars().all()
+        return np.asarray(rows, dtype=np.float64)
+
+    def count(self, table: Table, **where: Any) -> int:
+        stmt = select(func.count()).select_from(table)
+        for key, value in where.items():
+            stmt = stmt.where(table.c[key] == value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
+
+def _version_message(url: str, found: int) -> str:
+    return (f"database {url} has results schema version {found}, this SegSweep reads version {SCHEMA_VERSION}; "
+            f"point --db at a new file or re-run the sweep into a new database")
+
+
+def _one_line_db_error(url: str, exc: OperationalError) -> str:
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+    return f"cannot open database {url}: {detail}"
