@@ -62,6 +62,7 @@ trials = Table(
     Column("image_size", Integer, nullable=False),
     Column("error", Text),
     Column("checkpoint", Text),
+    Column("heartbeat_at", DateTime),  # refreshed while a worker runs the trial
     UniqueConstraint("study", "number", name="uq_trials_study_number"),
 )
 
@@ -286,9 +287,11 @@ class Store:
                     dataset: str, image_size: int) -> int:
         """Insert a trial in state 'running' and return its id."""
         with self.engine.begin() as conn:
+            now = _now()
             result = conn.execute(insert(trials).values(
                 sweep=sweep, study=study, arch=arch, number=number, state="running", params=params,
-                epochs_run=0, started_at=_now(), device=device, dataset=dataset, image_size=image_size))
+                epochs_run=0, started_at=now, heartbeat_at=now, device=device, dataset=dataset,
+                image_size=image_size))
             return int(result.inserted_primary_key[0])
 
     def record_epoch(self, trial_id: int, epoch: int, **values: float | None) -> None:
@@ -333,6 +336,40 @@ class Store:
         """Record where a trial's weights are, or that they were removed (None)."""
         with self.engine.begin() as conn:
             conn.execute(update(trials).where(trials.c.id == trial_id).values(checkpoint=path))
+
+    def beat(self, trial_id: int) -> None:
+        """A running trial's sign of life; see claim_stale."""
+        with self.engine.begin() as conn:
+            conn.execute(update(trials).where(trials.c.id == trial_id, trials.c.state == "running")
+                         .values(heartbeat_at=_now()))
+
+    def claim_stale(self, study: str, grace_s: float, error: str) -> list[dict[str, Any]]:
+        """Fail the study's running trials whose worker has not beaten for `grace_s` seconds.
+
+        Each stale trial is claimed by exactly one caller (a conditional update), so of several
+        workers noticing the same dead trial only one retries it. Returns the claimed rows.
+        """
+        cutoff = _now() - dt.timedelta(seconds=grace_s)
+        stale = trials.c.state == "running"
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(trials).where(trials.c.study == study, stale,
+                                                     trials.c.heartbeat_at < cutoff)).mappings().all()
+        claimed = []
+        for row in rows:
+            with self.engine.begin() as conn:
+                res = conn.execute(update(trials).where(trials.c.id == row["id"], stale, trials.c.heartbeat_at < cutoff)
+                                   .values(state="failed", error=error, finished_at=_now()))
+            if res.rowcount == 1:
+                claimed.append(dict(row))
+        return claimed
+
+    def silent_running(self, study: str, seconds: float) -> int:
+        """How many of the study's running trials have not beaten for `seconds` (their worker may be dead)."""
+        cutoff = _now() - dt.timedelta(seconds=seconds)
+        stmt = select(func.count()).select_from(trials).where(
+            trials.c.study == study, trials.c.state == "running", trials.c.heartbeat_at < cutoff)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
 
     def fail_running(self, study: str, numbers: Iterable[int], error: str) -> int:
         """Mark trials left 'running' by a dead worker as failed; returns how many changed."""

@@ -1,0 +1,364 @@
+"""The one training loop every job uses: fit a model on a prepared dataset, then predict.
+
+Readable first (nanoGPT-style): the loop is `fit`; the speed tricks (uint8 batches moved
+once and normalised on the device, channels_last, mixed precision, fused AdamW, optional
+torch.compile) are set up around it and never inside its logic.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from core.augment import AugmentConfig, build_augment
+from core.dataset import PreparedDataset
+from core.losses import SegmentationLoss
+from core.metrics import image_scores
+from core.models import build_model
+
+# ImageNet statistics, as the lab reports normalised their inputs.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run; `params()` is what the store records."""
+
+    arch: str = "resnet34_unet"
+    width: float = 1.0
+    image_size: int = 64
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    bce_weight: float = 0.3
+    dice_weight: float = 0.7
+    focal_weight: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig.reports)
+    warmup_epochs: float = 0.5     # linear warm-up, then cosine decay to 1% of lr
+    grad_clip: float = 1.0         # max gradient norm; 0 disables
+    device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
+    amp: str = "auto"              # auto | bf16 | fp16 | off
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    num_workers: int = -1          # -1: chosen for the device
+
+    def params(self) -> dict[str, Any]:
+        """The sweepable and descriptive knobs, flat, JSON-ready."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("augment", "device", "num_workers")}
+        out.update({f"aug_{k}": v for k, v in self.augment.as_dict().items()})
+        return out
+
+
+@dataclass
+class EpochStats:
+    """One point of a learning curve (the store's `epochs` row)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    train_dice: float
+    val_dice: float
+    lr: float
+    seconds: float
+    images_per_s: float  # training images per second of optimizer steps, data loading included
+
+
+@dataclass
+class FitResult:
+    model: nn.Module            # holds the best weights (by validation dice)
+    best_val_dice: float
+    best_epoch: int
+    epochs_run: int
+    history: list[EpochStats]
+    diverged: str | None        # why training stopped early on a non-finite loss, else None
+    device: str
+    amp: str
+
+
+@dataclass
+class Prediction:
+    """Per-image results on one split, aligned with `indices`."""
+
+    indices: np.ndarray         # positions in the PreparedDataset
+    dice: np.ndarray
+    iou: np.ndarray
+    dice_no_border: np.ndarray
+    loss: float                 # mean loss over images
+    masks: np.ndarray | None    # (M, S, S) bool predicted masks, when asked for
+
+    @property
+    def mean_dice(self) -> float:
+        """A split's score: the mean over images, never a mean of batch means."""
+        return float(self.dice.mean()) if len(self.dice) else float("nan")
+
+
+# -- device and precision ---------------------------------------------------------
+
+def select_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless a device is named."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} asked for, but Apple MPS is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
+
+
+def select_amp(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: bf16 (or fp16) on CUDA, bf16 on CPUs that do it natively, else None."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- batches ------------------------------------------------------------------------
+
+class _Split(torch.utils.data.Dataset):
+    """uint8 (image, trimap) pairs of one split, augmented together when asked."""
+
+    def __init__(self, data: PreparedDataset, indices: np.ndarray, augment: Callable | None):
+        self.images, self.trimaps, self.indices, self.augment = data.images, data.trimaps, indices, augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        j = self.indices[i]
+        image, trimap = self.images[j], self.trimaps[j]
+        if self.augment is not None:
+            image, trimap = self.augment(image, trimap)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(trimap))
+
+
+def _plain_batches(data: PreparedDataset, indices: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Slices of the cached arrays: no per-sample Python work when nothing is augmented."""
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        yield torch.from_numpy(data.images[idx]), torch.from_numpy(data.trimaps[idx])
+
+
+class _Normalizer:
+    """Turns uint8 NHWC images into normalised float NCHW (channels_last) on the device."""
+
+    def __init__(self, device: torch.device, channels_last: bool):
+        self.device, self.channels_last = device, channels_last
+        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
+
+    def __call__(self, images: torch.Tensor, trimaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        images = images.to(self.device, non_blocking=non_blocking)
+        trimaps = trimaps.to(self.device, non_blocking=non_blocking)
+        x = images.permute(0, 3, 1, 2).float()  # NHWC memory viewed as NCHW: channels_last for free
+        x = (x - self.mean) * self.inv_std
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        trimaps = trimaps.unsqueeze(1)
+        target = (trimaps != 2).float()
+        return x, target, trimaps
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=device.type in ("cuda", "cpu"))
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device,
+                  generator: torch.Generator) -> tuple[Callable[[], Iterator], int]:
+    """A function giving one epoch of shuffled uint8 batches, and the number of batches."""
+    augment = build_augment(cfg.augment)
+    n_batches = max(1, len(indices) // cfg.batch_size)  # drop the last partial batch: BatchNorm needs > 1
+    if augment is None:
+        def epoch() -> Iterator:
+            order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+            return _plain_batches(data, order[:n_batches * cfg.batch_size], cfg.batch_size)
+        return epoch, n_batches
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    loader = torch.utils.data.DataLoader(
+        _Split(data, indices, augment), batch_size=cfg.batch_size, shuffle=True, drop_last=len(indices) > cfg.batch_size,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=generator)
+    return (lambda: iter(loader)), len(loader)
+
+
+# -- the loop ------------------------------------------------------------------------
+
+def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats], None] | None = None,
+        progress: bool = True) -> FitResult:
+    """Train `cfg.arch` on the train split, validate each epoch, keep the best weights.
+
+    `on_epoch` sees every epoch's stats as soon as they exist; an exception it raises (such as
+    optuna.TrialPruned) stops training and propagates. A non-finite loss stops training and
+    is reported in `FitResult.diverged`, not raised.
+    """
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    amp_dtype = select_amp(device, cfg.amp)
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    if len(train_idx) == 0:
+        raise ValueError("the dataset has no training images")
+    if len(val_idx) == 0:  # tiny datasets: validate on the training images rather than not at all
+        val_idx = train_idx
+
+    model = build_model(cfg.arch, width=cfg.width).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
+    optimizer = _make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    normalize = _Normalizer(device, cfg.channels_last)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    next_epoch, n_batches = _train_loader(data, train_idx, cfg, device, generator)
+    total_steps = cfg.epochs * n_batches
+    warmup_steps = int(cfg.warmup_epochs * n_batches)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+    history: list[EpochStats] = []
+    best_dice, best_epoch, best_state = -1.0, -1, None
+    diverged: str | None = None
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        dice_sum = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(next_epoch(), total=n_batches, desc=f"{cfg.arch} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, file=sys.stderr)
+        for images, trimaps in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(step, total_steps, warmup_steps)
+            x, target, trimap = normalize(images, trimaps)
+            with autocast():
+                logits = step_model(x)
+                loss = criterion(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            n = x.shape[0]
+            loss_sum += loss.detach().float() * n
+            dice_sum += image_scores(logits.detach(), target, trimap).dice.sum()
+            seen += n
+            # checking costs a device sync: every step on the CPU, every 25 steps on a GPU
+            if (device.type == "cpu" or step % 25 == 0) and not math.isfinite(loss.item()):
+                diverged = (f"training diverged: non-finite loss ({loss.item()}) at epoch {epoch + 1}, "
+                            f"step {step} (lr {cfg.lr:g})")
+                break
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - started
+        if not diverged and not math.isfinite(float(loss_sum)):
+            diverged = f"training diverged: non-finite loss in epoch {epoch + 1} (lr {cfg.lr:g})"
+        if diverged:
+            break
+        val = predict(model, data, val_idx, cfg, device=device, with_masks=False)
+        stats = EpochStats(
+            epoch=epoch, train_loss=float(loss_sum) / seen, val_loss=val.loss, train_dice=float(dice_sum) / seen,
+            val_dice=val.mean_dice, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started,
+            images_per_s=seen / train_seconds)
+        history.append(stats)
+        if stats.val_dice > best_dice:
+            best_dice, best_epoch = stats.val_dice, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(model=model, best_val_dice=best_dice, best_epoch=best_epoch, epochs_run=len(history),
+                     history=history, diverged=diverged, device=str(device),
+                     amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig,
+            device: torch.device | None = None, with_masks: bool = True, batch_size: int | None = None) -> Prediction:
+    """Score every image of `indices`: per-image dice, IoU, border-aware dice, loss, and masks."""
+    device = device or select_device(cfg.device)
+    amp_dtype = select_amp(device, cfg.amp)
+    normalize = _Normalizer(device, cfg.channels_last)
+    criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
+    was_training = model.training
+    model.eval()
+    dice, iou, dnb, losses, masks = [], [], [], [], []
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    with autocast:
+        for images, trimaps in _plain_batches(data, indices, batch_size or max(cfg.batch_size, 32)):
+            x, target, trimap = normalize(images, trimaps)
+            logits = model(x).float()
+            scores = image_scores(logits, target, trimap)
+            dice.append(scores.dice.cpu())
+            iou.append(scores.iou.cpu())
+            dnb.append(scores.dice_no_border.cpu())
+            # every loss term is a per-image mean, so batch loss x batch size sums per-image losses
+            losses.append(float(criterion(logits, target)) * len(logits))
+            if with_masks:
+                masks.append((logits[:, 0] > 0).cpu().numpy())
+    model.train(was_training)
+    cat = lambda parts: torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)  # noqa: E731
+    return Prediction(indices=np.asarray(indices), dice=cat(dice), iou=cat(iou), dice_no_border=cat(dnb),
+                      loss=sum(losses) / len(indices) if len(indices) else float("nan"),
+                      masks=np.concatenate(masks) if with_masks and masks else None)
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:
+    """Weights plus the config that built them, written atomically."""
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save({"state_dict": model.state_dict(), "params": cfg.params(), **meta}, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,60 @@
+"""A per-study trial budget shared by every worker on the same database.
+
+Workers only ever ask Optuna for trials; Optuna numbers trials atomically in the database,
+so a trial can tell whether it fits the budget by counting the trials before it. A trial
+that does not fit ends at once as a failed 'surplus' trial, which nothing counts or records.
+Trials a dead worker left behind are failed by Optuna's heartbeat and retried; the retry
+takes the original's place in the budget.
+"""
+from __future__ import annotations
+
+from optuna.trial import FrozenTrial, TrialState
+
+SURPLUS = "surplus"      # user attribute marking a trial that did not fit the budget
+BASELINE = "baseline"    # user attribute marking the enqueued reports' configuration
+
+
+def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def _duplicate_baselines(trials: list[FrozenTrial]) -> set[int]:
+    """Baselines enqueued twice by workers that created the study at the same moment."""
+    firsts = sorted(t.number for t in trials if t.user_attrs.get(BASELINE) and "failed_trial" not in t.system_attrs)
+    return set(firsts[1:])
+
+
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that use up budget: finished, running or queued, minus replaced, surplus and duplicate ones."""
+    retried = _retried_numbers(trials)
+    duplicates = _duplicate_baselines(trials)
+    out = []
+    for t in trials:
+        if t.number in duplicates or t.user_attrs.get(SURPLUS):
+            continue
+        if t.state == TrialState.FAIL and t.number in retried:
+            continue
+        out.append(t)
+    return out
+
+
+def remaining(trials: list[FrozenTrial], budget: int) -> int:
+    """How many more trials may be started (not counting queued ones, which are already counted)."""
+    return max(0, budget - len(counted(trials)))
+
+
+def fits(trial_number: int, trials: list[FrozenTrial], budget: int) -> bool:
+    """Whether the trial numbered `trial_number` is inside the budget."""
+    mine = next((t for t in trials if t.number == trial_number), None)
+    if mine is not None and "failed_trial" in mine.system_attrs:
+        return True  # a retry replaces a counted trial
+    if trial_number in _duplicate_baselines(trials):
+        return False
+    before = [t for t in counted(trials) if t.number < trial_number]
+    return len(before) < budget
+
+
+def finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Counted trials that are done (complete, pruned or failed for good)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in counted(trials) if t.state in done]

@@ -1,0 +1,129 @@
+"""Command-line pieces shared by jobs.train and jobs.sweep: flags, validation, user errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from core.augment import AugmentConfig
+from core.models import available_models
+from core.sources import DATA_CHOICES
+from core.store import DEFAULT_URL
+
+AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
+    "hflip": ("hflip", "horizontal flip probability"),
+    "vflip": ("vflip", "vertical flip probability"),
+    "rotate": ("rotate", "max rotation, degrees"),
+    "brightness": ("brightness", "max brightness change"),
+    "contrast": ("contrast", "max contrast change"),
+    "color-jitter": ("color_jitter", "hue/saturation jitter strength"),
+    "scale-shift": ("scale_shift", "max relative scale change and shift"),
+    "gamma": ("gamma", "max relative gamma change"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit code 2, without the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def user_error(prog: str, message: str, code: int = 1) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def image_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 32 or value > 1024:
+        raise argparse.ArgumentTypeError(f"must be between 32 and 1024 pixels, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def arch_name(text: str) -> str:
+    if text not in available_models():
+        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; choose from {', '.join(available_models())}")
+    return text
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and store")
+    g.add_argument("--data", choices=DATA_CHOICES, default="auto",
+                   help="auto: Oxford-IIIT Pet if present or downloadable, else the synthetic set")
+    g.add_argument("--data-root", default=None, help="a folder in the official Oxford-IIIT Pet layout")
+    g.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL or SQLite file path (default %(default)s)")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="mixed precision")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_size_args(p: argparse.ArgumentParser, *, epochs: int | None, image: int | None, width: float | None,
+                  batch: int | None) -> None:
+    g = p.add_argument_group("size")
+    g.add_argument("--epochs", type=positive_int, default=epochs)
+    g.add_argument("--image-size", type=image_size, default=image, help="square side in pixels")
+    g.add_argument("--width", type=positive_float, default=width, help="channel width multiplier (1.0 = reports)")
+    g.add_argument("--batch-size", type=positive_int, default=batch)
+
+
+def add_augment_args(p: argparse.ArgumentParser, defaults: AugmentConfig | None) -> None:
+    g = p.add_argument_group("augmentation (defaults: the lab reports' set)")
+    values = defaults.as_dict() if defaults else {}
+    for flag, (field, text) in AUGMENT_FLAGS.items():
+        kind = probability if flag in ("hflip", "vflip") else non_negative_float
+        g.add_argument(f"--{flag}", dest=f"aug_{field}", type=kind, default=values.get(field), help=text)
+
+
+def augment_from_args(args: argparse.Namespace) -> AugmentConfig:
+    base = AugmentConfig.reports().as_dict()
+    given = {field: getattr(args, f"aug_{field}") for field, _ in AUGMENT_FLAGS.values()}
+    return AugmentConfig(**{k: (v if v is not None else base[k]) for k, v in given.items()})
+
+
+def describe(config: dict[str, Any]) -> str:
+    """key=value pairs on one line, for the effective configuration printed at start."""
+    return " ".join(f"{k}={v}" for k, v in config.items())

@@ -1,0 +1,103 @@
+"""The sweep's search space: learning rate, the BCE/Dice mix and augmentation.
+
+Each parameter is a range (or a fixed value); a TOML file given with `--space` replaces any of
+them, e.g.
+
+    lr = { low = 1e-5, high = 1e-2, log = true }
+    dice_weight = 0.7          # fix it
+    rotate = { low = 0, high = 45 }
+
+`bce_weight` is always `1 - dice_weight`, so the mix is one number. Trial 0 of every study is
+the lab reports' configuration (BASELINE), the known result to beat.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from core.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        if self.integer:
+            return float(trial.suggest_int(name, int(self.low), int(self.high), log=self.log))
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+
+SPACE: dict[str, Range | float] = {
+    "lr": Range(1e-5, 1e-2, log=True),
+    "dice_weight": Range(0.0, 1.0),      # bce_weight = 1 - dice_weight
+    "hflip": Range(0.0, 0.5),
+    "vflip": Range(0.0, 0.5),
+    "rotate": Range(0, 30, integer=True),
+    "brightness": Range(0.0, 0.4),
+    "contrast": Range(0.0, 0.4),
+    "color_jitter": Range(0.0, 0.3),
+    "scale_shift": Range(0.0, 0.2),
+    "gamma": Range(0.0, 0.3),
+}
+
+_reports = AugmentConfig.reports().as_dict()
+BASELINE: dict[str, float] = {"lr": 1e-4, "dice_weight": 0.7, **{k: _reports[k] for k in SPACE if k in _reports}}
+
+
+class SpaceError(ValueError):
+    """A search-space file the sweep cannot use (one-line message)."""
+
+
+def load_space(path: str | Path | None) -> dict[str, Range | float]:
+    """The default space, with the entries of a TOML file (if given) replacing their defaults."""
+    space = dict(SPACE)
+    if path is None:
+        return space
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SpaceError(f"cannot read search space {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpaceError(f"search space {path} is not valid TOML: {exc}") from exc
+    for name, value in raw.items():
+        if name not in SPACE:
+            raise SpaceError(f"search space {path}: unknown parameter {name!r}; known: {', '.join(SPACE)}")
+        space[name] = _parse_entry(path, name, value)
+    return space
+
+
+def _parse_entry(path: str | Path, name: str, value: Any) -> Range | float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict) and {"low", "high"} <= set(value):
+        low, high = float(value["low"]), float(value["high"])
+        log = bool(value.get("log", False))
+        if not low < high or (log and low <= 0):
+            raise SpaceError(f"search space {path}: {name} needs low < high (and low > 0 with log)")
+        default = SPACE[name]
+        return Range(low, high, log=log, integer=isinstance(default, Range) and default.integer)
+    raise SpaceError(f"search space {path}: {name} must be a number or {{ low = .., high = .. }}")
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Range | float]) -> dict[str, float]:
+    """Draw one configuration; fixed entries are recorded as user attributes, not searched."""
+    out: dict[str, float] = {}
+    for name, entry in space.items():
+        if isinstance(entry, Range):
+            out[name] = entry.suggest(trial, name)
+        else:
+            out[name] = float(entry)
+    return out
+
+
+def baseline_for(space: dict[str, Range | float]) -> dict[str, float]:
+    """The reports' configuration restricted to the searched parameters (what enqueue_trial takes)."""
+    return {k: v for k, v in BASELINE.items() if isinstance(space.get(k), Range)}

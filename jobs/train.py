@@ -1,0 +1,97 @@
+"""`python -m jobs.train`: train one configuration and record it as a one-trial study.
+
+The lab reports' train scripts, recorded: the curves, the best checkpoint's dice on every
+test image, and its predicted masks all go to the results store.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.dataset import DataError
+from core.download import DownloadError
+from core.experiment import register, run_trial
+from core.sources import load_data
+from core.store import Store, StoreError, sqlite_path
+from core.train import TrainConfig
+from jobs import cli
+
+PROG = "jobs.train"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=cli.arch_name, default="resnet34_unet")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-4)
+    p.add_argument("--bce-weight", type=cli.non_negative_float, default=0.3)
+    p.add_argument("--dice-weight", type=cli.non_negative_float, default=0.7)
+    p.add_argument("--focal-weight", type=cli.non_negative_float, default=0.0)
+    p.add_argument("--name", default=None, help="sweep name the run is filed under (default train-<time>)")
+    p.add_argument("--checkpoint", default=None, help="where to save the best weights (default: none)")
+    cli.add_size_args(p, epochs=10, image=64, width=1.0, batch=8)
+    cli.add_augment_args(p, None)
+    cli.add_data_args(p)
+    args = p.parse_args(argv)
+    if args.bce_weight + args.dice_weight + args.focal_weight <= 0:
+        p.error("at least one of --bce-weight, --dice-weight, --focal-weight must be > 0")
+    if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
+        p.error(f"--data-root {args.data_root} does not exist")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(arch=args.arch, width=args.width, image_size=args.image_size, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, bce_weight=args.bce_weight,
+                       dice_weight=args.dice_weight, focal_weight=args.focal_weight,
+                       augment=cli.augment_from_args(args), device=args.device, amp=args.amp,
+                       compile=args.compile, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    name = args.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        store = Store(args.db)
+        data = load_data(args.data, args.data_root, cfg.image_size, seed=args.seed)
+        image_ids = register(store, data)
+    except (DataError, DownloadError, StoreError) as exc:
+        cli.user_error(PROG, str(exc))
+    print(f"{PROG}: {data.name} ({len(data.indices('train'))} train / {len(data.indices('val'))} val / "
+          f"{len(data.indices('test'))} test images at {cfg.image_size} px) -> {store.url}")
+    print(f"{PROG}: {cli.describe(cfg.params())}")
+    try:
+        outcome = run_trial(store, cfg, data, image_ids, sweep=name, study=f"{name}/{cfg.arch}", number=0,
+                            checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
+                            progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; the run is recorded as failed, earlier results are untouched", file=sys.stderr)
+        return 130
+    except (DataError, StoreError, ValueError) as exc:
+        cli.user_error(PROG, str(exc))
+    print_summary(outcome, data, store)
+    return 0 if outcome.state == "complete" else 1
+
+
+def print_summary(outcome, data, store: Store) -> None:
+    if outcome.state != "complete":
+        print(f"{PROG}: trial {outcome.trial_id} {outcome.state}: {outcome.error}")
+        return
+    dice = outcome.dice
+    worst = np.argsort(dice)[:3]
+    names = [data.infos[data.indices("test")[i]].name for i in worst]
+    print(f"{PROG}: trial {outcome.trial_id} complete in {outcome.seconds:.0f} s, {outcome.epochs_run} epochs; "
+          f"val dice {outcome.val_dice:.4f}")
+    print(f"{PROG}: test dice over {len(dice)} images: mean {dice.mean():.4f}  median {np.median(dice):.4f}  "
+          f"p10 {np.percentile(dice, 10):.4f}  worst {', '.join(f'{n} {d:.3f}' for n, d in zip(names, dice[worst]))}")
+    path = sqlite_path(store.url)
+    target = str(path) if path else store.url
+    print(f"{PROG}: dashboard: RESULTS_DB='{target}' streamlit run dashboard/Home.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The training loop: device choice, schedule, learning, divergence guard, callbacks, prediction."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import core.train as train
+from core.augment import AugmentConfig
+from core.dataset import prepare_dataset
+from core.metrics import image_scores
+from core.synthetic import generate_synthetic
+from core.train import TrainConfig, fit, predict, select_amp, select_device
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory):
+    root = generate_synthetic(tmp_path_factory.mktemp("syn") / "synthetic", n_images=60, image_size=64, seed=3)
+    return prepare_dataset(root, 32, log=lambda _: None)
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(arch="unet", width=0.125, image_size=32, epochs=2, batch_size=8, lr=3e-3, augment=AugmentConfig.none())
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_auto_device_is_cpu_without_accelerators() -> None:
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("an accelerator is present")
+    assert select_device("auto").type == "cpu"
+
+
+def test_naming_an_absent_cuda_device_is_an_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        select_device("cuda")
+
+
+def test_cpu_uses_bf16_only_where_the_cpu_does_it_natively() -> None:
+    cpu = torch.device("cpu")
+    assert select_amp(cpu, "auto") == (torch.bfloat16 if train.cpu_has_fast_bf16() else None)
+    assert select_amp(cpu, "off") is None and select_amp(cpu, "bf16") == torch.bfloat16
+
+
+def test_lr_warms_up_linearly_then_decays_to_one_percent() -> None:
+    assert train._lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert train._lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert train._lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert train._lr_factor(100, 100, 10) == pytest.approx(0.01)
+
+
+def test_fit_reports_every_epoch_and_keeps_the_best_weights(tiny_synthetic) -> None:
+    seen = []
+    result = fit(small(epochs=3), tiny_synthetic, on_epoch=seen.append, progress=False)
+    assert [s.epoch for s in seen] == [0, 1, 2] and result.epochs_run == 3
+    assert result.best_val_dice == pytest.approx(max(s.val_dice for s in seen))
+    assert all(s.images_per_s > 0 and s.seconds > 0 and math.isfinite(s.train_loss) for s in seen)
+    val = predict(result.model, tiny_synthetic, tiny_synthetic.indices("val"), small(), with_masks=False)
+    assert val.mean_dice == pytest.approx(result.best_val_dice, abs=1e-5)
+
+
+def test_same_seed_gives_the_same_run(tiny_synthetic) -> None:
+    a = fit(small(epochs=1, augment=AugmentConfig.reports()), tiny_synthetic, progress=False).history[0]
+    b = fit(small(epochs=1, augment=AugmentConfig.reports()), tiny_synthetic, progress=False).history[0]
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5) and a.val_dice == pytest.approx(b.val_dice, rel=1e-5)
+
+
+def test_non_finite_loss_stops_training_with_a_reason(tiny_synthetic, monkeypatch) -> None:
+    class NanLoss(torch.nn.Module):
+        def __init__(self, *a):
+            super().__init__()
+
+        def forward(self, logits, target):
+            return logits.mean() * float("nan")
+
+    monkeypatch.setattr(train, "SegmentationLoss", NanLoss)
+    result = fit(small(epochs=3), tiny_synthetic, progress=False)
+    assert result.diverged is not None and "non-finite loss" in result.diverged and "epoch 1" in result.diverged
+    assert result.epochs_run == 0
+
+
+def test_an_exception_from_on_epoch_stops_training(tiny_synthetic) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(stats):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        fit(small(epochs=3), tiny_synthetic, on_epoch=stop, progress=False)
+
+
+def test_predict_scores_each_image_and_returns_masks(tiny_synthetic) -> None:
+    model = fit(small(epochs=1), tiny_synthetic, progress=False).model
+    idx = tiny_synthetic.indices("test")
+    pred = predict(model, tiny_synthetic, idx, small(), batch_size=7)
+    assert pred.dice.shape == (len(idx),) and pred.masks.shape == (len(idx), 32, 32)
+    target = torch.from_numpy(tiny_synthetic.masks[idx]).float().unsqueeze(1)
+    logits = torch.from_numpy(np.where(pred.masks, 1.0, -1.0)).float().unsqueeze(1)
+    expected = image_scores(logits, target).dice.numpy()
+    np.testing.assert_allclose(pred.dice, expected, atol=1e-6)
+    assert pred.mean_dice == pytest.approx(float(expected.mean()))
+
+
+@pytest.mark.slow
+def test_real_pets_training_beats_predicting_all_pet(pets_root: Path) -> None:
+    data = prepare_dataset(pets_root, 64, log=lambda _: None)
+    test = data.indices("test")
+    target = data.masks[test].reshape(len(test), -1).astype(np.float64)
+    all_pet = float(np.mean(2 * target.sum(1) / (target.sum(1) + target.shape[1])))
+    cfg = TrainConfig(arch="resnet34_unet", width=0.5, image_size=64, epochs=6, batch_size=8, lr=2e-3)
+    result = fit(cfg, data, progress=False)
+    dice = predict(result.model, data, test, cfg).mean_dice
+    assert dice > all_pet + 0.05, (dice, all_pet)
