@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.dataset import DataError, PreparedDataset, cache_root, prepare_dataset
-from core.download import DownloadError, ensure_oxford_pets
+from core.download import DownloadError, ensure_oxford_pets, looks_complete
 from core.synthetic import default_synthetic_root, generate_synthetic
 
 DATA_CHOICES = ("auto", "oxford-pets", "synthetic")
@@ -22,10 +22,6 @@ def default_pets_root() -> Path:
     return cache_root() / "data" / "oxford-iiit-pet"
 
 
-def _looks_complete(root: Path) -> bool:
-    return (root / "images").is_dir() and (root / "annotations" / "test.txt").is_file()
-
-
 def load_data(data: str = "auto", root: str | Path | None = None, image_size: int = 64, seed: int = 0,
               synthetic_images: int = SYNTHETIC_IMAGES, log: Callable[[str], None] = print) -> PreparedDataset:
     """Prepare the dataset a job asked for; raises DataError with a one-line message when it cannot."""
@@ -33,10 +29,9 @@ def load_data(data: str = "auto", root: str | Path | None = None, image_size: in
         raise DataError(f"unknown data source {data!r}; choose from {', '.join(DATA_CHOICES)}")
     if root is not None:
         root = Path(root).expanduser()
-        if data == "synthetic":
-            if not _looks_complete(root):
-                log(f"generating the synthetic set ({synthetic_images} images) in {root}")
-                generate_synthetic(root, n_images=synthetic_images, image_size=max(SYNTHETIC_SIZE, image_size), seed=seed)
+        if data == "synthetic" and not looks_complete(root):
+            log(f"generating the synthetic set ({synthetic_images} images) in {root}")
+            generate_synthetic(root, n_images=synthetic_images, image_size=max(SYNTHETIC_SIZE, image_size), seed=seed)
             return prepare_dataset(root, image_size, log=log)
         if not root.exists():
             raise DataError(f"data root {root} does not exist; put the Oxford-IIIT Pet files there "
@@ -46,7 +41,7 @@ def load_data(data: str = "auto", root: str | Path | None = None, image_size: in
     if data in ("auto", "oxford-pets"):
         pets = default_pets_root()
         try:
-            if not _looks_complete(pets):
+            if not looks_complete(pets):
                 log(f"Oxford-IIIT Pet not found in {pets}; downloading it")
             return prepare_dataset(ensure_oxford_pets(pets), image_size, log=log)
         except DownloadError as exc:
@@ -56,7 +51,7 @@ def load_data(data: str = "auto", root: str | Path | None = None, image_size: in
             log("warning: using the built-in SYNTHETIC dataset instead; results are not Oxford-IIIT Pet results")
     size = max(SYNTHETIC_SIZE, image_size)
     root = default_synthetic_root(size, seed, synthetic_images)
-    if not _looks_complete(root):
+    if not looks_complete(root):
         log(f"generating the synthetic set ({synthetic_images} images, {size} px) in {root}")
-        generate_synthetic(root, n_images=synthetic_images, image_size=size, seed=seed)
+    generate_synthetic(root, n_images=synthetic_images, image_size=size, seed=seed)  # returns at once when present
     return prepare_dataset(root, image_size, log=log)

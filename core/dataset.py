@@ -1,0 +1,414 @@
+"""Read an Oxford-IIIT Pet style dataset into fixed-size arrays, once, with an on-disk cache.
+
+The layout is the official release's::
+
+    images/<name>.jpg
+    annotations/trimaps/<name>.png      1 = pet, 2 = background, 3 = border
+    annotations/trainval.txt            lines "NAME CLASS_ID SPECIES BREED_ID" (SPECIES 1=cat, 2=dog)
+    annotations/test.txt
+
+The official test list is our test split; trainval is split into train and val by a hash of
+the image name, so an image's split never depends on which other images exist.
+
+Real files are messy, so what can be converted is converted and the rest is skipped:
+
+* images of any mode PIL opens (GIF/PNG named .jpg, L, P, LA, RGBA, CMYK) become RGB. Alpha is
+  dropped, not composited: the stored colour channels are what the trimap was drawn on.
+  EXIF orientation is ignored for the same reason (trimaps match the raw pixel grid).
+* a trimap whose size differs from its image is resized to the image size (NEAREST) and kept.
+* truncated/unreadable images, missing/empty/unreadable trimaps, trimaps with values outside
+  {1, 2, 3}, split lines naming absent images, malformed or duplicate split lines are skipped,
+  and all of them are reported in ONE log line.
+
+Decoding is the slow part, so the resized arrays are cached (uncompressed .npz, written
+atomically) under a key of the root, size and a fingerprint of every file involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
+SPECIES_NAMES = {1: "cat", 2: "dog"}
+
+
+class DataError(Exception):
+    """A user-facing problem with the dataset; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Per-image metadata, measured on the original full-size image and trimap."""
+
+    name: str
+    split: str
+    breed: str
+    species: str
+    width: int
+    height: int
+    brightness: float
+    fg_fraction: float
+
+
+@dataclass(eq=False)  # arrays make field-wise == meaningless
+class PreparedDataset:
+    """A whole dataset decoded and resized to image_size x image_size, in split-file order."""
+
+    root: Path
+    source: str
+    image_size: int
+    infos: list[ImageInfo]
+    images: np.ndarray
+    trimaps: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """Key of this dataset in the results store, e.g. "oxford-pets/oxford-pets-sample"."""
+        return f"{self.source}/{self.root.name}"
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        """(N, S, S) uint8 binary masks: 1 = pet (trimap pet or border), 0 = background."""
+        return (self.trimaps != TRIMAP_BACKGROUND).astype(np.uint8)
+
+    def indices(self, split: str) -> np.ndarray:
+        """int64 positions of the images of `split`, in dataset order."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return np.array([i for i, info in enumerate(self.infos) if info.split == split], dtype=np.int64)
+
+
+def cache_root() -> Path:
+    """Base directory for everything SegSweep caches ($SEGSWEEP_CACHE or ~/.cache/segsweep)."""
+    return Path(os.environ.get("SEGSWEEP_CACHE", Path.home() / ".cache" / "segsweep"))
+
+
+def detect_source(root: Path) -> str:
+    """ "synthetic" when root holds the synthetic generator's marker file, else "oxford-pets"."""
+    from core.synthetic import SYNTHETIC_MARKER  # synthetic imports this module
+
+    return "synthetic" if (Path(root) / SYNTHETIC_MARKER).exists() else "oxford-pets"
+
+
+def split_of(name: str, listed_in_test: bool) -> str:
+    """Split of an image: test.txt -> test; trainval.txt -> val for 1 in 10 names (by sha1)."""
+    if listed_in_test:
+        return "test"
+    return "val" if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 10 == 0 else "train"
+
+
+def breed_of(name: str) -> str:
+    """Breed from an image name: "american_bulldog_12" -> "american_bulldog"."""
+    stem, _, number = name.rpartition("_")
+    return stem if stem and number.isdigit() else name
+
+
+# --------------------------------------------------------------------------- split files
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    split: str
+    species: str
+
+
+def _read_split_files(root: Path) -> tuple[list[_Entry], list[tuple[str, str]], int, bytes]:
+    """Parse trainval.txt and test.txt -> (entries, skipped lines, lines listed, raw bytes)."""
+    entries: list[_Entry] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    listed = 0
+    raw = b""
+    for filename in ("trainval.txt", "test.txt"):
+        rel = f"annotations/{filename}"
+        path = root / rel
+        if not path.is_file():
+            raise DataError(f"{path} is missing; expected the official annotations/{filename} split file")
+        data = path.read_bytes()
+        raw += rel.encode() + b"\0" + data + b"\0"
+        file_listed = 0
+        for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            listed += 1
+            file_listed += 1
+            fields = line.split()
+            if (
+                len(fields) != 4
+                or not all(f.isdigit() for f in fields[1:])
+                or int(fields[2]) not in SPECIES_NAMES
+                or "/" in fields[0]
+                or "\\" in fields[0]
+                or fields[0] in (".", "..")
+            ):
+                skipped.append((f"{rel}:{lineno}", "malformed line"))
+                continue
+            name = fields[0]
+            if name in seen:
+                skipped.append((f"{rel}:{lineno}", f"duplicate entry for {name}"))
+                continue
+            seen.add(name)
+            split = split_of(name, listed_in_test=filename == "test.txt")
+            entries.append(_Entry(name, split, SPECIES_NAMES[int(fields[2])]))
+        if file_listed == 0:
+            raise DataError(f"{path} lists no images; expected lines 'NAME CLASS_ID SPECIES BREED_ID'")
+    return entries, skipped, listed, raw
+
+
+def _image_rel(name: str) -> str:
+    return f"images/{name}.jpg"
+
+
+def _trimap_rel(name: str) -> str:
+    return f"annotations/trimaps/{name}.png"
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class _Decoded:
+    image: np.ndarray  # (S, S, 3) uint8
+    trimap: np.ndarray  # (S, S) uint8
+    width: int
+    height: int
+    brightness: float
+    fg_fraction: float
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    """Fully decode an image file (whatever its real format) as RGB; raises on truncation."""
+    with Image.open(path) as im:
+        im.load()  # forces the decode, so truncated files raise here
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high bit depth grayscale
+            arr = np.asarray(im, dtype=np.float64)
+            peak = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+            return Image.fromarray(np.clip(arr * 255.0 / peak, 0, 255).astype(np.uint8)).convert("RGB")
+        return im.convert("RGB")
+
+
+def _open_trimap(path: Path) -> np.ndarray | str:
+    """Trimap as a 2-D uint8 array, or the reason it is unusable."""
+    if not path.is_file():
+        return "missing trimap"
+    if path.stat().st_size == 0:
+        return "empty trimap"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)  # for "P" mode these are palette indices, which is what we want
+    except Exception:
+        return "truncated or unreadable trimap"
+    if arr.ndim == 3:  # RGB(A) trimap: usable only if it is really gray
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(arr.shape[2], 3))):
+            return "trimap is not single-channel"
+        arr = arr[..., 0]
+    if arr.size == 0:
+        return "empty trimap"
+    if not np.isin(arr, (TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER)).all():
+        return "trimap values outside {1,2,3}"
+    return arr.astype(np.uint8)
+
+
+def _decode_pair(root: Path, name: str, image_size: int) -> _Decoded | tuple[str, str]:
+    """Decode, measure and resize one image and its trimap; returns (path, reason) on failure."""
+    image_rel, trimap_rel = _image_rel(name), _trimap_rel(name)
+    image_path = root / image_rel
+    if not image_path.is_file():
+        return image_rel, "missing image"
+    try:
+        image = _open_rgb(image_path)
+    except Exception:
+        return image_rel, "truncated or unreadable"
+    trimap = _open_trimap(root / trimap_rel)
+    if isinstance(trimap, str):
+        return trimap_rel, trimap
+
+    width, height = image.size
+    brightness = float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)  # L = ITU-R 601 luma
+    fg_fraction = float(np.mean(trimap != TRIMAP_BACKGROUND))
+    trimap_im = Image.fromarray(trimap)
+    if trimap_im.size != image.size:
+        trimap_im = trimap_im.resize(image.size, Image.Resampling.NEAREST)
+    size = (image_size, image_size)
+    return _Decoded(
+        image=np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8),  # antialiased
+        trimap=np.asarray(trimap_im.resize(size, Image.Resampling.NEAREST), dtype=np.uint8),
+        width=width,
+        height=height,
+        brightness=brightness,
+        fg_fraction=fg_fraction,
+    )
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _fingerprint(root: Path, entries: list[_Entry], split_bytes: bytes) -> str:
+    """Hash of split files plus size and mtime of every referenced image and trimap."""
+    h = hashlib.sha1(split_bytes)
+    for entry in entries:
+        for rel in (_image_rel(entry.name), _trimap_rel(entry.name)):
+            try:
+                st = (root / rel).stat()
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{rel}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def _cache_name(root: Path, image_size: int, source: str, fingerprint: str) -> tuple[str, str]:
+    """(file name, stem prefix shared by every version of this root and size)."""
+    base = [CACHE_VERSION, str(root), image_size, source]
+    prefix = hashlib.sha1(json.dumps(base).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps(base + [fingerprint]).encode()).hexdigest()
+    return f"{prefix}-{key}.npz", prefix
+
+
+def _load_cache(path: Path, root: Path, source: str, image_size: int) -> PreparedDataset | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+            images, trimaps = npz["images"], npz["trimaps"]
+        infos = [ImageInfo(**d) for d in meta["infos"]]
+        skipped = [(p, r) for p, r in meta["skipped"]]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None  # unreadable or stale cache: rebuild it
+    if len(infos) != len(images) or images.shape[1:] != (image_size, image_size, 3):
+        return None
+    return PreparedDataset(root, source, image_size, infos, images, trimaps, skipped)
+
+
+def _write_cache(path: Path, ds: PreparedDataset, prefix: str) -> None:
+    """Write arrays and metadata to `path` atomically (temp file + os.replace); drop stale versions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"infos": [asdict(i) for i in ds.infos], "skipped": ds.skipped}).encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=ds.images, trimaps=ds.trimaps, meta=np.frombuffer(meta, dtype=np.uint8))
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for stale in path.parent.glob(f"{prefix}-*.npz"):  # same root and size, older files
+        if stale != path:
+            stale.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def _format_skipped(skipped: list[tuple[str, str]], listed: int) -> str:
+    items = ", ".join(f"{p} ({r})" for p, r in skipped)
+    return f"skipped {len(skipped)} of {listed} images: {items}"
+
+
+def prepare_dataset(
+    root: str | Path,
+    image_size: int,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> PreparedDataset:
+    """Decode every usable image of an Oxford-IIIT Pet style dataset at image_size x image_size.
+
+    Results are cached under cache_dir (default: cache_root()/"prepared"), so a second call with
+    unchanged files decodes nothing. Skipped files are reported in one line through `log`.
+    Raises DataError (one-line message) when the dataset as a whole is unusable.
+    """
+    if image_size < 1:
+        raise DataError(f"image size must be a positive number of pixels, got {image_size}")
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(
+            f"dataset root {root} does not exist; put the Oxford-IIIT Pet files there "
+            "(images/, annotations/) or use --data synthetic"
+        )
+    source = detect_source(root)
+    entries, line_skips, listed, split_bytes = _read_split_files(root)
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "prepared"
+    filename, prefix = _cache_name(root, image_size, source, _fingerprint(root, entries, split_bytes))
+    cache_path = cache_dir / filename
+    ds = _load_cache(cache_path, root, source, image_size)
+    if ds is None:
+        ds = _decode_all(root, source, image_size, entries, line_skips)
+        try:
+            _write_cache(cache_path, ds, prefix)
+        except OSError as exc:
+            log(f"warning: cannot write the dataset cache in {cache_dir} ({exc.strerror or exc}); continuing without it")
+
+    if ds.skipped:
+        log(_format_skipped(ds.skipped, listed))
+    _check_usable(ds, root, listed)
+    return ds
+
+
+def _decode_all(
+    root: Path, source: str, image_size: int, entries: list[_Entry], skipped: list[tuple[str, str]]
+) -> PreparedDataset:
+    """Decode all entries on a thread pool (PIL releases the GIL), keeping split-file order."""
+    workers = max(1, min(os.cpu_count() or 1, len(entries)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda e: _decode_pair(root, e.name, image_size), entries))
+    infos: list[ImageInfo] = []
+    images: list[np.ndarray] = []
+    trimaps: list[np.ndarray] = []
+    skipped = list(skipped)
+    for entry, result in zip(entries, results):
+        if not isinstance(result, _Decoded):
+            skipped.append(result)
+            continue
+        infos.append(
+            ImageInfo(
+                name=entry.name,
+                split=entry.split,
+                breed=breed_of(entry.name),
+                species=entry.species,
+                width=result.width,
+                height=result.height,
+                brightness=result.brightness,
+                fg_fraction=result.fg_fraction,
+            )
+        )
+        images.append(result.image)
+        trimaps.append(result.trimap)
+    s = image_size
+    return PreparedDataset(
+        root=root,
+        source=source,
+        image_size=image_size,
+        infos=infos,
+        images=np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
+        trimaps=np.stack(trimaps) if trimaps else np.zeros((0, s, s), np.uint8),
+        skipped=skipped,
+    )
+
+
+def _check_usable(ds: PreparedDataset, root: Path, listed: int) -> None:
+    if not ds.infos:
+        raise DataError(f"no usable images in {root}: all {listed} listed images were skipped")
+    splits = {info.split for info in ds.infos}
+    for split, listfile in (("test", "test.txt"), ("train", "trainval.txt")):
+        if split not in splits:
+            raise DataError(f"no usable {split} images in {root} (check annotations/{listfile} and the files it names)")
