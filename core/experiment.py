@@ -5,6 +5,10 @@ sweep trial are measured and recorded the same way.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import sys
 import threading
 import time
 import traceback
@@ -19,8 +23,29 @@ from core.dataset import PreparedDataset
 from core.store import ImageResults, Store
 from core.train import EpochStats, TrainConfig, fit, predict, save_checkpoint, select_device
 
-HEARTBEAT_S = 5.0     # a running trial's heartbeat period
-STALE_AFTER_S = 20.0  # a trial silent this long belongs to a dead worker
+
+def _env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, else the default (with a warning if malformed)."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        print(f"warning: ignoring {name}={text!r} (not a positive number of seconds); using {default:g}",
+              file=sys.stderr)
+        return default
+    return value
+
+
+# A running trial's heartbeat period, and how long a trial must be silent before another worker
+# takes it for dead (fails it and queues it again). Tests and impatient users shorten both with
+# SEGSWEEP_HEARTBEAT_S / SEGSWEEP_STALE_AFTER_S; the stale limit is kept at >= 3 heartbeats so a
+# live but busy worker is never taken for dead.
+HEARTBEAT_S = _env_seconds("SEGSWEEP_HEARTBEAT_S", 5.0)
+STALE_AFTER_S = max(_env_seconds("SEGSWEEP_STALE_AFTER_S", 20.0), 3 * HEARTBEAT_S)
 
 
 @dataclass
@@ -91,36 +116,67 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         if on_epoch is not None:
             on_epoch(stats)
 
+    closed = False  # the closing write went through: nothing may overwrite it
+
+    def evaluate(result) -> TrialOutcome:
+        nonlocal closed
+        if result.diverged:
+            store.finish_trial(trial_id, state="failed", val_dice=best["val"], error=result.diverged)
+            closed = True
+            return TrialOutcome(trial_id, "failed", best["val"], None, result.epochs_run,
+                                time.perf_counter() - started, error=result.diverged)
+        test_idx = data.indices("test")
+        pred = predict(result.model, data, test_idx, cfg)
+        ids = np.array([image_ids[data.infos[i].name] for i in test_idx], dtype=np.int64)
+        checkpoint = None
+        if checkpoint_path is not None:
+            checkpoint = _save_checkpoint_or_warn(checkpoint_path, result, cfg, trial_id, log)
+        test_dice = store.finish_trial(
+            trial_id, state="complete", val_dice=result.best_val_dice, checkpoint=checkpoint,
+            results=ImageResults(ids, pred.dice, pred.iou, pred.dice_no_border, masks=pred.masks))
+        closed = True
+        return TrialOutcome(trial_id, "complete", result.best_val_dice, test_dice, result.epochs_run,
+                            time.perf_counter() - started, checkpoint=checkpoint, dice=pred.dice)
+
     try:
+        # The heartbeat covers evaluation and the closing write too: on a large test set they take
+        # long enough that a silent trial would be taken for a dead worker's and retried.
         with Heartbeat(store, trial_id):
             result = fit(cfg, data, on_epoch=record, progress=progress)
+            return evaluate(result)
     except optuna.TrialPruned:
-        store.finish_trial(trial_id, state="pruned", val_dice=best["val"])
+        if not closed:
+            store.finish_trial(trial_id, state="pruned", val_dice=best["val"])
         raise
     except BaseException as exc:
+        if closed:
+            raise
         reason = f"{type(exc).__name__}: {exc}".strip()
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             reason += "\n" + traceback.format_exc(limit=5)
-        store.finish_trial(trial_id, state="failed", val_dice=best["val"], error=reason)
-        raise
-    if result.diverged:
-        store.finish_trial(trial_id, state="failed", val_dice=best["val"], error=result.diverged)
-        return TrialOutcome(trial_id, "failed", best["val"], None, result.epochs_run,
-                            time.perf_counter() - started, error=result.diverged)
-
-    test_idx = data.indices("test")
-    pred = predict(result.model, data, test_idx, cfg)
-    ids = np.array([image_ids[data.infos[i].name] for i in test_idx], dtype=np.int64)
-    checkpoint = None
-    if checkpoint_path is not None:
         try:
-            checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(checkpoint_path, result.model, cfg, val_dice=result.best_val_dice, trial_id=trial_id)
-            checkpoint = str(checkpoint_path)
-        except OSError as exc:  # a full or read-only disk costs the checkpoint, not the results
-            log(f"warning: checkpoint not saved to {checkpoint_path}: {exc.strerror or exc}")
-    test_dice = store.finish_trial(
-        trial_id, state="complete", val_dice=result.best_val_dice, checkpoint=checkpoint,
-        results=ImageResults(ids, pred.dice, pred.iou, pred.dice_no_border, masks=pred.masks))
-    return TrialOutcome(trial_id, "complete", result.best_val_dice, test_dice, result.epochs_run,
-                        time.perf_counter() - started, checkpoint=checkpoint, dice=pred.dice)
+            store.finish_trial(trial_id, state="failed", val_dice=best["val"], error=reason)
+        except Exception:  # the store itself failed (that may be `exc`): report the first error
+            pass
+        raise
+
+
+def _save_checkpoint_or_warn(path: Path, result, cfg: TrainConfig, trial_id: int,
+                             log: Callable[[str], None]) -> str | None:
+    """Save the best weights; a full or read-only disk costs the checkpoint, not the results."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, result.model, cfg, val_dice=result.best_val_dice, trial_id=trial_id)
+        return str(path)
+    except Exception as exc:
+        # torch.save reports a failed write (disk full, file too large) as RuntimeError, not OSError
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+            reason = f"{exc.filename} is a file, not a folder"
+        elif isinstance(exc, OSError):
+            reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        else:
+            reason = f"write failed, disk full or not writable? ({str(exc).strip().splitlines()[0][:120]})"
+        with contextlib.suppress(OSError):  # never leave a half-written file filling the disk
+            Path(f"{path}.tmp").unlink(missing_ok=True)
+        log(f"warning: checkpoint not saved to {path}: {reason}; the trial's results are kept")
+        return None

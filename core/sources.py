@@ -31,11 +31,18 @@ def load_data(data: str = "auto", root: str | Path | None = None, image_size: in
         root = Path(root).expanduser()
         if data == "synthetic" and not looks_complete(root):
             log(f"generating the synthetic set ({synthetic_images} images) in {root}")
-            generate_synthetic(root, n_images=synthetic_images, image_size=max(SYNTHETIC_SIZE, image_size), seed=seed)
+            try:
+                generate_synthetic(root, n_images=synthetic_images, image_size=max(SYNTHETIC_SIZE, image_size),
+                                   seed=seed)
+            except OSError as exc:  # read-only or full disk, a parent that is a file, ...
+                raise DataError(f"cannot write the synthetic set to {root}: {exc.strerror or exc}") from exc
             return prepare_dataset(root, image_size, log=log)
         if not root.exists():
             raise DataError(f"data root {root} does not exist; put the Oxford-IIIT Pet files there "
                             f"(images/, annotations/) or use --data synthetic")
+        if not root.is_dir():
+            raise DataError(f"data root {root} is a file, not a folder; give the folder holding images/ and "
+                            f"annotations/")
         return prepare_dataset(root, image_size, log=log)
 
     if data in ("auto", "oxford-pets"):

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 from core.augment import AugmentConfig
 from core.models import available_models
 from core.sources import DATA_CHOICES
-from core.store import DEFAULT_URL
+from core.store import DEFAULT_URL, display_url
 
 AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
     "hflip": ("hflip", "horizontal flip probability"),
@@ -32,6 +32,13 @@ class OneLineParser(argparse.ArgumentParser):
 def user_error(prog: str, message: str, code: int = 1) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def db_error(db: str, exc: BaseException) -> str:
+    """One line for a database failure in the middle of a job (server gone, disk full, read-only file)."""
+    orig = getattr(exc, "orig", None) or exc
+    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return f"database error on {display_url(db)}: {detail}; results recorded before it are kept"
 
 
 def positive_float(text: str) -> float:
@@ -82,6 +89,21 @@ def _float(text: str) -> float:
     return value
 
 
+def device_name(text: str) -> str:
+    """auto, or a device this machine has (checked now, not at the first trial)."""
+    if text == "auto":
+        return text
+    from core.train import select_device
+
+    try:
+        select_device(text)
+    except ValueError as exc:  # a known device type this machine lacks
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except RuntimeError:  # not a device name at all
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    return text
+
+
 def arch_name(text: str) -> str:
     if text not in available_models():
         raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; choose from {', '.join(available_models())}")
@@ -94,7 +116,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="auto: Oxford-IIIT Pet if present or downloadable, else the synthetic set")
     g.add_argument("--data-root", default=None, help="a folder in the official Oxford-IIIT Pet layout")
     g.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL or SQLite file path (default %(default)s)")
-    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    g.add_argument("--device", type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="mixed precision")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
     g.add_argument("--seed", type=int, default=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from tqdm.auto import tqdm
 
 from core.augment import AugmentConfig
@@ -31,7 +32,7 @@ from core.experiment import HEARTBEAT_S, STALE_AFTER_S, TrialOutcome, register, 
 from core.models import available_models
 from core.optuna_storage import optuna_storage
 from core.sources import load_data
-from core.store import Store, StoreError, normalize_url, sqlite_path
+from core.store import Store, StoreError, display_url, normalize_url, retry_schema_race, sqlite_path
 from core.train import TrainConfig
 from jobs import budget, cli
 from jobs.search_space import SpaceError, baseline_for, load_space, suggest
@@ -42,9 +43,12 @@ DEFAULT_ARCHS = ("unet", "resnet34_unet")
 # Sized so the default command, data preparation included, runs in about 5 minutes on a
 # 2-core CPU with at least two complete trials per architecture (README has the timings).
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(trials=3, epochs=3, image_size=64, width=0.25, batch_size=16, synthetic_images=400, compile=False),
+    "quick": dict(trials=3, epochs=6, image_size=64, width=0.25, batch_size=16, synthetic_images=600, compile=False),
     "full": dict(trials=30, epochs=60, image_size=256, width=1.0, batch_size=16, synthetic_images=4000, compile=True),
 }
+
+
+DEAD_WORKER = "worker stopped during the trial (heartbeat lost); retried"
 
 
 class SurplusTrial(Exception):
@@ -143,7 +147,7 @@ class Worker:
 
     def __init__(self, args: argparse.Namespace, store: Store, data: PreparedDataset, image_ids: dict[str, int]):
         self.args, self.store, self.data, self.image_ids = args, store, data, image_ids
-        self.storage = optuna_storage(args.db, engine=store.engine)
+        self.storage = retry_schema_race(lambda: optuna_storage(args.db, engine=store.engine))
         self.settings = sweep_settings(args, data)
         self.studies: dict[str, optuna.Study] = {}
         for arch in args.archs:
@@ -151,6 +155,7 @@ class Worker:
                                             args.seed, make_pruner(args.pruner, args.epochs))
         self.checkpoint_dir = checkpoint_root(args.db) / args.name
         self.outcomes: list[tuple[str, int, TrialOutcome]] = []
+        self._first_beat: dict[int, Any] = {}  # running trial id -> heartbeat when first seen
 
     # budget bookkeeping
     def trials(self, arch: str) -> list:
@@ -167,19 +172,69 @@ class Worker:
     def sync_dead_trials(self, arch: str) -> None:
         """Trials whose worker died (no heartbeat) end as failed and are queued again once."""
         study = self.studies[arch]
-        claimed = self.store.claim_stale(study.study_name, STALE_AFTER_S,
-                                         "worker stopped during the trial (heartbeat lost); retried")
-        if not claimed:
-            return
-        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        claimed = self.store.claim_stale(study.study_name, STALE_AFTER_S, DEAD_WORKER)
+        if claimed:
+            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+            for row in claimed:
+                self.remove_checkpoint(arch, row["number"])
+                dead = by_number.get(row["number"])
+                if dead is None or dead.state != TrialState.RUNNING:
+                    continue
+                self.fail_and_retry(study, dead)
+                tqdm.write(f"{PROG}: {arch} trial {dead.number} lost its worker; queued again")
+        self.sync_recorded_trials(arch)
+
+    def fail_and_retry(self, study: optuna.Study, dead: optuna.trial.FrozenTrial) -> None:
+        self.storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-        for row in claimed:
-            dead = by_number.get(row["number"])
-            if dead is None or dead.state != TrialState.RUNNING:
+        retry(study, study.get_trials(deepcopy=False)[dead.number])
+
+    def sync_recorded_trials(self, arch: str) -> None:
+        """A worker that died after closing its trial in the store, before telling Optuna, leaves
+        the Optuna trial RUNNING for ever (and holding a budget slot). Once the store row has been
+        closed for STALE_AFTER_S, Optuna is told what the store recorded."""
+        study = self.studies[arch]
+        running = {t.number: t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING}
+        if not running:
+            return
+        cutoff = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=STALE_AFTER_S)
+        for row in self.store.study_trials(study.study_name):
+            t = running.get(row["number"])
+            if t is None or row["state"] == "running" or row["finished_at"] is None or row["finished_at"] > cutoff:
                 continue
-            self.storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
-            retry(study, study.get_trials(deepcopy=False)[dead.number])
-            tqdm.write(f"{PROG}: {arch} trial {dead.number} lost its worker; queued again")
+            try:
+                if row["state"] == "complete" and row["val_dice"] is not None:
+                    self.storage.set_trial_user_attr(t._trial_id, "test_dice", row["test_dice"])
+                    self.storage.set_trial_user_attr(t._trial_id, "trial_id", row["id"])
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.COMPLETE, [float(row["val_dice"])])
+                elif row["state"] == "pruned":
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
+                elif row["error"] == DEAD_WORKER:  # claimed by a worker that died before retrying it
+                    self.fail_and_retry(study, t)
+                else:
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker synced it first
+            tqdm.write(f"{PROG}: {arch} trial {t.number} was recorded as {row['state']} by a worker that "
+                       f"stopped before telling Optuna; synced")
+
+    def remove_checkpoint(self, arch: str, number: int) -> None:
+        """A dead trial's weights (complete or half-written) are of no use."""
+        path = self.checkpoint_dir / arch / f"trial-{number}.pt"
+        for leftover in (path, path.with_name(path.name + ".tmp")):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def unproven_running(self) -> int:
+        """Running trials of other workers whose heartbeat this worker has not yet seen advance."""
+        unproven = 0
+        for arch in self.args.archs:
+            for trial_id, beat in self.store.running_heartbeats(self.studies[arch].study_name).items():
+                if self._first_beat.setdefault(trial_id, beat) == beat:
+                    unproven += 1
+        return unproven
 
     # one trial
     def objective(self, arch: str, trial: optuna.Trial) -> float:
@@ -247,6 +302,7 @@ class Worker:
         bar = tqdm(total=total, initial=min(total, sum(self.done(a) for a in args.archs)), desc="sweep",
                    unit="trial", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
         started = time.monotonic()
+        waiting_since, said = None, False
         while True:
             if args.timeout and time.monotonic() - started > args.timeout:
                 tqdm.write(f"{PROG}: --timeout {args.timeout:g} s reached; run the same command to continue")
@@ -265,11 +321,20 @@ class Worker:
                     self.report(*self.outcomes[-1])
                     bar.update(1)
             if progressed:
+                waiting_since = None
                 continue
-            # Budgets look full. A running trial whose heartbeat went silent belongs to a worker
-            # that probably died: wait until it is claimed as stale and queued again, then run it.
-            if any(self.store.silent_running(self.studies[a].study_name, 2 * HEARTBEAT_S) for a in args.archs):
-                time.sleep(2.0)
+            # Budgets look full, but trials may still be running elsewhere. One whose heartbeat
+            # advances belongs to a live worker, which will finish it: nothing is left for us. One
+            # whose heartbeat stays silent belongs to a worker that probably died (perhaps killed just
+            # before this command started): wait until it is claimed as stale and queued again, then
+            # run it here. So running the same command again after a crash always completes the sweep.
+            if self.unproven_running():
+                waiting_since = waiting_since or time.monotonic()
+                if not said and time.monotonic() - waiting_since > 2 * HEARTBEAT_S:
+                    tqdm.write(f"{PROG}: a running trial's heartbeat is silent (its worker probably died); "
+                               f"it is retried here once silent for {STALE_AFTER_S:g} s")
+                    said = True
+                time.sleep(min(2.0, HEARTBEAT_S / 2))
                 continue
             break
         bar.n = min(total, sum(self.done(a) for a in args.archs))
@@ -313,6 +378,7 @@ def summary_table(store: Store, name: str, archs: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
     started = time.monotonic()
@@ -323,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = register(store, data)
         args.name = args.name or default_name(data, args.image_size)
         print(f"{PROG}: sweep {args.name!r} on {data.name} ({len(data.indices('train'))} train / "
-              f"{len(data.indices('val'))} val / {len(data.indices('test'))} test images) -> {store.url}")
+              f"{len(data.indices('val'))} val / {len(data.indices('test'))} test images) -> {display_url(store.url)}")
         print(f"{PROG}: preset={args.preset} archs={','.join(args.archs)} trials={args.trials} per arch "
               f"epochs={args.epochs} image_size={args.image_size} width={args.width} batch_size={args.batch_size} "
               f"pruner={args.pruner} device={args.device} amp={args.amp} compile={args.compile} seed={args.seed} "
@@ -333,15 +399,16 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in args.space_def.items()))
         worker = Worker(args, store, data, image_ids)
         worker.run()
+        table = summary_table(store, args.name, args.archs)
     except (DataError, DownloadError, StoreError) as exc:
         cli.user_error(PROG, str(exc))
-    except OperationalError as exc:
-        cli.user_error(PROG, f"database error on {args.db}: {str(exc.orig or exc).splitlines()[0]}")
+    except DBAPIError as exc:  # the database went away, filled up or refused a write mid-sweep
+        cli.user_error(PROG, cli.db_error(args.db, exc))
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished trials are kept, run the same command to continue", file=sys.stderr)
         return 130
     print()
-    for line in summary_table(store, args.name, args.archs):
+    for line in table:
         print(line)
     path = sqlite_path(store.url)
     target = str(path) if path else store.url

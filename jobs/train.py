@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from core.dataset import DataError
 from core.download import DownloadError
 from core.experiment import register, run_trial
 from core.sources import load_data
-from core.store import Store, StoreError, sqlite_path
+from core.store import Store, StoreError, display_url, sqlite_path
 from core.train import TrainConfig
 from jobs import cli
 
@@ -61,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = register(store, data)
     except (DataError, DownloadError, StoreError) as exc:
         cli.user_error(PROG, str(exc))
+    except DBAPIError as exc:  # e.g. a database file that cannot be written
+        cli.user_error(PROG, cli.db_error(args.db, exc))
     print(f"{PROG}: {data.name} ({len(data.indices('train'))} train / {len(data.indices('val'))} val / "
-          f"{len(data.indices('test'))} test images at {cfg.image_size} px) -> {store.url}")
+          f"{len(data.indices('test'))} test images at {cfg.image_size} px) -> {display_url(store.url)}")
     print(f"{PROG}: {cli.describe(cfg.params())}")
     try:
         outcome = run_trial(store, cfg, data, image_ids, sweep=name, study=f"{name}/{cfg.arch}", number=0,
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (DataError, StoreError, ValueError) as exc:
         cli.user_error(PROG, str(exc))
+    except DBAPIError as exc:  # the database went away, filled up or refused a write mid-run
+        cli.user_error(PROG, cli.db_error(args.db, exc))
     print_summary(outcome, data, store)
     return 0 if outcome.state == "complete" else 1
 
