@@ -1,0 +1,357 @@
+"""The read side of the results store: SQL queries that return pandas DataFrames.
+
+The dashboard (and any job that wants a summary) reads through these functions; each takes a
+`Store`, an Engine or an open Connection, lets SQL do the filtering, ordering and limiting,
+and returns a DataFrame or a small Python value. They only ever SELECT, so they work on a
+`Store(url, read_only=True)`. Everything is SQLAlchemy Core, so SQLite and PostgreSQL both
+work (best_trials uses a window function: SQLite >= 3.25).
+
+Speed matters on large stores (a million `image_results` rows): the per-trial queries walk
+`ix_image_results_trial_dice` in dice order and stop at LIMIT, the per-image ones use
+`ix_image_results_image`. Only `image_medians` reads every row of a sweep (a median needs them).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, case, distinct, false, func, inspect, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import ColumnElement, Select
+
+from core.store import Store, datasets, epochs, image_results, images, masks, trials
+
+Source = Store | Engine | Connection
+METRICS = ("dice", "dice_no_border", "iou")
+IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "height", "brightness", "fg_fraction")
+TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
+                 "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
+
+
+@contextmanager
+def _connect(src: Source) -> Iterator[Connection]:
+    if isinstance(src, Connection):
+        yield src
+        return
+    engine = src.engine if isinstance(src, Store) else src
+    with engine.connect() as conn:
+        yield conn
+
+
+def _frame(src: Source, stmt: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    with _connect(src) as conn:
+        result = conn.execute(stmt, params or {})
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _metric(metric: str) -> ColumnElement:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    return image_results.c[metric]
+
+
+def _ids(values: Iterable[Any]) -> list[int]:
+    return [int(v) for v in values]
+
+
+# -- sweeps and trials ----------------------------------------------------------------------
+
+def has_results_tables(src: Source) -> bool:
+    """True when the database holds the results schema (a sweep or train job has written to it)."""
+    with _connect(src) as conn:
+        return "trials" in set(inspect(conn).get_table_names())
+
+
+def sweeps(src: Source) -> pd.DataFrame:
+    """One row per sweep, most recently active first: dataset, trial counts by state, times."""
+    def n(state: str) -> ColumnElement:
+        return func.sum(case((trials.c.state == state, 1), else_=0)).label(state)
+
+    last = func.max(func.coalesce(trials.c.finished_at, trials.c.started_at)).label("last_activity")
+    stmt = (select(trials.c.sweep, func.min(trials.c.dataset).label("dataset"), func.count().label("trials"),
+                   n("running"), n("complete"), n("pruned"), n("failed"),
+                   func.count(distinct(trials.c.arch)).label("archs"),
+                   func.min(trials.c.started_at).label("started_at"), last)
+            .group_by(trials.c.sweep).order_by(last.desc(), trials.c.sweep))
+    return _frame(src, stmt)
+
+
+def sweep_trials(src: Source, sweep: str) -> pd.DataFrame:
+    """Every trial of a sweep (params as a dict), ordered by architecture and trial number."""
+    stmt = (select(*(trials.c[c] for c in TRIAL_COLUMNS)).where(trials.c.sweep == sweep)
+            .order_by(trials.c.arch, trials.c.number))
+    return _frame(src, stmt)
+
+
+def best_trials(src: Source, sweep: str) -> pd.DataFrame:
+    """The best complete trial of each architecture: highest validation dice (the sweep's objective).
+
+    Test dice breaks ties, then the lower trial number; selecting on test dice would leak the test set.
+    """
+    rank = func.row_number().over(
+        partition_by=trials.c.arch,
+        order_by=(trials.c.val_dice.desc(), trials.c.test_dice.desc().nulls_last(), trials.c.number),
+    ).label("rank")
+    ranked = (select(*(trials.c[c] for c in TRIAL_COLUMNS), rank)
+              .where(trials.c.sweep == sweep, trials.c.state == "complete", trials.c.val_dice.is_not(None))
+              .subquery())
+    stmt = select(*(ranked.c[c] for c in TRIAL_COLUMNS)).where(ranked.c.rank == 1).order_by(ranked.c.arch)
+    return _frame(src, stmt)
+
+
+def running_progress(src: Source, sweep: str) -> pd.DataFrame:
+    """Trials still running with their latest recorded epoch (none yet: NaN epoch) and, where the
+    store records it, the worker's last heartbeat (a stale one hints at a dead worker)."""
+    last = (select(epochs.c.trial_id, func.max(epochs.c.epoch).label("epoch"))
+            .group_by(epochs.c.trial_id).subquery())
+    with _connect(src) as conn:
+        has_heartbeat = "heartbeat_at" in {c["name"] for c in inspect(conn).get_columns("trials")}
+        heartbeat = [trials.c.heartbeat_at] if has_heartbeat else []
+        stmt = (select(trials.c.id, trials.c.arch, trials.c.number, trials.c.started_at, *heartbeat, trials.c.params,
+                       last.c.epoch, epochs.c.train_loss, epochs.c.val_loss, epochs.c.val_dice, epochs.c.seconds)
+                .select_from(trials)
+                .outerjoin(last, last.c.trial_id == trials.c.id)
+                .outerjoin(epochs, and_(epochs.c.trial_id == last.c.trial_id, epochs.c.epoch == last.c.epoch))
+                .where(trials.c.sweep == sweep, trials.c.state == "running")
+                .order_by(trials.c.arch, trials.c.number))
+        frame = _frame(conn, stmt)
+    if not has_heartbeat:
+        frame.insert(4, "heartbeat_at", pd.NaT)
+    return frame
+
+
+def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:
+    """A dataset's source, root and creation time with its image count per split, or None."""
+    with _connect(src) as conn:
+        row = conn.execute(select(datasets).where(datasets.c.name == name)).mappings().first()
+        if row is None:
+            return None
+        splits = dict(conn.execute(select(images.c.split, func.count()).where(images.c.dataset == name)
+                                   .group_by(images.c.split)).all())
+    return {**dict(row), "splits": {k: int(v) for k, v in splits.items()}}
+
+
+def dataset_roots(src: Source) -> dict[str, str]:
+    """Dataset name -> the root folder its images were read from (the only place images are served from)."""
+    with _connect(src) as conn:
+        return {name: root for name, root in conn.execute(select(datasets.c.name, datasets.c.root)).all()}
+
+
+def epoch_curves(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
+    """Learning-curve rows of the given trials, with each trial's arch, number and state."""
+    stmt = (select(epochs, trials.c.arch, trials.c.number, trials.c.state)
+            .join_from(epochs, trials, trials.c.id == epochs.c.trial_id)
+            .where(epochs.c.trial_id.in_(_ids(trial_ids)))
+            .order_by(trials.c.arch, trials.c.number, epochs.c.epoch))
+    return _frame(src, stmt)
+
+
+# -- per-image results -------------------------------------------------------------------
+
+def image_scores(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
+    """Every per-image test result of the given trials, with the image's name and attributes."""
+    stmt = (select(image_results.c.trial_id, image_results.c.image_id, image_results.c.dice,
+                   image_results.c.iou, image_results.c.dice_no_border,
+                   *(images.c[c] for c in ("name", "breed", "species", "split", "brightness", "fg_fraction")))
+            .join_from(image_results, images, images.c.id == image_results.c.image_id)
+            .where(image_results.c.trial_id.in_(_ids(trial_ids)))
+            .order_by(image_results.c.trial_id, image_results.c.image_id))
+    return _frame(src, stmt)
+
+
+def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
+    """Per-image scores of two trials on the images both evaluated: columns `<metric>_a`, `<metric>_b`."""
+    a, b = image_results.alias("a"), image_results.alias("b")
+    stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
+                   *(a.c[m].label(f"{m}_a") for m in METRICS), *(b.c[m].label(f"{m}_b") for m in METRICS))
+            .join_from(a, b, b.c.image_id == a.c.image_id)
+            .join(images, images.c.id == a.c.image_id)
+            .where(a.c.trial_id == int(trial_a), b.c.trial_id == int(trial_b))
+            .order_by(a.c.image_id))
+    return _frame(src, stmt)
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """Which images the failure explorer shows. None means "any"; an empty tuple matches nothing."""
+
+    metric: str = "dice"                          # dice | dice_no_border | iou: ranks and range-filters
+    score: tuple[float, float] = (0.0, 1.0)       # inclusive range of the metric
+    breeds: tuple[str, ...] | None = None
+    species: tuple[str, ...] | None = None
+    splits: tuple[str, ...] | None = None
+    brightness: tuple[float, float] | None = None  # inclusive, 0..1 mean luma
+    fg_fraction: tuple[float, float] | None = None  # inclusive, pet pixels / all pixels
+
+    def image_conditions(self) -> list[ColumnElement]:
+        conds: list[ColumnElement] = []
+        for column, values in (("breed", self.breeds), ("species", self.species), ("split", self.splits)):
+            if values is not None:
+                conds.append(images.c[column].in_(list(values)) if values else false())
+        for column, bounds in (("brightness", self.brightness), ("fg_fraction", self.fg_fraction)):
+            if bounds is not None:
+                conds.append(images.c[column].between(float(bounds[0]), float(bounds[1])))
+        return conds
+
+    def score_is_filtered(self) -> bool:
+        return tuple(self.score) != (0.0, 1.0)
+
+
+def _trial_images(trial_id: int, flt: ImageFilter) -> Select:
+    m = _metric(flt.metric)
+    stmt = (select(image_results.c.image_id, image_results.c.dice, image_results.c.iou,
+                   image_results.c.dice_no_border, *(images.c[c] for c in IMAGE_COLUMNS))
+            .join_from(image_results, images, images.c.id == image_results.c.image_id)
+            .where(image_results.c.trial_id == int(trial_id), *flt.image_conditions()))
+    if flt.score_is_filtered():
+        stmt = stmt.where(m.between(float(flt.score[0]), float(flt.score[1])))
+    return stmt
+
+
+def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(), limit: int = 12,
+                   offset: int = 0) -> pd.DataFrame:
+    """A trial's images matching the filter, worst first (by flt.metric), one page of them."""
+    m = _metric(flt.metric)
+    stmt = _trial_images(trial_id, flt).order_by(m, image_results.c.image_id).limit(int(limit)).offset(int(offset))
+    return _frame(src, stmt)
+
+
+def count_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter()) -> int:
+    """How many of a trial's images match the filter (the gallery's total)."""
+    sub = _trial_images(trial_id, flt).subquery()
+    with _connect(src) as conn:
+        return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
+
+
+def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> pd.DataFrame:
+    """Per image matching the filter: median, mean, min and max of flt.metric over the sweep's
+    complete trials, hardest (lowest median) first; flt.score filters on the median.
+
+    SQL selects the rows (sweep, state and image filters); the per-image median is computed in
+    numpy, because SQLite has no median and its window functions take seconds on a million rows.
+    """
+    m = _metric(flt.metric)
+    stmt = (select(image_results.c.image_id, m)
+            .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
+            .where(trials.c.sweep == sweep, trials.c.state == "complete"))
+    conds = flt.image_conditions()
+    if conds:
+        stmt = stmt.join(images, images.c.id == image_results.c.image_id).where(*conds)
+    with _connect(src) as conn:
+        rows = conn.execute(stmt).all()
+    columns = ["image_id", "median", "mean", "min", "max", "trials"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=2 * len(rows))
+    ids, values = flat[0::2].astype(np.int64), flat[1::2]
+    order = np.lexsort((values, ids))
+    ids, values = ids[order], values[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    counts = np.diff(np.r_[starts, len(ids)])
+    median = (values[starts + (counts - 1) // 2] + values[starts + counts // 2]) / 2
+    out = pd.DataFrame({"image_id": ids[starts], "median": median,
+                        "mean": np.add.reduceat(values, starts) / counts, "min": values[starts],
+                        "max": values[starts + counts - 1], "trials": counts})
+    if flt.score_is_filtered():
+        out = out[out["median"].between(float(flt.score[0]), float(flt.score[1]))]
+    return out.sort_values(["median", "image_id"], kind="stable").reset_index(drop=True)
+
+
+def images_by_id(src: Source, image_ids: Sequence[int]) -> pd.DataFrame:
+    """Attributes of the given images, in the order given."""
+    ids = _ids(image_ids)
+    stmt = select(images.c.id.label("image_id"), *(images.c[c] for c in IMAGE_COLUMNS)).where(images.c.id.in_(ids))
+    found = _frame(src, stmt).set_index("image_id")
+    return found.reindex([i for i in ids if i in found.index]).reset_index()
+
+
+def hard_for_every_model(src: Source, sweep: str, flt: ImageFilter = ImageFilter(), limit: int = 12,
+                         offset: int = 0) -> pd.DataFrame:
+    """One page of images ranked by median score over all complete trials of a sweep, hardest first."""
+    page = image_medians(src, sweep, flt).iloc[int(offset):int(offset) + int(limit)]
+    return page.merge(images_by_id(src, page["image_id"].tolist()), on="image_id", how="left")
+
+
+def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
+    """Values the explorer's filters can take over the images these trials evaluated."""
+    evaluated = select(image_results.c.image_id).where(image_results.c.trial_id.in_(_ids(trial_ids)))
+    where = images.c.id.in_(evaluated)
+    with _connect(src) as conn:
+        def values(column: str) -> list[str]:
+            return sorted(conn.execute(select(images.c[column]).where(where).distinct()).scalars())
+
+        lo_b, hi_b, lo_f, hi_f = conn.execute(select(
+            func.min(images.c.brightness), func.max(images.c.brightness),
+            func.min(images.c.fg_fraction), func.max(images.c.fg_fraction)).where(where)).one()
+        return {"breeds": values("breed"), "species": values("species"), "splits": values("split"),
+                "brightness": (lo_b, hi_b), "fg_fraction": (lo_f, hi_f)}
+
+
+def image_row(src: Source, image_id: int) -> dict[str, Any] | None:
+    """One image's attributes with its dataset's root folder."""
+    stmt = (select(images, datasets.c.root).join_from(images, datasets, datasets.c.name == images.c.dataset)
+            .where(images.c.id == int(image_id)))
+    with _connect(src) as conn:
+        row = conn.execute(stmt).mappings().first()
+    return dict(row) if row else None
+
+
+def image_across_trials(src: Source, image_id: int, sweep: str | None = None) -> pd.DataFrame:
+    """One image's result in every trial (of a sweep, or of the whole store), best trial first per arch."""
+    stmt = (select(trials.c.id.label("trial_id"), trials.c.sweep, trials.c.arch, trials.c.number, trials.c.state,
+                   trials.c.val_dice, trials.c.image_size, image_results.c.dice, image_results.c.iou,
+                   image_results.c.dice_no_border)
+            .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
+            .where(image_results.c.image_id == int(image_id)))
+    if sweep is not None:
+        stmt = stmt.where(trials.c.sweep == sweep)
+    stmt = stmt.order_by(trials.c.arch, trials.c.val_dice.desc().nulls_last(), trials.c.number)
+    return _frame(src, stmt)
+
+
+def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -> dict[tuple[int, int], bytes]:
+    """Predicted-mask PNGs, keyed by (trial_id, image_id), for every stored pair of the given ids."""
+    if not trial_ids or not image_ids:
+        return {}
+    stmt = select(masks.c.trial_id, masks.c.image_id, masks.c.png).where(
+        masks.c.trial_id.in_(_ids(trial_ids)), masks.c.image_id.in_(_ids(image_ids)))
+    with _connect(src) as conn:
+        return {(int(t), int(i)): bytes(png) for t, i, png in conn.execute(stmt).all()}
+
+
+# -- sweep insights ----------------------------------------------------------------------
+
+def trial_tail_scores(src: Source, sweep: str, metric: str = "dice", fraction: float = 0.1) -> pd.DataFrame:
+    """Per complete trial of a sweep: mean score, the mean of its worst 10% images, the 10th percentile.
+
+    The worst 10% are the ceil(n/10) lowest-scoring images; the 10th percentile is the
+    nearest-rank one (the best of those). Each trial's worst images come from its own range
+    of ix_image_results_trial_dice, so no query sorts the whole table.
+    """
+    m = _metric(metric)
+    cols = ["trial_id", "arch", "number", "val_dice", "params", "images", "mean", "worst10_mean", "p10", "worst"]
+    with _connect(src) as conn:
+        done = conn.execute(select(trials.c.id, trials.c.arch, trials.c.number, trials.c.val_dice, trials.c.params)
+                            .where(trials.c.sweep == sweep, trials.c.state == "complete")
+                            .order_by(trials.c.arch, trials.c.number)).all()
+        ids = [int(r[0]) for r in done]
+        if not ids:
+            return pd.DataFrame(columns=cols)
+        agg = {int(t): (int(n), float(mean)) for t, n, mean in conn.execute(
+            select(image_results.c.trial_id, func.count(), func.avg(m))
+            .where(image_results.c.trial_id.in_(ids)).group_by(image_results.c.trial_id)).all()}
+        out = []
+        for tid, arch, number, val_dice, params in done:
+            if int(tid) not in agg:
+                continue
+            n, mean = agg[int(tid)]
+            k = max(1, math.ceil(n * fraction))
+            worst = conn.execute(select(m).where(image_results.c.trial_id == int(tid)).order_by(m).limit(k)).scalars().all()
+            out.append((int(tid), arch, number, val_dice, params, n, mean, float(np.mean(worst)), float(worst[-1]),
+                        float(worst[0])))
+    return pd.DataFrame(out, columns=cols)

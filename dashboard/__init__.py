@@ -1,0 +1,1 @@
+"""SegSweep dashboard: `streamlit run dashboard/Home.py`."""

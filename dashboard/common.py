@@ -1,0 +1,240 @@
+"""What every dashboard page shares: the database and sweep pickers, cached reads, colours,
+and the guidance shown instead of a traceback when there is nothing (readable) to show.
+
+The database is opened once per URL as a read-only `core.store.Store` (SQLite `mode=ro`), the
+same module the jobs write through. Queries are cached for a few seconds only, so a sweep that
+is still running shows up as it goes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `streamlit run dashboard/Home.py` puts only dashboard/ on the path
+    sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+import plotly.express as px  # noqa: E402
+import streamlit as st  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from core import queries  # noqa: E402
+from core.store import SchemaVersionError, Store, StoreError, decode_mask, normalize_url, sqlite_path  # noqa: E402
+from dashboard import images  # noqa: E402
+
+CACHE_TTL_S = 5
+DEFAULT_DB = REPO / "results.db"
+PALETTE = px.colors.qualitative.D3
+STATE_ORDER = ("running", "complete", "pruned", "failed")
+CREATE_HELP = """**Create one** by running a sweep from the repository folder, then reload this page:
+
+```
+python -m jobs.sweep                         # a quick sweep into results.db here
+python -m jobs.sweep --db {db}
+```
+
+or point the sidebar (or the `RESULTS_DB` environment variable) at an existing results database."""
+
+
+def default_database() -> str:
+    """$RESULTS_DB (a SQLAlchemy URL or a file path), else results.db at the repository's top level."""
+    return os.environ.get("RESULTS_DB") or str(DEFAULT_DB)
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(url: str) -> Store:
+    """One read-only Store per database URL for the whole server (raises StoreError)."""
+    return Store(url, read_only=True)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=1024)
+def cached_query(name: str, url: str, *args: Any, **kwargs: Any) -> Any:
+    """core.queries.<name>(store, *args, **kwargs), cached for a few seconds."""
+    return getattr(queries, name)(open_store(url), *args, **kwargs)
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=64)
+def _cached_per_version(name: str, url: str, version: Any, *args: Any, **kwargs: Any) -> Any:
+    return getattr(queries, name)(open_store(url), *args, **kwargs)
+
+
+@dataclass
+class Context:
+    """The database and sweep a page shows, with the sweep's trials."""
+
+    url: str
+    sweep: str
+    sweeps: pd.DataFrame
+    trials: pd.DataFrame
+
+    def query(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return cached_query(name, self.url, *args, **kwargs)
+
+    def sweep_aggregate(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """A query over every complete trial of the sweep (seconds on huge stores): cached until
+        a trial completes rather than for a few seconds."""
+        done = self.complete()
+        version = (self.sweep, len(done), str(done["finished_at"].max()) if len(done) else "")
+        return _cached_per_version(name, self.url, version, *args, **kwargs)
+
+    @property
+    def archs(self) -> list[str]:
+        return sorted(self.trials["arch"].unique())
+
+    @property
+    def colors(self) -> dict[str, str]:
+        return arch_colors(self.archs)
+
+    def best(self) -> pd.DataFrame:
+        """The best complete trial of each architecture (highest validation dice)."""
+        return self.query("best_trials", self.sweep)
+
+    def complete(self) -> pd.DataFrame:
+        return self.trials[self.trials["state"] == "complete"]
+
+
+def arch_colors(archs: Iterable[str]) -> dict[str, str]:
+    """A stable colour per architecture (by sorted name), the same on every page."""
+    return {arch: PALETTE[i % len(PALETTE)] for i, arch in enumerate(sorted(archs))}
+
+
+def trial_label(arch: str, number: int) -> str:
+    return f"{arch} #{int(number)}"
+
+
+def labels(trials: pd.DataFrame, best_ids: Iterable[int] = ()) -> dict[int, str]:
+    """Trial id -> "arch #n" (with "best" marked), for selectors."""
+    best = set(int(i) for i in best_ids)
+    return {int(r.id): trial_label(r.arch, r.number) + (" (best)" if int(r.id) in best else "")
+            for r in trials.itertuples()}
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{value:.{digits}f}"
+
+
+def ago(when: dt.datetime | None) -> str:
+    """"12 s ago" for a naive-UTC store timestamp."""
+    if when is None or pd.isna(when):
+        return "–"
+    seconds = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - pd.Timestamp(when).to_pydatetime()).total_seconds()
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+# -- the page frame ------------------------------------------------------------------------
+
+def _database_picker() -> str:
+    """Sidebar text box for the database; its value is kept in session_state across pages."""
+    if "results_db" not in st.session_state:
+        st.session_state["results_db"] = default_database()
+    text = st.sidebar.text_input(
+        "Results database", value=st.session_state["results_db"], key="_results_db_widget",
+        help="A SQLAlchemy URL (sqlite:///…, postgresql+psycopg://…) or a SQLite file path. "
+             "Default: $RESULTS_DB, else results.db in the repository folder. Opened read-only.")
+    st.session_state["results_db"] = text.strip() or default_database()
+    return normalize_url(st.session_state["results_db"])
+
+
+def _explain(kind: str, message: str, url: str) -> None:
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    db = str(path) if path else url
+    getattr(st, kind)(message)
+    st.info(CREATE_HELP.format(db=db))
+    st.stop()
+
+
+def _open_or_explain(url: str) -> Store:
+    try:
+        path = sqlite_path(url)
+    except Exception:  # not parseable as a URL: let Store say so in one line
+        path = None
+    if path is not None and not path.exists():
+        _explain("warning", f"No results database at `{path}`.", url)
+    try:
+        return open_store(url)
+    except SchemaVersionError as exc:
+        _explain("error", str(exc), url)
+    except StoreError as exc:
+        _explain("error", str(exc).splitlines()[0], url)
+    raise AssertionError("unreachable")
+
+
+def _sweep_picker(url: str, sweeps: pd.DataFrame) -> str:
+    names = sweeps["sweep"].tolist()
+    current = st.session_state.get("sweep") or st.query_params.get("sweep")  # ?sweep=NAME opens that sweep
+    if current not in names:
+        current = names[0]  # the most recently active
+    info = sweeps.set_index("sweep")
+
+    def describe(name: str) -> str:
+        row = info.loc[name]
+        running = f" · {int(row['running'])} running" if row["running"] else ""
+        return f"{name} · {int(row['trials'])} trials{running}"
+
+    choice = st.sidebar.selectbox("Sweep", names, index=names.index(current), format_func=describe,
+                                  key=f"_sweep_widget::{url}")
+    st.session_state["sweep"] = choice
+    return choice
+
+
+def page(title: str, icon: str) -> Context:
+    """Page config, sidebar pickers and title; stops the page with guidance when there is nothing to show."""
+    st.set_page_config(page_title=f"{title} · SegSweep", page_icon=icon, layout="wide")
+    url = _database_picker()
+    st.title(title)
+    _open_or_explain(url)
+    try:
+        has_tables = cached_query("has_results_tables", url)
+        sweeps = cached_query("sweeps", url) if has_tables else pd.DataFrame()
+    except SQLAlchemyError as exc:
+        _explain("error", f"Cannot read `{url}`: {_one_line(exc)}", url)
+    if sweeps.empty:
+        _explain("warning", f"The database `{url}` holds no results yet (no trial recorded).", url)
+    sweep = _sweep_picker(url, sweeps)
+    trials = cached_query("sweep_trials", url, sweep)
+    st.sidebar.caption(f"Reading `{url}` read-only; data refreshes every {CACHE_TTL_S} s.")
+    return Context(url=url, sweep=sweep, sweeps=sweeps, trials=trials)
+
+
+def run(title: str, icon: str, render: Callable[[Context], None]) -> None:
+    """A page: the frame, then `render(ctx)`; database errors end as one line, not a traceback."""
+    ctx = page(title, icon)
+    try:
+        render(ctx)
+    except (StoreError, SQLAlchemyError) as exc:
+        st.error(f"Cannot read the results database: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return (str(orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# -- pictures ------------------------------------------------------------------------------
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _panels(root: str | None, name: str, eval_size: int, display: int,
+            pngs: tuple[bytes | None, ...]) -> images.Panels:
+    preds = [decode_mask(p) if p is not None else None for p in pngs]
+    return images.make_panels(root, name, eval_size, display, preds)
+
+
+def panels(ctx: Context, dataset: str, name: str, eval_size: int, pngs: Iterable[bytes | None],
+           display: int = 192) -> images.Panels:
+    """Photo, ground truth and overlays of one image, read from its dataset's recorded root only."""
+    root = ctx.query("dataset_roots").get(dataset)
+    return _panels(root, name, int(eval_size), max(int(display), int(eval_size)), tuple(pngs))
+
+
+def legend() -> None:
+    st.markdown(images.legend_html(), unsafe_allow_html=True)

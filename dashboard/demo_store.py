@@ -1,0 +1,186 @@
+"""A small, believable results store without training anything: for tests, screenshots and demos.
+
+It records a dataset the way the jobs do (`core.dataset.prepare_dataset` + `Store` write
+methods), then invents trials whose per-image predictions are the ground truth perturbed
+(shifted, partly missed, with a spurious blob), more so for small and dark pets and for
+trials with worse hyperparameters. Scores are measured on those masks, so every dice in the
+store matches the mask stored beside it. One Optuna study per architecture, with the same
+trials, lives in the same database, as a real sweep leaves it.
+
+    python -m dashboard.demo_store --db demo.db --data /path/to/oxford-pets-like-folder
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from core.dataset import PreparedDataset, prepare_dataset
+from core.optuna_storage import optuna_storage
+from core.store import ImageResults, Store, normalize_url
+
+# One state per trial number, per architecture; the last arch's last trial is left running.
+STATES = ("complete", "complete", "pruned", "complete", "failed", "complete")
+SEARCH = {  # Optuna name -> (trials.params key, low, high, log)
+    "lr": ("lr", 1e-4, 3e-3, True),
+    "dice_weight": ("dice_weight", 0.0, 1.0, False),
+    "hflip": ("aug_hflip", 0.0, 0.5, False),
+    "rotate": ("aug_rotate", 0.0, 30.0, False),
+    "brightness": ("aug_brightness", 0.0, 0.4, False),
+}
+ARCH_QUALITY = {"unet": 0.0, "resnet34_unet": 0.06}
+
+
+@dataclass
+class DemoStore:
+    url: str
+    sweep: str
+    archs: tuple[str, ...]
+    dataset: str
+    root: Path
+    trial_ids: dict[str, list[int]] = field(default_factory=dict)  # arch -> ids in number order
+    states: dict[int, str] = field(default_factory=dict)           # trial id -> state
+    image_ids: dict[str, int] = field(default_factory=dict)        # image name -> id
+    test_images: list[str] = field(default_factory=list)
+
+
+def _params(rng: np.random.Generator, arch: str, number: int, image_size: int) -> dict[str, Any]:
+    drawn = {}
+    for _, (key, lo, hi, log) in SEARCH.items():
+        drawn[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))) if log else rng.uniform(lo, hi))
+    drawn["aug_rotate"] = float(round(drawn["aug_rotate"]))
+    return dict(arch=arch, width=0.25, image_size=image_size, epochs=8, batch_size=16, lr=drawn["lr"],
+                weight_decay=1e-4, bce_weight=1 - drawn["dice_weight"], dice_weight=drawn["dice_weight"],
+                focal_weight=0.0, warmup_epochs=0, grad_clip=1.0, amp="off", channels_last=False,
+                compile=False, seed=number, aug_hflip=drawn["aug_hflip"], aug_vflip=0.0,
+                aug_rotate=drawn["aug_rotate"], aug_brightness=drawn["aug_brightness"], aug_contrast=0.2,
+                aug_color_jitter=0.0, aug_scale_shift=0.0, aug_gamma=0.0)
+
+
+def _quality(arch: str, p: dict[str, Any]) -> float:
+    """How good a trial is overall (0..1): best near lr 1e-3, a little help from augmentation."""
+    lr_penalty = 0.08 * abs(math.log10(p["lr"]) + 3.0)
+    return 0.8 + ARCH_QUALITY.get(arch, 0.03) - lr_penalty + 0.05 * p["aug_hflip"] + 0.04 * p["aug_brightness"]
+
+
+def _predict(rng: np.random.Generator, truth: np.ndarray, error: float) -> np.ndarray:
+    """The ground truth damaged by `error` (0 perfect .. 1 bad): shifted, holes, a false blob."""
+    s = truth.shape[0]
+    shift = rng.integers(-1, 2, size=2) * int(round(error * s * 0.2))
+    pred = np.roll(truth, tuple(int(v) for v in shift), axis=(0, 1))
+    yy, xx = np.mgrid[0:s, 0:s]
+    if error > 0.1:  # part of the pet missed
+        cy, cx = rng.uniform(0, s, 2)
+        pred &= (yy - cy) ** 2 + (xx - cx) ** 2 > (error * s * 0.45) ** 2
+    if error > 0.25:  # something else taken for the pet
+        cy, cx = rng.uniform(0, s, 2)
+        pred |= (yy - cy) ** 2 + (xx - cx) ** 2 < (error * s * 0.3) ** 2
+    return pred
+
+
+def _scores(pred: np.ndarray, truth: np.ndarray, trimap: np.ndarray) -> tuple[float, float, float]:
+    def dice(p: np.ndarray, t: np.ndarray) -> float:
+        total = int(p.sum() + t.sum())
+        return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+
+    inter, union = int((pred & truth).sum()), int((pred | truth).sum())
+    valid = trimap != 3
+    return dice(pred, truth), 1.0 if union == 0 else inter / union, dice(pred & valid, truth & valid)
+
+
+def _curves(rng: np.random.Generator, quality: float, n: int) -> list[dict[str, float]]:
+    rows = []
+    for e in range(n):
+        progress = 1 - math.exp(-(e + 1) / 2.5)
+        train_dice = min(0.98, 0.35 + (quality + 0.06 - 0.35) * progress + rng.normal(0, 0.01))
+        val_dice = min(0.97, 0.3 + (quality - 0.3) * progress + rng.normal(0, 0.015))
+        rows.append(dict(train_loss=1.0 - 0.85 * train_dice + rng.normal(0, 0.01),
+                         val_loss=1.05 - 0.85 * val_dice + rng.normal(0, 0.015), train_dice=train_dice,
+                         val_dice=val_dice, lr=1e-3, seconds=float(rng.uniform(2, 4)),
+                         images_per_s=float(rng.uniform(80, 120))))
+    return rows
+
+
+def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px",
+                     archs: tuple[str, ...] = ("unet", "resnet34_unet"), image_size: int = 64, seed: int = 0,
+                     running: bool = True, data: PreparedDataset | None = None) -> DemoStore:
+    """Write a demo sweep into `db` (URL or path) over the dataset at `data_root`; returns what it wrote."""
+    rng = np.random.default_rng(seed)
+    data = data or prepare_dataset(data_root, image_size, log=lambda _msg: None)
+    store = Store(db)
+    ids = store.register_dataset(data.name, data.source, data.root, data.infos)
+    test = data.indices("test")
+    demo = DemoStore(url=store.url, sweep=sweep, archs=tuple(archs), dataset=data.name, root=data.root,
+                     image_ids=ids, test_images=[data.infos[i].name for i in test])
+    truths = data.masks[test].astype(bool)
+    trimaps = data.trimaps[test]
+    fg = np.array([data.infos[i].fg_fraction for i in test])
+    dark = np.array([data.infos[i].brightness for i in test])
+    hardness = 0.5 * np.clip(0.25 - fg, 0, None) / 0.25 + 0.3 * np.clip(0.35 - dark, 0, None) / 0.35 \
+        + rng.uniform(0, 0.35, len(test))  # per image, shared by every model
+    distributions = {name: optuna.distributions.FloatDistribution(lo, hi, log=log)
+                     for name, (_, lo, hi, log) in SEARCH.items()}
+
+    storage = optuna_storage(store.url, engine=store.engine)
+    for a, arch in enumerate(archs):
+        study = optuna.create_study(storage=storage, study_name=f"{sweep}/{arch}", direction="maximize",
+                                    load_if_exists=True)
+        demo.trial_ids[arch] = []
+        for number, state in enumerate(STATES):
+            if running and a == len(archs) - 1 and number == len(STATES) - 1:
+                state = "running"
+            p = _params(rng, arch, number, image_size)
+            quality = _quality(arch, p)
+            tid = store.start_trial(sweep=sweep, study=f"{sweep}/{arch}", arch=arch, number=number, params=p,
+                                    device="cpu", dataset=data.name, image_size=image_size)
+            demo.trial_ids[arch].append(tid)
+            demo.states[tid] = state
+            n_epochs = {"complete": 8, "pruned": 3, "failed": 2, "running": 4}[state]
+            curve = _curves(rng, quality, n_epochs)
+            for e, row in enumerate(curve):
+                store.record_epoch(tid, e, **row)
+            best_val = max(r["val_dice"] for r in curve)
+            if state == "complete":
+                # small pets suffer more with little Dice in the loss: the tail, not the mean, moves
+                error = np.clip((1 - quality) * (0.8 + 4.5 * hardness ** 1.5) * (1.25 - 0.5 * p["dice_weight"])
+                                + rng.normal(0, 0.04, len(test)), 0, 1)
+                preds = [_predict(rng, t, float(err)) for t, err in zip(truths, error)]
+                scores = np.array([_scores(pr, t, tm) for pr, t, tm in zip(preds, truths, trimaps)])
+                store.finish_trial(tid, state="complete", val_dice=best_val, results=ImageResults(
+                    np.array([ids[n] for n in demo.test_images]), scores[:, 0], scores[:, 1], scores[:, 2],
+                    masks=preds))
+            elif state == "pruned":
+                store.finish_trial(tid, state="pruned", val_dice=best_val)
+            elif state == "failed":
+                store.finish_trial(tid, state="failed", val_dice=best_val,
+                                   error="FloatingPointError: loss is nan at epoch 2 (lr too high?)")
+            optuna_state = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+                            "failed": optuna.trial.TrialState.FAIL, "running": optuna.trial.TrialState.RUNNING}[state]
+            study.add_trial(optuna.trial.create_trial(
+                params={name: p[key] for name, (key, *_rest) in SEARCH.items()}, distributions=distributions,
+                value=best_val if state == "complete" else None, state=optuna_state,
+                intermediate_values={e: r["val_dice"] for e, r in enumerate(curve)}))
+    store.dispose()
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dashboard.demo_store", description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite path to write the demo sweep into")
+    p.add_argument("--data", required=True, help="dataset folder in the Oxford-IIIT Pet layout")
+    p.add_argument("--sweep", default="demo-64px")
+    p.add_argument("--image-size", type=int, default=64)
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    demo = build_demo_store(normalize_url(args.db), args.data, sweep=args.sweep, image_size=args.image_size)
+    print(f"demo sweep {demo.sweep!r} on {demo.dataset} ({len(demo.test_images)} test images) -> {demo.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""Hardest images, the failure explorer: which test images a model gets wrong, and how.
+
+Each example shows the image, its ground truth and the prediction overlaid with false positives
+and false negatives in their own colours, worst first, a page at a time. The filters in the
+sidebar narrow the images down in SQL (see core.queries.hardest_images).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: core/ and dashboard/
+
+import math  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core.queries import ImageFilter  # noqa: E402
+from dashboard import common as ui  # noqa: E402
+from dashboard import images  # noqa: E402
+
+VIEWS = ("Worst images of one trial", "Hard for every model")
+SCORES = {"dice": "dice", "dice_no_border": "border-aware dice", "iou": "IoU"}
+PAGE_SIZES = (6, 12, 24)
+PANEL_PX = 180
+
+
+def _range(label: str, bounds: tuple[float, float], key: str, fmt: str, help: str) -> tuple[float, float] | None:
+    """A range slider over the data's bounds; None (no filter) while it spans them all."""
+    if bounds[0] is None or bounds[1] is None:
+        return None
+    lo, hi = (math.floor(bounds[0] * 100) / 100, math.ceil(bounds[1] * 100) / 100)
+    if hi <= lo:
+        return None
+    chosen = st.sidebar.slider(label, lo, hi, (lo, hi), step=0.01, format=fmt, key=key, help=help)
+    return None if tuple(chosen) == (lo, hi) else (float(chosen[0]), float(chosen[1]))
+
+
+def _subset(label: str, options: list[str], key: str, widget: str) -> tuple[str, ...] | None:
+    """Pills (few options) or a multiselect (many); None (no filter) while every option is in."""
+    if not options:
+        return None
+    if widget == "pills":
+        chosen = st.sidebar.pills(label, options, selection_mode="multi", default=options, key=key)
+        return None if set(chosen) == set(options) else tuple(chosen)
+    chosen = st.sidebar.multiselect(label, options, key=key, placeholder="all")
+    return tuple(chosen) or None
+
+
+def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFilter, int]:
+    """The sidebar filters -> (trial id or None for the every-model view, the filter, page size)."""
+    st.sidebar.header("Filters")
+    trial_id = None
+    complete = ctx.complete()
+    best = ctx.best()
+    if view == VIEWS[0]:
+        archs = sorted(complete["arch"].unique())
+        arch = st.sidebar.selectbox("Architecture", archs, key=f"arch::{scope}")
+        of_arch = complete[complete["arch"] == arch].sort_values("val_dice", ascending=False)
+        val = dict(zip(of_arch["id"].astype(int), of_arch["val_dice"]))
+        names = {i: f"{name} · val {ui.fmt(val[i])}" for i, name in ui.labels(of_arch, best["id"]).items()}
+        ids = list(names)
+        best_of_arch = [int(i) for i in best[best["arch"] == arch]["id"]]
+        trial_id = st.sidebar.selectbox("Trial", ids, index=ids.index(best_of_arch[0]) if best_of_arch else 0,
+                                        format_func=names.get, key=f"trial::{scope}::{arch}",
+                                        help="Complete trials of this architecture, best validation dice first.")
+    metric = st.sidebar.radio("Score", list(SCORES), format_func=SCORES.get, horizontal=True, key=f"score::{scope}")
+    score_label = "median " + SCORES[metric] if view == VIEWS[1] else SCORES[metric]
+    score = st.sidebar.slider(f"{score_label} range", 0.0, 1.0, (0.0, 1.0), step=0.01, key=f"range::{scope}")
+    evaluated = tuple(int(i) for i in best["id"]) or tuple(int(i) for i in complete["id"])
+    options = ctx.query("filter_options", evaluated)
+    breeds = _subset("Breed", options["breeds"], f"breed::{scope}", "multiselect")
+    species = _subset("Species", options["species"], f"species::{scope}", "pills")
+    splits = _subset("Split", options["splits"], f"split::{scope}", "pills")
+    brightness = _range("Brightness (mean luma)", options["brightness"], f"bright::{scope}", "%.2f",
+                        "0 = black, 1 = white, measured on the original image")
+    fg = _range("Pet size (share of pixels)", options["fg_fraction"], f"fg::{scope}", "%.2f",
+                "fg_fraction: pet and border pixels over all pixels of the ground truth")
+    size = st.sidebar.selectbox("Images per page", PAGE_SIZES, index=1, key="page_size")
+    flt = ImageFilter(metric=metric, score=(float(score[0]), float(score[1])), breeds=breeds, species=species,
+                      splits=splits, brightness=brightness, fg_fraction=fg)
+    return trial_id, flt, size
+
+
+def pager(total: int, size: int, signature: Any, what: str) -> int:
+    """How many images match, and the page number input (1-based), reset to 1 when the filters change."""
+    if total == 0:
+        st.info("No image matches the filters.")
+        return 1
+    pages = max(1, math.ceil(total / size))
+    if st.session_state.get("_gallery_signature") != signature:
+        st.session_state["_gallery_signature"] = signature
+        st.session_state["gallery_page"] = 1
+    if st.session_state.get("gallery_page", 1) > pages:
+        st.session_state["gallery_page"] = pages
+    text, box = st.columns([4, 1], vertical_alignment="bottom")
+    with box:
+        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="gallery_page"))
+    start = (page - 1) * size + 1
+    text.markdown(f"**{total} images match** · showing {start}–{min(total, start + size - 1)} {what}")
+    return page
+
+
+def describe(row: Any) -> str:
+    return (f"{row.breed} · {row.species} · {row.split} · brightness {row.brightness:.2f} · "
+            f"pet {row.fg_fraction:.0%} of the image")
+
+
+def inspect(image_id: int) -> None:
+    st.session_state["inspect_image"] = int(image_id)
+
+
+def show_across_trials(ctx: ui.Context, image_id: int) -> None:
+    """One image in every trial of the sweep: its scores table and every stored prediction."""
+    info = ctx.query("image_row", image_id)
+    rows = ctx.query("image_across_trials", image_id, ctx.sweep)
+    with st.container(border=True):
+        head, close = st.columns([5, 1])
+        close.button("Close", key="close_inspect", on_click=st.session_state.pop, args=("inspect_image", None))
+        if info is None or rows.empty:
+            head.info("That image has no result in this sweep.")
+            return
+        head.subheader(f"{info['name']} across every architecture and trial")
+        st.caption(describe(pd.Series(info)))
+        pngs = ctx.query("mask_pngs", tuple(int(t) for t in rows["trial_id"]), (int(image_id),))
+        size = int(rows["image_size"].max())
+        first = ui.panels(ctx, info["dataset"], info["name"], size, [])
+        st.image([first.photo, first.truth], caption=["image", "ground truth"], width=PANEL_PX)
+        for note in first.notes:
+            st.caption(f"⚠ {note}")
+        for arch, group in rows.groupby("arch", sort=True):
+            st.markdown(f"**{arch}**")
+            for eval_size, same in group.groupby("image_size"):
+                p = ui.panels(ctx, info["dataset"], info["name"], int(eval_size),
+                              [pngs.get((int(t), int(image_id))) for t in same["trial_id"]])
+                st.image(p.predictions, width=PANEL_PX - 40, caption=[
+                    f"#{r.number} {r.state}: dice {r.dice:.3f}" for r in same.itertuples()])
+        table = rows[["arch", "number", "state", "val_dice", "dice", "dice_no_border", "iou"]].rename(
+            columns={"number": "trial", "val_dice": "trial val dice", "dice_no_border": "border-aware dice"})
+        st.dataframe(table.round(4), hide_index=True)
+
+
+def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: int) -> None:
+    trial = ctx.trials.set_index("id").loc[trial_id]
+    total = ctx.query("count_images", trial_id, flt)
+    label = ui.trial_label(trial["arch"], trial["number"])
+    page = pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, worst {SCORES[flt.metric]} first")
+    rows = ctx.query("hardest_images", trial_id, flt, limit=size, offset=(page - 1) * size)
+    if rows.empty:
+        return
+    pngs = ctx.query("mask_pngs", (trial_id,), tuple(int(i) for i in rows["image_id"]))
+    cols = st.columns(2)
+    for i, row in enumerate(rows.itertuples()):
+        rank = (page - 1) * size + i + 1
+        p = ui.panels(ctx, row.dataset, row.name, int(trial["image_size"]), [pngs.get((trial_id, int(row.image_id)))])
+        with cols[i % 2].container(border=True):
+            st.markdown(f"**{rank}. {row.name}** — {SCORES[flt.metric]} **{getattr(row, flt.metric):.3f}**")
+            st.image(images.strip([p.photo, p.truth, p.predictions[0]]), width="stretch",
+                     caption=f"image | ground truth | prediction of {label}")
+            st.caption(f"{describe(row)} · dice {row.dice:.3f} · border-aware {row.dice_no_border:.3f} · "
+                       f"IoU {row.iou:.3f}")
+            for note in p.notes:
+                st.caption(f"⚠ {note}")
+            st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
+
+
+def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
+    best = ctx.best()
+    with st.spinner("Ranking images over every complete trial…"):
+        ranked = ctx.sweep_aggregate("image_medians", ctx.sweep, flt)
+    n_complete = len(ctx.complete())
+    page = pager(len(ranked), size, (ctx.sweep, "every", flt, size),
+                 f"ranked by median {SCORES[flt.metric]} over the sweep's {n_complete} complete trials, hardest first")
+    rows = ranked.iloc[(page - 1) * size:page * size]
+    if rows.empty:
+        return
+    rows = rows.merge(ctx.query("images_by_id", tuple(int(i) for i in rows["image_id"])), on="image_id")
+    best_ids = tuple(int(i) for i in best["id"])
+    image_ids = tuple(int(i) for i in rows["image_id"])
+    pngs = ctx.query("mask_pngs", best_ids, image_ids)
+    scores = ctx.query("image_scores", best_ids).set_index(["trial_id", "image_id"])
+    eval_size = int(best["image_size"].max())
+    for i, row in enumerate(rows.itertuples()):
+        rank = (page - 1) * size + i + 1
+        p = ui.panels(ctx, row.dataset, row.name, eval_size, [pngs.get((t, int(row.image_id))) for t in best_ids])
+        captions = []
+        for b in best.itertuples():
+            key = (int(b.id), int(row.image_id))
+            value = scores[flt.metric].get(key) if key in scores.index else None
+            captions.append(f"{ui.trial_label(b.arch, b.number)} (best) {ui.fmt(value)}")
+        with st.container(border=True):
+            st.markdown(f"**{rank}. {row.name}** — median {SCORES[flt.metric]} **{row.median:.3f}** over "
+                        f"{row.trials} trials (mean {row.mean:.3f}, worst {row.min:.3f}, best {row.max:.3f})")
+            st.image(images.strip([p.photo, p.truth, *p.predictions]), width="content",
+                     caption=" | ".join(["image", "ground truth", *captions]))
+            st.caption(describe(row))
+            for note in p.notes:
+                st.caption(f"⚠ {note}")
+            st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
+
+
+def render(ctx: ui.Context) -> None:
+    if ctx.complete().empty:
+        st.info("No complete trial yet: per-image results appear when the first trial finishes.")
+        return
+    view = st.radio("View", VIEWS, horizontal=True, key="gallery_view", label_visibility="collapsed")
+    scope = f"{ctx.url}::{ctx.sweep}"
+    trial_id, flt, size = filters(ctx, view, scope)
+    ui.legend()
+    if "inspect_image" in st.session_state:
+        show_across_trials(ctx, st.session_state["inspect_image"])
+    if view == VIEWS[0]:
+        gallery_one_trial(ctx, int(trial_id), flt, size)
+    else:
+        gallery_every_model(ctx, flt, size)
+
+
+ui.run("Hardest images", "🔍", render)

@@ -1,0 +1,407 @@
+"""The dashboard pages, run headless with streamlit.testing (AppTest), on a demo sweep and on
+stores with nothing to show; plus the picture and statistics helpers the pages rely on."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+from scipy import stats as sps
+from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
+
+from core.optuna_storage import optuna_storage
+from core.store import ImageResults, Store
+from core.synthetic import generate_synthetic
+from dashboard import images, stats
+from dashboard.demo_store import DemoStore, build_demo_store
+
+DASH = Path(__file__).resolve().parents[1] / "dashboard"
+PAGES = {
+    "home": "Home.py",
+    "curves": "pages/1_Learning_curves.py",
+    "distributions": "pages/2_Dice_distributions.py",
+    "hardest": "pages/3_Hardest_images.py",
+    "insights": "pages/4_Sweep_insights.py",
+}
+ODD = "odd"  # a one-trial sweep whose images are missing, outside the root, or fine
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+def _add_odd_sweep(demo: DemoStore, outside_dir: Path) -> dict[str, int]:
+    """Sweep "odd": one unet trial over a good image, a missing one and two that escape the root."""
+    (outside_dir / "secret.jpg").parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(outside_dir / "secret.jpg")
+    link = demo.root / "images" / "linked_1.jpg"
+    link.symlink_to(outside_dir / "secret.jpg")
+    escape = os.path.relpath(outside_dir / "secret", demo.root / "images")  # ../../outside/secret
+    good = demo.test_images[0]
+
+    class Info:
+        def __init__(self, name: str):
+            self.name, self.split, self.breed, self.species = name, "test", "odd_breed", "cat"
+            self.width = self.height = 64
+            self.brightness, self.fg_fraction = 0.5, 0.2
+
+    store = Store(demo.url)
+    ids = store.register_dataset(demo.dataset, "synthetic", demo.root,
+                                 [Info(n) for n in ("ghost_1", escape, "linked_1")])
+    names = [good, "ghost_1", escape, "linked_1"]
+    tid = store.start_trial(sweep=ODD, study=f"{ODD}/unet", arch="unet", number=0, params={"lr": 1e-3}, device="cpu",
+                            dataset=demo.dataset, image_size=64)
+    store.record_epoch(tid, 0, train_loss=0.5, val_loss=0.6, train_dice=0.7, val_dice=0.6, lr=1e-3, seconds=1.0,
+                       images_per_s=10.0)
+    dice = np.array([0.9, 0.1, 0.2, 0.3])
+    store.finish_trial(tid, state="complete", val_dice=0.6, results=ImageResults(
+        np.array([ids[n] for n in names]), dice, dice, dice, masks=[np.ones((64, 64), bool)] * 4))
+    study = optuna.create_study(storage=optuna_storage(demo.url, engine=store.engine), study_name=f"{ODD}/unet",
+                                direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3},
+                                              distributions={"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2)},
+                                              value=0.6))
+    store.dispose()
+    return {"good": ids[good], "escape": ids[escape], "trial": tid}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
+    base = tmp_path_factory.mktemp("dashboard")
+    root = generate_synthetic(base / "data" / "synthetic", n_images=60, image_size=64, seed=0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    demo = build_demo_store(f"sqlite:///{base / 'results.db'}", root, sweep="demo")
+    _add_odd_sweep(demo, base / "outside")
+    return demo
+
+
+@pytest.fixture(scope="module")
+def facts(demo: DemoStore) -> dict:
+    """What the pages should show, read straight from the SQLite file (not through core.queries)."""
+    path = demo.url.removeprefix("sqlite:///")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        trials = conn.execute("SELECT id, arch, number, state, val_dice FROM trials WHERE sweep = 'demo'").fetchall()
+        best = {}
+        for tid, arch, number, state, val in trials:
+            if state == "complete" and (arch not in best or val > best[arch][1]):
+                best[arch] = (tid, val, number)
+        results = {tid: conn.execute(
+            "SELECT images.name, images.species, dice, dice_no_border FROM image_results JOIN images ON images.id = "
+            "image_id WHERE trial_id = ? ORDER BY dice", (tid,)).fetchall() for tid, *_ in trials}
+    return {"trials": trials, "best": {a: v[0] for a, v in best.items()},
+            "best_number": {a: v[2] for a, v in best.items()}, "results": results}
+
+
+def app(page: str, monkeypatch: pytest.MonkeyPatch, db: str, **state: object) -> AppTest:
+    monkeypatch.setenv("RESULTS_DB", db)
+    at = AppTest.from_file(str(DASH / PAGES[page]), default_timeout=90)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def widget(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown] + [c.value for c in at.caption]
+
+
+def table_with(at: AppTest, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def gallery_count(at: AppTest) -> int:
+    found = [re.search(r"\*\*(\d+) images match\*\*", t) for t in texts(at)]
+    return int(next(m.group(1) for m in found if m))
+
+
+def gallery_names(at: AppTest) -> list[str]:
+    """Image names in rank order (the gallery fills two columns, so page order is not rank order)."""
+    ranked = [(int(m.group(1)), m.group(2)) for t in texts(at) if (m := re.match(r"\*\*(\d+)\. (\S+)\*\*", t))]
+    return [name for _, name in sorted(ranked)]
+
+
+# -- pages on the demo sweep ---------------------------------------------------------------
+
+def test_home_shows_dataset_states_best_trials_and_the_trials_table(demo, facts, monkeypatch) -> None:
+    at = app("home", monkeypatch, demo.url, sweep="demo")
+    states = [t[3] for t in facts["trials"]]
+    assert {m.label: int(m.value) for m in at.metric} == {s: states.count(s) for s in ("running", "complete", "pruned", "failed")}
+    assert any(demo.dataset in t and "synthetic images" in t for t in texts(at))
+    best, trials = at.dataframe[0].value, table_with(at, "error")
+    assert dict(zip(best["arch"], best["trial"])) == facts["best_number"]
+    assert len(trials) == len(facts["trials"]) == 12
+    assert trials["val dice"].iloc[0] == max(t[4] for t in facts["trials"] if t[4] is not None)  # sorted, best first
+    assert any("Sweep running:" in t and "1 trial(s) in progress" in t for t in texts(at))
+    assert at.toggle[0].value is True  # auto-refresh is on while the sweep runs
+    assert [o for o in at.sidebar.selectbox[0].options][:2] == ["odd · 1 trials", "demo · 12 trials · 1 running"]
+
+
+def test_home_trials_table_sorts_by_the_chosen_column(demo, facts, monkeypatch) -> None:
+    at = app("home", monkeypatch, demo.url, sweep="demo")
+    widget(at.selectbox, "Sort by").set_value("trial number").run()
+    trials = table_with(at, "error")
+    assert trials["trial"].tolist() == sorted(trials["trial"].tolist())
+
+
+def test_learning_curves_draw_every_trial_coloured_by_arch_with_best_emphasised(demo, facts, monkeypatch) -> None:
+    at = app("curves", monkeypatch, demo.url, sweep="demo")
+    loss, dice = charts(at)
+    assert loss["layout"]["annotations"][0]["text"] == "train loss" and dice["layout"]["annotations"][1]["text"] == "validation dice"
+    legend = {t["name"]: t for t in loss["data"] if t.get("showlegend")}
+    assert len(legend) == 12  # every trial has at least one epoch
+    best_names = {f"{a} #{n} ★" for a, n in facts["best_number"].items()}
+    assert {n for n, t in legend.items() if t["line"]["width"] == 3.5} == best_names
+    muted = {n: t["opacity"] for n, t in legend.items() if "(pruned)" in n or "(failed)" in n}
+    assert len(muted) == 4 and set(muted.values()) == {0.35}
+    colors = {n.split(" #")[0]: t["line"]["color"] for n, t in legend.items()}
+    assert len(set(colors.values())) == 2  # one colour per architecture
+    assert len(at.dataframe[0].value) == 12
+
+
+def test_learning_curves_follow_the_trial_selection(demo, facts, monkeypatch) -> None:
+    at = app("curves", monkeypatch, demo.url, sweep="demo")
+    at.multiselect[0].set_value(list(facts["best"].values())).run()
+    legend = [t for t in charts(at)[0]["data"] if t.get("showlegend")]
+    assert len(legend) == 2 and len(at.dataframe[0].value) == 2
+
+
+def test_distributions_show_best_trials_stats_three_charts_and_the_paired_test(demo, facts, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    summary = at.dataframe[0].value.set_index("trial")
+    assert set(summary.index) == {f"{a} #{n}" for a, n in facts["best_number"].items()}
+    for arch, tid in facts["best"].items():
+        dice = np.array([r[2] for r in facts["results"][tid]])
+        row = summary.loc[f"{arch} #{facts['best_number'][arch]}"]
+        assert row["mean"] == pytest.approx(dice.mean(), abs=1e-4)
+        assert row["p10"] == pytest.approx(np.percentile(dice, 10), abs=1e-4)
+        assert row["worst"] == pytest.approx(dice.min(), abs=1e-4) and row["worst image"] == facts["results"][tid][0][0]
+    kinds = [c["data"][0]["type"] for c in charts(at)]
+    assert kinds == ["histogram", "violin", "scatter", "scatter"]  # histogram, violin, ECDF, paired scatter
+    a, b = facts["best"]["resnet34_unet"], facts["best"]["unet"]
+    da = dict((r[0], r[2]) for r in facts["results"][a])
+    db = dict((r[0], r[2]) for r in facts["results"][b])
+    names = sorted(da)
+    p = sps.wilcoxon([da[n] for n in names], [db[n] for n in names]).pvalue
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Wilcoxon signed-rank p"] == f"{p:.3g}"
+    assert metrics["Mean difference (B − A)"] == f"{np.mean([db[n] - da[n] for n in names]):+.4f}"
+    assert len(at.dataframe[1].value) == 10  # the images where they disagree most
+
+
+def test_border_aware_toggle_switches_the_distributions_to_dice_no_border(demo, facts, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    at.toggle[0].set_value(True).run()
+    tid = facts["best"]["unet"]
+    summary = at.dataframe[0].value.set_index("trial")
+    expected = np.mean([r[3] for r in facts["results"][tid]])
+    assert summary.loc[f"unet #{facts['best_number']['unet']}", "mean"] == pytest.approx(expected, abs=1e-4)
+    assert "dice no border" in json.dumps(charts(at)[0]["layout"])
+
+
+def test_hardest_images_gallery_is_worst_first_and_paged(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    best = facts["best"]["resnet34_unet"]  # the first architecture, its best trial by default
+    worst_first = [r[0] for r in facts["results"][best]]
+    assert gallery_count(at) == len(worst_first) == 18
+    assert gallery_names(at) == worst_first[:12]
+    assert len(at.image) == 12 and all(len(i.value) == 1 for i in at.image)
+    assert any("false positive" in m.value and "false negative" in m.value for m in at.markdown)  # the legend
+    assert widget(at.button_group, "Split").options == ["test"] and widget(at.button_group, "Species").options == ["cat", "dog"]
+    at.number_input[0].set_value(2).run()
+    assert gallery_names(at) == worst_first[12:] and len(at.image) == 6
+
+
+def test_species_filter_changes_the_gallery(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    before = gallery_names(at)
+    widget(at.button_group, "Species").set_value(["dog"]).run()
+    dogs = [r[0] for r in facts["results"][facts["best"]["resnet34_unet"]] if r[1] == "dog"]
+    assert gallery_count(at) == len(dogs) < 18
+    assert gallery_names(at) == dogs[:12] != before
+    assert all("· dog ·" in c.value for c in at.caption if " · test · " in c.value)
+
+
+def test_dice_range_and_trial_filters_narrow_the_gallery(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    widget(at.sidebar.selectbox, "Architecture").set_value("unet").run()
+    unet = [r for r in facts["results"][facts["best"]["unet"]]]
+    assert gallery_names(at)[0] == unet[0][0]
+    widget(at.slider, "dice range").set_value((0.0, 0.8)).run()
+    assert gallery_count(at) == sum(r[2] <= 0.8 for r in unet)
+    widget(at.slider, "dice range").set_value((0.99, 1.0)).run()
+    assert any("No image matches the filters." in i.value for i in at.info) and len(at.image) == 0
+
+
+def test_hard_for_every_model_ranks_images_by_median_over_complete_trials(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    at.radio(key="gallery_view").set_value("Hard for every model").run()
+    complete = [t[0] for t in facts["trials"] if t[3] == "complete"]
+    per_image: dict[str, list[float]] = {}
+    for tid in complete:
+        for name, _species, dice, _dnb in facts["results"][tid]:
+            per_image.setdefault(name, []).append(dice)
+    medians = sorted((float(np.median(v)), n) for n, v in per_image.items())
+    assert gallery_names(at) == [n for _, n in medians[:12]]
+    first = next(t for t in texts(at) if t.startswith("**1. "))
+    assert f"median dice **{medians[0][0]:.3f}** over {len(complete)} trials" in first
+    assert len(at.image) == 12  # one strip per image: photo, truth and the best trial of each arch
+
+
+def test_picking_an_image_shows_it_across_every_trial(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    name = gallery_names(at)[0]
+    at.button[0].click().run()
+    assert any(s.value == f"{name} across every architecture and trial" for s in at.subheader)
+    complete = [t for t in facts["trials"] if t[3] == "complete"]
+    table = at.dataframe[0].value
+    assert len(table) == len(complete) and set(table["arch"]) == {"unet", "resnet34_unet"}
+    overlays = sum(len(i.value) for i in at.image[1:3])
+    assert overlays == len(complete)  # one prediction per complete trial, grouped by arch
+    at.button(key="close_inspect").click().run()
+    assert "inspect_image" not in at.session_state and not at.subheader
+
+
+def test_missing_and_outside_root_images_show_notes_not_files(demo, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep=ODD)
+    notes = [c.value for c in at.caption if c.value.startswith("⚠")]
+    assert "⚠ missing: images/ghost_1.jpg" in notes
+    assert notes.count("⚠ refused: outside dataset root") == 2  # the ../ name and the outbound symlink
+    assert gallery_count(at) == 4 and len(at.image) == 4
+
+
+def test_insights_draw_optuna_plots_and_hyperparameters_against_the_tail(demo, facts, monkeypatch) -> None:
+    at = app("insights", monkeypatch, demo.url, sweep="demo")
+    figures = charts(at)
+    assert len(figures) == 5  # history, importances, parallel coordinates, slice, params vs tail
+    assert any("Optuna study `demo/resnet34_unet`: 6 trials, 3 complete." == c.value for c in at.caption)
+    corr = at.dataframe[0].value
+    assert set(corr["hyperparameter"]) == {"lr", "dice_weight", "aug_hflip", "aug_rotate", "aug_brightness"}
+    table = at.dataframe[1].value
+    complete = [t for t in facts["trials"] if t[1] == "resnet34_unet" and t[3] == "complete"]
+    assert len(table) == len(complete)
+    row = table.set_index("trial").loc[facts["best_number"]["resnet34_unet"]]
+    dice = np.sort([r[2] for r in facts["results"][facts["best"]["resnet34_unet"]]])
+    assert row["worst-10% mean"] == pytest.approx(dice[:2].mean(), abs=1e-4)  # ceil(18 / 10) = 2 images
+
+
+def test_insights_explain_importances_need_two_complete_trials(demo, monkeypatch) -> None:
+    at = app("insights", monkeypatch, demo.url, sweep=ODD)
+    assert any("need at least 2 complete trials" in i.value for i in at.info)
+    assert len(charts(at)) == 3  # history, parallel coordinates, slice
+
+
+# -- nothing to show -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_explains_how_to_create_a_missing_database(page, tmp_path, monkeypatch) -> None:
+    at = app(page, monkeypatch, str(tmp_path / "nothing-here.db"))
+    assert f"No results database at `{tmp_path / 'nothing-here.db'}`." in at.warning[0].value
+    assert "python -m jobs.sweep --db" in at.info[0].value
+    assert not at.get("plotly_chart") and not at.dataframe
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_explains_an_empty_database(page, tmp_path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    Store(url).dispose()  # the schema, no trial
+    at = app(page, monkeypatch, url)
+    assert "holds no results yet" in at.warning[0].value and "python -m jobs.sweep" in at.info[0].value
+    assert not at.get("plotly_chart") and not at.image
+
+
+def test_a_database_of_another_schema_version_shows_the_one_line_error(tmp_path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store(url)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE schema_info SET value = '99' WHERE key = 'schema_version'"))
+    store.dispose()
+    at = app("hardest", monkeypatch, url)
+    assert "has results schema version 99" in at.error[0].value and "\n" not in at.error[0].value
+    assert "python -m jobs.sweep" in at.info[0].value
+
+
+def test_the_database_chosen_in_the_sidebar_is_kept_across_pages(demo, tmp_path, monkeypatch) -> None:
+    at = app("home", monkeypatch, str(tmp_path / "nothing-here.db"))
+    at.sidebar.text_input[0].set_value(demo.url).run()
+    assert at.metric and at.session_state["results_db"] == demo.url
+    at.switch_page("pages/1_Learning_curves.py").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+
+
+# -- pictures and statistics ---------------------------------------------------------------
+
+def test_paths_escaping_the_dataset_root_are_refused(tmp_path) -> None:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "secret.jpg")
+    (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert images.resolve_inside(root, "images/../../secret.jpg") is None
+    assert images.resolve_inside(root, "/etc/passwd") is None
+    assert images.load_photo(root, "link", 8).note == images.REFUSED
+    assert images.load_photo(root, "../../secret", 8).note == images.REFUSED
+    assert images.load_photo(root, "absent", 8).note == "missing: images/absent.jpg"
+
+
+def test_odd_image_files_are_read_as_rgb_and_unreadable_ones_get_a_note(tmp_path) -> None:
+    (tmp_path / "images").mkdir()
+    Image.new("CMYK", (10, 6), (0, 255, 0, 0)).save(tmp_path / "images" / "cmyk.jpg", "JPEG")
+    Image.new("L", (10, 6), 128).save(tmp_path / "images" / "gray.jpg", "PNG")  # a PNG named .jpg
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"not an image")
+    assert images.load_photo(tmp_path, "cmyk", 16).array.shape == (16, 16, 3)
+    assert images.load_photo(tmp_path, "gray", 16).array[0, 0].tolist() == [128, 128, 128]
+    assert images.load_photo(tmp_path, "broken", 16).note == "unreadable: images/broken.jpg"
+
+
+def test_overlay_colours_false_positives_and_false_negatives_distinctly() -> None:
+    truth = np.zeros((4, 4), bool)
+    truth[:2] = True                     # top half is pet
+    pred = np.zeros((4, 4), bool)
+    pred[1:3] = True                     # rows 1-2 predicted
+    photo = np.zeros((8, 8, 3), np.uint8)
+    out = images.overlay(photo, truth, pred, 8)
+    fp, fn, tp, tn = out[5, 0], out[0, 0], out[3, 0], out[7, 0]  # display rows 4-5 = mask row 2 (FP) etc.
+    assert fp.tolist() == [round(c * 0.7) for c in images.FP_COLOR]
+    assert fn.tolist() == [round(c * 0.7) for c in images.FN_COLOR]
+    assert tp.tolist() == [round(255 * 0.35)] * 3 and tn.tolist() == [0, 0, 0]
+
+
+def test_panels_fall_back_to_placeholders_with_notes(tmp_path) -> None:
+    p = images.make_panels(tmp_path, "nobody", 8, 32, [np.ones((8, 8), bool), None])
+    assert p.photo.shape == p.truth.shape == (32, 32, 3) and len(p.predictions) == 2
+    assert p.notes == ["missing: images/nobody.jpg", "missing: annotations/trimaps/nobody.png"]
+    assert images.strip([p.photo, p.truth, *p.predictions]).shape == (32, 4 * 32 + 3 * 6, 3)
+
+
+def test_paired_comparison_reports_the_mean_difference_ci_and_wilcoxon() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.5, 0.9, 40)
+    b = a + 0.05 + rng.normal(0, 0.01, 40)
+    result = stats.compare_paired(a, b)
+    assert result.mean_diff == pytest.approx(np.mean(b - a))
+    assert result.ci_low < result.mean_diff < result.ci_high and result.ci_low > 0.04
+    assert result.p_value == pytest.approx(sps.wilcoxon(a, b).pvalue) and result.b_better == 40
+    same = stats.compare_paired(a, a)
+    assert same.p_value is None and same.mean_diff == 0.0
+
+
+def test_summaries_give_mean_median_percentiles_and_the_worst_image() -> None:
+    import pandas as pd
+    scores = pd.DataFrame({"trial_id": [1] * 5, "name": list("abcde"), "dice": [0.5, 0.9, 0.1, 0.7, 0.3]})
+    row = stats.summarize(scores, "dice").iloc[0]
+    assert row["mean"] == pytest.approx(0.5) and row["median"] == 0.5 and row["worst"] == 0.1
+    assert row["worst image"] == "c" and row["images"] == 5
+    assert row["p10"] == pytest.approx(np.percentile([0.5, 0.9, 0.1, 0.7, 0.3], 10))
