@@ -123,6 +123,10 @@ class StoreError(Exception):
     """A store problem the user can fix (bad URL, unreachable server, unwritable file)."""
 
 
+class TrialClosedError(StoreError):
+    """A trial was finished (or failed as dead) already; a late finish must not overwrite it."""
+
+
 class SchemaVersionError(StoreError):
     """The database was written by a different schema version than this code reads."""
 
@@ -377,13 +381,15 @@ class Store:
                 mask_rows = [dict(trial_id=trial_id, image_id=int(i), png=encode_mask(m))
                              for i, m in zip(ids.tolist(), results.masks)]
         with self.engine.begin() as conn:
+            closed = conn.execute(update(trials).where(trials.c.id == trial_id, trials.c.state == "running").values(
+                state=state, val_dice=val_dice, test_dice=test_dice, finished_at=_now(), error=error,
+                checkpoint=checkpoint))
+            if closed.rowcount != 1:  # e.g. taken for dead and retried elsewhere: keep the store truthful
+                raise TrialClosedError(f"trial {trial_id} was already closed by another worker; results not recorded")
             if result_rows:
                 conn.execute(insert(image_results), result_rows)
             if mask_rows:
                 conn.execute(insert(masks), mask_rows)
-            conn.execute(update(trials).where(trials.c.id == trial_id).values(
-                state=state, val_dice=val_dice, test_dice=test_dice, finished_at=_now(), error=error,
-                checkpoint=checkpoint))
         return test_dice
 
     def set_checkpoint(self, trial_id: int, path: str | None) -> None:

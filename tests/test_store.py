@@ -141,3 +141,14 @@ def test_unreachable_server_is_a_one_line_error() -> None:
     with pytest.raises(StoreError, match="cannot open database") as info:
         Store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     assert "\n" not in str(info.value)
+
+
+def test_a_trial_already_closed_is_not_overwritten(db_url: str, tmp_path: Path) -> None:
+    store = Store(db_url)
+    ids = store.register_dataset("oxford-pets/x", "oxford-pets", tmp_path, [Info("a")])
+    tid = _trial(store)
+    assert store.fail_running("s/unet", [0], "worker died") == 1
+    late = ImageResults(np.array([ids["a"]]), np.array([0.9]), np.array([0.8]), np.array([0.9]))
+    with pytest.raises(st.TrialClosedError):
+        store.finish_trial(tid, state="complete", results=late)
+    assert store.trial(tid)["state"] == "failed" and store.count(st.image_results) == 0
