@@ -1,0 +1,119 @@
+"""Shared helpers for the benchmarks: interleaved timing, the dense-matmul yardstick, verdict lines.
+
+Every figure a benchmark prints is a RATIO of variants measured in the same process, taking
+turns (A B C A B C ...), each repeated and reduced to a median: on a shared machine the load
+changes from second to second, and interleaving spreads it over every variant alike.
+Absolute numbers are printed too, but only the ratios compare across runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable as `python benchmarks/x.py` as well as `python -m benchmarks.x`
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pets-sample"
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def load_average() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load n/a"
+    return f"load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def header(title: str, args: argparse.Namespace | None = None) -> None:
+    """What was run, where, and how busy the machine was when it started."""
+    import torch
+
+    print(f"== {title}")
+    print(f"   python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, {load_average()}")
+    if args is not None:
+        print("   " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()))
+    sys.stdout.flush()
+
+
+def interleave(variants: dict[str, Callable[[], float]], rounds: int,
+               on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Run each variant once per round, in turn; each call returns its own measurement."""
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, run in variants.items():
+            results[name].append(run())
+        if on_round is not None:
+            on_round(r)
+    return results
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of numerator/denominator: each ratio pairs measurements taken seconds apart."""
+    return median([a / b for a, b in zip(numerator, denominator)])
+
+
+def matmul_flops(n: int = 2048, repeats: int = 3, dtype=None, device: str = "cpu") -> float:
+    """Dense n x n matrix-multiply FLOP/s (2 n^3 per product), best of `repeats` after a warm-up.
+
+    Best, not median: it is the yardstick of what the hardware does when it gets the cores,
+    so a model's fraction of it is conservative.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.mm(a, b, out=out)
+    sync()
+    best = float("inf")
+    inner = 1 if device == "cpu" else 20
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+        sync()
+        best = min(best, (time.perf_counter() - started) / inner)
+    return 2 * n**3 / best
+
+
+def verdict(label: str, value: float, target: float, unit: str = "x", higher_is_better: bool = True) -> bool:
+    """One clear line: PASS, or MISS and by how much. unit "%" shows fractions as percentages."""
+    ok = value >= target if higher_is_better else value <= target
+    cmp = ">=" if higher_is_better else "<="
+    show = (lambda v: f"{100 * v:.1f}%") if unit == "%" else (lambda v: f"{v:.3g}{unit}")
+    if ok:
+        print(f"PASS  {label}: {show(value)} (target {cmp} {show(target)})")
+    else:
+        short = target / value if higher_is_better and value > 0 else value / target if target else float("inf")
+        print(f"MISS  {label}: {show(value)} (target {cmp} {show(target)}; short by a factor {short:.2f})")
+    sys.stdout.flush()
+    return ok
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def set_threads(threads: int) -> None:
+    """0 keeps torch's default (one per core); otherwise pins intra-op threads for every variant."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)

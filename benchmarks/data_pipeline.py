@@ -1,0 +1,117 @@
+"""Issue 6, figure 2: training samples/s of the cached pipeline vs decoding every epoch, same run.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/data_pipeline.py                 # ~1 min
+    PYTHONPATH=. .venv/bin/python benchmarks/data_pipeline.py --image-size 256
+
+Variants take turns, each one full pass (an "epoch") over the sample's train+val images,
+batch 8, nothing but the data (no model):
+
+* decode    the lab reports' Dataset (benchmarks/train_throughput.py): PIL decodes the JPEG and
+            trimap, albumentations resizes, flips, rotates, jitters and normalises, every epoch;
+            DataLoader(batch_size=8, shuffle=True) defaults.
+* cached    core's training loader (`core.train._train_loader`, what `fit` iterates): the uint8
+            arrays `prepare_dataset` decoded once, augmented at the training size, uint8 batches
+            normalised by `_Normalizer` as fit does.
+* cached, no augmentation   the same with augmentation off (`_plain_batches`: array slices).
+
+Also: how long the one-off decode that fills the cache takes, and loading the cache back.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (  # noqa: E402
+    DEFAULT_DATA, header, interleave, median, paired_ratio, positive_int, set_threads, verdict,
+)
+from benchmarks.train_throughput import PetsDataset  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--images", type=int, default=0, help="use only this many images (0 = all trainval images)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an Oxford-IIIT Pet style folder")
+    args = p.parse_args(argv)
+
+    set_threads(args.threads)
+    import cv2
+    import numpy as np
+    import torch
+
+    from core.augment import AugmentConfig
+    from core.dataset import prepare_dataset
+    from core.train import TrainConfig, _Normalizer, _train_loader
+
+    header("data pipeline: cached arrays vs decode every epoch", args)
+    if not args.data.is_dir():
+        print(f"error: no dataset at {args.data}")
+        return 2
+    root = args.data.resolve()
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        data = prepare_dataset(root, args.image_size, cache_dir=Path(tmp), log=lambda _: None)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        data = prepare_dataset(root, args.image_size, cache_dir=Path(tmp), log=lambda _: None)
+        again = time.perf_counter() - started
+
+    idx = np.concatenate([data.indices("train"), data.indices("val")])
+    if args.images > 0:
+        idx = idx[:args.images]
+    names = [data.infos[i].name for i in idx]
+    n = len(idx)
+    print(f"   {n} images, batch {args.batch_size}, {args.image_size} px; prepare_dataset: decode + cache "
+          f"{first:.2f} s ({n and len(data.infos) / first:.0f} images/s), from the cache {again:.3f} s")
+
+    normalize = _Normalizer(device, channels_last=False)
+    reference = torch.utils.data.DataLoader(PetsDataset(root, names, args.image_size), batch_size=args.batch_size,
+                                            shuffle=True)
+
+    def decode_epoch() -> float:
+        cv2.setNumThreads(-1)  # OpenCV's default, as in a lab-report process (core's loader sets 0, process-wide)
+        started, seen = time.perf_counter(), 0
+        for images, masks in reference:
+            seen += len(images)
+        return seen / (time.perf_counter() - started)
+
+    def cached(augment: AugmentConfig):
+        cfg = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, augment=augment, device="cpu")
+        epoch, _ = _train_loader(data, idx, cfg, device, torch.Generator().manual_seed(0))
+
+        def run() -> float:
+            started, seen = time.perf_counter(), 0
+            for images, trimaps in epoch():
+                x, target, _ = normalize(images, trimaps)  # what fit does next, so both end as float batches
+                seen += len(x)
+            return seen / (time.perf_counter() - started)
+        return run
+
+    results = interleave({
+        "decode every epoch": decode_epoch,
+        "cached + augmentation": cached(AugmentConfig.reports()),
+        "cached, no augmentation": cached(AugmentConfig.none()),
+    }, args.rounds)
+    print(f"-- samples/s, median of {args.rounds} interleaved epochs:")
+    for name, values in results.items():
+        print(f"   {name:<26} {median(values):9.0f} samples/s")
+    ratio = paired_ratio(results["cached + augmentation"], results["decode every epoch"])
+    plain = paired_ratio(results["cached, no augmentation"], results["decode every epoch"])
+    print(f"RATIO cached+augmentation / decode-every-epoch = {ratio:.1f}x")
+    print(f"RATIO cached-no-augmentation / decode-every-epoch = {plain:.1f}x")
+    print("      (issue 6 sets no target for this figure; the check below only guards that caching pays)")
+    verdict("cached pipeline faster than decoding every epoch", ratio, 1.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Issue 6, figure 3: writing one trial's test results (3,669 images, masks included) to SQLite.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/store_writes.py                   # ~1 min
+    PYTHONPATH=. .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
+
+`Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows, the masks and
+the trial update in one transaction, on a SQLite file in WAL mode as the jobs use it. The
+masks are pet-shaped: the real sample's trimaps (pet + border) resized to the mask size, cycled
+(and mirrored on every other pass) to the test-set size. Variants take turns:
+
+* finish_trial         as it is now
+* finish_trial before  the same with the previous encoder (PIL, optimize=True), patched in
+* no masks             finish_trial with the per-image rows only (the database part alone)
+* encode only          encode_mask on every mask, no database
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import DEFAULT_DATA, header, interleave, median, paired_ratio, positive_int, verdict  # noqa: E402
+
+TEST_IMAGES = 3669  # the official Oxford-IIIT Pet test split
+TIME_TARGET_S = 1.0
+BYTES_TARGET = 1024
+
+
+def pet_masks(root: Path, size: int, count: int) -> list:
+    import numpy as np
+    from PIL import Image
+
+    trimaps = sorted((root / "annotations" / "trimaps").glob("*.png"))
+    if not trimaps:
+        raise SystemExit(f"error: no trimaps under {root / 'annotations' / 'trimaps'}")
+    shapes = [np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST)) != 2 for t in trimaps]
+    return [shapes[i % len(shapes)] if (i // len(shapes)) % 2 == 0 else shapes[i % len(shapes)][:, ::-1]
+            for i in range(count)]
+
+
+def old_encode_mask(mask) -> bytes:
+    """The encoder before issue 6 (PIL, optimize=True), kept here as the baseline."""
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=positive_int, default=TEST_IMAGES, help="test images in the trial")
+    p.add_argument("--mask-size", type=positive_int, default=256)
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--no-before", action="store_true", help="skip the old-encoder variant (10+ s a round)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where the trimaps come from")
+    args = p.parse_args(argv)
+
+    import numpy as np
+    from sqlalchemy import select
+
+    import core.store as store_module
+    from core.store import ImageResults, Store, decode_mask, encode_mask
+
+    header("store writes: one trial's per-image results and masks on SQLite", args)
+    masks = pet_masks(args.data.resolve(), args.mask_size, args.images)
+    rng = np.random.default_rng(0)
+    dice, iou, dnb = rng.random(args.images), rng.random(args.images), rng.random(args.images)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(f"sqlite:///{tmp}/results.db")
+        infos = [SimpleNamespace(name=f"img_{i}", split="test", breed="breed", species="cat", width=500, height=375,
+                                 brightness=0.5, fg_fraction=0.3) for i in range(args.images)]
+        ids = store.register_dataset("oxford-pets/bench", "oxford-pets", tmp, infos)
+        image_ids = np.array([ids[f"img_{i}"] for i in range(args.images)], dtype=np.int64)
+        number = iter(range(10**6))
+        trials: list[int] = []
+
+        def finish(with_masks: bool = True, encoder=None) -> float:
+            tid = store.start_trial(sweep="bench", study="bench", arch="unet", number=next(number), params={},
+                                    device="cpu", dataset="oxford-pets/bench", image_size=args.mask_size)
+            results = ImageResults(image_ids, dice, iou, dnb, masks=masks if with_masks else None)
+            saved = store_module.encode_mask
+            if encoder is not None:
+                store_module.encode_mask = encoder
+            try:
+                started = time.perf_counter()
+                store.finish_trial(tid, state="complete", val_dice=0.5, results=results)
+                elapsed = time.perf_counter() - started
+            finally:
+                store_module.encode_mask = saved
+            trials.append(tid)
+            return elapsed
+
+        def encode_only() -> float:
+            started = time.perf_counter()
+            for m in masks:
+                encode_mask(m)
+            return time.perf_counter() - started
+
+        variants = {"finish_trial": finish, "no masks": lambda: finish(with_masks=False), "encode only": encode_only}
+        if not args.no_before:
+            variants["finish_trial before"] = lambda: finish(encoder=old_encode_mask)
+        results = interleave(variants, args.rounds)
+
+        with store.engine.connect() as conn:  # what was written reads back, and its size
+            rows = conn.execute(select(store_module.masks.c.image_id, store_module.masks.c.png)
+                                .where(store_module.masks.c.trial_id == trials[0])).all()
+        by_id = {int(i): png for i, png in rows}
+        position = {int(i): k for k, i in enumerate(image_ids)}
+        assert len(by_id) == args.images, (len(by_id), args.images)
+        for image_id in list(by_id)[:: max(1, args.images // 50)]:
+            assert np.array_equal(decode_mask(by_id[image_id]), masks[position[image_id]]), "mask does not read back"
+        mean_bytes = float(np.mean([len(png) for png in by_id.values()]))
+        old_bytes = float(np.mean([len(old_encode_mask(m)) for m in masks[:200]]))
+        store.dispose()
+
+    print(f"-- {args.images} images, masks {args.mask_size} px, medians of {args.rounds} interleaved rounds:")
+    for name, values in results.items():
+        print(f"   {name:<20} {median(values):7.3f} s")
+    print(f"   mean mask PNG {mean_bytes:.0f} bytes (previous encoder: {old_bytes:.0f} bytes, first 200 masks); "
+          f"every 50th mask decoded back equal")
+    if "finish_trial before" in results:
+        print(f"RATIO finish_trial before / now = {paired_ratio(results['finish_trial before'], results['finish_trial']):.1f}x")
+    print(f"RATIO encode share of finish_trial = {paired_ratio(results['encode only'], results['finish_trial']):.2f}")
+    print(f"      (timings in seconds are absolute: compare them only with the load line above)")
+    verdict(f"finish_trial of {args.images} results + masks on SQLite", median(results["finish_trial"]),
+            TIME_TARGET_S, unit=" s", higher_is_better=False)
+    verdict(f"mean mask size at {args.mask_size} px", mean_bytes, BYTES_TARGET, unit=" B", higher_is_better=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

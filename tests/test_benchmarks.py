@@ -1,0 +1,54 @@
+"""Smoke tests: every benchmark script runs end to end at tiny sizes and prints its ratio and verdict lines.
+
+Nothing here is timed or compared with a target: on a shared machine only the benchmarks' own
+interleaved ratios mean anything, and they need real sizes (see README, Performance).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from benchmarks import data_pipeline, gpu_throughput, store_writes, train_throughput
+
+VERDICT = re.compile(r"^(PASS|MISS)  .+: .+ \(target (>=|<=) .+\)$", re.MULTILINE)
+
+
+def test_train_throughput_compares_trainer_reference_and_model(pets_root: Path, capsys) -> None:
+    code = train_throughput.main(["--archs", "unet", "--width", "0.125", "--image-size", "32", "--train-images", "16",
+                                  "--rounds", "1", "--fwd-bwd-steps", "1", "--matmul-size", "128", "--ablations",
+                                  "--ablation-steps", "1", "--data", str(pets_root)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^RATIO unet trainer/reference = \d+\.\d+x", out, re.MULTILINE)
+    assert re.search(r"^RATIO unet epochs-table images_per_s / timed outside fit = \d+\.\d+", out, re.MULTILINE)
+    assert "of matmul FLOP/s" in out and "-- ablation unet" in out and "channels_last" in out
+    assert len(VERDICT.findall(out)) == 3
+
+
+def test_data_pipeline_compares_cached_and_decoding(pets_root: Path, capsys) -> None:
+    code = data_pipeline.main(["--images", "16", "--rounds", "1", "--image-size", "32", "--data", str(pets_root)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^RATIO cached\+augmentation / decode-every-epoch = \d+\.\dx", out, re.MULTILINE)
+    assert len(VERDICT.findall(out)) == 1
+
+
+def test_store_writes_times_finish_trial_and_mask_size(pets_root: Path, capsys) -> None:
+    code = store_writes.main(["--images", "40", "--mask-size", "64", "--rounds", "1", "--data", str(pets_root)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^RATIO finish_trial before / now = \d+\.\dx", out, re.MULTILINE)
+    assert "mean mask PNG" in out and len(VERDICT.findall(out)) == 2
+
+
+def test_gpu_throughput_says_so_without_cuda(capsys) -> None:
+    if torch.cuda.is_available():
+        code = gpu_throughput.main(["--archs", "unet", "--width", "0.125", "--image-size", "64", "--batch-size", "2",
+                                    "--steps", "1", "--rounds", "1", "--matmul-size", "256", "--no-compile"])
+        assert code == 0 and len(VERDICT.findall(capsys.readouterr().out)) == 1
+        return
+    code = gpu_throughput.main([])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 1 and out[0].startswith("SKIP gpu_throughput: no CUDA device")
