@@ -131,12 +131,34 @@ def bench_dataset(root: Path, image_size: int, train_images: int, cache_dir: Pat
     return subset, [data.infos[i].name for i in train]
 
 
-def trainer_run(cfg, data, record: dict) -> float:
+class _ThreadedOpenCV:
+    """Stands in for cv2 inside core.train to undo one fix: OpenCV keeps its default thread pool."""
+
+    def __init__(self):
+        import cv2
+
+        self._cv2 = cv2
+
+    def __getattr__(self, name: str):
+        return getattr(self._cv2, name)
+
+    def setNumThreads(self, n: int) -> None:  # noqa: N802 (OpenCV's name)
+        self._cv2.setNumThreads(-1)
+
+
+def trainer_run(cfg, data, record: dict, opencv_fix: bool = True) -> float:
     """fit() for 2 epochs; returns epoch 2's images_per_s, and records the outside view of it."""
+    import core.train
     from core.train import fit
 
     stamps: list[float] = []
-    result = fit(cfg, data, on_epoch=lambda _: stamps.append(time.perf_counter()), progress=False)
+    real_cv2 = core.train.cv2
+    if not opencv_fix:
+        core.train.cv2 = _ThreadedOpenCV()
+    try:
+        result = fit(cfg, data, on_epoch=lambda _: stamps.append(time.perf_counter()), progress=False)
+    finally:
+        core.train.cv2 = real_cv2
     last = result.history[-1]
     n_train = len(data.indices("train"))
     seen = (n_train // cfg.batch_size) * cfg.batch_size
@@ -288,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 "reference": lambda: reference_run(arch, args.width, reference_data, args.batch_size, 0),
                 "fwd+bwd": lambda: fwd_bwd_run(model, x, target, criterion, args.fwd_bwd_steps),
             }
-            if args.ablations:  # the reference with only the trainer's OpenCV fix
+            if args.ablations:  # the trainer without its OpenCV fix, the reference with only that fix
+                variants["trainer, OpenCV threaded"] = lambda: trainer_run(cfg, data, {}, opencv_fix=False)
                 variants["reference, OpenCV unthreaded"] = lambda: reference_run(
                     arch, args.width, reference_data, args.batch_size, 0, opencv_threads=0)
             results = interleave(variants, args.rounds,
@@ -310,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   fwd+bwd    {ips['fwd+bwd']:7.2f} img/s  {frac['fwd+bwd']:.0%} of matmul FLOP/s  "
                   f"(model alone: the ceiling of any eager fp32 loop)")
             if args.ablations:
+                before = results["trainer, OpenCV threaded"]
+                print(f"   trainer, OpenCV threaded     {median(before):7.2f} img/s  "
+                      f"(the trainer is x{paired_ratio(results['trainer'], before):.2f} this: its OpenCV fix)")
                 fixed = results["reference, OpenCV unthreaded"]
                 print(f"   reference, OpenCV unthreaded {median(fixed):7.2f} img/s  "
                       f"(x{paired_ratio(fixed, results['reference']):.2f} the reference: the trainer's OpenCV fix alone)")

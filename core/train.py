@@ -1,8 +1,9 @@
 """The one training loop every job uses: fit a model on a prepared dataset, then predict.
 
 Readable first (nanoGPT-style): the loop is `fit`; the speed tricks (uint8 batches moved
-once and normalised on the device, channels_last, mixed precision, fused AdamW, optional
-torch.compile) are set up around it and never inside its logic.
+once and normalised on the device, channels_last on CUDA, mixed precision, fused AdamW,
+unthreaded OpenCV augmentation, optional torch.compile) are set up around it and never inside
+its logic. What each is worth: benchmarks/train_throughput.py --ablations.
 """
 from __future__ import annotations
 
@@ -233,9 +234,9 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
             order = indices[torch.randperm(len(indices), generator=generator).numpy()]
             return _plain_batches(data, order[:n_batches * cfg.batch_size], cfg.batch_size)
         return epoch, n_batches
-    # albumentations runs OpenCV, whose own thread pool (one thread per core) spins between the
-    # calls and fights torch's OpenMP threads for the same cores: with it, CPU training steps ran
-    # 1.1x (quiet machine) to 5x (busy machine) slower. Images this small need no threads.
+    # albumentations runs OpenCV, whose own thread pool (one thread per core) wakes between the
+    # steps and fights torch's OpenMP threads for the same cores: on a busy 2-core machine fit ran
+    # 5x slower with it (benchmarks/train_throughput.py --ablations). Small images need no threads.
     cv2.setNumThreads(0)
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     loader = torch.utils.data.DataLoader(
