@@ -1,7 +1,8 @@
 """Issue 6, figure 1: training images/s of core's trainer vs a plain lab-report loop, same run.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py            # ~4-5 min on 2 quiet cores
-    PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py --ablations --compile   # + what each trick is worth
+    PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py            # ~6 min on 2 quiet cores
+    PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py --ablations   # ~12 min: + what each trick is worth
+    (add --compile for torch.compile too: a few more minutes of compiling per architecture)
 
 Three variants take turns, round after round, on the same images (the real sample's train split):
 
@@ -345,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             if not ok1 and ceiling < TARGETS.get(arch, 1.0):
                 print(f"      why: forward+backward alone is only {ceiling:.2f}x the whole reference step, and no "
                       f"data, optimizer or loop change touches it; the rest needs faster convolutions.")
+            elif not ok1:
+                print(f"      why: the trainer reaches {ips['trainer'] / ips['fwd+bwd']:.0%} of the model's fwd+bwd "
+                      f"rate (ceiling {ceiling:.2f}x); gradient clipping, AdamW and the data/metrics in the loop "
+                      f"take the rest.")
             ok2 = verdict(f"{arch} trainer FLOP/s fraction of dense matmul", frac["trainer"], FLOP_TARGET, unit="%")
             if not ok2:
                 print(f"      why: the model's own forward+backward reaches {frac['fwd+bwd']:.0%} of matmul "
