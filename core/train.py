@@ -2,13 +2,12 @@
 
 Readable first (nanoGPT-style): the loop is `fit`; the speed tricks (uint8 batches moved
 once and normalised on the device, channels_last on CUDA, mixed precision, fused AdamW,
-unthreaded OpenCV augmentation, optional torch.compile) are set up around it and never inside
-its logic. What each is worth: benchmarks/train_throughput.py --ablations.
+unthreaded OpenCV augmentation, freed memory kept on CPUs, optional torch.compile) are set up
+around it and never inside its logic. What each is worth: benchmarks/train_throughput.py --ablations.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import random
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from core.augment import AugmentConfig, build_augment
 from core.dataset import PreparedDataset
 from core.losses import SegmentationLoss
+from core.malloc import keep_freed_memory
 from core.metrics import image_scores
 from core.models import build_model
 
@@ -224,6 +224,16 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _snapshot(model: nn.Module, into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights, written into `into`'s buffers when given (no new memory)."""
+    state = model.state_dict()
+    if into is None:
+        return {k: v.detach().clone() for k, v in state.items()}
+    for k, v in state.items():
+        into[k].copy_(v)
+    return into
+
+
 def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device,
                   generator: torch.Generator) -> tuple[Callable[[], Iterator], int]:
     """A function giving one epoch of shuffled uint8 batches, and the number of batches."""
@@ -264,6 +274,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     if len(val_idx) == 0:  # tiny datasets: validate on the training images rather than not at all
         val_idx = train_idx
 
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on every step's reallocations (core/malloc.py)
     channels_last = use_channels_last(cfg, device)
     model = build_model(cfg.arch, width=cfg.width).to(device)
     if channels_last:
@@ -280,7 +292,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
     history: list[EpochStats] = []
-    best_dice, best_epoch, best_state = -1.0, -1, None
+    best_dice, best_epoch = -1.0, -1
+    best_state: dict[str, torch.Tensor] | None = None
     diverged: str | None = None
     step = 0
     for epoch in range(cfg.epochs):
@@ -331,7 +344,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
         history.append(stats)
         if stats.val_dice > best_dice:
             best_dice, best_epoch = stats.val_dice, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = _snapshot(model, best_state)
         if on_epoch is not None:
             on_epoch(stats)
 

@@ -64,6 +64,18 @@ def test_fit_reports_every_epoch_and_keeps_the_best_weights(tiny_synthetic) -> N
     assert val.mean_dice == pytest.approx(result.best_val_dice, abs=1e-5)
 
 
+def test_best_weights_snapshot_is_a_copy_refreshed_in_its_own_buffers() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    snap = train._snapshot(model, None)
+    buffers = {k: v.data_ptr() for k, v in snap.items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # training moves on: the snapshot must not follow
+    assert not torch.equal(snap["0.weight"], model[0].weight)
+    assert train._snapshot(model, snap) is snap  # a better epoch: copied into the same memory
+    assert {k: v.data_ptr() for k, v in snap.items()} == buffers
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
 def test_same_seed_gives_the_same_run(tiny_synthetic) -> None:
     a = fit(small(epochs=1, augment=AugmentConfig.reports()), tiny_synthetic, progress=False).history[0]
     b = fit(small(epochs=1, augment=AugmentConfig.reports()), tiny_synthetic, progress=False).history[0]
