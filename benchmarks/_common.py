@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as `python benchmarks/x.py` as well as `python -m benchmarks.x`
     sys.path.insert(0, str(REPO))
 
+from jobs.cli import positive_int  # noqa: E402,F401  (the jobs' own check, re-exported for the benchmarks)
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pets-sample"
 
 
@@ -35,12 +37,34 @@ def load_average() -> str:
     return f"load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
+def cpu_description() -> str:
+    """The CPU's model name, the widest vector ISA torch uses on it, and whether it has native bf16.
+
+    Figures from different machines only compare with this line beside them: the same code
+    picks bf16 or fp32, and is 1.5-2x apart, depending on it.
+    """
+    import torch
+
+    from core.train import cpu_has_fast_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name}, {os.cpu_count()} CPUs, {capability}, {'native' if cpu_has_fast_bf16() else 'no native'} bf16"
+
+
 def header(title: str, args: argparse.Namespace | None = None) -> None:
     """What was run, where, and how busy the machine was when it started."""
     import torch
 
     print(f"== {title}")
-    print(f"   python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+    print(f"   python {platform.python_version()}, torch {torch.__version__}, {cpu_description()}, "
           f"{torch.get_num_threads()} torch threads, {load_average()}")
     if args is not None:
         print("   " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()))
@@ -104,11 +128,34 @@ def verdict(label: str, value: float, target: float, unit: str = "x", higher_is_
     return ok
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+class FreshProcess:
+    """A second Python process, spawned, for variants that stand for a plain script.
+
+    Some of the trainer's settings are process-wide (glibc's malloc policy, OpenCV's thread
+    pool) and what a process allocated earlier changes what later allocations cost. A baseline
+    run in the trainer's process would inherit all of that; this one starts as a lab-report
+    script does. Calls run there one at a time, while this process waits, so the variants
+    still take turns on the same cores. `fn` must be a module-level function.
+    """
+
+    def __init__(self, threads: int = 0):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=set_threads, initargs=(threads,))
+
+    def call(self, fn: Callable[..., float], *args: object) -> float:
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def __enter__(self) -> "FreshProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def set_threads(threads: int) -> None:

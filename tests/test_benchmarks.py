@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import data_pipeline, gpu_throughput, store_writes, train_throughput
+from core.train import select_amp
 
 VERDICT = re.compile(r"^(PASS|MISS)  .+: .+ \(target (>=|<=) .+\)$", re.MULTILINE)
 
@@ -23,7 +24,11 @@ def test_train_throughput_compares_trainer_reference_and_model(pets_root: Path, 
     assert code == 0
     assert re.search(r"^RATIO unet trainer/reference = \d+\.\d+x", out, re.MULTILINE)
     assert re.search(r"^RATIO unet epochs-table images_per_s / timed outside fit = \d+\.\d+", out, re.MULTILINE)
-    assert "of matmul FLOP/s" in out and "-- ablation unet" in out and "channels_last" in out
+    trainer_dtype = {None: "fp32", torch.bfloat16: "bfloat16"}[select_amp(torch.device("cpu"), "auto")]
+    assert re.search(rf"^   trainer .* img/s .* \d+% of {trainer_dtype} matmul FLOP/s$", out, re.MULTILINE)
+    assert re.search(r"^   reference .* img/s +\d+% of fp32 matmul FLOP/s$", out, re.MULTILINE)
+    assert re.search(r"^   trainer, glibc malloc +\d+\.\d+ img/s +\(the trainer is x\d+\.\d+ this", out, re.MULTILINE)
+    assert "-- ablation unet" in out and "channels_last" in out
     assert len(VERDICT.findall(out)) == 3
 
 
