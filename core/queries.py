@@ -240,10 +240,14 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
             .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
             .where(trials.c.sweep == sweep, trials.c.state == "complete"))
     conds = flt.image_conditions()
-    if conds:
-        stmt = stmt.join(images, images.c.id == image_results.c.image_id).where(*conds)
+    if conds:  # images first, as a subquery: SQLite then probes each trial's primary key for just those
+        stmt = stmt.where(image_results.c.image_id.in_(select(images.c.id).where(*conds)))
     with _connect(src) as conn:
-        rows = conn.execute(stmt).all()
+        result = conn.execute(stmt)
+        try:  # the DB-API's plain tuples: wrapping a million rows as SQLAlchemy Rows doubles the fetch
+            rows = result.cursor.fetchall()
+        finally:
+            result.close()
     columns = ["image_id", "median", "mean", "min", "max", "trials"]
     if not rows:
         return pd.DataFrame(columns=columns)
