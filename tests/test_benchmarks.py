@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import data_pipeline, gpu_throughput, store_writes, train_throughput
+from benchmarks import dashboard_queries, data_pipeline, gpu_throughput, store_writes, train_throughput
 from core.train import select_amp
 
 VERDICT = re.compile(r"^(PASS|MISS)  .+: .+ \(target (>=|<=) .+\)$", re.MULTILINE)
@@ -46,6 +46,20 @@ def test_store_writes_times_finish_trial_and_mask_size(pets_root: Path, capsys) 
     assert code == 0
     assert re.search(r"^RATIO finish_trial before / now = \d+\.\dx", out, re.MULTILINE)
     assert "mean mask PNG" in out and len(VERDICT.findall(out)) == 2
+
+
+def test_dashboard_queries_times_each_page_against_the_whole_table(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "big.db"
+    argv = ["--results", "3000", "--images", "300", "--rounds", "1", "--keep", str(db)]
+    assert dashboard_queries.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wrote big.db through core.store" in out and "3,000 image_results rows" in out
+    for view in ("hardest images, filtered", "+ the page's masks", "distributions page data", "hard for every model",
+                 "... unfiltered"):
+        assert re.search(rf"^   {re.escape(view)} +\d+\.\d ms  \([\d.,]+x faster than the whole table\)$", out, re.MULTILINE)
+    assert len(VERDICT.findall(out)) == 2
+    assert dashboard_queries.main(argv) == 0  # --keep reuses the store rather than writing it again
+    assert "wrote" not in capsys.readouterr().out
 
 
 def test_gpu_throughput_says_so_without_cuda(capsys) -> None:
