@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if "finish_trial before" in results:
         print(f"RATIO finish_trial before / now = {paired_ratio(results['finish_trial before'], results['finish_trial']):.1f}x")
     print(f"RATIO encode share of finish_trial = {paired_ratio(results['encode only'], results['finish_trial']):.2f}")
-    print(f"      (timings in seconds are absolute: compare them only with the load line above)")
+    print("      (timings in seconds are absolute: compare them only with the load line above)")
     verdict(f"finish_trial of {args.images} results + masks on SQLite", median(results["finish_trial"]),
             TIME_TARGET_S, unit=" s", higher_is_better=False)
     verdict(f"mean mask size at {args.mask_size} px", mean_bytes, BYTES_TARGET, unit=" B", higher_is_better=False)

@@ -34,6 +34,23 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'results.db'}"
 
 
+@pytest.fixture
+def diverging_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """core.train's loss made NaN whatever the batch: every run diverges at its first step."""
+    import torch
+
+    from core import train
+
+    class NanLoss(torch.nn.Module):
+        def __init__(self, *weights: float):
+            super().__init__()
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return logits.mean() * float("nan")
+
+    monkeypatch.setattr(train, "SegmentationLoss", NanLoss)
+
+
 def require_system(what: str) -> None:
     """Skip locally when a system service is absent; fail in CI, where .ci/run installs it."""
     if os.environ.get("SEGSWEEP_REQUIRE_SYSTEM"):

@@ -82,15 +82,7 @@ def test_same_seed_gives_the_same_run(tiny_synthetic) -> None:
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5) and a.val_dice == pytest.approx(b.val_dice, rel=1e-5)
 
 
-def test_non_finite_loss_stops_training_with_a_reason(tiny_synthetic, monkeypatch) -> None:
-    class NanLoss(torch.nn.Module):
-        def __init__(self, *a):
-            super().__init__()
-
-        def forward(self, logits, target):
-            return logits.mean() * float("nan")
-
-    monkeypatch.setattr(train, "SegmentationLoss", NanLoss)
+def test_non_finite_loss_stops_training_with_a_reason(tiny_synthetic, diverging_loss) -> None:
     result = fit(small(epochs=3), tiny_synthetic, progress=False)
     assert result.diverged is not None and "non-finite loss" in result.diverged and "epoch 1" in result.diverged
     assert result.epochs_run == 0
