@@ -56,7 +56,7 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
     """Write a sweep of whole trials, at least `results` image_results rows, through core.store as the jobs do."""
     import numpy as np
 
-    from core.store import ImageResults, Store, encode_mask
+    from core.store import ImageResults, Store
 
     rng = np.random.default_rng(seed)
     store = Store(url)
@@ -73,11 +73,15 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
     n_complete = math.ceil(results / n_images)
     states = ["complete"] * n_complete + ["pruned"] * (n_complete // 5) + ["failed"] * (n_complete // 20)
     rng.shuffle(states)
-    best = {arch: (-1.0, None) for arch in ARCHS}
+    archs = [ARCHS[k % len(ARCHS)] for k in range(len(states))]
+    quality = rng.uniform(0.7, 0.95, len(states))
+    best = {max((k for k, a in enumerate(archs) if a == arch and states[k] == "complete"), key=lambda k: quality[k])
+            for arch in ARCHS}
+    yy, xx = np.mgrid[0:64, 0:64]
+    discs = [(yy - 32) ** 2 + (xx - 32) ** 2 < (8 + i % 20) ** 2 for i in range(20)]
+    masks = [discs[j % 20] for j in range(n_images)]  # what the galleries show, for the best trials only
     numbers = {arch: 0 for arch in ARCHS}
-    for k, state in enumerate(states):
-        arch = ARCHS[k % len(ARCHS)]
-        quality = rng.uniform(0.7, 0.95)
+    for k, (state, arch) in enumerate(zip(states, archs)):
         tid = store.start_trial(sweep=SWEEP, study=f"{SWEEP}/{arch}", arch=arch, number=numbers[arch],
                                 params={"lr": float(10 ** rng.uniform(-5, -2)), "dice_weight": float(rng.random())},
                                 device="cpu", dataset="synthetic/bench", image_size=64)
@@ -85,20 +89,9 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
         if state != "complete":
             store.finish_trial(tid, state=state, val_dice=None, error="diverged" if state == "failed" else None)
             continue
-        dice = np.clip(quality - difficulty * rng.uniform(0.5, 1.5) + rng.normal(0, 0.05, n_images), 0, 1)
-        store.finish_trial(tid, state="complete", val_dice=quality,
-                           results=ImageResults(image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1)))
-        if quality > best[arch][0]:
-            best[arch] = (quality, tid)
-    # the masks the galleries show: those of each architecture's best trial (64 px discs)
-    yy, xx = np.mgrid[0:64, 0:64]
-    pngs = [encode_mask((yy - 32) ** 2 + (xx - 32) ** 2 < (8 + i % 20) ** 2) for i in range(20)]
-    from core.store import masks as masks_table
-
-    with store.engine.begin() as conn:
-        for _, tid in best.values():
-            conn.execute(masks_table.insert(), [dict(trial_id=tid, image_id=int(i), png=pngs[j % 20])
-                                                for j, i in enumerate(image_ids)])
+        dice = np.clip(quality[k] - difficulty * rng.uniform(0.5, 1.5) + rng.normal(0, 0.05, n_images), 0, 1)
+        store.finish_trial(tid, state="complete", val_dice=float(quality[k]), results=ImageResults(
+            image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1), masks=masks if k in best else None))
     store.dispose()
 
 

@@ -198,26 +198,6 @@ def trainer_run_glibc_malloc(cfg, root: str, image_size: int, train_images: int,
     return trainer_run(cfg, data, {})
 
 
-def fwd_bwd_run(model, x, target, criterion, steps: int, amp=None) -> float:
-    """images/s of forward + backward alone, autocast to `amp` if given, with the trainer's malloc policy."""
-    import contextlib
-
-    import torch
-
-    from core.malloc import keep_freed_memory
-
-    keep_freed_memory()
-    autocast = (lambda: torch.autocast("cpu", dtype=amp)) if amp is not None else contextlib.nullcontext
-    started = time.perf_counter()
-    for _ in range(steps):
-        for p in model.parameters():
-            p.grad = None
-        with autocast():
-            loss = criterion(model(x), target)
-        loss.backward()
-    return steps * x.shape[0] / (time.perf_counter() - started)
-
-
 # -- ablations: what each of the trainer's choices is worth ------------------------------------
 
 def training_step(arch: str, width: float, size: int, batch: int, channels_last: bool, amp, opt: str = "fused",
@@ -283,13 +263,11 @@ def ablations(arch: str, width: float, size: int, batch: int, rounds: int, steps
     """Training steps on a fixed batch (no data), variants interleaved; times relative to the trainer's CPU choice."""
     import torch
 
-    from core.malloc import keep_freed_memory
     from core.train import TrainConfig, select_amp, use_channels_last
 
     cpu = torch.device("cpu")
     amp = select_amp(cpu, "auto")
     cl = use_channels_last(TrainConfig(), cpu)
-    keep_freed_memory()  # as fit() sets it, for every in-process variant
     base = dict(channels_last=cl, amp=amp)
     base_name = (f"trainer on CPU: {'channels_last' if cl else 'NCHW'}, {dtype_name(amp)}"
                  f"{' autocast' if amp else ''}, fused AdamW, clip, freed memory kept")
@@ -352,15 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.augment import AugmentConfig
-    from core.losses import SegmentationLoss
+    from core.malloc import keep_freed_memory
     from core.models import build_model, count_flops
-    from core.train import TrainConfig, select_amp
+    from core.train import TrainConfig, select_amp, use_channels_last
 
     header("training throughput: core.train.fit vs the lab-report loop", args)
     if not args.data.is_dir():
         print(f"error: no dataset at {args.data}")
         return 2
-    amp = select_amp(torch.device("cpu"), "auto")  # what fit will autocast to on this CPU
+    keep_freed_memory()  # as fit() sets it, for the in-process variants that time the model alone
+    cpu = torch.device("cpu")
+    amp = select_amp(cpu, "auto")  # what fit will autocast to on this CPU
     print(f"   the trainer runs {dtype_name(amp)} on this CPU (autocast {'on' if amp else 'off'}); "
           f"the reference runs fp32")
     archs = [a for a in args.archs.split(",") if a]
@@ -373,13 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         for arch in archs:
             cfg = TrainConfig(arch=arch, width=args.width, image_size=args.image_size, epochs=2,
                               batch_size=args.batch_size, lr=1e-4, augment=AugmentConfig.reports(), device="cpu")
-            torch.manual_seed(0)
             model = build_model(arch, width=args.width)
             flops_per_image = 3 * count_flops(model, args.image_size)
-            criterion = SegmentationLoss(0.3, 0.7)
-            x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-            target = (torch.rand(args.batch_size, 1, args.image_size, args.image_size) > 0.5).float()
-            fwd_bwd_run(model, x, target, criterion, 1, amp)  # warm-up
+            fwd_bwd = training_step(arch, args.width, args.image_size, args.batch_size, use_channels_last(cfg, cpu),
+                                    amp, opt="none", clip=False)
+            fwd_bwd()  # warm-up
             record: dict = {}
             variants = {"matmul fp32": lambda: matmul_flops(args.matmul_size)}
             if amp is not None:
@@ -388,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trainer": lambda: trainer_run(cfg, data, record),
                 "reference": lambda: fresh.call(reference_run, arch, args.width, root, names, args.image_size,
                                                 args.batch_size, 0),
-                "fwd+bwd": lambda: fwd_bwd_run(model, x, target, criterion, args.fwd_bwd_steps, amp),
+                "fwd+bwd": lambda: args.batch_size / seconds_per_step(fwd_bwd, args.fwd_bwd_steps),
             })
             if args.ablations:  # the trainer without its OpenCV or malloc fix, the reference with the OpenCV fix
                 variants["trainer, OpenCV threaded"] = lambda: trainer_run(cfg, data, {}, opencv_fix=False)
@@ -441,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             ok2 = verdict(f"{arch} trainer FLOP/s fraction of {dtype_of['trainer']} dense matmul", frac["trainer"],
                           FLOP_TARGET, unit="%")
             if not ok2:
-                deepest = args.image_size // getattr(model, "stride", 1)
+                deepest = args.image_size // getattr(model, "stride", 1)  # its total downsampling
                 print(f"      why: the model's own forward+backward reaches {frac['fwd+bwd']:.0%} here: its deepest "
                       f"stages convolve {deepest}x{deepest} maps (batch {args.batch_size}), too little work per "
                       f"call to keep the vector units busy, between memory-bound norm and activation passes; "
