@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable as `python benchmarks/x.py` as well as `python -m benchmarks.x`
-    sys.path.insert(0, str(REPO))
+from jobs.cli import positive_int  # noqa: F401  (the jobs' own check, re-exported for the benchmarks)
 
-from jobs.cli import positive_int  # noqa: E402,F401  (the jobs' own check, re-exported for the benchmarks)
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pets-sample"
 
@@ -45,7 +43,7 @@ def cpu_description() -> str:
     """
     import torch
 
-    from core.train import cpu_has_fast_bf16
+    from core.training.loop import cpu_has_fast_bf16
 
     name = platform.processor() or platform.machine()
     try:

@@ -1,9 +1,9 @@
 """Issue 6, figure 4: what the dashboard's pages fetch, on a store of a million per-image results.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/dashboard_queries.py                  # ~2 min, most of it writing
-    PYTHONPATH=. .venv/bin/python benchmarks/dashboard_queries.py --keep big.db    # keep the store; reuse it next time
+    .venv/bin/python benchmarks/dashboard_queries.py                  # ~2 min, most of it writing
+    .venv/bin/python benchmarks/dashboard_queries.py --keep big.db    # keep the store; reuse it next time
 
-The store is written the way the jobs write it, through `core.store.Store`: one dataset of 3,669
+The store is written the way the jobs write it, through `core.store.db.Store`: one dataset of 3,669
 test images (the official test split's size) with Oxford-like attributes (37 breeds, 2 species,
 brightness, pet size), and as many complete trials of two architectures as it takes to reach
 `--results` rows in `image_results`, each closed by `Store.finish_trial`; pruned and failed
@@ -11,7 +11,7 @@ trials (no per-image rows) sit between them as in a real sweep, and the best tri
 architecture has its masks. Every image has a difficulty and every trial a quality, so filters
 select realistic, uneven subsets.
 
-Each timed view is what a page asks `core.queries` for when the user changes something and the
+Each timed view is what a page asks `core.store.queries` for when the user changes something and the
 dashboard's caches are cold, through one read-only Store as the dashboard holds it:
 
 * hardest images, filtered   count_images + hardest_images (one page of 12) for a trial, filtered
@@ -39,9 +39,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import header, interleave, median, paired_ratio, positive_int, verdict  # noqa: E402
+from benchmarks._common import (
+    header,
+    interleave,
+    median,
+    paired_ratio,
+    positive_int,
+    verdict,
+)
 
 TEST_IMAGES = 3669          # the official Oxford-IIIT Pet test split
 RESULTS = 1_000_000         # image_results rows in the generated store
@@ -53,10 +58,10 @@ SPECIES_OF_BREED = ["cat"] * 12 + ["dog"] * 25  # Oxford-IIIT Pet: 12 cat and 25
 
 
 def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
-    """Write a sweep of whole trials, at least `results` image_results rows, through core.store as the jobs do."""
+    """Write a sweep of whole trials, at least `results` image_results rows, through core.store.db as the jobs do."""
     import numpy as np
 
-    from core.store import ImageResults, Store
+    from core.store.db import ImageResults, Store
 
     rng = np.random.default_rng(seed)
     store = Store(url)
@@ -106,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from sqlalchemy import func, select
 
-    from core import queries
-    from core.queries import ImageFilter
-    from core.store import Store, image_results, images, trials
+    from core.store import queries
+    from core.store.db import Store, image_results, images, trials
+    from core.store.queries import ImageFilter
     from dashboard import stats
 
     header("dashboard queries on a store of a million per-image results", args)
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             started = time.perf_counter()
             build_store(url, args.results, args.images)
-            print(f"   wrote {path.name} through core.store in {time.perf_counter() - started:.0f} s")
+            print(f"   wrote {path.name} through core.store.db in {time.perf_counter() - started:.0f} s")
         store = Store(url, read_only=True)
         with store.engine.connect() as conn:
             rows = int(conn.execute(select(func.count()).select_from(image_results)).scalar() or 0)

@@ -1,7 +1,7 @@
 """Issue 6, figure 2: training samples/s of the cached pipeline vs decoding every epoch, same run.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/data_pipeline.py                 # ~1 min
-    PYTHONPATH=. .venv/bin/python benchmarks/data_pipeline.py --image-size 256
+    .venv/bin/python benchmarks/data_pipeline.py                 # ~1 min
+    .venv/bin/python benchmarks/data_pipeline.py --image-size 256
 
 Variants take turns, each one full pass (an "epoch") over the sample's train+val images,
 batch 8, nothing but the data (no model):
@@ -9,7 +9,7 @@ batch 8, nothing but the data (no model):
 * decode    the lab reports' Dataset (benchmarks/train_throughput.py): PIL decodes the JPEG and
             trimap, albumentations resizes, flips, rotates, jitters and normalises, every epoch;
             DataLoader(batch_size=8, shuffle=True) defaults.
-* cached    core's training loader (`core.train._train_loader`, what `fit` iterates): the uint8
+* cached    core's training loader (`core.training.loop._train_loader`, what `fit` iterates): the uint8
             arrays `prepare_dataset` decoded once, augmented at the training size, uint8 batches
             normalised by `_Normalizer` as fit does.
 * cached, no augmentation   the same with augmentation off (`_plain_batches`: array slices).
@@ -24,12 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import (  # noqa: E402
-    DEFAULT_DATA, header, interleave, median, paired_ratio, positive_int, set_threads, verdict,
+from benchmarks._common import (
+    DEFAULT_DATA,
+    header,
+    interleave,
+    median,
+    paired_ratio,
+    positive_int,
+    set_threads,
+    verdict,
 )
-from benchmarks.train_throughput import PetsDataset  # noqa: E402
+from benchmarks.train_throughput import PetsDataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from core.augment import AugmentConfig
-    from core.dataset import prepare_dataset
-    from core.train import TrainConfig, _Normalizer, _train_loader
+    from core.data.augment import AugmentConfig
+    from core.data.dataset import prepare_dataset
+    from core.training.loop import TrainConfig, _Normalizer, _train_loader
 
     header("data pipeline: cached arrays vs decode every epoch", args)
     if not args.data.is_dir():

@@ -1,16 +1,16 @@
 """Issue 6, figure 5: training images/s on a CUDA GPU at 256 px, and the FLOP fraction achieved.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/gpu_throughput.py                 # a few minutes on one GPU
-    PYTHONPATH=. .venv/bin/python benchmarks/gpu_throughput.py --no-compile --steps 10
+    .venv/bin/python benchmarks/gpu_throughput.py                 # a few minutes on one GPU
+    .venv/bin/python benchmarks/gpu_throughput.py --no-compile --steps 10
 
 Without CUDA it prints one line saying so and exits 0 (CI has no GPU).
 
 Per architecture, variants take turns on one fixed batch already on the GPU (data loading is
-figure 2's business), each a full training step as `core.train.fit` takes it (AdamW fused,
+figure 2's business), each a full training step as `core.training.loop.fit` takes it (AdamW fused,
 gradient clipping, the SegmentationLoss):
 
 * fp32 NCHW              the plain recipe (TF32 off)
-* amp + channels_last    autocast in the dtype `core.train.select_amp` picks (bf16 where supported)
+* amp + channels_last    autocast in the dtype `core.training.loop.select_amp` picks (bf16 where supported)
 * amp + cl + compile     the same through torch.compile (inductor); its compile time is printed
 
 FLOP fraction = 3 x count_flops(model) x images/s over the dense matmul FLOP/s of the same
@@ -21,11 +21,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import header, interleave, matmul_flops, median, paired_ratio, positive_int, verdict  # noqa: E402
+from benchmarks._common import (
+    header,
+    interleave,
+    matmul_flops,
+    median,
+    paired_ratio,
+    positive_int,
+    verdict,
+)
 
 FLOP_TARGET = 0.60
 
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.losses import SegmentationLoss
     from core.models import build_model, count_flops
-    from core.train import select_amp
+    from core.training.loop import select_amp
 
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, for the baseline and its yardstick

@@ -1,7 +1,7 @@
 """Issue 6, figure 3: writing one trial's test results (3,669 images, masks included) to SQLite.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/store_writes.py                   # ~1 min
-    PYTHONPATH=. .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
+    .venv/bin/python benchmarks/store_writes.py                   # ~1 min
+    .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
 
 `Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows, the masks and
 the trial update in one transaction, on a SQLite file in WAL mode as the jobs use it. The
@@ -23,9 +23,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import DEFAULT_DATA, header, interleave, median, paired_ratio, positive_int, verdict  # noqa: E402
+from benchmarks._common import (
+    DEFAULT_DATA,
+    header,
+    interleave,
+    median,
+    paired_ratio,
+    positive_int,
+    verdict,
+)
 
 TEST_IMAGES = 3669  # the official Oxford-IIIT Pet test split
 TIME_TARGET_S = 1.0
@@ -66,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from sqlalchemy import select
 
-    import core.store as store_module
-    from core.store import ImageResults, Store, decode_mask, encode_mask
+    import core.store.db as store_module
+    from core.store.db import ImageResults, Store, decode_mask, encode_mask
 
     header("store writes: one trial's per-image results and masks on SQLite", args)
     masks = pet_masks(args.data.resolve(), args.mask_size, args.images)

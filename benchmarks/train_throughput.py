@@ -1,12 +1,12 @@
 """Issue 6, figure 1: training images/s of core's trainer vs a plain lab-report loop, same run.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py            # ~5 min on 2 quiet cores
-    PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py --ablations   # ~10 min: + what each choice is worth
+    .venv/bin/python benchmarks/train_throughput.py            # ~5 min on 2 quiet cores
+    .venv/bin/python benchmarks/train_throughput.py --ablations   # ~10 min: + what each choice is worth
     (add --compile for torch.compile in the ablations: minutes of compiling per architecture)
 
 Variants take turns, round after round, on the same images (the real sample's train split):
 
-* trainer    `core.train.fit` itself, 2 epochs (the first warms up), in the precision it picks
+* trainer    `core.training.loop.fit` itself, 2 epochs (the first warms up), in the precision it picks
              for this CPU (bf16 autocast where the CPU has native bf16, else fp32); its own
              epochs-table figure (`EpochStats.images_per_s` of epoch 2) is what counts, and the
              same epoch is also timed from outside fit (between the on_epoch callbacks, less
@@ -33,10 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import (  # noqa: E402
-    DEFAULT_DATA, FreshProcess, header, interleave, matmul_flops, median, paired_ratio, positive_int, set_threads,
+from benchmarks._common import (
+    DEFAULT_DATA,
+    FreshProcess,
+    header,
+    interleave,
+    matmul_flops,
+    median,
+    paired_ratio,
+    positive_int,
+    set_threads,
     verdict,
 )
 
@@ -55,7 +61,7 @@ class PetsDataset:
         import cv2
         from albumentations.pytorch import ToTensorV2
 
-        from core.train import MEAN, STD
+        from core.training.loop import MEAN, STD
 
         self.root, self.names = root, names
         self.transform = A.Compose([
@@ -125,7 +131,7 @@ def bench_dataset(root: Path, image_size: int, train_images: int, cache_dir: Pat
     """
     import numpy as np
 
-    from core.dataset import PreparedDataset, prepare_dataset
+    from core.data.dataset import PreparedDataset, prepare_dataset
 
     data = prepare_dataset(root, image_size, cache_dir=cache_dir, log=lambda _: None)
     train, val = data.indices("train")[:train_images], data.indices("val")[:1]
@@ -138,7 +144,7 @@ def bench_dataset(root: Path, image_size: int, train_images: int, cache_dir: Pat
 
 
 class _ThreadedOpenCV:
-    """Stands in for cv2 inside core.train to undo one fix: OpenCV keeps its default thread pool."""
+    """Stands in for cv2 inside core.training.loop to undo one fix: OpenCV keeps its default thread pool."""
 
     def __init__(self):
         import cv2
@@ -156,16 +162,16 @@ def trainer_run(cfg, data, record: dict, opencv_fix: bool = True) -> float:
     """fit() for 2 epochs; returns epoch 2's images_per_s, and records the outside view of it.
 
     The outside view times epoch 2 between fit's on_epoch callbacks and takes out the
-    validation pass (timed here, around core.train.predict), since images_per_s is training
+    validation pass (timed here, around core.training.loop.predict), since images_per_s is training
     images per second of optimizer steps; what is left between callbacks (the best-weights
     snapshot, the epoch's bookkeeping) still counts against the trainer.
     """
-    import core.train
-    from core.train import fit
+    import core.training.loop
+    from core.training.loop import fit
 
     stamps: list[float] = []
     validating: list[float] = []
-    real_cv2, real_predict = core.train.cv2, core.train.predict
+    real_cv2, real_predict = core.training.loop.cv2, core.training.loop.predict
 
     def timed_predict(*args, **kwargs):
         started = time.perf_counter()
@@ -174,13 +180,13 @@ def trainer_run(cfg, data, record: dict, opencv_fix: bool = True) -> float:
         finally:
             validating.append(time.perf_counter() - started)
 
-    core.train.predict = timed_predict
+    core.training.loop.predict = timed_predict
     if not opencv_fix:
-        core.train.cv2 = _ThreadedOpenCV()
+        core.training.loop.cv2 = _ThreadedOpenCV()
     try:
         result = fit(cfg, data, on_epoch=lambda _: stamps.append(time.perf_counter()), progress=False)
     finally:
-        core.train.cv2, core.train.predict = real_cv2, real_predict
+        core.training.loop.cv2, core.training.loop.predict = real_cv2, real_predict
     last = result.history[-1]
     n_train = len(data.indices("train"))
     seen = (n_train // cfg.batch_size) * cfg.batch_size
@@ -191,9 +197,9 @@ def trainer_run(cfg, data, record: dict, opencv_fix: bool = True) -> float:
 
 def trainer_run_glibc_malloc(cfg, root: str, image_size: int, train_images: int, cache_dir: str) -> float:
     """trainer_run in a FreshProcess with fit's keep_freed_memory() switched off: glibc's own policy."""
-    import core.train
+    import core.training.loop
 
-    core.train.keep_freed_memory = lambda: False
+    core.training.loop.keep_freed_memory = lambda: False
     data, _ = bench_dataset(Path(root), image_size, train_images, Path(cache_dir))
     return trainer_run(cfg, data, {})
 
@@ -263,7 +269,7 @@ def ablations(arch: str, width: float, size: int, batch: int, rounds: int, steps
     """Training steps on a fixed batch (no data), variants interleaved; times relative to the trainer's CPU choice."""
     import torch
 
-    from core.train import TrainConfig, select_amp, use_channels_last
+    from core.training.loop import TrainConfig, select_amp, use_channels_last
 
     cpu = torch.device("cpu")
     amp = select_amp(cpu, "auto")
@@ -329,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     import torch
 
-    from core.augment import AugmentConfig
-    from core.malloc import keep_freed_memory
+    from core.data.augment import AugmentConfig
     from core.models import build_model, count_flops
-    from core.train import TrainConfig, select_amp, use_channels_last
+    from core.training.loop import TrainConfig, select_amp, use_channels_last
+    from core.training.malloc import keep_freed_memory
 
-    header("training throughput: core.train.fit vs the lab-report loop", args)
+    header("training throughput: core.training.loop.fit vs the lab-report loop", args)
     if not args.data.is_dir():
         print(f"error: no dataset at {args.data}")
         return 2

@@ -2,15 +2,12 @@
 
 Run from the repository folder:  RESULTS_DB=results.db streamlit run dashboard/Home.py
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: core/ and dashboard/
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import pandas as pd
+import streamlit as st
 
-from dashboard import common as ui  # noqa: E402
+from dashboard import common as ui
 
 SORTS = {  # label -> (column, ascending)
     "val dice, best first": ("val dice", False),

@@ -1,7 +1,7 @@
 """What every dashboard page shares: the database and sweep pickers, cached reads, colours,
 and the guidance shown instead of a traceback when there is nothing (readable) to show.
 
-The database is opened once per URL as a read-only `core.store.Store` (SQLite `mode=ro`), the
+The database is opened once per URL as a read-only `core.store.db.Store` (SQLite `mode=ro`), the
 same module the jobs write through. Queries are cached for a few seconds only, so a sweep that
 is still running shows up as it goes.
 """
@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.store import queries
+from core.store.db import (
+    SchemaVersionError,
+    Store,
+    StoreError,
+    decode_mask,
+    normalize_url,
+    sqlite_path,
+)
+from dashboard import images
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `streamlit run dashboard/Home.py` puts only dashboard/ on the path
-    sys.path.insert(0, str(REPO))
-
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import streamlit as st  # noqa: E402
-from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
-
-from core import queries  # noqa: E402
-from core.store import SchemaVersionError, Store, StoreError, decode_mask, normalize_url, sqlite_path  # noqa: E402
-from dashboard import images  # noqa: E402
-
 CACHE_TTL_S = 5
 DEFAULT_DB = REPO / "results.db"
 PALETTE = px.colors.qualitative.D3
@@ -54,7 +57,7 @@ def open_store(url: str) -> Store:
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=1024)
 def cached_query(name: str, url: str, *args: Any, **kwargs: Any) -> Any:
-    """core.queries.<name>(store, *args, **kwargs), cached for a few seconds."""
+    """core.store.queries.<name>(store, *args, **kwargs), cached for a few seconds."""
     return getattr(queries, name)(open_store(url), *args, **kwargs)
 
 

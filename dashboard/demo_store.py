@@ -1,6 +1,6 @@
 """A small, believable results store without training anything: for tests, screenshots and demos.
 
-It records a dataset the way the jobs do (`core.dataset.prepare_dataset` + `Store` write
+It records a dataset the way the jobs do (`core.data.dataset.prepare_dataset` + `Store` write
 methods), then invents trials whose per-image predictions are the ground truth perturbed
 (shifted, partly missed, with a spurious blob), more so for small and dark pets and for
 trials with worse hyperparameters. Scores are measured on those masks, so every dice in the
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from core.dataset import PreparedDataset, prepare_dataset
-from core.optuna_storage import optuna_storage
-from core.store import ImageResults, Store, normalize_url
+from core.data.dataset import PreparedDataset, prepare_dataset
+from core.store.db import ImageResults, Store, normalize_url
+from core.store.optuna_storage import optuna_storage
 
 # One state per trial number, per architecture; the last arch's last trial is left running.
 STATES = ("complete", "complete", "pruned", "complete", "failed", "complete")

@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
-from core.augment import AugmentConfig
+from core.data.augment import AugmentConfig
+from core.data.sources import DATA_CHOICES
 from core.models import available_models
-from core.sources import DATA_CHOICES
-from core.store import DEFAULT_URL, display_url
+from core.store.db import DEFAULT_URL, display_url
 
 AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
     "hflip": ("hflip", "horizontal flip probability"),
@@ -93,7 +93,7 @@ def device_name(text: str) -> str:
     """auto, or a device this machine has (checked now, not at the first trial)."""
     if text == "auto":
         return text
-    from core.train import select_device
+    from core.training.loop import select_device
 
     try:
         select_device(text)

@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from core.augment import AugmentConfig
+from core.data.augment import AugmentConfig
 
 
 @dataclass(frozen=True)

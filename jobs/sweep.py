@@ -25,15 +25,28 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tqdm.auto import tqdm
 
-from core.augment import AugmentConfig
-from core.dataset import DataError, PreparedDataset
-from core.download import DownloadError
-from core.experiment import HEARTBEAT_S, STALE_AFTER_S, TrialOutcome, register, run_trial
+from core.data.augment import AugmentConfig
+from core.data.dataset import DataError, PreparedDataset
+from core.data.download import DownloadError
+from core.data.sources import load_data
 from core.models import available_models
-from core.optuna_storage import optuna_storage
-from core.sources import load_data
-from core.store import Store, StoreError, display_url, normalize_url, retry_schema_race, sqlite_path
-from core.train import TrainConfig
+from core.store.db import (
+    Store,
+    StoreError,
+    display_url,
+    normalize_url,
+    retry_schema_race,
+    sqlite_path,
+)
+from core.store.optuna_storage import optuna_storage
+from core.training.loop import TrainConfig
+from core.training.trial import (
+    HEARTBEAT_S,
+    STALE_AFTER_S,
+    TrialOutcome,
+    register,
+    run_trial,
+)
 from jobs import budget, cli
 from jobs.search_space import SpaceError, baseline_for, load_space, suggest
 

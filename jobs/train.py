@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.exc import DBAPIError
 
-from core.dataset import DataError
-from core.download import DownloadError
-from core.experiment import register, run_trial
-from core.sources import load_data
-from core.store import Store, StoreError, display_url, sqlite_path
-from core.train import TrainConfig
+from core.data.dataset import DataError
+from core.data.download import DownloadError
+from core.data.sources import load_data
+from core.store.db import Store, StoreError, display_url, sqlite_path
+from core.training.loop import TrainConfig
+from core.training.trial import register, run_trial
 from jobs import cli
 
 PROG = "jobs.train"

@@ -36,10 +36,10 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def diverging_loss(monkeypatch: pytest.MonkeyPatch) -> None:
-    """core.train's loss made NaN whatever the batch: every run diverges at its first step."""
+    """core.training.loop's loss made NaN whatever the batch: every run diverges at its first step."""
     import torch
 
-    from core import train
+    from core.training import loop as train
 
     class NanLoss(torch.nn.Module):
         def __init__(self, *weights: float):

@@ -1,11 +1,11 @@
-"""core.augment: image and trimap augmented together from plain parameters."""
+"""core.data.augment: image and trimap augmented together from plain parameters."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.augment import AugmentConfig, build_augment
+from core.data.augment import AugmentConfig, build_augment
 
 
 def _square(size: int = 48) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import dashboard_queries, data_pipeline, gpu_throughput, store_writes, train_throughput
-from core.train import select_amp
+from core.training.loop import select_amp
 
 VERDICT = re.compile(r"^(PASS|MISS)  .+: .+ \(target (>=|<=) .+\)$", re.MULTILINE)
 
@@ -53,7 +53,7 @@ def test_dashboard_queries_times_each_page_against_the_whole_table(tmp_path: Pat
     argv = ["--results", "3000", "--images", "300", "--rounds", "1", "--keep", str(db)]
     assert dashboard_queries.main(argv) == 0
     out = capsys.readouterr().out
-    assert "wrote big.db through core.store" in out and "3,000 image_results rows" in out
+    assert "wrote big.db through core.store.db" in out and "3,000 image_results rows" in out
     for view in ("hardest images, filtered", "+ the page's masks", "distributions page data", "hard for every model",
                  "... unfiltered"):
         assert re.search(rf"^   {re.escape(view)} +\d+\.\d ms  \([\d.,]+x faster than the whole table\)$", out, re.MULTILINE)

@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from core.queries import ImageFilter, best_trials, count_images, hardest_images
-from core.store import Store
-from core.synthetic import generate_synthetic
+from core.store.queries import ImageFilter, best_trials, count_images, hardest_images
+from core.store.db import Store
+from core.data.synthetic import generate_synthetic
 from dashboard.demo_store import DemoStore, build_demo_store
 from dashboard.serve import CHROMIUM, PAGES, dashboard, launch_chromium, wait_until_idle
 from tests.conftest import require_system

@@ -16,9 +16,9 @@ from scipy import stats as sps
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from core.optuna_storage import optuna_storage
-from core.store import ImageResults, Store
-from core.synthetic import generate_synthetic
+from core.store.optuna_storage import optuna_storage
+from core.store.db import ImageResults, Store
+from core.data.synthetic import generate_synthetic
 from dashboard import images, stats
 from dashboard.demo_store import DemoStore, build_demo_store
 
@@ -82,7 +82,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
 
 @pytest.fixture(scope="module")
 def facts(demo: DemoStore) -> dict:
-    """What the pages should show, read straight from the SQLite file (not through core.queries)."""
+    """What the pages should show, read straight from the SQLite file (not through core.store.queries)."""
     path = demo.url.removeprefix("sqlite:///")
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         trials = conn.execute("SELECT id, arch, number, state, val_dice FROM trials WHERE sweep = 'demo'").fetchall()

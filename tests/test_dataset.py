@@ -1,4 +1,4 @@
-"""core.dataset: reading the official layout, surviving real-world file quirks, caching."""
+"""core.data.dataset: reading the official layout, surviving real-world file quirks, caching."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.dataset as dataset
-from core.dataset import DataError, ImageInfo, PreparedDataset, breed_of, detect_source, prepare_dataset, split_of
+import core.data.dataset as dataset
+from core.data.dataset import DataError, ImageInfo, PreparedDataset, breed_of, detect_source, prepare_dataset, split_of
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oxford-pets-sample"
 

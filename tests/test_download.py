@@ -1,4 +1,4 @@
-"""core.download: all-or-nothing fetching, tested against a local HTTP server only."""
+"""core.data.download: all-or-nothing fetching, tested against a local HTTP server only."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Iterator
 
 import pytest
 
-from core.dataset import prepare_dataset
-from core.download import DownloadError, download_oxford_pets, ensure_oxford_pets, looks_complete
-from core.synthetic import generate_synthetic
+from core.data.dataset import prepare_dataset
+from core.data.download import DownloadError, download_oxford_pets, ensure_oxford_pets, looks_complete
+from core.data.synthetic import generate_synthetic
 
 
 def _tar_gz(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:

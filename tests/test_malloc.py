@@ -1,4 +1,4 @@
-"""core.malloc: on glibc, training keeps freed memory instead of faulting fresh pages in every step.
+"""core.training.malloc: on glibc, training keeps freed memory instead of faulting fresh pages in every step.
 
 Each case runs in a fresh interpreter: malloc's policy and heap are process-wide, and the test
 process has trained models (fit() keeps freed memory) before these run.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core import malloc
+from core.training import malloc
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 48 << 20  # over glibc's largest adaptive mmap threshold (32 MB): mmapped and unmapped by default
@@ -21,7 +21,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is
 
 FAULTS = f"""
 import ctypes, resource, sys
-from core.malloc import _libc, keep_freed_memory
+from core.training.malloc import _libc, keep_freed_memory
 libc = _libc()
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import inspect, text
 
-from core import queries
-from core import store as st
-from core.optuna_storage import load_study
-from core.store import Store, decode_mask
+from core.store import queries
+from core.store import db as st
+from core.store.optuna_storage import load_study
+from core.store.db import Store, decode_mask
 from jobs import budget
 from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fixture)
 from tests.test_reliability import (  # noqa: F401  (module fixtures: the data, one torch thread)

@@ -1,4 +1,4 @@
-"""core.queries: the dashboard's reads, on a small store whose every number is known, in SQLite
+"""core.store.queries: the dashboard's reads, on a small store whose every number is known, in SQLite
 and in PostgreSQL (a throwaway server from tests.pg_server)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from core import queries as q
-from core.store import ImageResults, Store, decode_mask
+from core.store import queries as q
+from core.store.db import ImageResults, Store, decode_mask
 from tests.pg_server import postgres  # noqa: F401  (the session fixture)
 
 DATASET = "oxford-pets/tiny"

@@ -31,10 +31,10 @@ from optuna.trial import TrialState
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from core import store as st
-from core.optuna_storage import load_study, optuna_storage
-from core.store import ImageResults, Store
-from core.synthetic import SYNTHETIC_MARKER, generate_synthetic
+from core.store import db as st
+from core.store.optuna_storage import load_study, optuna_storage
+from core.store.db import ImageResults, Store
+from core.data.synthetic import SYNTHETIC_MARKER, generate_synthetic
 from jobs import budget
 from jobs import sweep as sweep_job
 from jobs import train as train_job

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, select, text
 
-from core import store as st
-from core.store import ImageResults, SchemaVersionError, Store, StoreError, decode_mask, encode_mask
+from core.store import db as st
+from core.store.db import ImageResults, SchemaVersionError, Store, StoreError, decode_mask, encode_mask
 
 
 @dataclass

@@ -9,10 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from core import store as st
-from core.optuna_storage import load_study
-from core.store import Store
-from core.synthetic import generate_synthetic
+from core.store import db as st
+from core.store.optuna_storage import load_study
+from core.store.db import Store
+from core.data.synthetic import generate_synthetic
 from jobs import budget
 from jobs import sweep as sweep_job
 from jobs.search_space import BASELINE

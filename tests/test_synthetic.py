@@ -1,4 +1,4 @@
-"""core.synthetic: a deterministic, varied synthetic set in the official layout."""
+"""core.data.synthetic: a deterministic, varied synthetic set in the official layout."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.synthetic as synthetic
-from core.dataset import DataError, PreparedDataset, prepare_dataset
-from core.synthetic import BREEDS, SYNTHETIC_MARKER, default_synthetic_root, generate_synthetic
+import core.data.synthetic as synthetic
+from core.data.dataset import DataError, PreparedDataset, prepare_dataset
+from core.data.synthetic import BREEDS, SYNTHETIC_MARKER, default_synthetic_root, generate_synthetic
 
 N, SIZE = 120, 64
 

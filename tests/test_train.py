@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import core.train as train
-from core.augment import AugmentConfig
-from core.dataset import prepare_dataset
+import core.training.loop as train
+from core.data.augment import AugmentConfig
+from core.data.dataset import prepare_dataset
 from core.metrics import image_scores
-from core.synthetic import generate_synthetic
-from core.train import TrainConfig, fit, predict, select_amp, select_device
+from core.data.synthetic import generate_synthetic
+from core.training.loop import TrainConfig, fit, predict, select_amp, select_device
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from core import store as st
-from core.store import Store
+from core.store import db as st
+from core.store.db import Store
 from jobs import train as train_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register
+from .registry import register
 
 
 def scaled_channels(channels: int, width: float) -> int:

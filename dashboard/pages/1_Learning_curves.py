@@ -1,13 +1,10 @@
 """Learning curves: train/validation loss and dice per epoch of the chosen trials."""
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: core/ and dashboard/
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from dashboard import charts  # noqa: E402
-from dashboard import common as ui  # noqa: E402
+from dashboard import charts
+from dashboard import common as ui
 
 DEFAULT_ALL_UP_TO = 24  # trials; bigger sweeps start with the best and running trials only
 

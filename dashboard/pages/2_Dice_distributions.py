@@ -1,13 +1,10 @@
 """Dice distributions: how each trial's per-image test dice spreads, and a paired A/B comparison."""
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: core/ and dashboard/
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from dashboard import charts, stats  # noqa: E402
-from dashboard import common as ui  # noqa: E402
+from dashboard import charts, stats
+from dashboard import common as ui
 
 DISAGREE_ROWS = 10
 

@@ -2,22 +2,19 @@
 
 Each example shows the image, its ground truth and the prediction overlaid with false positives
 and false negatives in their own colours, worst first, a page at a time. The filters in the
-sidebar narrow the images down in SQL (see core.queries.hardest_images).
+sidebar narrow the images down in SQL (see core.store.queries.hardest_images).
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: core/ and dashboard/
 
-import math  # noqa: E402
-from typing import Any  # noqa: E402
+import math
+from typing import Any
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import pandas as pd
+import streamlit as st
 
-from core.queries import ImageFilter  # noqa: E402
-from dashboard import common as ui  # noqa: E402
-from dashboard import images  # noqa: E402
+from core.store.queries import ImageFilter
+from dashboard import common as ui
+from dashboard import images
 
 VIEWS = ("Worst images of one trial", "Hard for every model")
 SCORES = {"dice": "dice", "dice_no_border": "border-aware dice", "iou": "IoU"}

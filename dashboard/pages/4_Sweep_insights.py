@@ -1,25 +1,22 @@
 """Sweep insights: Optuna's own plots per architecture, and which hyperparameters lift the worst images.
 
-The study is read from the same database through core.optuna_storage (read-only). The mean
+The study is read from the same database through core.store.optuna_storage (read-only). The mean
 dice can hide a trial that does well on easy pets and badly on hard ones, so each
 hyperparameter is also set against the trial's tail: the mean of its worst 10% images or its
 10th percentile.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: core/ and dashboard/
 
-import warnings  # noqa: E402
+import warnings
 
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import optuna
+import pandas as pd
+import streamlit as st
+from optuna.trial import TrialState
 
-from core.optuna_storage import optuna_storage  # noqa: E402
-from dashboard import charts, stats  # noqa: E402
-from dashboard import common as ui  # noqa: E402
+from core.store.optuna_storage import optuna_storage
+from dashboard import charts, stats
+from dashboard import common as ui
 
 TAILS = {"worst10_mean": "mean of the worst 10% images", "p10": "10th percentile"}
 SKIP_PARAMS = {"arch", "seed", "bce_weight"}  # not knobs: fixed, noise, or 1 - dice_weight

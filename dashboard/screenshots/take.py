@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
+from PIL import Image
 
-from PIL import Image  # noqa: E402
-
-from core.store import normalize_url  # noqa: E402
-from dashboard.serve import PAGES, dashboard, launch_chromium, wait_until_idle  # noqa: E402
+from core.store.db import normalize_url
+from dashboard.serve import PAGES, dashboard, launch_chromium, wait_until_idle
 
 HERE = Path(__file__).resolve().parent
 MAX_BYTES = 300_000

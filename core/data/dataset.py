@@ -44,6 +44,7 @@ SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 SPECIES_NAMES = {1: "cat", 2: "dog"}
+SYNTHETIC_MARKER = "SYNTHETIC.md"  # written last by the synthetic generator: a complete synthetic root
 
 
 class DataError(Exception):
@@ -100,8 +101,6 @@ def cache_root() -> Path:
 
 def detect_source(root: Path) -> str:
     """ "synthetic" when root holds the synthetic generator's marker file, else "oxford-pets"."""
-    from core.synthetic import SYNTHETIC_MARKER  # synthetic imports this module
-
     return "synthetic" if (Path(root) / SYNTHETIC_MARKER).exists() else "oxford-pets"
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import and_, case, distinct, false, func, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
-from core.store import Store, datasets, epochs, image_results, images, masks, trials
+from core.store.db import Store, datasets, epochs, image_results, images, masks, trials
 
 Source = Store | Engine | Connection
 METRICS = ("dice", "dice_no_border", "iou")

@@ -18,12 +18,34 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 from sqlalchemy import (
-    JSON, Column, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table,
-    Text, UniqueConstraint, create_engine, event, func, insert, select, update,
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
-    ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError,
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
     SQLAlchemyError,
 )
 

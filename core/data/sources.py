@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from core.dataset import DataError, PreparedDataset, cache_root, prepare_dataset
-from core.download import DownloadError, ensure_oxford_pets, looks_complete
-from core.synthetic import default_synthetic_root, generate_synthetic
+from core.data.dataset import DataError, PreparedDataset, cache_root, prepare_dataset
+from core.data.download import DownloadError, ensure_oxford_pets, looks_complete
+from core.data.synthetic import default_synthetic_root, generate_synthetic
 
 DATA_CHOICES = ("auto", "oxford-pets", "synthetic")
 SYNTHETIC_IMAGES = 1000

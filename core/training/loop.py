@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from core.augment import AugmentConfig, build_augment
-from core.dataset import PreparedDataset
+from core.data.augment import AugmentConfig, build_augment
+from core.data.dataset import PreparedDataset
 from core.losses import SegmentationLoss
-from core.malloc import keep_freed_memory
 from core.metrics import image_scores
 from core.models import build_model
+from core.training.malloc import keep_freed_memory
 
 # ImageNet statistics, as the lab reports normalised their inputs.
 MEAN = (0.485, 0.456, 0.406)
@@ -275,7 +275,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
         val_idx = train_idx
 
     if device.type == "cpu":
-        keep_freed_memory()  # no page faults on every step's reallocations (core/malloc.py)
+        keep_freed_memory()  # no page faults on every step's reallocations (core/training/malloc.py)
     channels_last = use_channels_last(cfg, device)
     model = build_model(cfg.arch, width=cfg.width).to(device)
     if channels_last:

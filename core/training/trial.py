@@ -19,9 +19,16 @@ from typing import Callable
 import numpy as np
 import optuna
 
-from core.dataset import PreparedDataset
-from core.store import ImageResults, Store
-from core.train import EpochStats, TrainConfig, fit, predict, save_checkpoint, select_device
+from core.data.dataset import PreparedDataset
+from core.store.db import ImageResults, Store
+from core.training.loop import (
+    EpochStats,
+    TrainConfig,
+    fit,
+    predict,
+    save_checkpoint,
+    select_device,
+)
 
 
 def _env_seconds(name: str, default: float) -> float:
