@@ -34,7 +34,7 @@ from benchmarks._common import (
     set_threads,
     verdict,
 )
-from benchmarks.train_throughput import PetsDataset
+from benchmarks.reference_loop import PetsDataset
 
 
 def main(argv: list[str] | None = None) -> int:

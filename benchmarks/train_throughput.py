@@ -45,6 +45,7 @@ from benchmarks._common import (
     set_threads,
     verdict,
 )
+from benchmarks.reference_loop import PetsDataset, reference_model, train_epoch
 
 TARGETS = {"unet": 2.0, "resnet34_unet": 1.3}  # trainer / reference at 64 px, batch 8, width 1.0
 FLOP_TARGET = 0.60
@@ -52,41 +53,6 @@ AGREEMENT = 0.05  # epochs-table images_per_s vs timed from outside fit
 
 
 # -- the lab-report reference ------------------------------------------------------------
-
-class PetsDataset:
-    """The lab reports' Dataset: decode, resize and augment every sample on every access."""
-
-    def __init__(self, root: Path, names: list[str], size: int):
-        import albumentations as A
-        import cv2
-        from albumentations.pytorch import ToTensorV2
-
-        from core.training.loop import MEAN, STD
-
-        self.root, self.names = root, names
-        self.transform = A.Compose([
-            A.Resize(size, size),
-            A.HorizontalFlip(p=0.5),
-            A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=2, p=1.0),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
-            A.Normalize(mean=MEAN, std=STD),
-            ToTensorV2(),
-        ])
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int):
-        import numpy as np
-        from PIL import Image
-
-        name = self.names[i]
-        image = np.array(Image.open(self.root / "images" / f"{name}.jpg").convert("RGB"))
-        trimap = np.array(Image.open(self.root / "annotations" / "trimaps" / f"{name}.png"))
-        out = self.transform(image=image, mask=trimap)
-        mask = (out["mask"] != 2).float().unsqueeze(0)  # pet and border = foreground
-        return out["image"], mask
-
 
 def reference_run(arch: str, width: float, root: str, names: list[str], size: int, batch_size: int, seed: int,
                   opencv_threads: int = -1) -> float:
@@ -97,26 +63,12 @@ def reference_run(arch: str, width: float, root: str, names: list[str], size: in
     import cv2
     import torch
 
-    from core.losses import SegmentationLoss
-    from core.models import build_model
-
     cv2.setNumThreads(opencv_threads)
-    dataset = PetsDataset(Path(root), names, size)
-    torch.manual_seed(seed)
-    model = build_model(arch, width=width)
-    criterion = SegmentationLoss(0.3, 0.7)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
-    model.train()
-    for epoch in range(2):
-        started, seen, running = time.perf_counter(), 0, 0.0
-        for images, masks in loader:
-            optimizer.zero_grad()
-            loss = criterion(model(images), masks)
-            loss.backward()
-            optimizer.step()
-            running += loss.item() * images.size(0)
-            seen += images.size(0)
+    model, optimizer, criterion = reference_model(arch, width, seed)
+    loader = torch.utils.data.DataLoader(PetsDataset(Path(root), names, size), batch_size=batch_size, shuffle=True)
+    for _ in range(2):
+        started = time.perf_counter()
+        seen = train_epoch(model, optimizer, criterion, loader)
         seconds = time.perf_counter() - started
     return seen / seconds
 

@@ -121,3 +121,23 @@ def test_real_pets_training_beats_predicting_all_pet(pets_root: Path) -> None:
     result = fit(cfg, data, progress=False)
     dice = predict(result.model, data, test, cfg).mean_dice
     assert dice > all_pet + 0.05, (dice, all_pet)
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig.none(), AugmentConfig.reports()], ids=["plain", "augmented"])
+def test_a_paused_run_resumes_exactly_where_it_stopped(tiny_synthetic, tmp_path: Path, augment) -> None:
+    cfg = small(epochs=4, augment=augment, amp="off")
+    straight = fit(cfg, tiny_synthetic, progress=False).history
+
+    def pause_after_two(stats) -> None:
+        if stats.epoch == 1:
+            raise train.StopTraining()
+
+    state = tmp_path / "paused.pt"
+    with pytest.raises(train.StopTraining):
+        fit(cfg, tiny_synthetic, on_epoch=pause_after_two, progress=False, pause_to=state)
+    resumed = fit(cfg, tiny_synthetic, progress=False, resume_from=state).history
+
+    assert [s.epoch for s in resumed] == [2, 3]
+    assert [s.lr for s in resumed] == pytest.approx([s.lr for s in straight[2:]])
+    assert [s.train_loss for s in resumed] == pytest.approx([s.train_loss for s in straight[2:]], rel=1e-5)
+    assert [s.val_dice for s in resumed] == pytest.approx([s.val_dice for s in straight[2:]], abs=1e-6)

@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import cv2
@@ -77,6 +78,14 @@ class EpochStats:
     lr: float
     seconds: float
     images_per_s: float  # training images per second of optimizer steps, data loading included
+
+
+class StopTraining(Exception):
+    """Raised by `fit`'s on_epoch to end training after that epoch (e.g. a scheduler pausing a trial).
+
+    When fit was given `pause_to`, it first saves a resumable state there, so the run can later
+    continue exactly where it stopped (`fit(..., resume_from=...)`).
+    """
 
 
 @dataclass
@@ -234,13 +243,22 @@ def _snapshot(model: nn.Module, into: dict[str, torch.Tensor] | None) -> dict[st
     return into
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed + 1_000_003 * (epoch + 1)
+
+
 def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device,
-                  generator: torch.Generator) -> tuple[Callable[[], Iterator], int]:
-    """A function giving one epoch of shuffled uint8 batches, and the number of batches."""
+                  generator: torch.Generator) -> tuple[Callable[[int], Iterator], int]:
+    """A function giving epoch k's shuffled uint8 batches, and the number of batches.
+
+    Epoch k's order and augmentation depend on (seed, k) alone, so a run paused and resumed
+    sees exactly the batches an uninterrupted one would.
+    """
     augment = build_augment(cfg.augment)
     n_batches = max(1, len(indices) // cfg.batch_size)  # drop the last partial batch: BatchNorm needs > 1
     if augment is None:
-        def epoch() -> Iterator:
+        def epoch(k: int) -> Iterator:
+            generator.manual_seed(_epoch_seed(cfg.seed, k))
             order = indices[torch.randperm(len(indices), generator=generator).numpy()]
             return _plain_batches(data, order[:n_batches * cfg.batch_size], cfg.batch_size)
         return epoch, n_batches
@@ -252,18 +270,27 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
     loader = torch.utils.data.DataLoader(
         _Split(data, indices, augment), batch_size=cfg.batch_size, shuffle=True, drop_last=len(indices) > cfg.batch_size,
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=generator)
-    return (lambda: iter(loader)), len(loader)
+
+    def augmented_epoch(k: int) -> Iterator:
+        generator.manual_seed(_epoch_seed(cfg.seed, k))
+        augment.reseed(_epoch_seed(cfg.seed, k))
+        return iter(loader)
+    return augmented_epoch, len(loader)
 
 
 # -- the loop ------------------------------------------------------------------------
 
 def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats], None] | None = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, pause_to: str | os.PathLike[str] | None = None,
+        resume_from: str | os.PathLike[str] | None = None) -> FitResult:
     """Train `cfg.arch` on the train split, validate each epoch, keep the best weights.
 
     `on_epoch` sees every epoch's stats as soon as they exist; an exception it raises (such as
-    optuna.TrialPruned) stops training and propagates. A non-finite loss stops training and
-    is reported in `FitResult.diverged`, not raised.
+    optuna.TrialPruned) stops training and propagates; a `StopTraining` one first saves a
+    resumable state to `pause_to`, when given. `resume_from` continues such a state: same
+    learning-rate schedule (over cfg.epochs), same data order, the epochs after the pause
+    only (best weights are tracked from the resumed epoch on). A non-finite loss stops
+    training and is reported in `FitResult.diverged`, not raised.
     """
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
@@ -295,14 +322,16 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     best_dice, best_epoch = -1.0, -1
     best_state: dict[str, torch.Tensor] | None = None
     diverged: str | None = None
-    step = 0
-    for epoch in range(cfg.epochs):
+    step, first_epoch = 0, 0
+    if resume_from is not None:
+        first_epoch, step = _load_train_state(resume_from, model, optimizer, device)
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         dice_sum = torch.zeros((), device=device)
         seen = 0
-        bar = tqdm(next_epoch(), total=n_batches, desc=f"{cfg.arch} epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(next_epoch(epoch), total=n_batches, desc=f"{cfg.arch} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, file=sys.stderr)
         for images, trimaps in bar:
             for group in optimizer.param_groups:
@@ -346,7 +375,12 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
             best_dice, best_epoch = stats.val_dice, epoch
             best_state = _snapshot(model, best_state)
         if on_epoch is not None:
-            on_epoch(stats)
+            try:
+                on_epoch(stats)
+            except StopTraining:
+                if pause_to is not None:
+                    _save_train_state(pause_to, model, optimizer, next_epoch=epoch + 1, step=step)
+                raise
 
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -384,6 +418,25 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
     return Prediction(indices=np.asarray(indices), dice=cat(dice), iou=cat(iou), dice_no_border=cat(dnb),
                       loss=sum(losses) / len(indices) if len(indices) else float("nan"),
                       masks=np.concatenate(masks) if with_masks and masks else None)
+
+
+def _save_train_state(path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                      next_epoch: int, step: int) -> None:
+    """What `fit` needs to continue a paused run: weights, optimizer moments, position. Atomic."""
+    tmp = f"{os.fspath(path)}.tmp"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "next_epoch": next_epoch,
+                "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_train_state(path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer,
+                      device: torch.device) -> tuple[int, int]:
+    """Load a paused run into a freshly built model and optimizer; returns (next epoch, step)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["next_epoch"]), int(state["step"])
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:

@@ -1,0 +1,133 @@
+"""The lab reports' plain training loop, the yardstick the trainer and the sweep are measured against.
+
+What the reports did, kept as they did it: a Dataset that decodes, resizes (OpenCV, no
+antialiasing) and augments every sample on every access, DataLoader defaults, fp32 NCHW,
+Adam at a constant 1e-4, 0.3 BCE + 0.7 Dice, batch 8, full width. Used for speed
+(`train_throughput.py`: images/s of this loop) and for quality (`quality.py`: this loop trained
+for N seconds, the best-by-validation epoch kept, scored on the same test masks as the sweep).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+LR = 1e-4
+BCE_WEIGHT, DICE_WEIGHT = 0.3, 0.7
+BATCH_SIZE = 8
+
+
+class PetsDataset:
+    """The lab reports' Dataset: decode, resize and (when `train`) augment every sample on every access."""
+
+    def __init__(self, root: Path, names: Sequence[str], size: int, train: bool = True):
+        import albumentations as A
+        import cv2
+        from albumentations.pytorch import ToTensorV2
+
+        from core.training.loop import MEAN, STD
+
+        self.root, self.names = Path(root), list(names)
+        augment = [
+            A.HorizontalFlip(p=0.5),
+            A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=2, p=1.0),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
+        ] if train else []
+        self.transform = A.Compose([A.Resize(size, size), *augment, A.Normalize(mean=MEAN, std=STD), ToTensorV2()])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        from core.data.dataset import TRIMAP_BACKGROUND
+
+        name = self.names[i]
+        image = np.array(Image.open(self.root / "images" / f"{name}.jpg").convert("RGB"))
+        trimap = np.array(Image.open(self.root / "annotations" / "trimaps" / f"{name}.png"))
+        out = self.transform(image=image, mask=trimap)
+        mask = (out["mask"] != TRIMAP_BACKGROUND).float().unsqueeze(0)  # pet and border = foreground
+        return out["image"], mask
+
+
+def reference_model(arch: str, width: float = 1.0, seed: int = 0):
+    """A fresh model, its optimizer and its loss, built as the reports built them."""
+    import torch
+
+    from core.losses import SegmentationLoss
+    from core.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, width=width)
+    return model, torch.optim.Adam(model.parameters(), lr=LR), SegmentationLoss(BCE_WEIGHT, DICE_WEIGHT)
+
+
+def train_epoch(model, optimizer, criterion, loader) -> int:
+    """One epoch of the plain loop; returns the number of images seen."""
+    model.train()
+    seen = 0
+    for images, masks in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(images), masks)
+        loss.backward()
+        optimizer.step()
+        seen += images.size(0)
+    return seen
+
+
+@dataclass
+class ReferenceResult:
+    test_dice: float            # mean over test images, best-by-validation weights
+    test_scores: np.ndarray     # per test image, aligned with the `test` names given
+    best_val_dice: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+
+
+def per_image_dice(model, root: Path, names: Sequence[str], trimaps: np.ndarray, size: int) -> np.ndarray:
+    """Dice of each image against `trimaps` (the shared ground truth), inputs prepared as the reports did."""
+    import torch
+
+    from core.metrics import image_scores
+
+    dataset = PetsDataset(root, names, size, train=False)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(names), 32):
+            chunk = range(start, min(len(names), start + 32))
+            x = torch.stack([dataset[i][0] for i in chunk])
+            trimap = torch.from_numpy(trimaps[start:start + len(chunk)]).unsqueeze(1)
+            target = (trimap != 2).float()
+            out.append(image_scores(model(x), target, trimap).dice.double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def train_for(arch: str, root: Path, seconds: float, size: int, train: Sequence[str], val: Sequence[str],
+              val_trimaps: np.ndarray, test: Sequence[str], test_trimaps: np.ndarray, width: float = 1.0,
+              seed: int = 0) -> ReferenceResult:
+    """Train the plain loop for `seconds` (whole epochs; the last one may run over), validating after
+    each epoch and keeping the best weights, then score every test image with them."""
+    import torch
+
+    model, optimizer, criterion = reference_model(arch, width, seed)
+    loader = torch.utils.data.DataLoader(PetsDataset(root, train, size), batch_size=BATCH_SIZE, shuffle=True)
+    started = time.perf_counter()
+    best_val, best_epoch, best_state, epoch = -1.0, -1, None, 0
+    while time.perf_counter() - started < seconds:
+        train_epoch(model, optimizer, criterion, loader)
+        val = float(per_image_dice(model, root, val, val_trimaps, size).mean())
+        if val > best_val:
+            best_val, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+        epoch += 1
+    elapsed = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    scores = per_image_dice(model, root, test, test_trimaps, size)
+    return ReferenceResult(float(scores.mean()), scores, best_val, best_epoch, epoch, elapsed)
