@@ -3,10 +3,10 @@
 Run from the repository folder:  RESULTS_DB=results.db streamlit run dashboard/Home.py
 """
 
-
 import pandas as pd
 import streamlit as st
 
+from core.store import selection
 from dashboard import common as ui
 
 SORTS = {  # label -> (column, ascending)
@@ -59,19 +59,23 @@ def show_dataset(ctx: ui.Context) -> None:
 
 
 def show_best(ctx: ui.Context) -> None:
-    st.subheader("Best trial per architecture")
+    st.subheader("Result per architecture")
     best = ctx.best()
     if best.empty:
         st.info("No complete trial yet: the best trials appear when the first trial of an architecture finishes.")
         return
     params = pd.DataFrame([p or {} for p in best["params"]])
     table = pd.DataFrame({"arch": best["arch"], "trial": best["number"], "val dice": best["val_dice"],
-                          "test dice": best["test_dice"], "epochs": best["epochs_run"]})
+                          "test dice": best["test_dice"], "epochs": best["epochs_run"],
+                          "chosen as": [f"refit of trial {p[selection.REFIT_OF]}" if selection.is_refit(p)
+                                        else "best by val dice" for p in best["params"]]})
     for col in ("lr", "dice_weight"):
         if col in params:
             table[col] = params[col].to_numpy()
     st.dataframe(table, hide_index=True, column_config=TABLE_FORMATS)
-    st.caption("Best = highest validation dice (what the sweep optimizes); test dice is the mean over test images.")
+    st.caption("Each architecture's result is the refit (its best configuration by validation dice, trained "
+               "again for the rest of the budget) once it is complete, else its trial with the highest validation "
+               "dice. Test dice, the mean over test images, chooses nothing.")
 
 
 def show_live(ctx: ui.Context) -> None:

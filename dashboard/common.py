@@ -18,7 +18,7 @@ import plotly.express as px
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.store import queries
+from core.store import queries, selection
 from core.store.db import (
     SchemaVersionError,
     Store,
@@ -94,7 +94,8 @@ class Context:
         return arch_colors(self.archs)
 
     def best(self) -> pd.DataFrame:
-        """The best complete trial of each architecture (highest validation dice)."""
+        """Each architecture's result: its refit once complete, else its best complete trial by
+        validation dice (core.store.selection)."""
         return self.query("best_trials", self.sweep)
 
     def complete(self) -> pd.DataFrame:
@@ -111,10 +112,14 @@ def trial_label(arch: str, number: int) -> str:
 
 
 def labels(trials: pd.DataFrame, best_ids: Iterable[int] = ()) -> dict[int, str]:
-    """Trial id -> "arch #n" (with "best" marked), for selectors."""
+    """Trial id -> "arch #n" (with "best" and "refit" marked), for selectors."""
     best = set(int(i) for i in best_ids)
-    return {int(r.id): trial_label(r.arch, r.number) + (" (best)" if int(r.id) in best else "")
-            for r in trials.itertuples()}
+
+    def mark(r: Any) -> str:
+        refit = selection.is_refit(getattr(r, "params", None) if isinstance(getattr(r, "params", None), dict) else None)
+        tags = [t for t, on in (("best", int(r.id) in best), ("refit", refit)) if on]
+        return f" ({', '.join(tags)})" if tags else ""
+    return {int(r.id): trial_label(r.arch, r.number) + mark(r) for r in trials.itertuples()}
 
 
 def fmt(value: Any, digits: int = 3) -> str:

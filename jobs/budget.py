@@ -12,6 +12,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 SURPLUS = "surplus"      # user attribute marking a trial that did not fit the budget
 BASELINE = "baseline"    # user attribute marking the enqueued reports' configuration
+RESUME_OF = "resume_of"  # user attribute: this trial continues the paused configuration of that trial number
+RESUME_AT = "resume_at"  # user attribute: the epochs that configuration had done when it paused
+REFIT_OF = "refit_of"    # user attribute: this trial is the refit of that trial number's configuration
+
+
+def is_new_config(t: FrozenTrial) -> bool:
+    """A trial that samples a configuration (not a promotion's continuation, not the refit)."""
+    return RESUME_OF not in t.user_attrs and REFIT_OF not in t.user_attrs
 
 
 def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -25,12 +33,13 @@ def _duplicate_baselines(trials: list[FrozenTrial]) -> set[int]:
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that use up budget: finished, running or queued, minus replaced, surplus and duplicate ones."""
+    """The configurations that use up the --trials budget: finished, running or queued, minus
+    replaced, surplus and duplicate ones (continuations and refits train configurations already counted)."""
     retried = _retried_numbers(trials)
     duplicates = _duplicate_baselines(trials)
     out = []
     for t in trials:
-        if t.number in duplicates or t.user_attrs.get(SURPLUS):
+        if t.number in duplicates or t.user_attrs.get(SURPLUS) or not is_new_config(t):
             continue
         if t.state == TrialState.FAIL and t.number in retried:
             continue
@@ -52,6 +61,20 @@ def fits(trial_number: int, trials: list[FrozenTrial], budget: int) -> bool:
         return False
     before = [t for t in counted(trials) if t.number < trial_number]
     return len(before) < budget
+
+
+def _job(t: FrozenTrial) -> tuple:
+    return (t.user_attrs.get(RESUME_OF), t.user_attrs.get(RESUME_AT), t.user_attrs.get(REFIT_OF))
+
+
+def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
+    """Whether an earlier trial already does what this continuation or refit was queued for
+    (two workers may queue the same one at the same moment). A retry is never a duplicate."""
+    if is_new_config(trial) or "failed_trial" in trial.system_attrs:
+        return False
+    retried = _retried_numbers(trials)
+    return any(t.number < trial.number and _job(t) == _job(trial) and not t.user_attrs.get(SURPLUS)
+               and not (t.state == TrialState.FAIL and t.number in retried) for t in trials)
 
 
 def finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:

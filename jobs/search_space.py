@@ -36,7 +36,7 @@ class Range:
 
 
 SPACE: dict[str, Range | float] = {
-    "lr": Range(1e-5, 1e-2, log=True),
+    "lr": Range(1e-4, 1e-2, log=True),    # peak of warm-up + cosine; short runs want it well above the reports' 1e-4
     "dice_weight": Range(0.0, 1.0),      # bce_weight = 1 - dice_weight
     "hflip": Range(0.0, 0.5),
     "vflip": Range(0.0, 0.5),

@@ -1,10 +1,13 @@
 """`python -m jobs.sweep`: which learning rate, loss mix and augmentation make each
 architecture best, and on which test images does each still fail.
 
-One Optuna study per architecture, same space and budget for each, trial 0 the lab reports'
-configuration. Optuna's storage is the results database itself, so running the same command
-again continues the sweep, and several workers (processes or machines) pointed at one
-database share one budget.
+One Optuna study per architecture, same space and time budget for each, trial 0 the lab
+reports' configuration. The budget goes where it buys quality (jobs/schedule.py): configurations
+start short and the promising ones are promoted to longer training, continuing where they
+paused; then the best one by validation dice is trained once more, longer (the refit), and
+that is the architecture's result. Optuna's storage is the results database itself, so
+running the same command again continues the sweep, and several workers (processes or
+machines) pointed at one database share one budget.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -21,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tqdm.auto import tqdm
 
@@ -38,27 +42,34 @@ from core.store.db import (
     retry_schema_race,
     sqlite_path,
 )
+from core.store import selection
 from core.store.optuna_storage import optuna_storage
-from core.training.loop import TrainConfig
+from core.training.loop import StopTraining, TrainConfig
 from core.training.trial import (
     HEARTBEAT_S,
+    INTERRUPTED,
     STALE_AFTER_S,
     TrialOutcome,
     register,
     run_trial,
 )
-from jobs import budget, cli
+from jobs import budget, cli, schedule
 from jobs.search_space import SpaceError, baseline_for, load_space, suggest
 
 PROG = "jobs.sweep"
 DEFAULT_ARCHS = ("unet", "resnet34_unet")
 
-# Sized so the default command, data preparation included, runs in about 5 minutes on a
-# 2-core CPU with at least two complete trials per architecture (README has the timings).
+# timeout: seconds of training for the whole sweep (split evenly between architectures);
+# epochs: a search trial's full length, the last rung; min_epochs: the first rung; trials: the
+# most configurations sampled per architecture. Measured choices (README, benchmarks/quality.py).
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(trials=3, epochs=6, image_size=64, width=0.25, batch_size=16, synthetic_images=600, compile=False),
-    "full": dict(trials=30, epochs=60, image_size=256, width=1.0, batch_size=16, synthetic_images=4000, compile=True),
+    "quick": dict(timeout=240.0, trials=100, epochs=18, min_epochs=2, image_size=64, width=0.5, batch_size=8,
+                  synthetic_images=600, compile=False),
+    "full": dict(timeout=8 * 3600.0, trials=300, epochs=36, min_epochs=4, image_size=256, width=1.0, batch_size=16,
+                 synthetic_images=4000, compile=True),
 }
+REFIT_SHARE = 0.5      # of each architecture's budget, kept for the refit
+REFIT_MAX_FACTOR = 8   # a refit trains at most this many times a search trial's full length
 
 
 DEAD_WORKER = "worker stopped during the trial (heartbeat lost); retried"
@@ -72,15 +83,29 @@ class TrialFailed(Exception):
     """The trial ran but failed (e.g. diverged); recorded in the store with its reason."""
 
 
+class PausedAtRung(StopTraining, optuna.TrialPruned):
+    """Successive halving stopped the trial at a rung; its state is kept for a later promotion."""
+
+
+REFIT_EPOCHS = "refit_epochs"  # user attribute of a queued refit: how long it trains
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--archs", default=",".join(DEFAULT_ARCHS), help="comma-separated architectures")
     p.add_argument("--name", default=None, help="sweep name; studies are <name>/<arch> (default from data and size)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick",
                    help="quick: minutes on a CPU; full: the reports' regime (256 px, full width) for a GPU")
-    p.add_argument("--trials", type=cli.positive_int, default=None, help="trial budget per architecture")
-    p.add_argument("--timeout", type=cli.positive_float, default=None, help="stop starting trials after this many s")
-    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    p.add_argument("--timeout", type=cli.positive_float, default=None,
+                   help="seconds of training for the whole sweep, all workers together (preset: quick 240)")
+    p.add_argument("--trials", type=cli.positive_int, default=None,
+                   help="most configurations sampled per architecture (the time budget usually ends the search first)")
+    p.add_argument("--min-epochs", type=cli.positive_int, default=None,
+                   help="epochs before a configuration is first compared (the first rung)")
+    p.add_argument("--refit-share", type=cli.probability, default=REFIT_SHARE,
+                   help="share of each architecture's budget for the refit of its best configuration (0: no refit)")
+    p.add_argument("--pruner", choices=("asha", "median", "hyperband", "none"), default="asha",
+                   help="asha: successive halving with promotion (default); median/hyperband: Optuna's pruners")
     p.add_argument("--space", default=None, help="TOML file replacing parts of the search space")
     p.add_argument("--keep-checkpoints", choices=("best", "all", "none"), default="best")
     cli.add_size_args(p, epochs=None, image=None, width=None, batch=None)
@@ -92,9 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown architecture {', '.join(unknown) or '(none)'}; choose from {', '.join(available_models())}")
     args.archs = list(dict.fromkeys(archs))
     preset = PRESETS[args.preset]
-    for key in ("trials", "epochs", "image_size", "width", "batch_size"):
+    for key in ("timeout", "trials", "epochs", "min_epochs", "image_size", "width", "batch_size"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    args.min_epochs = min(args.min_epochs, args.epochs)
     args.compile = args.compile or preset["compile"] and _has_cuda()
     if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
         p.error(f"--data-root {args.data_root} does not exist")
@@ -114,6 +140,7 @@ def _has_cuda() -> bool:
 # -- Optuna plumbing -----------------------------------------------------------------
 
 def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for --pruner; 'asha' decides in jobs/schedule.py instead (see there why)."""
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if kind == "hyperband":
@@ -123,8 +150,8 @@ def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def sweep_settings(args: argparse.Namespace, data: PreparedDataset) -> dict[str, Any]:
     """What must stay the same for a study to be continued rather than mixed up."""
-    return dict(dataset=data.name, image_size=args.image_size, epochs=args.epochs, width=args.width,
-                batch_size=args.batch_size, seed=args.seed)
+    return dict(dataset=data.name, image_size=args.image_size, epochs=args.epochs, min_epochs=args.min_epochs,
+                width=args.width, batch_size=args.batch_size, seed=args.seed)
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any], space: dict,
@@ -142,8 +169,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
-    elif stored != settings:
-        diff = ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in settings.items() if stored.get(k) != v)
+    elif any(k in stored and stored[k] != v for k, v in settings.items()):  # keys added later: no conflict
+        diff = ", ".join(f"{k} {stored.get(k)} -> {v}" for k, v in settings.items() if k in stored and stored[k] != v)
         raise StoreError(f"sweep study {name!r} already exists with other settings ({diff}); "
                          f"use --name to start a new sweep, or the same flags to continue it")
     if not study.get_trials(deepcopy=False):
@@ -156,7 +183,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
 # -- one worker ----------------------------------------------------------------------
 
 class Worker:
-    """Runs trials of every architecture in turn until each study's budget is used."""
+    """Runs trials of every architecture in turn until each has spent its budget and has its refit."""
 
     def __init__(self, args: argparse.Namespace, store: Store, data: PreparedDataset, image_ids: dict[str, int]):
         self.args, self.store, self.data, self.image_ids = args, store, data, image_ids
@@ -167,20 +194,90 @@ class Worker:
             self.studies[arch] = open_study(self.storage, f"{args.name}/{arch}", self.settings, args.space_def,
                                             args.seed, make_pruner(args.pruner, args.epochs))
         self.checkpoint_dir = checkpoint_root(args.db) / args.name
+        self.ladder = schedule.Ladder.geometric(args.min_epochs, args.epochs)
+        self.budget = schedule.Budget(args.timeout / len(args.archs), args.refit_share)
         self.outcomes: list[tuple[str, int, TrialOutcome]] = []
+        self.notes: dict[tuple[str, int], str] = {}  # what a trial was queued for, shown in its line
         self._first_beat: dict[int, Any] = {}  # running trial id -> heartbeat when first seen
 
-    # budget bookkeeping
-    def trials(self, arch: str) -> list:
+    # what the studies hold
+    def trials(self, arch: str) -> list[FrozenTrial]:
         return self.studies[arch].get_trials(deepcopy=False)
 
-    def open_slots(self, arch: str) -> int:
-        trials = self.trials(arch)
-        waiting = sum(t.state == TrialState.WAITING for t in budget.counted(trials))
-        return budget.remaining(trials, self.args.trials) + waiting
+    def spent(self, arch: str) -> float:
+        """Seconds this architecture's trials have used, every worker's together."""
+        return self.store.trial_seconds(self.studies[arch].study_name)
 
-    def done(self, arch: str) -> int:
-        return len(budget.finished(self.trials(arch)))
+    def state_path(self, arch: str, config: int) -> Path:
+        """Where a paused configuration's resumable state waits for a promotion."""
+        return self.checkpoint_dir / arch / "paused" / f"config-{config}.pt"
+
+    def configs(self, arch: str) -> list[schedule.Config]:
+        """The sampled configurations, each across its first trial and its continuations."""
+        out: dict[int, schedule.Config] = {}
+        last_state: dict[int, TrialState] = {}
+        for t in self.trials(arch):
+            if t.user_attrs.get(budget.SURPLUS) or budget.REFIT_OF in t.user_attrs:
+                continue
+            root = t.user_attrs.get(budget.RESUME_OF, t.number)
+            c = out.setdefault(root, schedule.Config(root))
+            c.values.update(t.intermediate_values)
+            c.running |= t.state in (TrialState.RUNNING, TrialState.WAITING)
+            last_state[root] = t.state
+        for c in out.values():
+            c.paused_with_state = (not c.running and last_state[c.number] == TrialState.PRUNED
+                                   and self.state_path(arch, c.number).exists())
+        return list(out.values())
+
+    def plan(self, arch: str) -> bool:
+        """Queue what this architecture needs next; False when there is nothing for this worker to run.
+
+        In order: anything already queued (the baseline, retries, promotions, the refit); a
+        promotion that successive halving says is due; a new configuration while the search part
+        of the budget and --trials last; then, once no search trial is running anywhere, the refit.
+        """
+        trials = self.trials(arch)
+        live = [t for t in trials if not t.user_attrs.get(budget.SURPLUS)]
+        if any(t.state == TrialState.WAITING for t in live):
+            return True
+        if any(budget.REFIT_OF in t.user_attrs for t in live):
+            return False  # the refit is done, running elsewhere, or failed for good
+        configs = self.configs(arch)
+        searching = self.budget.search_left(self.spent(arch)) > 0
+        if searching and self.args.pruner == "asha":
+            due = schedule.promotion(self.ladder, configs)
+            if due is not None:
+                first = next(t for t in trials if t.number == due.number)
+                self.studies[arch].enqueue_trial(first.params, user_attrs={
+                    budget.RESUME_OF: due.number, budget.RESUME_AT: due.epochs_done})
+                return True
+        if searching and budget.remaining(trials, self.args.trials) > 0:
+            return True
+        if any(c.running for c in configs):
+            return False  # another worker's search trial may still change which configuration is best
+        best = schedule.best(self.ladder, configs)
+        if best is None or self.args.refit_share <= 0:
+            return False
+        first = next(t for t in trials if t.number == best.number)
+        self.studies[arch].enqueue_trial(first.params, user_attrs={
+            budget.REFIT_OF: best.number, REFIT_EPOCHS: self.refit_epochs(arch, best)})
+        return True
+
+    def refit_epochs(self, arch: str, best: schedule.Config) -> int:
+        """As many epochs as the rest of the budget allows at the configuration's measured pace
+        (one epoch's time kept for the test evaluation), longer than the search trained it,
+        and at most REFIT_MAX_FACTOR times a search trial's full length."""
+        pace = self.pace(arch, best.number)
+        epochs = self.budget.refit_epochs(self.spent(arch), pace, at_least=best.epochs_done + 1, evaluation_s=pace)
+        return min(epochs, max(best.epochs_done + 1, REFIT_MAX_FACTOR * self.ladder.epochs))
+
+    def pace(self, arch: str, config: int) -> float:
+        """Seconds per epoch a configuration took in the search, its evaluations included."""
+        mine = [t for t in self.trials(arch) if t.user_attrs.get(budget.RESUME_OF, t.number) == config
+                and t.datetime_complete is not None and t.datetime_start is not None]
+        seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in mine)
+        trained = sum(len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0) for t in mine)
+        return seconds / trained if trained > 0 else 0.0
 
     def sync_dead_trials(self, arch: str) -> None:
         """Trials whose worker died (no heartbeat) end as failed and are queued again once."""
@@ -231,6 +328,18 @@ class Worker:
             tqdm.write(f"{PROG}: {arch} trial {t.number} was recorded as {row['state']} by a worker that "
                        f"stopped before telling Optuna; synced")
 
+    def queue_interrupted(self, arch: str) -> None:
+        """A trial stopped by Ctrl-C is not a failed configuration: queue it for the next run."""
+        study = self.studies[arch]
+        interrupted = {r["number"] for r in self.store.study_trials(study.study_name)
+                       if r["state"] == "failed" and r["error"] == INTERRUPTED}
+        retried = {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+        for t in study.get_trials(deepcopy=False):
+            if t.number in interrupted and t.number not in retried and t.state in (TrialState.FAIL, TrialState.RUNNING):
+                if t.state == TrialState.RUNNING:
+                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, study.get_trials(deepcopy=False)[t.number])
+
     def remove_checkpoint(self, arch: str, number: int) -> None:
         """A dead trial's weights (complete or half-written) are of no use."""
         path = self.checkpoint_dir / arch / f"trial-{number}.pt"
@@ -251,28 +360,66 @@ class Worker:
 
     # one trial
     def objective(self, arch: str, trial: optuna.Trial) -> float:
+        """Train one configuration: a new one, a promoted one continuing, or the refit."""
         study = self.studies[arch]
-        if not budget.fits(trial.number, study.get_trials(deepcopy=False), self.args.trials):
+        trials = study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial.number)
+        if (budget.is_new_config(me) and not budget.fits(trial.number, trials, self.args.trials)) \
+                or budget.duplicate_of(me, trials):
             trial.set_user_attr(budget.SURPLUS, True)
             raise SurplusTrial()
         p = suggest(trial, self.args.space_def)
-        cfg = self.config(arch, p)
+        refit_of, resume_of = me.user_attrs.get(budget.REFIT_OF), me.user_attrs.get(budget.RESUME_OF)
+        config = resume_of if resume_of is not None else trial.number
+        epochs = int(me.user_attrs.get(REFIT_EPOCHS, self.ladder.epochs))
+        cfg = self.config(arch, p, epochs)
+        extra: dict[str, Any] = {"min_epochs": self.ladder.rungs[0]} if refit_of is None else {}
+        resume_from = continues = None
+        if refit_of is not None:
+            extra[selection.REFIT_OF] = refit_of
+        if resume_of is not None:
+            resume_at = int(me.user_attrs[budget.RESUME_AT])
+            paused = max((t for t in trials if t.number < trial.number and t.state == TrialState.PRUNED
+                          and t.user_attrs.get(budget.RESUME_OF, t.number) == config), key=lambda t: t.number)
+            extra[selection.RESUMED_FROM] = paused.number
+            resume_from = self.state_path(arch, config)
+            continues = next(((r["id"], resume_at) for r in self.store.study_trials(study.study_name)
+                              if r["number"] == paused.number), None)
+            for epoch, value in sorted(paused.intermediate_values.items()):
+                if epoch < resume_at:
+                    trial.report(value, epoch)  # one configuration, one curve, for the rung comparisons
+        pausing = refit_of is None and self.args.pruner == "asha"
+        if refit_of is not None:
+            self.notes[(arch, trial.number)] = f"refit of trial {refit_of}, {epochs} epochs"
+        elif resume_of is not None:
+            self.notes[(arch, trial.number)] = f"promoted: trial {config} continues from epoch {resume_at}"
 
         def on_epoch(stats) -> None:
             trial.report(stats.val_dice, stats.epoch)
+            if refit_of is not None or stats.epoch + 1 >= cfg.epochs:
+                return
+            if self.budget.search_left(self.spent(arch)) <= 0:
+                raise optuna.TrialPruned()  # the search's time is up: the refit gets the rest
             if trial.should_prune():
                 raise optuna.TrialPruned()
+            if pausing and self.ladder.rung_at(stats.epoch + 1) is not None \
+                    and not schedule.goes_on(self.ladder, self.configs(arch), config):
+                raise PausedAtRung()
 
         ckpt = None if self.args.keep_checkpoints == "none" else self.checkpoint_dir / arch / f"trial-{trial.number}.pt"
         started = time.perf_counter()
         try:
             outcome = run_trial(self.store, cfg, self.data, self.image_ids, sweep=self.args.name,
                                 study=study.study_name, number=trial.number, on_epoch=on_epoch,
-                                checkpoint_path=ckpt, progress=False, log=tqdm.write)
-        except optuna.TrialPruned:
-            seen = list(trial.storage.get_trial(trial._trial_id).intermediate_values.values())
+                                checkpoint_path=ckpt, progress=False, log=tqdm.write, extra_params=extra,
+                                pause_to=self.state_path(arch, config) if pausing else None,
+                                resume_from=resume_from, continues=continues)
+        except optuna.TrialPruned as exc:
+            seen = study.get_trials(deepcopy=False)[trial.number].intermediate_values
+            note = f"paused at epoch {max(seen) + 1}" if isinstance(exc, PausedAtRung) else None
             self.outcomes.append((arch, trial.number, TrialOutcome(
-                -1, "pruned", max(seen) if seen else None, None, len(seen), time.perf_counter() - started)))
+                -1, "pruned", max(seen.values()) if seen else None, None, len(seen), time.perf_counter() - started,
+                error=note)))
             raise
         except Exception as exc:  # recorded as failed by run_trial; the sweep goes on
             self.outcomes.append((arch, trial.number, TrialOutcome(
@@ -281,54 +428,52 @@ class Worker:
         self.outcomes.append((arch, trial.number, outcome))
         if outcome.state != "complete":
             raise TrialFailed(outcome.error or "failed")
+        self.state_path(arch, config).unlink(missing_ok=True)  # trained to the end: never resumed again
+        if refit_of is not None:
+            shutil.rmtree(self.state_path(arch, 0).parent, ignore_errors=True)  # the search is over
         trial.set_user_attr("test_dice", outcome.test_dice)
         trial.set_user_attr("trial_id", outcome.trial_id)
         self.prune_checkpoints(arch)
         return float(outcome.val_dice)
 
-    def config(self, arch: str, p: dict[str, float]) -> TrainConfig:
+    def config(self, arch: str, p: dict[str, float], epochs: int) -> TrainConfig:
         a = self.args
         aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
         augment = AugmentConfig(**{k: (int(v) if k == "rotate" else v) for k, v in p.items() if k in aug_fields})
-        return TrainConfig(arch=arch, width=a.width, image_size=a.image_size, epochs=a.epochs,
+        return TrainConfig(arch=arch, width=a.width, image_size=a.image_size, epochs=epochs,
                            batch_size=a.batch_size, lr=p["lr"], bce_weight=1.0 - p["dice_weight"],
                            dice_weight=p["dice_weight"], augment=augment, device=a.device, amp=a.amp,
                            compile=a.compile, seed=a.seed)
 
     def prune_checkpoints(self, arch: str) -> None:
-        """--keep-checkpoints best: only the best complete trial of the study keeps its file."""
+        """--keep-checkpoints best: only the architecture's result (core.store.selection) keeps its file."""
         if self.args.keep_checkpoints != "best":
             return
-        rows = [r for r in self.store.study_trials(f"{self.args.name}/{arch}") if r["state"] == "complete"]
-        if not rows:
-            return
-        best = max(rows, key=lambda r: r["val_dice"] if r["val_dice"] is not None else -1)
+        rows = self.store.study_trials(self.studies[arch].study_name)
+        best = selection.best_trial(rows)
         for r in rows:
-            if r["id"] != best["id"] and r["checkpoint"]:
+            if best is not None and r["id"] != best["id"] and r["checkpoint"]:
                 Path(r["checkpoint"]).unlink(missing_ok=True)
                 self.store.set_checkpoint(r["id"], None)
 
     def run(self) -> None:
-        """Round-robin over architectures, one trial at a time, until budgets or --timeout run out."""
+        """Round-robin over architectures, one trial at a time, until each has its result."""
         args = self.args
-        total = len(args.archs) * args.trials
-        bar = tqdm(total=total, initial=min(total, sum(self.done(a) for a in args.archs)), desc="sweep",
-                   unit="trial", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-        started = time.monotonic()
+        bar = tqdm(desc="sweep", unit="trial", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
         waiting_since, said = None, False
         while True:
-            if args.timeout and time.monotonic() - started > args.timeout:
-                tqdm.write(f"{PROG}: --timeout {args.timeout:g} s reached; run the same command to continue")
-                break
             progressed = False
             for arch in args.archs:
                 self.sync_dead_trials(arch)
-                if self.open_slots(arch) <= 0:
+                if not self.plan(arch):
                     continue
                 before = len(self.outcomes)
-                study = self.studies[arch]
-                study.optimize(lambda t, a=arch: self.objective(a, t), n_trials=1,
-                               catch=(SurplusTrial, TrialFailed))
+                try:
+                    self.studies[arch].optimize(lambda t, a=arch: self.objective(a, t), n_trials=1,
+                                                catch=(SurplusTrial, TrialFailed))
+                except KeyboardInterrupt:
+                    self.queue_interrupted(arch)
+                    raise
                 if len(self.outcomes) > before:
                     progressed = True
                     self.report(*self.outcomes[-1])
@@ -336,8 +481,8 @@ class Worker:
             if progressed:
                 waiting_since = None
                 continue
-            # Budgets look full, but trials may still be running elsewhere. One whose heartbeat
-            # advances belongs to a live worker, which will finish it: nothing is left for us. One
+            # Nothing to run, but trials may still be running elsewhere. One whose heartbeat
+            # advances belongs to a live worker, which will finish it (and what follows it). One
             # whose heartbeat stays silent belongs to a worker that probably died (perhaps killed just
             # before this command started): wait until it is claimed as stale and queued again, then
             # run it here. So running the same command again after a crash always completes the sweep.
@@ -350,13 +495,13 @@ class Worker:
                 time.sleep(min(2.0, HEARTBEAT_S / 2))
                 continue
             break
-        bar.n = min(total, sum(self.done(a) for a in args.archs))
         bar.close()
 
     def report(self, arch: str, number: int, o: TrialOutcome) -> None:
         val = f"{o.val_dice:.4f}" if o.val_dice is not None else "-"
         test = f"{o.test_dice:.4f}" if o.test_dice is not None else "-"
-        extra = f"  ({o.error.splitlines()[0]})" if o.error else ""
+        notes = [n for n in (self.notes.get((arch, number)), o.error.splitlines()[0] if o.error else None) if n]
+        extra = f"  ({'; '.join(notes)})" if notes else ""
         tqdm.write(f"{arch:>14} trial {number:>3}  {o.state:<8}  val dice {val}  test dice {test}  "
                    f"{o.seconds:6.1f} s{extra}")
 
@@ -372,20 +517,25 @@ def default_name(data: PreparedDataset, image_size: int) -> str:
 
 
 def summary_table(store: Store, name: str, archs: list[str]) -> list[str]:
-    """The closing table: best trial per architecture with its parameters and dice spread."""
-    lines = [f"{'arch':<14} {'trial':>5} {'val':>7} {'test mean':>9} {'median':>7} {'p10':>7}  params"]
+    """The closing table: each architecture's result (core.store.selection) with its parameters and dice spread."""
+    lines = [f"{'arch':<14} {'trial':>5} {'epochs':>6} {'val':>7} {'test mean':>9} {'median':>7} {'p10':>7}  params"]
     for arch in archs:
-        rows = [r for r in store.study_trials(f"{name}/{arch}") if r["state"] == "complete"]
-        if not rows:
+        rows = store.study_trials(f"{name}/{arch}")
+        best = selection.best_trial(rows)
+        if best is None:
             lines.append(f"{arch:<14} {'-':>5}  no complete trial yet")
             continue
-        best = max(rows, key=lambda r: r["val_dice"])
         dice = store.test_dice_of(best["id"])
         p = best["params"]
         shown = (f"lr={p['lr']:.2e} bce={p['bce_weight']:.2f} dice={p['dice_weight']:.2f} "
                  f"hflip={p['aug_hflip']:.2f} rot={p['aug_rotate']:g} bright={p['aug_brightness']:.2f}")
-        lines.append(f"{arch:<14} {best['number']:>5} {best['val_dice']:>7.4f} {dice.mean():>9.4f} "
-                     f"{np.median(dice):>7.4f} {np.percentile(dice, 10):>7.4f}  {shown}")
+        if selection.is_refit(p):
+            shown = f"refit of trial {p[selection.REFIT_OF]}: {shown}"
+        lines.append(f"{arch:<14} {best['number']:>5} {best['epochs_run']:>6} {best['val_dice']:>7.4f} "
+                     f"{dice.mean():>9.4f} {np.median(dice):>7.4f} {np.percentile(dice, 10):>7.4f}  {shown}")
+        searched = [r for r in rows if not selection.is_refit(r["params"])]
+        lines.append(f"{'':<14} {len(searched)} search trials, {sum(r['epochs_run'] for r in searched)} epochs; "
+                     f"{store.trial_seconds(f'{name}/{arch}'):.0f} s of training in all")
     return lines
 
 
@@ -406,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: preset={args.preset} archs={','.join(args.archs)} trials={args.trials} per arch "
               f"epochs={args.epochs} image_size={args.image_size} width={args.width} batch_size={args.batch_size} "
               f"pruner={args.pruner} device={args.device} amp={args.amp} compile={args.compile} seed={args.seed} "
-              f"keep_checkpoints={args.keep_checkpoints} timeout={args.timeout}")
+              f"keep_checkpoints={args.keep_checkpoints} timeout={args.timeout:g} s min_epochs={args.min_epochs} "
+              f"refit_share={args.refit_share:g}")
         print(f"{PROG}: search space: " + ", ".join(
             f"{k}={v}" if not hasattr(v, "low") else f"{k}[{v.low:g}..{v.high:g}{' log' if v.log else ''}]"
             for k, v in args.space_def.items()))
@@ -418,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as exc:  # the database went away, filled up or refused a write mid-sweep
         cli.user_error(PROG, cli.db_error(args.db, exc))
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; finished trials are kept, run the same command to continue", file=sys.stderr)
+        print(f"\n{PROG}: interrupted; finished trials are kept, the interrupted one runs again when you run the "
+              f"same command", file=sys.stderr)
         return 130
     print()
     for line in table:

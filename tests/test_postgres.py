@@ -27,7 +27,7 @@ from tests.test_reliability import (  # noqa: F401  (module fixtures: the data, 
 def test_two_workers_sweep_into_postgres_and_the_dashboard_reads_it(postgres: PostgresServer, data_root: Path,
                                                                     tmp_path: Path) -> None:
     url = postgres.create_database("two_workers")
-    cmd = [sys.executable, "-m", "jobs.sweep", *sweep_argv(data_root, url, 4)]
+    cmd = [sys.executable, "-m", "jobs.sweep", *sweep_argv(data_root, url, 4, refit=True)]
     env = job_env(PYTHONPATH=str(REPO))  # run from tmp_path: checkpoints of a server database go to ./checkpoints
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -51,6 +51,7 @@ def test_two_workers_sweep_into_postgres_and_the_dashboard_reads_it(postgres: Po
         assert not {"studies", "trial_values", "trial_params", "version_info"} & tables
         assert conn.execute(text("SELECT count(*) FROM optuna_journal")).scalar() > 0
     assert len(budget.counted(load_study(url, STUDY).get_trials())) == 4
+    assert len([r for r in rows if "refit_of" in r["params"]]) == 1  # one refit, whichever worker ran it
 
     # the dashboard's queries read it like a SQLite store
     [sweep] = queries.sweeps(store).to_dict("records")

@@ -68,9 +68,12 @@ def job_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def sweep_argv(root: Path, db: str, trials: int, *extra: str, epochs: int = 2, data: str = "synthetic") -> list[str]:
+def sweep_argv(root: Path, db: str, trials: int, *extra: str, epochs: int = 2, data: str = "synthetic",
+               refit: bool = False) -> list[str]:
+    """A tiny sweep; without the refit unless asked, so the search's own guarantees are what is pinned."""
     return ["--data", data, "--data-root", str(root), "--db", db, "--name", "t", "--archs", "unet",
-            "--trials", str(trials), "--epochs", str(epochs), *TINY, *extra]
+            "--trials", str(trials), "--epochs", str(epochs), *TINY, *(() if refit else ("--refit-share", "0")),
+            *extra]
 
 
 def train_argv(root: Path, db: str, *extra: str, data: str = "oxford-pets") -> list[str]:

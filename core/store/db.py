@@ -484,6 +484,26 @@ class Store:
             rows = conn.execute(select(trials).where(trials.c.study == study).order_by(trials.c.number)).mappings()
             return [dict(r) for r in rows]
 
+    def copy_epochs(self, from_trial: int, before: int, to_trial: int) -> None:
+        """Give a continued trial the learning curve of the trial it continues: its epochs below `before`."""
+        cols = [c for c in epochs.c if c.name != "trial_id"]
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(*cols).where(epochs.c.trial_id == from_trial, epochs.c.epoch < before)
+                                ).mappings().all()
+            if rows:
+                conn.execute(insert(epochs), [dict(r, trial_id=to_trial) for r in rows])
+                conn.execute(update(trials).where(trials.c.id == to_trial).values(epochs_run=max(r["epoch"] for r in rows) + 1))
+
+    def trial_seconds(self, study: str) -> float:
+        """Seconds the study's trials have trained and evaluated so far, all workers together
+        (running trials count up to now): what a sweep's time budget is spent on."""
+        now = _now()
+        stmt = select(trials.c.started_at, trials.c.finished_at, trials.c.state).where(trials.c.study == study)
+        with self.engine.connect() as conn:
+            spans = conn.execute(stmt).all()
+        return sum(max(0.0, ((end if end is not None else now) - start).total_seconds())
+                   for start, end, _state in spans)
+
     def test_dice_of(self, trial_id: int) -> np.ndarray:
         """Every per-image test dice of a trial, ordered by image id."""
         with self.engine.connect() as conn:

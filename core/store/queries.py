@@ -24,6 +24,7 @@ from sqlalchemy import and_, case, distinct, false, func, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
+from core.store import selection
 from core.store.db import Store, datasets, epochs, image_results, images, masks, trials
 
 Source = Store | Engine | Connection
@@ -89,19 +90,17 @@ def sweep_trials(src: Source, sweep: str) -> pd.DataFrame:
 
 
 def best_trials(src: Source, sweep: str) -> pd.DataFrame:
-    """The best complete trial of each architecture: highest validation dice (the sweep's objective).
-
-    Test dice breaks ties, then the lower trial number; selecting on test dice would leak the test set.
-    """
-    rank = func.row_number().over(
-        partition_by=trials.c.arch,
-        order_by=(trials.c.val_dice.desc(), trials.c.test_dice.desc().nulls_last(), trials.c.number),
-    ).label("rank")
-    ranked = (select(*(trials.c[c] for c in TRIAL_COLUMNS), rank)
-              .where(trials.c.sweep == sweep, trials.c.state == "complete", trials.c.val_dice.is_not(None))
-              .subquery())
-    stmt = select(*(ranked.c[c] for c in TRIAL_COLUMNS)).where(ranked.c.rank == 1).order_by(ranked.c.arch)
-    return _frame(src, stmt)
+    """Each architecture's result (core.store.selection: its refit once complete, else the
+    complete trial with the highest validation dice), one row per architecture."""
+    stmt = (select(*(trials.c[c] for c in TRIAL_COLUMNS))
+            .where(trials.c.sweep == sweep, trials.c.state == "complete", trials.c.val_dice.is_not(None))
+            .order_by(trials.c.arch, trials.c.number))
+    frame = _frame(src, stmt)
+    if frame.empty:
+        return frame
+    rows = frame.to_dict("records")
+    chosen = [selection.best_trial([r for r in rows if r["arch"] == arch]) for arch in sorted(frame["arch"].unique())]
+    return pd.DataFrame([r for r in chosen if r is not None], columns=frame.columns).reset_index(drop=True)
 
 
 def running_progress(src: Source, sweep: str) -> pd.DataFrame:

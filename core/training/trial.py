@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -53,6 +53,9 @@ def _env_seconds(name: str, default: float) -> float:
 # live but busy worker is never taken for dead.
 HEARTBEAT_S = _env_seconds("SEGSWEEP_HEARTBEAT_S", 5.0)
 STALE_AFTER_S = max(_env_seconds("SEGSWEEP_STALE_AFTER_S", 20.0), 3 * HEARTBEAT_S)
+
+
+INTERRUPTED = "interrupted (Ctrl-C)"  # a failed trial's error when the user stopped it; a sweep runs it again
 
 
 @dataclass
@@ -100,18 +103,26 @@ def register(store: Store, data: PreparedDataset) -> dict[str, int]:
 def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: dict[str, int], *, sweep: str,
               study: str, number: int, on_epoch: Callable[[EpochStats], None] | None = None,
               checkpoint_path: Path | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> TrialOutcome:
+              log: Callable[[str], None] = print, extra_params: dict[str, Any] | None = None,
+              pause_to: Path | None = None, resume_from: Path | None = None,
+              continues: tuple[int, int] | None = None) -> TrialOutcome:
     """Train `cfg`, record each epoch, then evaluate the best weights on every test image.
 
     An `on_epoch` that raises optuna.TrialPruned ends the trial as 'pruned' (curves kept) and
-    re-raises; a non-finite loss ends it as 'failed' with the reason; any other exception
-    ends it as 'failed' with the message and re-raises.
+    re-raises (a StopTraining one also leaves a resumable state at `pause_to`); a non-finite
+    loss ends it as 'failed' with the reason; any other exception ends it as 'failed' with the
+    message and re-raises. `resume_from` continues a paused state; `continues` is (store id of
+    the trial it paused in, epochs it had done): that curve becomes this trial's first epochs.
+    `extra_params` are recorded beside the config's own (e.g. which trial a refit repeats).
     """
     started = time.perf_counter()
     device = str(select_device(cfg.device))
-    trial_id = store.start_trial(sweep=sweep, study=study, arch=cfg.arch, number=number, params=cfg.params(),
+    trial_id = store.start_trial(sweep=sweep, study=study, arch=cfg.arch, number=number,
+                                 params={**cfg.params(), **(extra_params or {})},
                                  device=device, dataset=data.name, image_size=data.image_size)
     best = {"val": None, "epochs": 0}
+    if continues is not None:
+        store.copy_epochs(*continues, to_trial=trial_id)
 
     def record(stats: EpochStats) -> None:
         store.record_epoch(trial_id, stats.epoch, train_loss=stats.train_loss, val_loss=stats.val_loss,
@@ -149,7 +160,7 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         # The heartbeat covers evaluation and the closing write too: on a large test set they take
         # long enough that a silent trial would be taken for a dead worker's and retried.
         with Heartbeat(store, trial_id):
-            result = fit(cfg, data, on_epoch=record, progress=progress)
+            result = fit(cfg, data, on_epoch=record, progress=progress, pause_to=pause_to, resume_from=resume_from)
             return evaluate(result)
     except optuna.TrialPruned:
         if not closed:
@@ -158,9 +169,12 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
     except BaseException as exc:
         if closed:
             raise
-        reason = f"{type(exc).__name__}: {exc}".strip()
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            reason += "\n" + traceback.format_exc(limit=5)
+        if isinstance(exc, KeyboardInterrupt):
+            reason = INTERRUPTED
+        else:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            if not isinstance(exc, SystemExit):
+                reason += "\n" + traceback.format_exc(limit=5)
         try:
             store.finish_trial(trial_id, state="failed", val_dice=best["val"], error=reason)
         except Exception:  # the store itself failed (that may be `exc`): report the first error
