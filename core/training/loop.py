@@ -52,6 +52,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig.reports)
     warmup_epochs: float = 0.5     # linear warm-up, then cosine decay to 1% of lr
     grad_clip: float = 1.0         # max gradient norm; 0 disables
+    flip_tta: bool = True          # evaluate on each image and its mirror image, logits averaged
     device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
     amp: str = "auto"              # auto | bf16 | fp16 | off
     channels_last: bool | None = None  # None: channels_last on CUDA, plain NCHW elsewhere (faster on CPU)
@@ -405,6 +406,8 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
         for images, trimaps in _plain_batches(data, indices, batch_size or max(cfg.batch_size, 32)):
             x, target, trimap = normalize(images, trimaps)
             logits = model(x).float()
+            if cfg.flip_tta:  # the mirror image's prediction, mirrored back: a second opinion for one more pass
+                logits = (logits + model(x.flip(-1)).float().flip(-1)) / 2
             scores = image_scores(logits, target, trimap)
             dice.append(scores.dice.cpu())
             iou.append(scores.iou.cpu())
