@@ -27,13 +27,14 @@ PROG = "jobs.train"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=cli.arch_name, default="resnet34_unet")
-    p.add_argument("--lr", type=cli.positive_float, default=1e-4)
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3,
+                   help="peak learning rate (warm-up, then cosine decay); the reports used a constant 1e-4")
     p.add_argument("--bce-weight", type=cli.non_negative_float, default=0.3)
     p.add_argument("--dice-weight", type=cli.non_negative_float, default=0.7)
     p.add_argument("--focal-weight", type=cli.non_negative_float, default=0.0)
     p.add_argument("--name", default=None, help="sweep name the run is filed under (default train-<time>)")
     p.add_argument("--checkpoint", default=None, help="where to save the best weights (default: none)")
-    cli.add_size_args(p, epochs=10, image=64, width=1.0, batch=8)
+    cli.add_size_args(p, epochs=20, image=64, width=1.0, batch=8)
     cli.add_augment_args(p, None)
     cli.add_data_args(p)
     args = p.parse_args(argv)

@@ -59,7 +59,8 @@ def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tm
     store = Store(db, read_only=True)
     [trial] = store.study_trials("smoke/unet")
     assert trial["state"] == "complete" and trial["epochs_run"] == 2 and trial["dataset"] == "oxford-pets/oxford-pets-sample"
-    assert trial["params"]["lr"] == pytest.approx(1e-4) and trial["params"]["dice_weight"] == pytest.approx(0.7)
+    assert trial["params"]["lr"] == pytest.approx(1e-3) and trial["params"]["dice_weight"] == pytest.approx(0.7)
+    assert trial["params"]["flip_tta"] is True
     assert trial["checkpoint"] == str(ckpt) and ckpt.is_file()
     n_test = store.count(st.images, split="test")
     assert n_test == 60
