@@ -122,9 +122,9 @@ def train_for(arch: str, root: Path, seconds: float, size: int, train: Sequence[
     best_val, best_epoch, best_state, epoch = -1.0, -1, None, 0
     while time.perf_counter() - started < seconds:
         train_epoch(model, optimizer, criterion, loader)
-        val = float(per_image_dice(model, root, val, val_trimaps, size).mean())
-        if val > best_val:
-            best_val, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+        dice = float(per_image_dice(model, root, val, val_trimaps, size).mean())
+        if dice > best_val:
+            best_val, best_epoch, best_state = dice, epoch, copy.deepcopy(model.state_dict())
         epoch += 1
     elapsed = time.perf_counter() - started
     if best_state is not None:

@@ -1,0 +1,132 @@
+"""Quality per second: the sweep's selected model against the reports' plain loop, same data, same seconds.
+
+    .venv/bin/python benchmarks/quality.py                         # shared sample, 300 s per architecture (~25 min)
+    .venv/bin/python benchmarks/quality.py --seconds 60 --archs unet --report-only
+
+For each architecture, on one machine, one after the other:
+
+* reference  the lab reports' loop (benchmarks/reference_loop.py: Adam at a constant 1e-4, 0.3 BCE +
+             0.7 Dice, batch 8, full width, fp32, decode + augment per sample) trained for N seconds,
+             validated after every epoch, the best-by-validation epoch kept;
+* sweep      `python -m jobs.sweep --archs ARCH --timeout N` on the same folder with its defaults;
+             its selected model is the architecture's result in the store (the refit).
+
+Both are scored on the same test masks (the core reader's trimaps at the evaluation size); test
+images choose nothing in either. Also printed: the all-foreground floor (predicting "pet" everywhere),
+trials and epochs each used, and the sweep's wall time (its --timeout counts trial seconds;
+start-up and data preparation come on top). PASS when the sweep beats the reference by --target.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import DEFAULT_DATA, FreshProcess, header, positive_int
+from benchmarks.reference_loop import ReferenceResult, train_for
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 0.03  # test dice the sweep's model must gain over the reference
+
+
+def all_foreground_dice(trimaps: np.ndarray) -> float:
+    """Mean per-image dice of predicting the whole image as pet (the floor any model must beat)."""
+    truth = (trimaps != 2).reshape(len(trimaps), -1)
+    pixels = truth.shape[1]
+    fg = truth.sum(1)
+    return float(np.mean(2 * fg / (fg + pixels)))
+
+
+def reference(arch: str, root: str, seconds: float, size: int) -> ReferenceResult:
+    """The plain loop for `seconds`, scored against the core reader's masks (run in a fresh process)."""
+    from core.data.dataset import prepare_dataset
+
+    data = prepare_dataset(Path(root), size, log=lambda _: None)
+    names = {s: [data.infos[i].name for i in data.indices(s)] for s in ("train", "val", "test")}
+    return train_for(arch, Path(root), seconds, size, names["train"], names["val"], data.trimaps[data.indices("val")],
+                     names["test"], data.trimaps[data.indices("test")])
+
+
+def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, extra: list[str]) -> dict:
+    """Run jobs.sweep for one architecture; its selected trial, how much it trained, and its wall time."""
+    from core.store import queries
+    from core.store.db import Store
+    from core.store.optuna_storage import load_study
+    from jobs import budget
+
+    cmd = [sys.executable, "-m", "jobs.sweep", "--data", "oxford-pets", "--data-root", str(root), "--archs", arch,
+           "--timeout", f"{seconds:g}", "--image-size", str(size), "--db", db, "--name", name,
+           "--keep-checkpoints", "none", "--no-progress", *extra]
+    started = time.perf_counter()
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"quality: the sweep failed ({run.returncode}):\n{run.stderr[-2000:]}")
+    store = Store(db, read_only=True)
+    best = queries.best_trials(store, name).iloc[0]
+    trials = load_study(db, f"{name}/{arch}").get_trials()
+    search = [t for t in trials if budget.is_new_config(t) and not t.user_attrs.get(budget.SURPLUS)]
+    epochs = sum(len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0) for t in trials)
+    return dict(test_dice=float(best["test_dice"]), val_dice=float(best["val_dice"]), number=int(best["number"]),
+                epochs_run=int(best["epochs_run"]), refit="refit_of" in best["params"], configs=len(search),
+                trials=len([t for t in trials if not t.user_attrs.get(budget.SURPLUS)]), epochs=epochs,
+                trial_seconds=store.trial_seconds(f"{name}/{arch}"), wall=wall,
+                lines=[line for line in run.stdout.splitlines() if line.strip()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a dataset folder in the official layout")
+    p.add_argument("--seconds", type=float, default=300.0, help="training seconds per architecture, for each side")
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--archs", default="unet,resnet34_unet")
+    p.add_argument("--target", type=float, default=TARGET, help="test dice the sweep must gain over the reference")
+    p.add_argument("--db", default=None, help="keep the sweep's store here (default: a temporary folder)")
+    p.add_argument("--show-sweep", action="store_true", help="print the sweep's own output")
+    p.add_argument("--sweep-args", default="", help="more flags for jobs.sweep, e.g. '--width 1 --min-epochs 3'")
+    p.add_argument("--report-only", action="store_true", help="exit 0 even when a target is missed")
+    args = p.parse_args(argv)
+    header("quality per second: the sweep's selected model vs the reports' loop, same data and seconds", args)
+    root = args.data.expanduser().resolve()
+    if not (root / "annotations").is_dir():
+        raise SystemExit(f"quality: {root} is not a dataset folder (no annotations/)")
+
+    from core.data.dataset import prepare_dataset
+
+    data = prepare_dataset(root, args.image_size, log=lambda _: None)
+    floor = all_foreground_dice(data.trimaps[data.indices("test")])
+    print(f"   {data.name}: {len(data.indices('train'))} train / {len(data.indices('val'))} val / "
+          f"{len(data.indices('test'))} test images at {args.image_size} px; all-foreground floor {floor:.4f}")
+    verdicts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or f"sqlite:///{Path(tmp) / 'quality.db'}"
+        for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+            with FreshProcess() as fresh:  # the reports' script, in a process of its own
+                ref = fresh.call(reference, arch, str(root), args.seconds, args.image_size)
+            res = sweep(arch, root, args.seconds, args.image_size, db, f"quality-{arch}-{os.getpid()}",
+                        args.sweep_args.split())
+            if args.show_sweep:
+                print("\n".join("   | " + line for line in res["lines"]))
+            gain = res["test_dice"] - ref.test_dice
+            print(f"\n{arch}")
+            print(f"   reference  test dice {ref.test_dice:.4f}  (val {ref.best_val_dice:.4f}, best epoch "
+                  f"{ref.best_epoch + 1} of {ref.epochs}, {ref.seconds:.0f} s)")
+            print(f"   sweep      test dice {res['test_dice']:.4f}  (val {res['val_dice']:.4f}, trial {res['number']}"
+                  f"{' = the refit' if res['refit'] else ''}, {res['epochs_run']} epochs; {res['configs']} "
+                  f"configurations in {res['trials']} trials, {res['epochs']} epochs in all; "
+                  f"{res['trial_seconds']:.0f} s of trials, {res['wall']:.0f} s wall)")
+            print(f"   difference {gain:+.4f}   all-foreground floor {floor:.4f}")
+            verdicts.append(gain >= args.target)
+            print(f"{'PASS' if verdicts[-1] else 'MISS'}  {arch}: sweep - reference test dice {gain:+.4f} "
+                  f"(target >= {args.target:+.4f})", flush=True)
+    return 0 if all(verdicts) or args.report_only else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
