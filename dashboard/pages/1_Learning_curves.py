@@ -1,6 +1,5 @@
 """Learning curves: train/validation loss and dice per epoch of the chosen trials."""
 
-
 import streamlit as st
 
 from dashboard import charts

@@ -1,6 +1,5 @@
 """Dice distributions: how each trial's per-image test dice spreads, and a paired A/B comparison."""
 
-
 import streamlit as st
 
 from dashboard import charts, stats

@@ -5,7 +5,6 @@ and false negatives in their own colours, worst first, a page at a time. The fil
 sidebar narrow the images down in SQL (see core.store.queries.hardest_images).
 """
 
-
 import math
 from typing import Any
 

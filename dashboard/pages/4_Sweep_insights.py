@@ -6,7 +6,6 @@ hyperparameter is also set against the trial's tail: the mean of its worst 10% i
 10th percentile.
 """
 
-
 import warnings
 
 import optuna
