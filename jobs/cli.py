@@ -123,12 +123,18 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def width_or_auto(text: str) -> float | str:
+    return "auto" if text == "auto" else positive_float(text)
+
+
 def add_size_args(p: argparse.ArgumentParser, *, epochs: int | None, image: int | None, width: float | None,
-                  batch: int | None) -> None:
+                  batch: int | None, auto_width: bool = False) -> None:
     g = p.add_argument_group("size")
     g.add_argument("--epochs", type=positive_int, default=epochs)
     g.add_argument("--image-size", type=image_size, default=image, help="square side in pixels")
-    g.add_argument("--width", type=positive_float, default=width, help="channel width multiplier (1.0 = reports)")
+    g.add_argument("--width", type=width_or_auto if auto_width else positive_float, default=width,
+                   help="channel width multiplier (1.0 = reports)" + (
+                       "; auto: the widest of 1, 0.5, 0.25 the time budget trains long enough" if auto_width else ""))
     g.add_argument("--batch-size", type=positive_int, default=batch)
 
 

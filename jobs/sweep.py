@@ -44,7 +44,7 @@ from core.store.db import (
 )
 from core.store import selection
 from core.store.optuna_storage import optuna_storage
-from core.training.loop import StopTraining, TrainConfig
+from core.training.loop import StopTraining, TrainConfig, step_seconds
 from core.training.trial import (
     HEARTBEAT_S,
     INTERRUPTED,
@@ -63,12 +63,14 @@ DEFAULT_ARCHS = ("unet", "resnet34_unet")
 # epochs: a search trial's full length, the last rung; min_epochs: the first rung; trials: the
 # most configurations sampled per architecture. Measured choices (README, benchmarks/quality.py).
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(timeout=240.0, trials=100, epochs=18, min_epochs=2, image_size=64, width=0.5, batch_size=8,
+    "quick": dict(timeout=250.0, trials=100, epochs=18, min_epochs=2, image_size=64, width="auto", batch_size=8,
                   synthetic_images=600, compile=False),
     "full": dict(timeout=8 * 3600.0, trials=300, epochs=36, min_epochs=4, image_size=256, width=1.0, batch_size=16,
                  synthetic_images=4000, compile=True),
 }
 REFIT_SHARE = 0.5      # of each architecture's budget, kept for the refit
+AUTO_WIDTHS = (1.0, 0.5, 0.25)  # --width auto: the first whose epochs the budget can afford enough of
+AUTO_MIN_EPOCHS = 150  # epochs of training an architecture's budget must afford at that width
 REFIT_MAX_FACTOR = 8   # a refit trains at most this many times a search trial's full length
 
 
@@ -97,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick",
                    help="quick: minutes on a CPU; full: the reports' regime (256 px, full width) for a GPU")
     p.add_argument("--timeout", type=cli.positive_float, default=None,
-                   help="seconds of training for the whole sweep, all workers together (preset: quick 240)")
+                   help="seconds of training for the whole sweep, all workers together (preset: quick 250)")
     p.add_argument("--trials", type=cli.positive_int, default=None,
                    help="most configurations sampled per architecture (the time budget usually ends the search first)")
     p.add_argument("--min-epochs", type=cli.positive_int, default=None,
@@ -108,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="asha: successive halving with promotion (default); median/hyperband: Optuna's pruners")
     p.add_argument("--space", default=None, help="TOML file replacing parts of the search space")
     p.add_argument("--keep-checkpoints", choices=("best", "all", "none"), default="best")
-    cli.add_size_args(p, epochs=None, image=None, width=None, batch=None)
+    cli.add_size_args(p, epochs=None, image=None, width=None, batch=None, auto_width=True)
     cli.add_data_args(p)
     args = p.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -196,9 +198,32 @@ class Worker:
         self.checkpoint_dir = checkpoint_root(args.db) / args.name
         self.ladder = schedule.Ladder.geometric(args.min_epochs, args.epochs)
         self.budget = schedule.Budget(args.timeout / len(args.archs), args.refit_share)
+        self.widths = {arch: self.width_of(arch) for arch in args.archs}
         self.outcomes: list[tuple[str, int, TrialOutcome]] = []
         self.notes: dict[tuple[str, int], str] = {}  # what a trial was queued for, shown in its line
         self._first_beat: dict[int, Any] = {}  # running trial id -> heartbeat when first seen
+
+    def width_of(self, arch: str) -> float:
+        """--width, or for 'auto' the width this study chose when it started (kept for every worker
+        and rerun): the widest of AUTO_WIDTHS at which the architecture's budget affords
+        AUTO_MIN_EPOCHS epochs, by the measured time of a training step on this machine."""
+        if self.args.width != "auto":
+            return float(self.args.width)
+        study = self.studies[arch]
+        if "width" in study.user_attrs:
+            return float(study.user_attrs["width"])
+        a = self.args
+        batches = max(1, len(self.data.indices("train")) // a.batch_size)
+        for width in AUTO_WIDTHS:
+            probe = TrainConfig(arch=arch, width=width, image_size=a.image_size, batch_size=a.batch_size,
+                                device=a.device, amp=a.amp)
+            epoch_s = 1.25 * batches * step_seconds(probe)  # + validation and data loading
+            if self.budget.seconds / epoch_s >= AUTO_MIN_EPOCHS:
+                break
+        tqdm.write(f"{PROG}: {arch} width {width:g} (an epoch takes about {epoch_s:.1f} s here; "
+                   f"the budget affords {self.budget.seconds / epoch_s:.0f})")
+        study.set_user_attr("width", width)
+        return width
 
     # what the studies hold
     def trials(self, arch: str) -> list[FrozenTrial]:
@@ -440,7 +465,7 @@ class Worker:
         a = self.args
         aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
         augment = AugmentConfig(**{k: (int(v) if k == "rotate" else v) for k, v in p.items() if k in aug_fields})
-        return TrainConfig(arch=arch, width=a.width, image_size=a.image_size, epochs=epochs,
+        return TrainConfig(arch=arch, width=self.widths[arch], image_size=a.image_size, epochs=epochs,
                            batch_size=a.batch_size, lr=p["lr"], bce_weight=1.0 - p["dice_weight"],
                            dice_weight=p["dice_weight"], augment=augment, device=a.device, amp=a.amp,
                            compile=a.compile, seed=a.seed)

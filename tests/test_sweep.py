@@ -223,3 +223,17 @@ def test_a_trial_stopped_by_ctrl_c_is_recorded_as_interrupted_and_run_again(swee
     assert [(r["number"], r["state"]) for r in rows] == [(0, "complete"), (1, "failed"), (2, "complete")]
     assert rows[2]["params"] == rows[1]["params"]  # the same configuration, run again
     assert len(budget.counted(study(db_url).get_trials())) == 2
+
+
+def test_auto_width_takes_the_widest_the_budget_trains_long_enough_and_keeps_it(sweep_data: Path, db_url: str,
+                                                                                 monkeypatch) -> None:
+    seconds_per_step = {1.0: 1.0, 0.5: 0.01, 0.25: 0.005}  # full width would afford only a few epochs
+    monkeypatch.setattr(sweep_job, "step_seconds", lambda cfg: seconds_per_step[cfg.width])
+    args = argv(sweep_data, db_url, 1, "--refit-share", "0")
+    args[args.index("--width") + 1] = "auto"
+    assert sweep_job.main(args) == 0
+    assert study(db_url).user_attrs["width"] == 0.5
+    assert Store(db_url, read_only=True).study_trials("t/unet")[0]["params"]["width"] == 0.5
+    monkeypatch.setattr(sweep_job, "step_seconds", lambda cfg: 1e-6)  # a faster machine joins: same study, same width
+    assert sweep_job.main(args[:args.index("--trials") + 1] + ["2"] + args[args.index("--trials") + 2:]) == 0
+    assert {r["params"]["width"] for r in Store(db_url, read_only=True).study_trials("t/unet")} == {0.5}

@@ -140,7 +140,7 @@ def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     """cfg.channels_last, or where unset the faster layout for the device.
 
     channels_last feeds tensor cores on CUDA; on CPUs without AMX, oneDNN's NCHW (blocked)
-    convolutions measured 8-12% faster for fwd+bwd (benchmarks/train_throughput.py --ablations).
+    convolutions are the faster ones for fwd+bwd (what each costs: train_throughput.py --ablations).
     """
     return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
 
@@ -264,8 +264,8 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
             return _plain_batches(data, order[:n_batches * cfg.batch_size], cfg.batch_size)
         return epoch, n_batches
     # albumentations runs OpenCV, whose own thread pool (one thread per core) wakes between the
-    # steps and fights torch's OpenMP threads for the same cores: on a busy 2-core machine fit ran
-    # 5x slower with it (benchmarks/train_throughput.py --ablations). Small images need no threads.
+    # steps and fights torch's OpenMP threads for the same cores, which a busy machine punishes
+    # (benchmarks/train_throughput.py --ablations measures it). Small images need no threads.
     cv2.setNumThreads(0)
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     loader = torch.utils.data.DataLoader(
@@ -277,6 +277,61 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
         augment.reseed(_epoch_seed(cfg.seed, k))
         return iter(loader)
     return augmented_epoch, len(loader)
+
+
+# -- the model, its optimizer and one step -------------------------------------------
+
+TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _build(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None
+           ) -> tuple[nn.Module, torch.optim.Optimizer, TrainStep]:
+    """The model on its device, its optimizer, and the one training step `fit` (and anything that
+    times training) runs: forward in the autocast dtype, backward, clipping, update."""
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on every step's reallocations (core/training/malloc.py)
+    model = build_model(cfg.arch, width=cfg.width).to(device)
+    if use_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
+    optimizer = _make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+    def train_step(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast():
+            logits = step_model(x)
+            loss = criterion(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss, logits
+
+    return model, optimizer, train_step
+
+
+def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
+    """Seconds one training step of `cfg` takes here (median of `steps`, after a warm-up step),
+    on random batches: what a budget can afford, known before anything is trained."""
+    device = select_device(cfg.device)
+    model, _, train_step = _build(cfg, device, select_amp(device, cfg.amp))
+    model.train()
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    target = (torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size, device=device) > 0.5).float()
+    if use_channels_last(cfg, device):
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        loss, _ = train_step(x, target)
+        loss.item()  # waits for the device
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))
 
 
 # -- the loop ------------------------------------------------------------------------
@@ -302,22 +357,12 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     if len(val_idx) == 0:  # tiny datasets: validate on the training images rather than not at all
         val_idx = train_idx
 
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults on every step's reallocations (core/training/malloc.py)
-    channels_last = use_channels_last(cfg, device)
-    model = build_model(cfg.arch, width=cfg.width).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
-    criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
-    optimizer = _make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    normalize = _Normalizer(device, channels_last)
+    model, optimizer, train_step = _build(cfg, device, amp_dtype)
+    normalize = _Normalizer(device, use_channels_last(cfg, device))
     generator = torch.Generator().manual_seed(cfg.seed)
     next_epoch, n_batches = _train_loader(data, train_idx, cfg, device, generator)
     total_steps = cfg.epochs * n_batches
     warmup_steps = int(cfg.warmup_epochs * n_batches)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
     history: list[EpochStats] = []
     best_dice, best_epoch = -1.0, -1
@@ -338,16 +383,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(step, total_steps, warmup_steps)
             x, target, trimap = normalize(images, trimaps)
-            with autocast():
-                logits = step_model(x)
-                loss = criterion(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = train_step(x, target)
             step += 1
             n = x.shape[0]
             loss_sum += loss.detach().float() * n
