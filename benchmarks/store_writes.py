@@ -15,7 +15,6 @@ masks are pet-shaped: the real sample's trimaps (pet + border) resized to the ma
 """
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -25,10 +24,12 @@ from types import SimpleNamespace
 
 from benchmarks._common import (
     DEFAULT_DATA,
+    finish,
     header,
     interleave,
     median,
     paired_ratio,
+    parser,
     positive_int,
     verdict,
 )
@@ -61,7 +62,7 @@ def old_encode_mask(mask) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "benchmarks/store_writes.py")
     p.add_argument("--images", type=positive_int, default=TEST_IMAGES, help="test images in the trial")
     p.add_argument("--mask-size", type=positive_int, default=256)
     p.add_argument("--rounds", type=positive_int, default=3)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         number = iter(range(10**6))
         trials: list[int] = []
 
-        def finish(with_masks: bool = True, encoder=None) -> float:
+        def close_trial(with_masks: bool = True, encoder=None) -> float:
             tid = store.start_trial(sweep="bench", study="bench", arch="unet", number=next(number), params={},
                                     device="cpu", dataset="oxford-pets/bench", image_size=args.mask_size)
             results = ImageResults(image_ids, dice, iou, dnb, masks=masks if with_masks else None)
@@ -111,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 encode_mask(m)
             return time.perf_counter() - started
 
-        variants = {"finish_trial": finish, "no masks": lambda: finish(with_masks=False), "encode only": encode_only}
+        variants = {"finish_trial": close_trial, "no masks": lambda: close_trial(with_masks=False),
+                    "encode only": encode_only}
         if not args.no_before:
-            variants["finish_trial before"] = lambda: finish(encoder=old_encode_mask)
+            variants["finish_trial before"] = lambda: close_trial(encoder=old_encode_mask)
         results = interleave(variants, args.rounds)
 
         with store.engine.connect() as conn:  # what was written reads back, and its size
@@ -137,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RATIO finish_trial before / now = {paired_ratio(results['finish_trial before'], results['finish_trial']):.1f}x")
     print(f"RATIO encode share of finish_trial = {paired_ratio(results['encode only'], results['finish_trial']):.2f}")
     print("      (timings in seconds are absolute: compare them only with the load line above)")
-    verdict(f"finish_trial of {args.images} results + masks on SQLite", median(results["finish_trial"]),
-            TIME_TARGET_S, unit=" s", higher_is_better=False)
-    verdict(f"mean mask size at {args.mask_size} px", mean_bytes, BYTES_TARGET, unit=" B", higher_is_better=False)
-    return 0
+    verdicts = [
+        verdict(f"finish_trial of {args.images} results + masks on SQLite", median(results["finish_trial"]),
+                TIME_TARGET_S, unit=" s", higher_is_better=False),
+        verdict(f"mean mask size at {args.mask_size} px", mean_bytes, BYTES_TARGET, unit=" B", higher_is_better=False),
+    ]
+    return finish(verdicts, args.report_only)
 
 
 if __name__ == "__main__":
