@@ -454,13 +454,12 @@ class Store:
         with self.engine.connect() as conn:
             return {int(i): beat for i, beat in conn.execute(stmt).all()}
 
-    def silent_running(self, study: str, seconds: float) -> int:
-        """How many of the study's running trials have not beaten for `seconds` (their worker may be dead)."""
-        cutoff = _now() - dt.timedelta(seconds=seconds)
-        stmt = select(func.count()).select_from(trials).where(
-            trials.c.study == study, trials.c.state == "running", trials.c.heartbeat_at < cutoff)
+    def stale_studies(self, grace_s: float) -> list[str]:
+        """Studies holding a running trial that has not beaten for `grace_s` seconds (see claim_stale)."""
+        cutoff = _now() - dt.timedelta(seconds=grace_s)
+        stmt = select(trials.c.study).distinct().where(trials.c.state == "running", trials.c.heartbeat_at < cutoff)
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar() or 0)
+            return sorted(conn.execute(stmt).scalars())
 
     def fail_running(self, study: str, numbers: Iterable[int], error: str) -> int:
         """Mark trials left 'running' by a dead worker as failed; returns how many changed."""
