@@ -39,7 +39,7 @@ def cpu_description() -> str:
     """The CPU's model name, the widest vector ISA torch uses on it, and whether it has native bf16.
 
     Figures from different machines only compare with this line beside them: the same code
-    picks bf16 or fp32, and is 1.5-2x apart, depending on it.
+    picks bf16 or fp32 depending on it, and runs at a different speed in each.
     """
     import torch
 

@@ -1,6 +1,6 @@
-"""Issue 6, figure 4: what the dashboard's pages fetch, on a store of a million per-image results.
+"""What the dashboard's pages fetch, on a store of a million per-image results.
 
-    .venv/bin/python benchmarks/dashboard_queries.py                  # ~2 min, most of it writing
+    .venv/bin/python benchmarks/dashboard_queries.py                  # most of its time is writing the store
     .venv/bin/python benchmarks/dashboard_queries.py --keep big.db    # keep the store; reuse it next time
 
 The store is written the way the jobs write it, through `core.store.db.Store`: one dataset of 3,669

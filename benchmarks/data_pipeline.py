@@ -1,6 +1,6 @@
-"""Issue 6, figure 2: training samples/s of the cached pipeline vs decoding every epoch, same run.
+"""Training samples/s of the cached pipeline vs decoding every epoch, same run.
 
-    .venv/bin/python benchmarks/data_pipeline.py                 # ~1 min
+    .venv/bin/python benchmarks/data_pipeline.py
     .venv/bin/python benchmarks/data_pipeline.py --image-size 256
 
 Variants take turns, each one full pass (an "epoch") over the sample's train+val images,

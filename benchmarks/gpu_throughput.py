@@ -1,12 +1,12 @@
-"""Issue 6, figure 5: training images/s on a CUDA GPU at 256 px, and the FLOP fraction achieved.
+"""Training images/s on a CUDA GPU at 256 px, and the FLOP fraction achieved.
 
-    .venv/bin/python benchmarks/gpu_throughput.py                 # a few minutes on one GPU
+    .venv/bin/python benchmarks/gpu_throughput.py
     .venv/bin/python benchmarks/gpu_throughput.py --no-compile --steps 10
 
-Without CUDA it prints one line saying so and exits 0 (CI has no GPU).
+Without CUDA it prints one line saying so and exits 0 (nothing was measured, so nothing missed).
 
 Per architecture, variants take turns on one fixed batch already on the GPU (data loading is
-figure 2's business), each a full training step as `core.training.loop.fit` takes it (AdamW fused,
+benchmarks/data_pipeline.py's business), each a full training step as `core.training.loop.fit` takes it (AdamW fused,
 gradient clipping, the SegmentationLoss):
 
 * fp32 NCHW              the plain recipe (TF32 off)

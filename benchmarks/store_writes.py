@@ -1,6 +1,6 @@
-"""Issue 6, figure 3: writing one trial's test results (3,669 images, masks included) to SQLite.
+"""Writing one trial's test results (3,669 images, masks included) to SQLite.
 
-    .venv/bin/python benchmarks/store_writes.py                   # ~1 min
+    .venv/bin/python benchmarks/store_writes.py
     .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
 
 `Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows, the masks and
@@ -8,8 +8,8 @@ the trial update in one transaction, on a SQLite file in WAL mode as the jobs us
 masks are pet-shaped: the real sample's trimaps (pet + border) resized to the mask size, cycled
 (and mirrored on every other pass) to the test-set size. Variants take turns:
 
-* finish_trial         as it is now
-* finish_trial before  the same with the previous encoder (PIL, optimize=True), patched in
+* finish_trial         as the jobs call it
+* finish_trial before  the same with PIL's PNG encoder (optimize=True) patched in for encode_mask
 * no masks             finish_trial with the per-image rows only (the database part alone)
 * encode only          encode_mask on every mask, no database
 """
@@ -52,7 +52,7 @@ def pet_masks(root: Path, size: int, count: int) -> list:
 
 
 def old_encode_mask(mask) -> bytes:
-    """The encoder before issue 6 (PIL, optimize=True), kept here as the baseline."""
+    """PIL's PNG encoder with optimize=True: the baseline encode_mask is compared against."""
     import numpy as np
     from PIL import Image
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"-- {args.images} images, masks {args.mask_size} px, medians of {args.rounds} interleaved rounds:")
     for name, values in results.items():
         print(f"   {name:<20} {median(values):7.3f} s")
-    print(f"   mean mask PNG {mean_bytes:.0f} bytes (previous encoder: {old_bytes:.0f} bytes, first 200 masks); "
+    print(f"   mean mask PNG {mean_bytes:.0f} bytes (PIL optimize=True: {old_bytes:.0f} bytes, first 200 masks); "
           f"every 50th mask decoded back equal")
     if "finish_trial before" in results:
         print(f"RATIO finish_trial before / now = {paired_ratio(results['finish_trial before'], results['finish_trial']):.1f}x")

@@ -1,8 +1,8 @@
-"""Issue 6, figure 1: training images/s of core's trainer vs a plain lab-report loop, same run.
+"""Training images/s of core's trainer vs a plain lab-report loop, same run.
 
-    .venv/bin/python benchmarks/train_throughput.py            # ~5 min on 2 quiet cores
-    .venv/bin/python benchmarks/train_throughput.py --ablations   # ~10 min: + what each choice is worth
-    (add --compile for torch.compile in the ablations: minutes of compiling per architecture)
+    .venv/bin/python benchmarks/train_throughput.py
+    .venv/bin/python benchmarks/train_throughput.py --ablations   # + what each of the trainer's choices is worth
+    (add --compile for torch.compile in the ablations, which compiles each architecture first)
 
 Variants take turns, round after round, on the same images (the real sample's train split):
 
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an Oxford-IIIT Pet style folder")
     p.add_argument("--ablations", action="store_true", help="also time each trainer choice against its alternative")
     p.add_argument("--ablation-steps", type=positive_int, default=5)
-    p.add_argument("--compile", action="store_true", help="include torch.compile in the ablations (compiles for minutes)")
+    p.add_argument("--compile", action="store_true", help="include torch.compile in the ablations (compiling each model first takes long)")
     args = p.parse_args(argv)
 
     set_threads(args.threads)

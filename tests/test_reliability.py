@@ -1,4 +1,4 @@
-"""Issue 5: faults, bad input and concurrent workers. The store never lies and never loses what it has.
+"""Faults, bad input and concurrent workers. The store never lies and never loses what it has.
 
 Covered here: a worker SIGKILLed mid-trial (and killed at the two awkward moments around it),
 three workers on one SQLite file, diverging trials, and the bad-input matrix (data, flags,

@@ -12,8 +12,6 @@ measurable ways so that models separate and per-image filters mean something. Ea
 
 Trimaps are L-mode PNGs with 1 = pet, 2 = background and a thin band of 3 along the visible
 pet outline, like the real ones. Output is deterministic in the seed (byte-identical files).
-Speed: 1,000 images at 128 px take about 14 s in one process on the shared 2-core dev box
-(rendering ~11 ms per image, the rest is JPEG/PNG writing).
 """
 
 from __future__ import annotations
@@ -243,7 +241,7 @@ class _Noise:
     """Smooth periodic value noise evaluated at arbitrary float coordinates (1 unit = 1 cell).
 
     A random 64x64 lattice is upsampled 4x with bicubic interpolation once, then sampled
-    bilinearly with cv2.remap: ~10x faster than gathering lattice corners in numpy.
+    bilinearly with cv2.remap, which is faster than gathering lattice corners in numpy.
     """
 
     CELLS, UP = 64, 4

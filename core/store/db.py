@@ -168,8 +168,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
     """A binary mask as a 1-bit PNG: a few hundred bytes at 256 px for pet-shaped masks.
 
     Written directly (bit-packed rows, PNG filter "none", one zlib level-5 stream): for 1-bit
-    masks that is ~20x faster than PIL's optimize=True and smaller too (PIL's per-row filters
-    suit photos, not bitmaps). See benchmarks/store_writes.py. Any PNG reader decodes it.
+    masks that is faster than PIL's optimize=True and smaller too (PIL's per-row filters suit
+    photos, not bitmaps; benchmarks/store_writes.py compares them). Any PNG reader decodes it.
     """
     import struct
     import zlib
@@ -179,7 +179,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
         raise ValueError(f"a mask must be a non-empty 2-D array, got shape {mask.shape}")
     height, width = mask.shape
     raw = np.zeros((height, 1 + (width + 7) // 8), np.uint8)  # per row: filter byte 0, then the bits
-    # MSB first, each row padded to whole bytes, as PNG wants; packing the flat array is 3x faster
+    # MSB first, each row padded to whole bytes, as PNG wants; packing the flat array is faster
     # than along axis 1 and gives the same bytes when rows are whole bytes already
     raw[:, 1:] = np.packbits(mask.reshape(-1)).reshape(height, -1) if width % 8 == 0 else np.packbits(mask, axis=1)
     raw = raw.tobytes()
