@@ -332,10 +332,6 @@ class Store:
         if found is not None and int(found) != SCHEMA_VERSION:
             raise SchemaVersionError(_version_message(self.url, int(found)))
 
-    def has_tables(self) -> bool:
-        with self.engine.connect() as conn:
-            return "trials" in set(self.engine.dialect.get_table_names(conn))
-
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -460,17 +456,6 @@ class Store:
         stmt = select(trials.c.study).distinct().where(trials.c.state == "running", trials.c.heartbeat_at < cutoff)
         with self.engine.connect() as conn:
             return sorted(conn.execute(stmt).scalars())
-
-    def fail_running(self, study: str, numbers: Iterable[int], error: str) -> int:
-        """Mark trials left 'running' by a dead worker as failed; returns how many changed."""
-        numbers = list(numbers)
-        if not numbers:
-            return 0
-        with self.engine.begin() as conn:
-            res = conn.execute(update(trials).where(
-                trials.c.study == study, trials.c.number.in_(numbers), trials.c.state == "running",
-            ).values(state="failed", error=error, finished_at=_now()))
-            return int(res.rowcount or 0)
 
     # -- small reads the jobs need --------------------------------------------
     def trial(self, trial_id: int) -> dict[str, Any] | None:
