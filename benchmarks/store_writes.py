@@ -43,10 +43,12 @@ def pet_masks(root: Path, size: int, count: int) -> list:
     import numpy as np
     from PIL import Image
 
-    trimaps = sorted((root / "annotations" / "trimaps").glob("*.png"))
+    from core.data.layout import TRIMAPS_DIR, pet_mask
+
+    trimaps = sorted((root / TRIMAPS_DIR).glob("*.png"))
     if not trimaps:
-        raise SystemExit(f"error: no trimaps under {root / 'annotations' / 'trimaps'}")
-    shapes = [np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST)) != 2 for t in trimaps]
+        raise SystemExit(f"error: no trimaps under {root / TRIMAPS_DIR}")
+    shapes = [pet_mask(np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST))) for t in trimaps]
     return [shapes[i % len(shapes)] if (i // len(shapes)) % 2 == 0 else shapes[i % len(shapes)][:, ::-1]
             for i in range(count)]
 

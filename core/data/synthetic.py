@@ -30,6 +30,15 @@ import numpy as np
 from PIL import Image
 
 from core.data.dataset import SYNTHETIC_MARKER, DataError, cache_root
+from core.data.layout import (
+    ALL_LIST,
+    IMAGES_DIR,
+    TEST_LIST,
+    TRAINVAL_LIST,
+    TRIMAPS_DIR,
+    image_path,
+    trimap_path,
+)
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90
@@ -157,8 +166,8 @@ def _swap_into_place(tmp: Path, root: Path) -> None:
 
 
 def _write_dataset(out: Path, n: int, size: int, seed: int, test_fraction: float, params: str) -> None:
-    (out / "images").mkdir()
-    (out / "annotations" / "trimaps").mkdir(parents=True)
+    (out / IMAGES_DIR).mkdir()
+    (out / TRIMAPS_DIR).mkdir(parents=True)
     master = np.random.default_rng(seed)
     breed_ids = master.permutation(np.arange(n) % len(BREEDS))
     n_test = min(max(round(n * test_fraction), 1), n - 1)
@@ -173,8 +182,8 @@ def _write_dataset(out: Path, n: int, size: int, seed: int, test_fraction: float
         breed = BREEDS[b]
         name = f"{breed.name}_{counters[b]}"
         image, trimap = render_image(np.random.default_rng([seed, i]), breed, size)
-        Image.fromarray(image).save(out / "images" / f"{name}.jpg", "JPEG", quality=JPEG_QUALITY)
-        Image.fromarray(trimap).save(out / "annotations" / "trimaps" / f"{name}.png", "PNG")
+        Image.fromarray(image).save(image_path(out, name), "JPEG", quality=JPEG_QUALITY)
+        Image.fromarray(trimap).save(trimap_path(out, name), "PNG")
         breed_in_species = [x for x in BREEDS if x.species == breed.species].index(breed) + 1
         line = f"{name} {b + 1} {breed.species} {breed_in_species}"
         rows.append((b, counters[b], name, line, bool(is_test[i])))
@@ -187,10 +196,9 @@ def _write_dataset(out: Path, n: int, size: int, seed: int, test_fraction: float
         "#BREED ID: 1-3:Cat 1-3:Dog",
         "#SegSweep synthetic data; see SYNTHETIC.md",
     ]
-    ann = out / "annotations"
-    (ann / "list.txt").write_text("\n".join(header + [r[3] for r in rows]) + "\n")
-    (ann / "trainval.txt").write_text("\n".join(r[3] for r in rows if not r[4]) + "\n")
-    (ann / "test.txt").write_text("\n".join(r[3] for r in rows if r[4]) + "\n")
+    (out / ALL_LIST).write_text("\n".join(header + [r[3] for r in rows]) + "\n")
+    (out / TRAINVAL_LIST).write_text("\n".join(r[3] for r in rows if not r[4]) + "\n")
+    (out / TEST_LIST).write_text("\n".join(r[3] for r in rows if r[4]) + "\n")
     (out / SYNTHETIC_MARKER).write_text(_marker_text(n, size, seed, test_fraction, params))  # last: marks complete
 
 
