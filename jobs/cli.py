@@ -218,7 +218,7 @@ def choose_threads(args: argparse.Namespace) -> tuple[int, str]:
         return args.threads, "--threads"
     workers = getattr(args, "workers_here", None)
     if workers:
-        return max(1, cores // workers), f"{cores} cores / {workers} workers (--workers-here)"
+        return max(1, cores // workers), f"{cores} cores / {workers} worker{'s' if workers > 1 else ''} (--workers-here)"
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env), "$OMP_NUM_THREADS"
