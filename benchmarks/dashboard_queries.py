@@ -1,6 +1,6 @@
-"""Issue 6, figure 4: what the dashboard's pages fetch, on a store of a million per-image results.
+"""What the dashboard's pages fetch, on a store of a million per-image results.
 
-    .venv/bin/python benchmarks/dashboard_queries.py                  # ~2 min, most of it writing
+    .venv/bin/python benchmarks/dashboard_queries.py                  # most of its time is writing the store
     .venv/bin/python benchmarks/dashboard_queries.py --keep big.db    # keep the store; reuse it next time
 
 The store is written the way the jobs write it, through `core.store.db.Store`: one dataset of 3,669
@@ -31,7 +31,6 @@ is paired per round.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -40,10 +39,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks._common import (
+    finish,
     header,
     interleave,
     median,
     paired_ratio,
+    parser,
     positive_int,
     verdict,
 )
@@ -101,7 +102,7 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "benchmarks/dashboard_queries.py")
     p.add_argument("--results", type=positive_int, default=RESULTS, help="image_results rows in the generated store")
     p.add_argument("--images", type=positive_int, default=TEST_IMAGES, help="test images per trial")
     p.add_argument("--rounds", type=positive_int, default=5)
@@ -195,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RATIO whole table / hardest images, filtered = {times_faster('hardest images, filtered')}")
     print(f"RATIO whole table / distributions page data = {times_faster('distributions page data')}")
     print("      (milliseconds are absolute: compare them only with the load line above)")
-    verdict("hardest-images query with filters", 1000 * median(times["hardest images, filtered"]),
-            1000 * HARDEST_TARGET_S, unit=" ms", higher_is_better=False)
-    verdict("distributions page's data", 1000 * median(times["distributions page data"]),
-            1000 * DISTRIBUTIONS_TARGET_S, unit=" ms", higher_is_better=False)
-    return 0
+    verdicts = [
+        verdict("hardest-images query with filters", 1000 * median(times["hardest images, filtered"]),
+                1000 * HARDEST_TARGET_S, unit=" ms", higher_is_better=False),
+        verdict("distributions page's data", 1000 * median(times["distributions page data"]),
+                1000 * DISTRIBUTIONS_TARGET_S, unit=" ms", higher_is_better=False),
+    ]
+    return finish(verdicts, args.report_only)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from core.data.layout import image_path, pet_mask, trimap_path
+
 LR = 1e-4
 BCE_WEIGHT, DICE_WEIGHT = 0.3, 0.7
 BATCH_SIZE = 8
@@ -45,13 +47,11 @@ class PetsDataset:
     def __getitem__(self, i: int):
         from PIL import Image
 
-        from core.data.dataset import TRIMAP_BACKGROUND
-
         name = self.names[i]
-        image = np.array(Image.open(self.root / "images" / f"{name}.jpg").convert("RGB"))
-        trimap = np.array(Image.open(self.root / "annotations" / "trimaps" / f"{name}.png"))
+        image = np.array(Image.open(image_path(self.root, name)).convert("RGB"))
+        trimap = np.array(Image.open(trimap_path(self.root, name)))
         out = self.transform(image=image, mask=trimap)
-        mask = (out["mask"] != TRIMAP_BACKGROUND).float().unsqueeze(0)  # pet and border = foreground
+        mask = pet_mask(out["mask"]).float().unsqueeze(0)
         return out["image"], mask
 
 
@@ -104,7 +104,7 @@ def per_image_dice(model, root: Path, names: Sequence[str], trimaps: np.ndarray,
             chunk = range(start, min(len(names), start + 32))
             x = torch.stack([dataset[i][0] for i in chunk])
             trimap = torch.from_numpy(trimaps[start:start + len(chunk)]).unsqueeze(1)
-            target = (trimap != 2).float()
+            target = pet_mask(trimap).float()
             out.append(image_scores(model(x), target, trimap).dice.double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 

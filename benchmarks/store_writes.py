@@ -1,6 +1,6 @@
-"""Issue 6, figure 3: writing one trial's test results (3,669 images, masks included) to SQLite.
+"""Writing one trial's test results (3,669 images, masks included) to SQLite.
 
-    .venv/bin/python benchmarks/store_writes.py                   # ~1 min
+    .venv/bin/python benchmarks/store_writes.py
     .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
 
 `Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows, the masks and
@@ -8,14 +8,13 @@ the trial update in one transaction, on a SQLite file in WAL mode as the jobs us
 masks are pet-shaped: the real sample's trimaps (pet + border) resized to the mask size, cycled
 (and mirrored on every other pass) to the test-set size. Variants take turns:
 
-* finish_trial         as it is now
-* finish_trial before  the same with the previous encoder (PIL, optimize=True), patched in
+* finish_trial         as the jobs call it
+* finish_trial before  the same with PIL's PNG encoder (optimize=True) patched in for encode_mask
 * no masks             finish_trial with the per-image rows only (the database part alone)
 * encode only          encode_mask on every mask, no database
 """
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -25,10 +24,12 @@ from types import SimpleNamespace
 
 from benchmarks._common import (
     DEFAULT_DATA,
+    finish,
     header,
     interleave,
     median,
     paired_ratio,
+    parser,
     positive_int,
     verdict,
 )
@@ -42,16 +43,18 @@ def pet_masks(root: Path, size: int, count: int) -> list:
     import numpy as np
     from PIL import Image
 
-    trimaps = sorted((root / "annotations" / "trimaps").glob("*.png"))
+    from core.data.layout import TRIMAPS_DIR, pet_mask
+
+    trimaps = sorted((root / TRIMAPS_DIR).glob("*.png"))
     if not trimaps:
-        raise SystemExit(f"error: no trimaps under {root / 'annotations' / 'trimaps'}")
-    shapes = [np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST)) != 2 for t in trimaps]
+        raise SystemExit(f"error: no trimaps under {root / TRIMAPS_DIR}")
+    shapes = [pet_mask(np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST))) for t in trimaps]
     return [shapes[i % len(shapes)] if (i // len(shapes)) % 2 == 0 else shapes[i % len(shapes)][:, ::-1]
             for i in range(count)]
 
 
 def old_encode_mask(mask) -> bytes:
-    """The encoder before issue 6 (PIL, optimize=True), kept here as the baseline."""
+    """PIL's PNG encoder with optimize=True: the baseline encode_mask is compared against."""
     import numpy as np
     from PIL import Image
 
@@ -61,7 +64,7 @@ def old_encode_mask(mask) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "benchmarks/store_writes.py")
     p.add_argument("--images", type=positive_int, default=TEST_IMAGES, help="test images in the trial")
     p.add_argument("--mask-size", type=positive_int, default=256)
     p.add_argument("--rounds", type=positive_int, default=3)
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         number = iter(range(10**6))
         trials: list[int] = []
 
-        def finish(with_masks: bool = True, encoder=None) -> float:
+        def close_trial(with_masks: bool = True, encoder=None) -> float:
             tid = store.start_trial(sweep="bench", study="bench", arch="unet", number=next(number), params={},
                                     device="cpu", dataset="oxford-pets/bench", image_size=args.mask_size)
             results = ImageResults(image_ids, dice, iou, dnb, masks=masks if with_masks else None)
@@ -111,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                 encode_mask(m)
             return time.perf_counter() - started
 
-        variants = {"finish_trial": finish, "no masks": lambda: finish(with_masks=False), "encode only": encode_only}
+        variants = {"finish_trial": close_trial, "no masks": lambda: close_trial(with_masks=False),
+                    "encode only": encode_only}
         if not args.no_before:
-            variants["finish_trial before"] = lambda: finish(encoder=old_encode_mask)
+            variants["finish_trial before"] = lambda: close_trial(encoder=old_encode_mask)
         results = interleave(variants, args.rounds)
 
         with store.engine.connect() as conn:  # what was written reads back, and its size
@@ -131,16 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"-- {args.images} images, masks {args.mask_size} px, medians of {args.rounds} interleaved rounds:")
     for name, values in results.items():
         print(f"   {name:<20} {median(values):7.3f} s")
-    print(f"   mean mask PNG {mean_bytes:.0f} bytes (previous encoder: {old_bytes:.0f} bytes, first 200 masks); "
+    print(f"   mean mask PNG {mean_bytes:.0f} bytes (PIL optimize=True: {old_bytes:.0f} bytes, first 200 masks); "
           f"every 50th mask decoded back equal")
     if "finish_trial before" in results:
         print(f"RATIO finish_trial before / now = {paired_ratio(results['finish_trial before'], results['finish_trial']):.1f}x")
     print(f"RATIO encode share of finish_trial = {paired_ratio(results['encode only'], results['finish_trial']):.2f}")
     print("      (timings in seconds are absolute: compare them only with the load line above)")
-    verdict(f"finish_trial of {args.images} results + masks on SQLite", median(results["finish_trial"]),
-            TIME_TARGET_S, unit=" s", higher_is_better=False)
-    verdict(f"mean mask size at {args.mask_size} px", mean_bytes, BYTES_TARGET, unit=" B", higher_is_better=False)
-    return 0
+    verdicts = [
+        verdict(f"finish_trial of {args.images} results + masks on SQLite", median(results["finish_trial"]),
+                TIME_TARGET_S, unit=" s", higher_is_better=False),
+        verdict(f"mean mask size at {args.mask_size} px", mean_bytes, BYTES_TARGET, unit=" B", higher_is_better=False),
+    ]
+    return finish(verdicts, args.report_only)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from core.data.augment import AugmentConfig
@@ -150,6 +152,98 @@ def augment_from_args(args: argparse.Namespace) -> AugmentConfig:
     base = AugmentConfig.reports().as_dict()
     given = {field: getattr(args, f"aug_{field}") for field, _ in AUGMENT_FLAGS.values()}
     return AugmentConfig(**{k: (v if v is not None else base[k]) for k, v in given.items()})
+
+
+# -- CPU threads ------------------------------------------------------------------------------
+
+JOB_MODULES = ("jobs.sweep", "jobs.train")  # what counts as a SegSweep worker on this machine
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """--threads and --workers-here: how many CPU threads torch may use in this worker."""
+    g = p.add_argument_group("CPU threads")
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads (default: $OMP_NUM_THREADS if set, else this machine's cores divided by "
+                        "the SegSweep workers running on it, at least 1)")
+    g.add_argument("--workers-here", type=positive_int, default=None,
+                   help="how many SegSweep workers share this machine (default: counted from the running "
+                        "jobs.sweep / jobs.train processes)")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which taskset and container limits narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _is_job(argv: list[str]) -> bool:
+    """`python -m jobs.sweep ...`, `python -m jobs.train ...` or `python jobs/sweep.py ...`."""
+    for i, arg in enumerate(argv):
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in JOB_MODULES:
+            return True
+        if arg.endswith(tuple(m.replace(".", "/") + ".py" for m in JOB_MODULES)):
+            return True
+    return False
+
+
+def worker_pids(proc: Path = Path("/proc")) -> set[int]:
+    """Process ids of the SegSweep jobs running on this machine, read from /proc/PID/cmdline.
+
+    A job's own children (forked data-loader or decoding workers, which inherit its command
+    line) are not counted again. Where /proc is absent (macOS, Windows) nothing is found.
+    """
+    found: dict[int, int] = {}  # pid -> parent pid
+    try:
+        entries = [e for e in proc.iterdir() if e.name.isdigit()]
+    except OSError:
+        return set()
+    for entry in entries:
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not _is_job(argv):
+                continue
+            stat = (entry / "stat").read_text()
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+        except (OSError, ValueError, IndexError):  # exited meanwhile, or not ours to read
+            continue
+    return {pid for pid, parent in found.items() if parent not in found}
+
+
+def choose_threads(args: argparse.Namespace) -> tuple[int, str]:
+    """Torch threads for this worker, and why: --threads, else --workers-here, else
+    $OMP_NUM_THREADS, else the usable cores divided by the SegSweep workers counted on this
+    machine (this one included), at least 1.
+
+    Several workers each starting one OpenMP thread per core oversubscribe the cores, and a
+    thread that loses its core stalls every other thread of the step at the next barrier.
+    """
+    cores = usable_cores()
+    if getattr(args, "threads", None):
+        return args.threads, "--threads"
+    workers = getattr(args, "workers_here", None)
+    if workers:
+        return max(1, cores // workers), f"{cores} cores / {workers} worker{'s' if workers > 1 else ''} (--workers-here)"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "$OMP_NUM_THREADS"
+    workers = len(worker_pids() - {os.getpid()}) + 1
+    return max(1, cores // workers), f"{cores} cores / {workers} SegSweep worker{'s' if workers > 1 else ''} here"
+
+
+def apply_threads(args: argparse.Namespace) -> str:
+    """Set torch's thread count as choose_threads says; args.threads is then the number used.
+
+    Returns a short description for the job's start-up lines, e.g. "1 torch thread (2 cores /
+    2 SegSweep workers here)".
+    """
+    import torch
+
+    threads, why = choose_threads(args)
+    torch.set_num_threads(threads)
+    args.threads = threads
+    return f"{threads} torch thread{'s' if threads > 1 else ''} ({why})"
 
 
 def describe(config: dict[str, Any]) -> str:

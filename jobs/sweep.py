@@ -112,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", choices=("best", "all", "none"), default="best")
     cli.add_size_args(p, epochs=None, image=None, width=None, batch=None, auto_width=True)
     cli.add_data_args(p)
+    cli.add_threads_arg(p)
     args = p.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in available_models()]
@@ -566,6 +567,7 @@ def summary_table(store: Store, name: str, archs: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.apply_threads(args)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)

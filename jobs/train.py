@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_size_args(p, epochs=20, image=64, width=1.0, batch=8)
     cli.add_augment_args(p, None)
     cli.add_data_args(p)
+    cli.add_threads_arg(p)
     args = p.parse_args(argv)
     if args.bce_weight + args.dice_weight + args.focal_weight <= 0:
         p.error("at least one of --bce-weight, --dice-weight, --focal-weight must be > 0")
@@ -55,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    threads = cli.apply_threads(args)
     cfg = config_from_args(args)
     name = args.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.user_error(PROG, cli.db_error(args.db, exc))
     print(f"{PROG}: {data.name} ({len(data.indices('train'))} train / {len(data.indices('val'))} val / "
           f"{len(data.indices('test'))} test images at {cfg.image_size} px) -> {display_url(store.url)}")
-    print(f"{PROG}: {cli.describe(cfg.params())}")
+    print(f"{PROG}: {cli.describe(cfg.params())}; {threads}")
     try:
         outcome = run_trial(store, cfg, data, image_ids, sweep=name, study=f"{name}/{cfg.arch}", number=0,
                             checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,

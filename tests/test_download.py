@@ -187,7 +187,7 @@ def test_archives_without_the_layout_fail(data_server, tmp_path: Path) -> None:
     (tmp_path / "dl").mkdir()
     with pytest.raises(DownloadError) as e:
         download_oxford_pets(tmp_path / "dl" / "pets", data_server.url, {}, progress=False)
-    _assert_failed_cleanly(e, tmp_path / "dl", "do not contain annotations/trimaps, annotations/test.txt")
+    _assert_failed_cleanly(e, tmp_path / "dl", "do not contain annotations/trimaps, annotations/trainval.txt, annotations/test.txt")
 
 
 def test_non_empty_root_is_left_alone(data_server, tmp_path: Path) -> None:

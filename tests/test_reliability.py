@@ -1,4 +1,4 @@
-"""Issue 5: faults, bad input and concurrent workers. The store never lies and never loses what it has.
+"""Faults, bad input and concurrent workers. The store never lies and never loses what it has.
 
 Covered here: a worker SIGKILLed mid-trial (and killed at the two awkward moments around it),
 three workers on one SQLite file, diverging trials, and the bad-input matrix (data, flags,
@@ -34,6 +34,7 @@ from sqlalchemy import func, select, update
 from core.store import db as st
 from core.store.optuna_storage import load_study, optuna_storage
 from core.store.db import ImageResults, Store
+from core.training.abandoned import abandoned_error
 from core.data.synthetic import SYNTHETIC_MARKER, generate_synthetic
 from jobs import budget
 from jobs import sweep as sweep_job
@@ -49,10 +50,16 @@ OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "f
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
+    """One torch thread here and in the jobs' main() run in this process (they follow $OMP_NUM_THREADS)."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +326,107 @@ def _test_image_ids(store: Store, dataset: str) -> list[int]:
     with store.engine.connect() as conn:
         return list(conn.execute(select(st.images.c.id).where(st.images.c.dataset == dataset,
                                                                st.images.c.split == "test")).scalars())
+
+
+# -- a single run killed in the middle --------------------------------------------------------
+
+def wait_until_stale(db: Path, trial_id: int, grace_s: float) -> None:
+    """Until the trial's last heartbeat is more than grace_s old, as the next job will see it."""
+    deadline = time.monotonic() + 60
+    while True:
+        [(beat,)] = read_only_rows(db, "SELECT heartbeat_at FROM trials WHERE id = ?", (trial_id,)) or [(None,)]
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        if beat is not None and (now - dt.datetime.fromisoformat(beat)).total_seconds() > grace_s + 0.5:
+            return
+        assert time.monotonic() < deadline, "the killed run's heartbeat never went stale"
+        time.sleep(0.2)
+
+
+def stale_sweep_trial(url: str, first: dict) -> int:
+    """A sweep's trial whose worker died: it is the sweep's to retry, never a single run's to close."""
+    optuna.create_study(storage=optuna_storage(url), study_name="s/unet", direction="maximize").ask()
+    store = Store(url)
+    trial_id = store.start_trial(sweep="s", study="s/unet", arch="unet", number=0, params=first["params"],
+                                 device="cpu", dataset=first["dataset"], image_size=32)
+    with store.engine.begin() as conn:
+        conn.execute(update(st.trials).where(st.trials.c.id == trial_id).values(
+            heartbeat_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(minutes=10)))
+    store.dispose()
+    return trial_id
+
+
+def test_a_sigkilled_single_run_is_closed_as_failed_by_the_next_job(data_root: Path, db_copy: Path) -> None:
+    url = f"sqlite:///{db_copy}"
+    [first] = Store(db_copy, read_only=True).study_trials("before/unet")
+    sweep_trial = stale_sweep_trial(url, first)
+    cmd = [sys.executable, "-m", "jobs.train", *train_argv(data_root, str(db_copy), data="synthetic")]
+    cmd[cmd.index("--epochs") + 1] = "50"  # still training when it is killed
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        victim = []
+        while not victim:  # the run is training, with an epoch recorded
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never recorded an epoch"
+            time.sleep(0.05)
+            victim = read_only_rows(db_copy, "SELECT id, study FROM trials WHERE sweep LIKE 'train-%' "
+                                             "AND state = 'running' AND epochs_run >= 1")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    [(killed_id, killed_study)] = victim
+    assert killed_study.startswith("train-") and killed_study.endswith("/unet")
+    before = snapshot(url, skip_trials=(killed_id,))
+    wait_until_stale(db_copy, killed_id, grace_s=3)
+
+    after = subprocess.run([sys.executable, "-m", "jobs.train", *train_argv(data_root, str(db_copy), "--name", "after",
+                                                                             data="synthetic")],
+                           cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0, after.stderr
+    assert "Traceback" not in after.stderr
+    assert f"closed run {killed_study} #0 (trial id {killed_id}) as failed: its job stopped mid-run " \
+           f"(no heartbeat for 3 s)" in after.stdout
+    store = Store(db_copy, read_only=True)
+    killed = store.trial(killed_id)
+    assert killed["state"] == "failed" and killed["finished_at"] is not None and killed["epochs_run"] >= 1
+    assert killed["error"] == ("its job stopped mid-run (no heartbeat for 3 s, e.g. killed); "
+                               "closed as failed by the next job on this database")
+    assert store.count(st.epochs, trial_id=killed_id) == killed["epochs_run"]  # its curve up to the kill is kept
+    assert store.count(st.image_results, trial_id=killed_id) == store.count(st.masks, trial_id=killed_id) == 0
+    assert store.trial(sweep_trial)["state"] == "running"  # left to its sweep, which retries it
+    assert [r["state"] for r in store.study_trials("after/unet")] == ["complete"]
+    assert_kept(before, snapshot(url, skip_trials=(killed_id,)))
+
+
+def test_a_sweep_also_closes_a_dead_single_run_and_keeps_its_own_dead_trial_for_retry(
+        data_root: Path, db_copy: Path, monkeypatch, capsys) -> None:
+    from core.training import trial as trial_module
+
+    url = f"sqlite:///{db_copy}"
+    store = Store(url)
+    [first] = store.study_trials("before/unet")
+    dead = store.start_trial(sweep="train-20260101-000000", study="train-20260101-000000/unet", arch="unet",
+                             number=0, params=first["params"], device="cpu", dataset=first["dataset"], image_size=32)
+    live = store.start_trial(sweep="train-20260101-000001", study="train-20260101-000001/unet", arch="unet",
+                             number=0, params=first["params"], device="cpu", dataset=first["dataset"], image_size=32)
+    with store.engine.begin() as conn:
+        conn.execute(update(st.trials).where(st.trials.c.id == dead).values(
+            heartbeat_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=60)))
+    store.dispose()
+    sweep_trial = stale_sweep_trial(url, first)
+    monkeypatch.setattr(trial_module, "STALE_AFTER_S", 30.0)
+    before = snapshot(url, skip_trials=(dead,))
+
+    code, out, err = run_main(sweep_job.main, sweep_argv(data_root, url, 1, epochs=1), capsys)
+    assert code == 0, err
+    assert f"closed run train-20260101-000000/unet #0 (trial id {dead}) as failed" in out
+    store = Store(url, read_only=True)
+    assert (store.trial(dead)["state"], store.trial(dead)["error"]) == ("failed", abandoned_error(30.0))
+    assert store.trial(live)["state"] == "running"  # its heartbeat is fresh: a live run, not touched
+    assert store.trial(sweep_trial)["state"] == "running"
+    assert_kept(before, snapshot(url, skip_trials=(dead,)))
 
 
 # -- concurrent workers on one SQLite file ---------------------------------------------------

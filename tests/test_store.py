@@ -1,13 +1,14 @@
 """The results store: schema, atomic per-trial writes, SQLite concurrency settings."""
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select, text, update
 
 from core.store import db as st
 from core.store.db import ImageResults, SchemaVersionError, Store, StoreError, decode_mask, encode_mask
@@ -99,13 +100,25 @@ def test_mask_png_is_small_at_256px() -> None:
     assert len(encode_mask(blob)) < 1024
 
 
-def test_fail_running_touches_only_running_trials(db_url: str) -> None:
+def _silence(store: Store, trial_id: int, seconds: float) -> None:
+    """The trial's last heartbeat `seconds` ago, as if its worker had died then."""
+    beat = st._now() - dt.timedelta(seconds=seconds)
+    with store.engine.begin() as conn:
+        conn.execute(update(st.trials).where(st.trials.c.id == trial_id).values(heartbeat_at=beat))
+
+
+def test_claim_stale_fails_only_running_trials_silent_for_longer_than_the_grace(db_url: str) -> None:
     store = Store(db_url)
-    a, b = _trial(store, 0), _trial(store, 1)
-    store.finish_trial(b, state="complete")
-    assert store.fail_running("s/unet", [0, 1], "worker died") == 1
-    assert store.trial(a)["state"] == "failed" and store.trial(a)["error"] == "worker died"
-    assert store.trial(b)["state"] == "complete"
+    silent, fresh, done = _trial(store, 0), _trial(store, 1), _trial(store, 2)
+    _silence(store, silent, 60)
+    _silence(store, done, 60)
+    store.finish_trial(done, state="complete")
+    assert store.stale_studies(30) == ["s/unet"] and store.stale_studies(90) == []
+    assert [r["id"] for r in store.claim_stale("s/unet", 30, "worker died")] == [silent]
+    assert store.claim_stale("s/unet", 30, "worker died") == []  # claimed once only
+    assert (store.trial(silent)["state"], store.trial(silent)["error"]) == ("failed", "worker died")
+    assert [store.trial(t)["state"] for t in (fresh, done)] == ["running", "complete"]
+    assert store.stale_studies(30) == []
 
 
 def test_read_only_store_cannot_write(db_url: str) -> None:
@@ -147,7 +160,8 @@ def test_a_trial_already_closed_is_not_overwritten(db_url: str, tmp_path: Path) 
     store = Store(db_url)
     ids = store.register_dataset("oxford-pets/x", "oxford-pets", tmp_path, [Info("a")])
     tid = _trial(store)
-    assert store.fail_running("s/unet", [0], "worker died") == 1
+    _silence(store, tid, 60)
+    assert len(store.claim_stale("s/unet", 30, "worker died")) == 1
     late = ImageResults(np.array([ids["a"]]), np.array([0.9]), np.array([0.8]), np.array([0.9]))
     with pytest.raises(st.TrialClosedError):
         store.finish_trial(tid, state="complete", results=late)

@@ -20,7 +20,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-TRIMAP_BACKGROUND = 2
+from core.data.layout import TRIMAP_BACKGROUND  # noqa: E402
 
 
 @dataclass(frozen=True)

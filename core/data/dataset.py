@@ -1,13 +1,7 @@
 """Read an Oxford-IIIT Pet style dataset into fixed-size arrays, once, with an on-disk cache.
 
-The layout is the official release's::
-
-    images/<name>.jpg
-    annotations/trimaps/<name>.png      1 = pet, 2 = background, 3 = border
-    annotations/trainval.txt            lines "NAME CLASS_ID SPECIES BREED_ID" (SPECIES 1=cat, 2=dog)
-    annotations/test.txt
-
-The official test list is our test split; trainval is split into train and val by a hash of
+The layout is the official release's (core/data/layout.py spells it out): images/*.jpg,
+annotations/trimaps/*.png, annotations/trainval.txt and test.txt. The official test list is our test split; trainval is split into train and val by a hash of
 the image name, so an image's split never depends on which other images exist.
 
 Real files are messy, so what can be converted is converted and the rest is skipped:
@@ -40,9 +34,21 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from core.data.layout import (  # noqa: F401 - the trimap values stay importable from here too
+    SPLIT_LISTS,
+    TEST_LIST,
+    TRAINVAL_LIST,
+    TRIMAP_BACKGROUND,
+    TRIMAP_BORDER,
+    TRIMAP_PET,
+    TRIMAP_VALUES,
+    image_rel,
+    pet_mask,
+    trimap_rel,
+)
+
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
-TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 SPECIES_NAMES = {1: "cat", 2: "dog"}
 SYNTHETIC_MARKER = "SYNTHETIC.md"  # written last by the synthetic generator: a complete synthetic root
 
@@ -85,7 +91,7 @@ class PreparedDataset:
     @cached_property
     def masks(self) -> np.ndarray:
         """(N, S, S) uint8 binary masks: 1 = pet (trimap pet or border), 0 = background."""
-        return (self.trimaps != TRIMAP_BACKGROUND).astype(np.uint8)
+        return pet_mask(self.trimaps).astype(np.uint8)
 
     def indices(self, split: str) -> np.ndarray:
         """int64 positions of the images of `split`, in dataset order."""
@@ -134,11 +140,10 @@ def _read_split_files(root: Path) -> tuple[list[_Entry], list[tuple[str, str]], 
     seen: set[str] = set()
     listed = 0
     raw = b""
-    for filename in ("trainval.txt", "test.txt"):
-        rel = f"annotations/{filename}"
+    for rel in SPLIT_LISTS:
         path = root / rel
         if not path.is_file():
-            raise DataError(f"{path} is missing; expected the official annotations/{filename} split file")
+            raise DataError(f"{path} is missing; expected the official {rel} split file")
         data = path.read_bytes()
         raw += rel.encode() + b"\0" + data + b"\0"
         file_listed = 0
@@ -164,19 +169,11 @@ def _read_split_files(root: Path) -> tuple[list[_Entry], list[tuple[str, str]], 
                 skipped.append((f"{rel}:{lineno}", f"duplicate entry for {name}"))
                 continue
             seen.add(name)
-            split = split_of(name, listed_in_test=filename == "test.txt")
+            split = split_of(name, listed_in_test=rel == TEST_LIST)
             entries.append(_Entry(name, split, SPECIES_NAMES[int(fields[2])]))
         if file_listed == 0:
             raise DataError(f"{path} lists no images; expected lines 'NAME CLASS_ID SPECIES BREED_ID'")
     return entries, skipped, listed, raw
-
-
-def _image_rel(name: str) -> str:
-    return f"images/{name}.jpg"
-
-
-def _trimap_rel(name: str) -> str:
-    return f"annotations/trimaps/{name}.png"
 
 
 # --------------------------------------------------------------------------- decoding
@@ -221,28 +218,27 @@ def _open_trimap(path: Path) -> np.ndarray | str:
         arr = arr[..., 0]
     if arr.size == 0:
         return "empty trimap"
-    if not np.isin(arr, (TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER)).all():
+    if not np.isin(arr, TRIMAP_VALUES).all():
         return "trimap values outside {1,2,3}"
     return arr.astype(np.uint8)
 
 
 def _decode_pair(root: Path, name: str, image_size: int) -> _Decoded | tuple[str, str]:
     """Decode, measure and resize one image and its trimap; returns (path, reason) on failure."""
-    image_rel, trimap_rel = _image_rel(name), _trimap_rel(name)
-    image_path = root / image_rel
-    if not image_path.is_file():
-        return image_rel, "missing image"
+    image_at, trimap_at = image_rel(name), trimap_rel(name)
+    if not (root / image_at).is_file():
+        return image_at, "missing image"
     try:
-        image = _open_rgb(image_path)
+        image = _open_rgb(root / image_at)
     except Exception:
-        return image_rel, "truncated or unreadable"
-    trimap = _open_trimap(root / trimap_rel)
+        return image_at, "truncated or unreadable"
+    trimap = _open_trimap(root / trimap_at)
     if isinstance(trimap, str):
-        return trimap_rel, trimap
+        return trimap_at, trimap
 
     width, height = image.size
     brightness = float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)  # L = ITU-R 601 luma
-    fg_fraction = float(np.mean(trimap != TRIMAP_BACKGROUND))
+    fg_fraction = float(np.mean(pet_mask(trimap)))
     trimap_im = Image.fromarray(trimap)
     if trimap_im.size != image.size:
         trimap_im = trimap_im.resize(image.size, Image.Resampling.NEAREST)
@@ -264,7 +260,7 @@ def _fingerprint(root: Path, entries: list[_Entry], split_bytes: bytes) -> str:
     """Hash of split files plus size and mtime of every referenced image and trimap."""
     h = hashlib.sha1(split_bytes)
     for entry in entries:
-        for rel in (_image_rel(entry.name), _trimap_rel(entry.name)):
+        for rel in (image_rel(entry.name), trimap_rel(entry.name)):
             try:
                 st = (root / rel).stat()
                 h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -408,6 +404,6 @@ def _check_usable(ds: PreparedDataset, root: Path, listed: int) -> None:
     if not ds.infos:
         raise DataError(f"no usable images in {root}: all {listed} listed images were skipped")
     splits = {info.split for info in ds.infos}
-    for split, listfile in (("test", "test.txt"), ("train", "trainval.txt")):
+    for split, listfile in (("test", TEST_LIST), ("train", TRAINVAL_LIST)):
         if split not in splits:
-            raise DataError(f"no usable {split} images in {root} (check annotations/{listfile} and the files it names)")
+            raise DataError(f"no usable {split} images in {root} (check {listfile} and the files it names)")

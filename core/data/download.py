@@ -25,6 +25,8 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
+from core.data.layout import IMAGES_DIR, SPLIT_LISTS, TRIMAPS_DIR
+
 OFFICIAL_BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 ARCHIVES = ("images.tar.gz", "annotations.tar.gz")
 DEFAULT_CHECKSUMS = {  # MD5, the values torchvision uses
@@ -41,12 +43,8 @@ class DownloadError(Exception):
 def looks_complete(root: str | Path) -> bool:
     """True when root has the parts of the official layout that the loader needs."""
     root = Path(root)
-    return (
-        (root / "images").is_dir()
-        and (root / "annotations" / "trimaps").is_dir()
-        and (root / "annotations" / "test.txt").is_file()
-        and (root / "annotations" / "trainval.txt").is_file()
-    )
+    return (root / IMAGES_DIR).is_dir() and (root / TRIMAPS_DIR).is_dir() and all(
+        (root / rel).is_file() for rel in SPLIT_LISTS)
 
 
 def ensure_oxford_pets(
@@ -93,7 +91,7 @@ def download_oxford_pets(
             _fetch(url, archive, checksums.get(name), timeout, progress, root)
             _extract(archive, extracted, url, root)
             archive.unlink()
-        missing = [p for p in ("images", "annotations/trimaps", "annotations/test.txt") if not (extracted / p).exists()]
+        missing = [p for p in (IMAGES_DIR, TRIMAPS_DIR, *SPLIT_LISTS) if not (extracted / p).exists()]
         if missing:
             _fail(f"the archives from {base_url} do not contain {', '.join(missing)}", root)
         try:

@@ -12,8 +12,6 @@ measurable ways so that models separate and per-image filters mean something. Ea
 
 Trimaps are L-mode PNGs with 1 = pet, 2 = background and a thin band of 3 along the visible
 pet outline, like the real ones. Output is deterministic in the seed (byte-identical files).
-Speed: 1,000 images at 128 px take about 14 s in one process on the shared 2-core dev box
-(rendering ~11 ms per image, the rest is JPEG/PNG writing).
 """
 
 from __future__ import annotations
@@ -32,6 +30,15 @@ import numpy as np
 from PIL import Image
 
 from core.data.dataset import SYNTHETIC_MARKER, DataError, cache_root
+from core.data.layout import (
+    ALL_LIST,
+    IMAGES_DIR,
+    TEST_LIST,
+    TRAINVAL_LIST,
+    TRIMAPS_DIR,
+    image_path,
+    trimap_path,
+)
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90
@@ -159,8 +166,8 @@ def _swap_into_place(tmp: Path, root: Path) -> None:
 
 
 def _write_dataset(out: Path, n: int, size: int, seed: int, test_fraction: float, params: str) -> None:
-    (out / "images").mkdir()
-    (out / "annotations" / "trimaps").mkdir(parents=True)
+    (out / IMAGES_DIR).mkdir()
+    (out / TRIMAPS_DIR).mkdir(parents=True)
     master = np.random.default_rng(seed)
     breed_ids = master.permutation(np.arange(n) % len(BREEDS))
     n_test = min(max(round(n * test_fraction), 1), n - 1)
@@ -175,8 +182,8 @@ def _write_dataset(out: Path, n: int, size: int, seed: int, test_fraction: float
         breed = BREEDS[b]
         name = f"{breed.name}_{counters[b]}"
         image, trimap = render_image(np.random.default_rng([seed, i]), breed, size)
-        Image.fromarray(image).save(out / "images" / f"{name}.jpg", "JPEG", quality=JPEG_QUALITY)
-        Image.fromarray(trimap).save(out / "annotations" / "trimaps" / f"{name}.png", "PNG")
+        Image.fromarray(image).save(image_path(out, name), "JPEG", quality=JPEG_QUALITY)
+        Image.fromarray(trimap).save(trimap_path(out, name), "PNG")
         breed_in_species = [x for x in BREEDS if x.species == breed.species].index(breed) + 1
         line = f"{name} {b + 1} {breed.species} {breed_in_species}"
         rows.append((b, counters[b], name, line, bool(is_test[i])))
@@ -189,10 +196,9 @@ def _write_dataset(out: Path, n: int, size: int, seed: int, test_fraction: float
         "#BREED ID: 1-3:Cat 1-3:Dog",
         "#SegSweep synthetic data; see SYNTHETIC.md",
     ]
-    ann = out / "annotations"
-    (ann / "list.txt").write_text("\n".join(header + [r[3] for r in rows]) + "\n")
-    (ann / "trainval.txt").write_text("\n".join(r[3] for r in rows if not r[4]) + "\n")
-    (ann / "test.txt").write_text("\n".join(r[3] for r in rows if r[4]) + "\n")
+    (out / ALL_LIST).write_text("\n".join(header + [r[3] for r in rows]) + "\n")
+    (out / TRAINVAL_LIST).write_text("\n".join(r[3] for r in rows if not r[4]) + "\n")
+    (out / TEST_LIST).write_text("\n".join(r[3] for r in rows if r[4]) + "\n")
     (out / SYNTHETIC_MARKER).write_text(_marker_text(n, size, seed, test_fraction, params))  # last: marks complete
 
 
@@ -243,7 +249,7 @@ class _Noise:
     """Smooth periodic value noise evaluated at arbitrary float coordinates (1 unit = 1 cell).
 
     A random 64x64 lattice is upsampled 4x with bicubic interpolation once, then sampled
-    bilinearly with cv2.remap: ~10x faster than gathering lattice corners in numpy.
+    bilinearly with cv2.remap, which is faster than gathering lattice corners in numpy.
     """
 
     CELLS, UP = 64, 4

@@ -168,8 +168,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
     """A binary mask as a 1-bit PNG: a few hundred bytes at 256 px for pet-shaped masks.
 
     Written directly (bit-packed rows, PNG filter "none", one zlib level-5 stream): for 1-bit
-    masks that is ~20x faster than PIL's optimize=True and smaller too (PIL's per-row filters
-    suit photos, not bitmaps). See benchmarks/store_writes.py. Any PNG reader decodes it.
+    masks that is faster than PIL's optimize=True and smaller too (PIL's per-row filters suit
+    photos, not bitmaps; benchmarks/store_writes.py compares them). Any PNG reader decodes it.
     """
     import struct
     import zlib
@@ -179,7 +179,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
         raise ValueError(f"a mask must be a non-empty 2-D array, got shape {mask.shape}")
     height, width = mask.shape
     raw = np.zeros((height, 1 + (width + 7) // 8), np.uint8)  # per row: filter byte 0, then the bits
-    # MSB first, each row padded to whole bytes, as PNG wants; packing the flat array is 3x faster
+    # MSB first, each row padded to whole bytes, as PNG wants; packing the flat array is faster
     # than along axis 1 and gives the same bytes when rows are whole bytes already
     raw[:, 1:] = np.packbits(mask.reshape(-1)).reshape(height, -1) if width % 8 == 0 else np.packbits(mask, axis=1)
     raw = raw.tobytes()
@@ -332,10 +332,6 @@ class Store:
         if found is not None and int(found) != SCHEMA_VERSION:
             raise SchemaVersionError(_version_message(self.url, int(found)))
 
-    def has_tables(self) -> bool:
-        with self.engine.connect() as conn:
-            return "trials" in set(self.engine.dialect.get_table_names(conn))
-
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -454,24 +450,12 @@ class Store:
         with self.engine.connect() as conn:
             return {int(i): beat for i, beat in conn.execute(stmt).all()}
 
-    def silent_running(self, study: str, seconds: float) -> int:
-        """How many of the study's running trials have not beaten for `seconds` (their worker may be dead)."""
-        cutoff = _now() - dt.timedelta(seconds=seconds)
-        stmt = select(func.count()).select_from(trials).where(
-            trials.c.study == study, trials.c.state == "running", trials.c.heartbeat_at < cutoff)
+    def stale_studies(self, grace_s: float) -> list[str]:
+        """Studies holding a running trial that has not beaten for `grace_s` seconds (see claim_stale)."""
+        cutoff = _now() - dt.timedelta(seconds=grace_s)
+        stmt = select(trials.c.study).distinct().where(trials.c.state == "running", trials.c.heartbeat_at < cutoff)
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar() or 0)
-
-    def fail_running(self, study: str, numbers: Iterable[int], error: str) -> int:
-        """Mark trials left 'running' by a dead worker as failed; returns how many changed."""
-        numbers = list(numbers)
-        if not numbers:
-            return 0
-        with self.engine.begin() as conn:
-            res = conn.execute(update(trials).where(
-                trials.c.study == study, trials.c.number.in_(numbers), trials.c.state == "running",
-            ).values(state="failed", error=error, finished_at=_now()))
-            return int(res.rowcount or 0)
+            return sorted(conn.execute(stmt).scalars())
 
     # -- small reads the jobs need --------------------------------------------
     def trial(self, trial_id: int) -> dict[str, Any] | None:

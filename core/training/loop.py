@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from core.data.augment import AugmentConfig, build_augment
 from core.data.dataset import PreparedDataset
+from core.data.layout import pet_mask
 from core.losses import SegmentationLoss
 from core.metrics import image_scores
 from core.models import build_model
@@ -215,7 +216,7 @@ class _Normalizer:
         x = (x - self.mean) * self.inv_std
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         trimaps = trimaps.unsqueeze(1)
-        target = (trimaps != 2).float()
+        target = pet_mask(trimaps).float()
         return x, target, trimaps
 
 

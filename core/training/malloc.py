@@ -3,10 +3,10 @@
 A training step frees and reallocates the same activation and gradient buffers every time.
 By default glibc hands blocks over its mmap threshold (at most 32 MB) back to the OS when
 they are freed, and trims the heap above 2x that threshold, so the next step gets fresh
-pages and takes a page fault on every 4 KB of them: ~30,000 faults a step for unet at 64 px,
-whose trainer ran 1.15x faster with the memory held, on a 2-core CPU ("trainer, glibc malloc"
-in benchmarks/train_throughput.py --ablations). A training process keeps its peak working set
-anyway; the cost is that up to 1 GB freed at the heap's top is not returned to the OS.
+pages and takes a page fault on every 4 KB of them, every step ("trainer, glibc malloc" in
+benchmarks/train_throughput.py --ablations measures what holding the memory is worth). A
+training process keeps its peak working set anyway; the cost is that up to 1 GB freed at the
+heap's top is not returned to the OS.
 
 These are process-wide settings, applied with mallopt(3); elsewhere than glibc they do nothing.
 """

@@ -21,6 +21,7 @@ import optuna
 
 from core.data.dataset import PreparedDataset
 from core.store.db import ImageResults, Store
+from core.training.abandoned import close_abandoned_runs
 from core.training.loop import (
     EpochStats,
     TrainConfig,
@@ -96,7 +97,9 @@ class Heartbeat:
 
 
 def register(store: Store, data: PreparedDataset) -> dict[str, int]:
-    """Make sure the dataset and its images are in the store; image name -> id."""
+    """A job's first writes: the dataset and its images (image name -> id), and runs that a
+    killed job left running closed as failed (core/training/abandoned.py)."""
+    close_abandoned_runs(store, STALE_AFTER_S)
     return store.register_dataset(data.name, data.source, data.root, data.infos)
 
 
