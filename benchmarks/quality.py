@@ -18,7 +18,6 @@ start-up and data preparation come on top). PASS when the sweep beats the refere
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import DEFAULT_DATA, FreshProcess, header, positive_int
+from benchmarks._common import DEFAULT_DATA, FreshProcess, finish, header, parser, positive_int
 from benchmarks.reference_loop import ReferenceResult, train_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +80,7 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "quality.py")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a dataset folder in the official layout")
     p.add_argument("--seconds", type=float, default=300.0, help="training seconds per architecture, for each side")
     p.add_argument("--image-size", type=positive_int, default=64)
@@ -90,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default=None, help="keep the sweep's store here (default: a temporary folder)")
     p.add_argument("--show-sweep", action="store_true", help="print the sweep's own output")
     p.add_argument("--sweep-args", default="", help="more flags for jobs.sweep, e.g. '--width 1 --min-epochs 3'")
-    p.add_argument("--report-only", action="store_true", help="exit 0 even when a target is missed")
     args = p.parse_args(argv)
-    header("quality per second: the sweep's selected model vs the reports' loop, same data and seconds", args)
     root = args.data.expanduser().resolve()
     if not (root / "annotations").is_dir():
-        raise SystemExit(f"quality: {root} is not a dataset folder (no annotations/)")
+        p.error(f"--data {root} is not a dataset folder (no annotations/)")
+    header("quality per second: the sweep's selected model vs the reports' loop, same data and seconds", args)
 
     from core.data.dataset import prepare_dataset
 
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(gain >= args.target)
             print(f"{'PASS' if verdicts[-1] else 'MISS'}  {arch}: sweep - reference test dice {gain:+.4f} "
                   f"(target >= {args.target:+.4f})", flush=True)
-    return 0 if all(verdicts) or args.report_only else 1
+    return finish(verdicts, args.report_only)
 
 
 if __name__ == "__main__":

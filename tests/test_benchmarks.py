@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,3 +187,47 @@ def test_gpu_throughput_skips_with_exit_0_without_cuda(capsys) -> None:
     code, out = run(gpu_throughput.main, [], capsys)
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 1 and lines[0].startswith("SKIP gpu_throughput: no CUDA device")
+
+
+# -- quality.py: the sweep's model against the reports' loop -----------------------------------
+
+def test_the_all_foreground_floor_is_the_dice_of_calling_every_pixel_pet() -> None:
+    from benchmarks.quality import all_foreground_dice
+
+    half = np.full((1, 4, 4), 2, np.uint8)
+    half[0, :2] = 1  # 8 of 16 pixels pet: dice = 2 * 8 / (8 + 16)
+    border = np.full((1, 4, 4), 3, np.uint8)  # the border counts as pet, as in training
+    assert all_foreground_dice(np.concatenate([half, border])) == pytest.approx((2 * 8 / 24 + 1.0) / 2)
+
+
+@pytest.mark.parametrize("sweep_dice, report_only, code, word", [
+    (0.80, False, 0, "PASS"), (0.79, False, 1, "MISS"), (0.79, True, 0, "MISS")])
+def test_quality_passes_only_when_the_sweep_gains_the_target_over_the_reference(
+        monkeypatch, pets_root: Path, capsys, sweep_dice: float, report_only: bool, code: int, word: str) -> None:
+    from benchmarks import quality
+    from benchmarks.reference_loop import ReferenceResult
+
+    class InProcess:  # the reference's fresh process, without training: a fixed result
+        def __init__(self, *a): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): ...
+        def call(self, fn, *args): return ReferenceResult(0.765, np.zeros(60), 0.75, 9, 40, 300.0)
+
+    monkeypatch.setattr(quality, "FreshProcess", InProcess)
+    monkeypatch.setattr(quality, "sweep", lambda *a: dict(
+        test_dice=sweep_dice, val_dice=0.8, number=20, epochs_run=119, refit=True, configs=20, trials=21,
+        epochs=245, trial_seconds=276.0, wall=279.0, lines=[]))
+    argv = ["--data", str(pets_root), "--archs", "unet", *(["--report-only"] if report_only else [])]
+    assert quality.main(argv) == code
+    out = capsys.readouterr().out
+    assert f"{word}  unet: sweep - reference test dice {sweep_dice - 0.765:+.4f} (target >= +0.0300)" in out
+    assert "reference  test dice 0.7650" in out and "trial 20 = the refit, 119 epochs" in out
+    assert "all-foreground floor 0.5717" in out
+
+
+def test_quality_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, capsys) -> None:
+    from benchmarks import quality
+
+    with pytest.raises(SystemExit) as info:
+        quality.main(["--data", str(tmp_path)])
+    assert info.value.code == 2 and "is not a dataset folder" in capsys.readouterr().err
