@@ -1,4 +1,5 @@
-"""Per-image segmentation scores (Dice, IoU, Dice ignoring the trimap border), vectorized over a batch.
+"""Per-image segmentation scores (Dice, IoU, Dice ignoring the trimap border), vectorized over a batch,
+and the diagnostics that say why an image fails (error areas, boundary, components, confidence).
 
 Scores are per image so they can be stored per image and averaged over a split with
 `mean_score`: a split's score is the mean over its images, never a mean of batch means
@@ -9,7 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 TRIMAP_BORDER = 3  # Oxford-IIIT Pet trimaps: 1 pet, 2 background, 3 border (ambiguous outline)
@@ -77,3 +81,195 @@ def mean_score(scores: Tensor) -> float:
     if scores.numel() == 0:
         raise ValueError("no scores to average")
     return scores.double().mean().item()
+
+
+# -- why an image fails: error structure, boundary, connected components, confidence ---------------
+
+BOUNDARY_BAND = 0.02   # Boundary IoU band width, as a fraction of the image diagonal (Cheng et al.'s default)
+PET_FOUND_RECALL = 0.5  # the largest true pet component counts as missed below this share of it predicted
+DIAGNOSTICS = ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed",
+               "entropy")
+
+
+@dataclass
+class ImageDiagnostics:
+    """Per-image error structure, each (N,) float64 numpy (fp_blobs int64, pet_missed bool).
+
+    entropy is None when no probabilities were given (a stored 1-bit mask cannot tell it).
+    """
+    fp_area: np.ndarray       # false-positive pixels / all pixels
+    fn_area: np.ndarray       # false-negative pixels / all pixels
+    precision: np.ndarray     # |P∩T| / |P|; 1.0 when nothing is predicted
+    recall: np.ndarray        # |P∩T| / |T|; 1.0 when there is no pet
+    boundary_iou: np.ndarray  # Boundary IoU, band BOUNDARY_BAND x diagonal; 1.0 when both masks are empty
+    hd95: np.ndarray          # 95th-percentile Hausdorff distance, pixels; 0 both empty, the diagonal if one is
+    fp_blobs: np.ndarray      # predicted 8-connected components touching no true pet pixel
+    pet_missed: np.ndarray    # under PET_FOUND_RECALL of the largest true pet component predicted
+    entropy: np.ndarray | None = None  # mean binary entropy of the probabilities, bits (0 sure .. 1 unsure)
+
+    def as_dict(self) -> dict[str, np.ndarray | None]:
+        return {name: getattr(self, name) for name in DIAGNOSTICS}
+
+
+def _ratio_np(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator in float64, 1.0 where the denominator is 0."""
+    return np.where(denominator > 0, numerator / np.maximum(denominator, 1), 1.0)
+
+
+def band_width(height: int, width: int) -> int:
+    """The Boundary IoU band in pixels: BOUNDARY_BAND of the diagonal, rounded, at least 1."""
+    return max(1, int(round(BOUNDARY_BAND * math.hypot(height, width))))
+
+
+def _erode_square(mask: Tensor, d: int) -> Tensor:
+    """(N, H, W) bool eroded by a (2d+1)^2 square, outside the image taken as background.
+
+    Equal to d iterations of a 3x3 erosion on a zero-padded image, as Cheng et al.'s reference code does.
+    """
+    outside = F.pad((~mask).unsqueeze(1).float(), (d, d, d, d), value=1.0)
+    outside = F.max_pool2d(F.max_pool2d(outside, (2 * d + 1, 1), stride=1), (1, 2 * d + 1), stride=1)
+    return outside[:, 0] == 0
+
+
+def _surface(mask: Tensor) -> Tensor:
+    """Mask pixels with a 4-neighbour outside the mask (or on the image edge): the contour HD95 measures."""
+    m = F.pad(mask, (1, 1, 1, 1), value=False)
+    inner = m[:, 1:-1, 1:-1] & m[:, :-2, 1:-1] & m[:, 2:, 1:-1] & m[:, 1:-1, :-2] & m[:, 1:-1, 2:]
+    return mask & ~inner
+
+
+def binary_entropy(logits: Tensor) -> Tensor:
+    """(N, ...) logits -> (N,) mean binary entropy of sigmoid(logits), in bits.
+
+    H = softplus(x) - x * sigmoid(x) (nats), exact and finite for any logit.
+    """
+    x = logits.float().reshape(logits.shape[0], -1)
+    return (F.softplus(x) - x * torch.sigmoid(x)).mean(1) / math.log(2)
+
+
+def _exact(distances: np.ndarray) -> np.ndarray:
+    """OpenCV's float32 Euclidean distances made exact: each is sqrt(dy^2 + dx^2) of whole pixels, so
+    round the square (its float32 last bits vary from run to run with OpenCV's SIMD paths)."""
+    d = distances.astype(np.float64)
+    return np.sqrt(np.round(d * d))
+
+
+def _per_image_structure(pred: np.ndarray, truth: np.ndarray, pred_surface: np.ndarray,
+                         truth_surface: np.ndarray) -> tuple[float, int, bool]:
+    """hd95, false-positive blob count and largest-pet-missed of one image (2-D bool arrays)."""
+    height, width = pred.shape
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if has_pred and has_truth:
+        to_truth = cv2.distanceTransform((~truth_surface).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        to_pred = cv2.distanceTransform((~pred_surface).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        hd95 = max(float(np.percentile(_exact(to_truth[pred_surface]), 95)),
+                   float(np.percentile(_exact(to_pred[truth_surface]), 95)))
+    else:
+        hd95 = 0.0 if has_pred == has_truth else math.hypot(height, width)
+    fp_blobs = 0
+    if has_pred:
+        n, labels = cv2.connectedComponents(pred.view(np.uint8), connectivity=8)
+        touched = np.bincount(labels[truth], minlength=n)
+        fp_blobs = int(np.count_nonzero(touched[1:] == 0))
+    missed = False
+    if has_truth:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(truth.view(np.uint8), connectivity=8)
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        component = labels == largest
+        missed = bool(np.count_nonzero(pred & component) < PET_FOUND_RECALL * stats[largest, cv2.CC_STAT_AREA])
+    return hd95, fp_blobs, missed
+
+
+def mask_diagnostics(pred: Tensor | np.ndarray, truth: Tensor | np.ndarray,
+                     logits: Tensor | None = None) -> ImageDiagnostics:
+    """Error structure of predicted masks against true masks, (N, H, W) bool each (numpy or torch).
+
+    Area, precision/recall and Boundary IoU are computed batched in torch (on the masks' device); HD95 and
+    the connected components per image on the CPU with OpenCV. `logits` (N, ...) adds the entropy.
+    """
+    pred, truth = torch.as_tensor(pred).bool(), torch.as_tensor(truth).bool()
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} must both be (N, H, W)")
+    n, height, width = pred.shape
+    flat_p, flat_t = pred.reshape(n, -1), truth.reshape(n, -1)
+    tp = (flat_p & flat_t).sum(1)
+    p_area, t_area = flat_p.sum(1), flat_t.sum(1)
+    pixels = float(height * width)
+    d = band_width(height, width)
+    pb = (pred & ~_erode_square(pred, d)).reshape(n, -1)
+    tb = (truth & ~_erode_square(truth, d)).reshape(n, -1)
+    b_inter = (pb & tb).sum(1)
+    b_union = (pb | tb).sum(1)
+    to_np = lambda t: t.cpu().numpy().astype(np.float64)  # noqa: E731
+    tp, p_area, t_area, b_inter, b_union = map(to_np, (tp, p_area, t_area, b_inter, b_union))
+    out = dict(fp_area=(p_area - tp) / pixels, fn_area=(t_area - tp) / pixels, precision=_ratio_np(tp, p_area),
+               recall=_ratio_np(tp, t_area), boundary_iou=_ratio_np(b_inter, b_union))
+    ps, ts = _surface(pred).cpu().numpy(), _surface(truth).cpu().numpy()
+    pred_np, truth_np = pred.cpu().numpy(), truth.cpu().numpy()
+    structure = [_per_image_structure(pred_np[i], truth_np[i], ps[i], ts[i]) for i in range(n)]
+    return ImageDiagnostics(
+        **out,
+        hd95=np.array([s[0] for s in structure], dtype=np.float64),
+        fp_blobs=np.array([s[1] for s in structure], dtype=np.int64),
+        pet_missed=np.array([s[2] for s in structure], dtype=bool),
+        entropy=None if logits is None else binary_entropy(logits).double().cpu().numpy())
+
+
+def image_diagnostics(logits: Tensor, target: Tensor) -> ImageDiagnostics:
+    """mask_diagnostics of logits (N,1,H,W) thresholded at 0.5 against target (N,1,H,W), entropy included."""
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    return mask_diagnostics(logits[:, 0] > 0, target[:, 0] > 0.5, logits)
+
+
+def concat_diagnostics(parts: list[ImageDiagnostics]) -> ImageDiagnostics:
+    """Batches' diagnostics joined in order (entropy only when every part has it)."""
+    if not parts:
+        empty = np.zeros(0)
+        return ImageDiagnostics(empty, empty, empty, empty, empty, empty, np.zeros(0, np.int64), np.zeros(0, bool))
+    joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in DIAGNOSTICS if name != "entropy"}
+    entropy = None if any(p.entropy is None for p in parts) else np.concatenate([p.entropy for p in parts])
+    return ImageDiagnostics(**joined, entropy=entropy)
+
+
+# -- the failure mode of an image: a deterministic rule over its scores ------------------------------
+
+OK, EMPTY, MISSED, LEAK, BOUNDARY = "ok", "empty prediction", "missed pet", "background leak", "boundary"
+NOT_COMPUTED = "not computed"
+FAILURE_MODES = (OK, BOUNDARY, MISSED, LEAK, EMPTY)  # display order, best to worst
+
+OK_DICE = 0.9             # ok: dice at least this ...
+OK_BOUNDARY_IOU = 0.6     # ... and Boundary IoU at least this
+EMPTY_PRED_SHARE = 0.05   # empty prediction: predicted area below this share of the true pet's area
+GOOD_OVERLAP = 0.8        # boundary: precision and recall both at least this, yet not ok
+
+
+def failure_modes(dice: np.ndarray, precision: np.ndarray, recall: np.ndarray,
+                  boundary_iou: np.ndarray) -> np.ndarray:
+    """Each image's failure mode (object array of FAILURE_MODES names); the first rule that matches wins:
+
+    1. `empty prediction`: predicted area < EMPTY_PRED_SHARE x true pet area (= recall / precision;
+       nothing predicted means precision 1, recall 0);
+    2. `ok`: dice >= OK_DICE and Boundary IoU >= OK_BOUNDARY_IOU (both masks empty: ok);
+    3. `boundary`: precision and recall both >= GOOD_OVERLAP: the overlap is right, the outline is not;
+    4. the larger error: `missed pet` when recall < precision, else `background leak` (a prediction on an
+       image with no pet, too: precision 0, recall 1).
+    Images without diagnostics (NaN precision, recall or Boundary IoU) are `not computed`.
+    """
+    dice = np.asarray(dice, dtype=np.float64)
+    precision, recall = np.asarray(precision, np.float64), np.asarray(recall, np.float64)
+    biou = np.asarray(boundary_iou, np.float64)
+    out = np.full(dice.shape, NOT_COMPUTED, dtype=object)
+    todo = ~(np.isnan(dice) | np.isnan(precision) | np.isnan(recall) | np.isnan(biou))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pred_over_true = np.where(precision > 0, recall / np.where(precision > 0, precision, 1.0), np.inf)
+    rules = ((pred_over_true < EMPTY_PRED_SHARE, EMPTY),
+             ((dice >= OK_DICE) & (biou >= OK_BOUNDARY_IOU), OK),
+             ((precision >= GOOD_OVERLAP) & (recall >= GOOD_OVERLAP), BOUNDARY),
+             (recall < precision, MISSED),
+             (np.ones(dice.shape, bool), LEAK))
+    for cond, mode in rules:
+        hit = todo & cond
+        out[hit] = mode
+        todo &= ~hit
+    return out
