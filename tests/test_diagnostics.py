@@ -204,3 +204,65 @@ def test_image_diagnostics_thresholds_logits_at_zero_and_adds_entropy() -> None:
 def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="must both be"):
         mask_diagnostics(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 5), bool))
+
+
+# -- the failure-mode rule on constructed masks --------------------------------------------------
+
+def _mode(pred: np.ndarray, truth: np.ndarray) -> str:
+    from core.metrics import failure_modes
+
+    diag = mask_diagnostics(pred[None], truth[None])
+    tp, total = (pred & truth).sum(), pred.sum() + truth.sum()
+    dice = np.array([1.0 if total == 0 else 2 * tp / total])
+    return str(failure_modes(dice, diag.precision, diag.recall, diag.boundary_iou)[0])
+
+
+def _square(lo: int, hi: int, size: int = 64) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[lo:hi, lo:hi] = True
+    return mask
+
+
+PET = _square(16, 48)  # 32 x 32 pet on a 64 px image
+
+
+def test_a_right_prediction_and_an_empty_image_left_empty_are_ok() -> None:
+    assert _mode(PET, PET) == "ok"
+    assert _mode(_square(0, 0), _square(0, 0)) == "ok"
+    ragged = PET.copy()
+    ragged[16, 20:30] = False  # a few pixels off the outline
+    assert _mode(ragged, PET) == "ok"
+
+
+def test_nothing_or_almost_nothing_predicted_is_an_empty_prediction() -> None:
+    assert _mode(_square(0, 0), PET) == "empty prediction"
+    assert _mode(_square(20, 27), PET) == "empty prediction"  # 49 px of 1024: under 5%
+    assert _mode(_square(20, 28), PET) == "missed pet"         # 64 px: 6%, a (badly) found pet
+
+
+def test_a_pet_half_found_is_a_missed_pet() -> None:
+    half = PET.copy()
+    half[:, 32:] = False
+    assert _mode(half, PET) == "missed pet"
+
+
+def test_a_prediction_spilling_onto_background_or_a_false_blob_is_a_background_leak() -> None:
+    spill = _square(10, 58)                      # the pet and a wide margin
+    assert _mode(spill, PET) == "background leak"
+    blob = PET | _square(0, 14) | np.rot90(_square(0, 14))
+    assert _mode(blob, PET) == "background leak"
+    assert _mode(_square(5, 12), _square(0, 0)) == "background leak"  # a pet where there is none
+
+
+def test_a_right_overlap_with_a_wrong_outline_is_a_boundary_failure() -> None:
+    # 1 px off all round: dice 0.94 but Boundary IoU 0.33 (the 2 px bands overlap in one ring)
+    assert _mode(_square(15, 49), PET) == "boundary" and _mode(_square(17, 47), PET) == "boundary"
+    # 2 px off all round loses a fifth of the pet or adds as much background: then that error is named
+    assert _mode(_square(14, 50), PET) == "background leak" and _mode(_square(18, 46), PET) == "missed pet"
+
+
+def test_rows_without_diagnostics_are_not_computed() -> None:
+    from core.metrics import failure_modes
+
+    nan = np.array([np.nan])
+    assert failure_modes(np.array([0.5]), nan, nan, nan).tolist() == ["not computed"]
