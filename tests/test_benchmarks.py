@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import dashboard_queries, data_pipeline, gpu_throughput, store_writes, train_throughput
+from benchmarks import (
+    dashboard_queries, data_pipeline, eval_diagnostics, gpu_throughput, store_writes, train_throughput,
+)
 from core.training.loop import select_amp
 
 VERDICT = re.compile(r"^(PASS|MISS)  .+: .+ \(target (>=|<=) .+\)$", re.MULTILINE)
@@ -54,10 +56,10 @@ def test_dashboard_queries_times_each_page_against_the_whole_table(tmp_path: Pat
     assert dashboard_queries.main(argv) == 0
     out = capsys.readouterr().out
     assert "wrote big.db through core.store.db" in out and "3,000 image_results rows" in out
-    for view in ("hardest images, filtered", "+ the page's masks", "distributions page data", "hard for every model",
+    for view in ("hardest images, filtered", "... by failure mode", "... ranked by HD95", "+ the page's masks", "distributions page data", "hard for every model",
                  "... unfiltered"):
         assert re.search(rf"^   {re.escape(view)} +\d+\.\d ms  \([\d.,]+x faster than the whole table\)$", out, re.MULTILINE)
-    assert len(VERDICT.findall(out)) == 2
+    assert len(VERDICT.findall(out)) == 4
     assert dashboard_queries.main(argv) == 0  # --keep reuses the store rather than writing it again
     assert "wrote" not in capsys.readouterr().out
 
@@ -71,3 +73,14 @@ def test_gpu_throughput_says_so_without_cuda(capsys) -> None:
     code = gpu_throughput.main([])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(out) == 1 and out[0].startswith("SKIP gpu_throughput: no CUDA device")
+
+
+def test_eval_diagnostics_compares_the_evaluation_with_and_without(pets_root: Path, capsys) -> None:
+    code = eval_diagnostics.main(["--width", "0.125", "--image-size", "64", "--images", "4", "--batch-size", "4",
+                                  "--rounds", "1", "--data", str(pets_root), "--report-only"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^RATIO \(predict \+ diagnostics on pet-shaped masks\) / predict = \d+\.\d+x", out, re.MULTILINE)
+    for name in ("predict", "predict \\+ diagnostics", "diagnostics alone"):
+        assert re.search(rf"^   {name} +\d+\.\d+ s  \( *\d+\.\d ms per image\)$", out, re.MULTILINE), name
+    assert len(VERDICT.findall(out)) == 1
