@@ -488,6 +488,12 @@ def test_the_gallery_ranks_by_any_metric_worst_first(demo, facts, monkeypatch) -
                          "WHERE trial_id = ? ORDER BY hd95 DESC, image_id", best)
     assert gallery_names(at) == [n for n, _ in rows[:12]]
     assert not [s for s in at.slider if "range" in s.label]  # HD95 is in pixels, not a [0, 1] score
+    widget(at.sidebar.selectbox, "Rank by (worst first)").set_value("failure_mode").run()
+    severity = ["empty prediction", "missed pet", "background leak", "boundary", "ok"]
+    rows = _direct(demo, "SELECT images.name, failure_mode, dice, image_id FROM image_results JOIN images ON "
+                         "images.id = image_id WHERE trial_id = ?", best)
+    expected = [r[0] for r in sorted(rows, key=lambda r: (severity.index(r[1]), r[2], r[3]))]
+    assert gallery_names(at) == expected[:12]
 
 
 def test_the_compare_view_shows_one_image_under_two_trials_side_by_side(demo, facts, monkeypatch) -> None:

@@ -62,10 +62,20 @@ def _metric(metric: str) -> ColumnElement:
     return image_results.c[metric]
 
 
-def _worst_first(metric: str) -> ColumnElement:
-    """ORDER BY term putting an image's worst value of `metric` first and not-computed (NULL) rows last."""
+SEVERITY = ("empty prediction", "missed pet", "background leak", "boundary", "ok")  # worst first
+
+
+def _worst_first(metric: str) -> list[ColumnElement]:
+    """ORDER BY terms putting an image's worst value of `metric` first and not-computed (NULL) rows last.
+
+    metric "failure_mode" orders by SEVERITY (not computed last), then by dice within a mode.
+    """
+    if metric == "failure_mode":
+        rank = case(*((image_results.c.failure_mode == mode, k) for k, mode in enumerate(SEVERITY)),
+                    else_=len(SEVERITY))
+        return [rank, image_results.c.dice]
     m = _metric(metric)
-    return (m.desc() if metric in LOWER_IS_BETTER else m.asc()).nulls_last()
+    return [(m.desc() if metric in LOWER_IS_BETTER else m.asc()).nulls_last()]
 
 
 def has_diagnostics(src: Source) -> bool:
@@ -210,7 +220,7 @@ def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
 class ImageFilter:
     """Which images the failure explorer shows. None means "any"; an empty tuple matches nothing."""
 
-    metric: str = "dice"                          # any of METRICS: ranks (worst first) and range-filters
+    metric: str = "dice"                          # any of METRICS (or "failure_mode" to rank): ranks, range-filters
     score: tuple[float, float] = (0.0, 1.0)       # inclusive range of the metric
     breeds: tuple[str, ...] | None = None
     species: tuple[str, ...] | None = None
@@ -234,7 +244,7 @@ class ImageFilter:
 
 
 def _trial_images(trial_id: int, flt: ImageFilter, v2: list[ColumnElement]) -> Select:
-    m = _metric(flt.metric)
+    m = _metric("dice" if flt.metric == "failure_mode" else flt.metric)
     stmt = (select(image_results.c.image_id, image_results.c.dice, image_results.c.iou,
                    image_results.c.dice_no_border, *v2, *(images.c[c] for c in IMAGE_COLUMNS))
             .join_from(image_results, images, images.c.id == image_results.c.image_id)
@@ -259,7 +269,7 @@ def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(),
     """A trial's images matching the filter, worst first by flt.metric (not-computed last), one page of them."""
     with _connect(src) as conn:
         stmt = (_trial_images(trial_id, flt, _check_v2(conn, flt))
-                .order_by(_worst_first(flt.metric), image_results.c.image_id).limit(int(limit)).offset(int(offset)))
+                .order_by(*_worst_first(flt.metric), image_results.c.image_id).limit(int(limit)).offset(int(offset)))
         return _frame(conn, stmt)
 
 

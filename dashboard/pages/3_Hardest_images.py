@@ -61,10 +61,13 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
         trial_id = st.sidebar.selectbox("Trial", ids, index=ids.index(best_of_arch[0]) if best_of_arch else 0,
                                         format_func=names.get, key=f"trial::{scope}::{arch}",
                                         help="Complete trials of this architecture, best validation dice first.")
-    metric = st.sidebar.selectbox("Rank by (worst first)", ctx.metrics, format_func=SCORES.get, key=f"score::{scope}",
+    ranks = ctx.metrics + (["failure_mode"] if ctx.diagnostics and view == VIEWS[0] else [])
+    metric = st.sidebar.selectbox("Rank by (worst first)", ranks, format_func=lambda m: SCORES.get(m, "failure mode"),
+                                  key=f"score::{scope}",
                                   help="Worst first: lowest for scores, highest for error metrics (areas, HD95, "
-                                       "blobs, entropy); images whose value was not computed come last.")
-    score_label = "median " + SCORES[metric] if view == VIEWS[1] else SCORES[metric]
+                                       "blobs, entropy); by failure mode: empty prediction, missed pet, background "
+                                       "leak, boundary, ok, each worst dice first. Not-computed values come last.")
+    score_label = ("median " if view == VIEWS[1] else "") + SCORES.get(metric, "failure mode")
     score = (0.0, 1.0)
     if metric in UNIT_RANGE:
         score = st.sidebar.slider(f"{score_label} range", 0.0, 1.0, (0.0, 1.0), step=0.01, key=f"range::{scope}")
@@ -166,7 +169,8 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
     trial = ctx.trials.set_index("id").loc[trial_id]
     total = ctx.query("count_images", trial_id, flt)
     label = ui.trial_label(trial["arch"], trial["number"])
-    page = pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, worst {SCORES[flt.metric]} first")
+    order = "by failure mode, worst first" if flt.metric == "failure_mode" else f"worst {SCORES[flt.metric]} first"
+    page = pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, {order}")
     rows = ctx.query("hardest_images", trial_id, flt, limit=size, offset=(page - 1) * size)
     if rows.empty:
         return
@@ -177,7 +181,8 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
         p = ui.panels(ctx, row.dataset, row.name, int(trial["image_size"]), [pngs.get((trial_id, int(row.image_id)))])
         with cols[i % 2].container(border=True):
             mode = f" · **{row.failure_mode}**" if hasattr(row, "failure_mode") else ""
-            st.markdown(f"**{rank}. {row.name}** — {SCORES[flt.metric]} **{value(getattr(row, flt.metric))}**{mode}")
+            shown = "dice" if flt.metric == "failure_mode" else flt.metric
+            st.markdown(f"**{rank}. {row.name}** — {SCORES[shown]} **{value(getattr(row, shown))}**{mode}")
             st.image(images.strip([p.photo, p.truth, p.predictions[0]]), width="stretch",
                      caption=f"image | ground truth | prediction of {label}")
             st.caption(f"{describe(row)} · dice {row.dice:.3f} · border-aware {row.dice_no_border:.3f} · "
