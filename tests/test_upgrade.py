@@ -48,6 +48,9 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     with store.engine.connect() as conn:
         assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "2"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
+        indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("image_results")}
+        assert indexes["ix_image_results_trial_mode"] == ["trial_id", "failure_mode"]
+        assert indexes["ix_image_results_trial_dice"] == ["trial_id", "dice"]  # v1's kept
     store.dispose()
     n_rows = len(before["image_results"])
     assert len(messages) == 1 and f"{n_rows} per-image results of {len(v1.trial_ids)} trials backfilled" in messages[0]

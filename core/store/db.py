@@ -145,6 +145,7 @@ image_results = Table(
     Column("entropy", Float),
     Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed'
     Index("ix_image_results_trial_dice", "trial_id", "dice"),  # worst images of a trial
+    Index("ix_image_results_trial_mode", "trial_id", "failure_mode"),  # v2: failure-mode shares and filters
     Index("ix_image_results_image", "image_id"),               # all results of one image
 )
 
@@ -202,6 +203,13 @@ def diagnostic_rows(dice: np.ndarray, diag: ImageDiagnostics | None, n: int) -> 
         else:
             columns[name] = [None if v != v else float(v) for v in np.asarray(values, np.float64).tolist()]
     return [{**{name: columns[name][k] for name in DIAGNOSTICS}, "failure_mode": str(modes[k])} for k in range(n)]
+
+
+def ensure_v2_indexes(engine_or_conn: Any) -> None:
+    """Create the v2 indexes of image_results where they are missing (the upgrade, or a v2 store that predates them)."""
+    for index in image_results.indexes:
+        if "failure_mode" in index.columns:
+            index.create(engine_or_conn, checkfirst=True)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -366,6 +374,8 @@ class Store:
                 raise SchemaVersionError(_version_message(self.url, int(found)))
         if found is not None and int(found) == 1:
             self._upgrade()
+        else:  # a v2 store written before an index was added gets it (cheap when present)
+            retry_schema_race(lambda: ensure_v2_indexes(self.engine))
 
     def _upgrade(self) -> None:
         """v1 -> v2 in one transaction, backfilling old trials (see core.store.upgrade)."""

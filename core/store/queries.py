@@ -400,11 +400,14 @@ def failure_mode_counts(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
     with _connect(src) as conn:
         if not has_diagnostics(conn):
             return pd.DataFrame(columns=cols)
-        mode = func.coalesce(image_results.c.failure_mode, NOT_COMPUTED)
-        stmt = (select(image_results.c.trial_id, mode.label("failure_mode"), func.count().label("images"))
+        # grouped on the bare column so ix_image_results_trial_mode covers the query: no table reads
+        mode = image_results.c.failure_mode
+        stmt = (select(image_results.c.trial_id, mode, func.count().label("images"))
                 .where(image_results.c.trial_id.in_(_ids(trial_ids)))
                 .group_by(image_results.c.trial_id, mode).order_by(image_results.c.trial_id, mode))
-        return _frame(conn, stmt)
+        frame = _frame(conn, stmt)
+    frame["failure_mode"] = frame["failure_mode"].fillna(NOT_COMPUTED)
+    return frame.groupby(["trial_id", "failure_mode"], as_index=False, sort=True)["images"].sum()
 
 
 def sweep_failure_shares(src: Source, sweep: str) -> pd.DataFrame:

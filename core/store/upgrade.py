@@ -143,6 +143,7 @@ def upgrade_v1(conn: Connection, log: Callable[[str], None] | None = None) -> Up
     if claimed.rowcount != 1:
         return report
     _add_columns(conn)
+    st.ensure_v2_indexes(conn)
     _backfill(conn, report, log)
     report.upgraded = True
     return report

@@ -118,7 +118,7 @@ def failure_modes(ctx: ui.Context) -> None:
     """Share of test images per failure mode: each architecture's best trial, and all its complete trials."""
     st.subheader("Failure modes")
     complete, best = ctx.complete(), ctx.best()
-    counts = ctx.query("failure_mode_counts", tuple(int(i) for i in complete["id"]))
+    counts = ctx.sweep_aggregate("failure_mode_counts", tuple(int(i) for i in complete["id"]))  # every row: cached
     if counts.empty:
         st.info("No per-image results with failure modes yet.")
         return
