@@ -544,7 +544,7 @@ def v1_store(demo: DemoStore, tmp_path_factory: pytest.TempPathFactory):
     return build_v1_store(f"sqlite:///{path}", prepare_dataset(demo.root, 64, log=lambda _m: None)), path
 
 
-@pytest.mark.parametrize("page", ["distributions", "hardest", "insights"])
+@pytest.mark.parametrize("page", ["home", "distributions", "hardest", "insights"])
 def test_a_v1_store_is_shown_as_it_is_with_the_command_that_upgrades_it(v1_store, page, monkeypatch) -> None:
     v1, path = v1_store
     before = path.read_bytes()
