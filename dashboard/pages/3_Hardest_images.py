@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.store.queries import LOWER_IS_BETTER, UNIT_RANGE, ImageFilter
+from core.store.queries import UNIT_RANGE, ImageFilter
 from dashboard import common as ui
 from dashboard import images
 
