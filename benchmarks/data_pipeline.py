@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     def cached(augment: AugmentConfig):
         cfg = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, augment=augment, device="cpu")
         epoch, _ = _train_loader(data, idx, cfg, device, torch.Generator().manual_seed(0))
+        k = iter(range(10**9))  # the loader gives epoch k's batches (resumable runs): one new epoch per round
 
         def run() -> float:
             started, seen = time.perf_counter(), 0
-            for images, trimaps in epoch():
+            for images, trimaps in epoch(next(k)):
                 x, target, _ = normalize(images, trimaps)  # what fit does next, so both end as float batches
                 seen += len(x)
             return seen / (time.perf_counter() - started)
