@@ -63,7 +63,7 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
                                         help="Complete trials of this architecture, best validation dice first.")
     ranks = ctx.metrics + (["failure_mode"] if ctx.diagnostics and view == VIEWS[0] else [])
     metric = st.sidebar.selectbox("Rank by (worst first)", ranks, format_func=lambda m: SCORES.get(m, "failure mode"),
-                                  key=f"score::{scope}",
+                                  key=f"score::{scope}::{view == VIEWS[0]}",  # the views offer different ranks
                                   help="Worst first: lowest for scores, highest for error metrics (areas, HD95, "
                                        "blobs, entropy); by failure mode: empty prediction, missed pet, background "
                                        "leak, boundary, ok, each worst dice first. Not-computed values come last.")
