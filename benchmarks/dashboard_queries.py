@@ -16,6 +16,9 @@ dashboard's caches are cold, through one read-only Store as the dashboard holds 
 
 * hardest images, filtered   count_images + hardest_images (one page of 12) for a trial, filtered
                              by species, breeds, brightness, pet size and a dice range
+* ... by failure mode        the same filter plus one failure mode (`missed pet`), worst dice first
+* ... ranked by HD95         count_images + hardest_images of that trial in one failure mode, worst
+                             (highest) HD95 first: the sort no index serves
 * + the page's masks         the same plus mask_pngs for the 12 images shown
 * distributions page data    best_trials, image_scores of the best trial per architecture, the
                              per-trial summary, paired_scores of the two and their comparison
@@ -35,6 +38,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -62,6 +66,7 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
     """Write a sweep of whole trials, at least `results` image_results rows, through core.store.db as the jobs do."""
     import numpy as np
 
+    from core.metrics import ImageDiagnostics
     from core.store.db import ImageResults, Store
 
     rng = np.random.default_rng(seed)
@@ -96,8 +101,20 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
             store.finish_trial(tid, state=state, val_dice=None, error="diverged" if state == "failed" else None)
             continue
         dice = np.clip(quality[k] - difficulty * rng.uniform(0.5, 1.5) + rng.normal(0, 0.05, n_images), 0, 1)
+        # diagnostics consistent with the dice (precision and recall whose harmonic mean it is), invented
+        # rather than measured: the queries only need realistic values and failure-mode shares
+        lean = rng.uniform(-1, 1, n_images) * (1 - dice)
+        recall = np.clip(dice * (1 + lean), 0.0, 1.0)
+        precision = np.clip(np.where(2 * recall - dice > 1e-9, dice * recall / np.maximum(2 * recall - dice, 1e-9),
+                                     1.0), 0.0, 1.0)
+        diag = ImageDiagnostics(
+            fp_area=(1 - precision) * fg[:n_images] * 0.5, fn_area=(1 - recall) * fg[:n_images] * 0.5,
+            precision=precision, recall=recall, boundary_iou=np.clip(dice ** 3 + rng.normal(0, 0.05, n_images), 0, 1),
+            hd95=(1 - dice) * 40 + rng.exponential(1.0, n_images), fp_blobs=rng.poisson(2 * (1 - precision)),
+            pet_missed=recall < 0.5, entropy=np.clip(0.05 + 0.5 * (1 - dice) + rng.normal(0, 0.05, n_images), 0, 1))
         store.finish_trial(tid, state="complete", val_dice=float(quality[k]), results=ImageResults(
-            image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1), masks=masks if k in best else None))
+            image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1), masks=masks if k in best else None,
+            diagnostics=diag))
     store.dispose()
 
 
@@ -148,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             page["total"] = queries.count_images(store, worst_best, flt)
             page["rows"] = queries.hardest_images(store, worst_best, flt, limit=12)
 
+        by_mode = replace(flt, modes=("missed pet",))
+        by_hd95 = ImageFilter(metric="hd95", modes=("missed pet",))
+
+        def hardest_by(image_filter: ImageFilter) -> None:
+            page[f"total {image_filter.metric}"] = queries.count_images(store, worst_best, image_filter)
+            page[f"rows {image_filter.metric}"] = queries.hardest_images(store, worst_best, image_filter, limit=12)
+
         def hardest_with_masks() -> None:
             hardest()
             page["masks"] = queries.mask_pngs(store, (worst_best,), tuple(int(i) for i in page["rows"]["image_id"]))
@@ -173,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             with store.engine.connect() as conn:
                 page["table"] = pd.read_sql(stmt, conn)
 
-        views = {"hardest images, filtered": hardest, "+ the page's masks": hardest_with_masks,
+        views = {"hardest images, filtered": hardest, "... by failure mode": lambda: hardest_by(by_mode),
+                 "... ranked by HD95": lambda: hardest_by(by_hd95), "+ the page's masks": hardest_with_masks,
                  "distributions page data": distributions, "hard for every model": every_model,
                  "... unfiltered": lambda: every_model(ImageFilter()),
                  "whole table into pandas": whole_table}
@@ -191,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in times.items():
         ratio = "" if values is yard else f"  ({times_faster(name)} faster than the whole table)"
         print(f"   {name:<26} {1000 * median(values):9.1f} ms{ratio}")
+    print(f"   (failure mode `missed pet`: {page['total dice']} images match the filter, "
+          f"{page['total hd95']} of the trial's {args.images} unfiltered)")
     print(f"   (the whole table: {len(page['table']):,} rows; hard for every model ranks "
           f"{len(page['every']):,} images unfiltered)")
     print(f"RATIO whole table / hardest images, filtered = {times_faster('hardest images, filtered')}")
@@ -198,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     print("      (milliseconds are absolute: compare them only with the load line above)")
     verdicts = [
         verdict("hardest-images query with filters", 1000 * median(times["hardest images, filtered"]),
+                1000 * HARDEST_TARGET_S, unit=" ms", higher_is_better=False),
+        verdict("hardest-images query with a failure-mode filter", 1000 * median(times["... by failure mode"]),
+                1000 * HARDEST_TARGET_S, unit=" ms", higher_is_better=False),
+        verdict("hardest-images query in a failure mode, ranked by HD95", 1000 * median(times["... ranked by HD95"]),
                 1000 * HARDEST_TARGET_S, unit=" ms", higher_is_better=False),
         verdict("distributions page's data", 1000 * median(times["distributions page data"]),
                 1000 * DISTRIBUTIONS_TARGET_S, unit=" ms", higher_is_better=False),

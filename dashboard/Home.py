@@ -105,6 +105,7 @@ def show_live(ctx: ui.Context) -> None:
 
 
 def render(ctx: ui.Context) -> None:
+    ctx.upgrade_note()
     show_dataset(ctx)
     show_best(ctx)
     st.subheader("Trials by state")

@@ -10,6 +10,8 @@ import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb
 from plotly.subplots import make_subplots
 
+from core.store.queries import LOWER_IS_BETTER, UNIT_RANGE
+
 MUTED_STATES = ("pruned", "failed")
 
 
@@ -66,9 +68,13 @@ def learning_curves(curves: pd.DataFrame, chosen: pd.DataFrame, arch_colors: dic
     return fig
 
 
-def score_range(values: pd.Series) -> tuple[float, float]:
-    """An axis range from a little below the worst score to 1, so a tight spread stays readable."""
-    low = float(np.nanmin(values)) if len(values) else 0.0
+def score_range(values: pd.Series, metric: str = "dice") -> tuple[float, float] | None:
+    """An axis range from a little below the worst score to 1, so a tight spread stays readable;
+    None (plotly's own range) for a metric that is not a score in [0, 1] or is worst when high."""
+    if metric not in UNIT_RANGE or metric in LOWER_IS_BETTER:
+        return None
+    finite = values.dropna()
+    low = float(np.nanmin(finite)) if len(finite) else 0.0
     return max(0.0, math.floor(low * 20) / 20 - 0.02), 1.01
 
 
@@ -80,7 +86,7 @@ def histogram(scores: pd.DataFrame, metric: str, colors: dict[str, str]) -> go.F
     fig = px.histogram(scores, x=metric, color="label", color_discrete_map=colors, barmode="overlay",
                        opacity=0.6, nbins=30, labels={metric: metric.replace("_", " "), "label": "trial"})
     fig.update_layout(height=360, margin=dict(t=30, b=10, l=50, r=10), yaxis_title="images",
-                      xaxis_range=score_range(scores[metric]), title=dict(text="Histogram", font=dict(size=14)))
+                      xaxis_range=score_range(scores[metric], metric), title=dict(text="Histogram", font=dict(size=14)))
     _legend_below(fig)
     return fig
 
@@ -91,7 +97,7 @@ def violin(scores: pd.DataFrame, metric: str, colors: dict[str, str]) -> go.Figu
                     points=points, hover_name="name", labels={metric: metric.replace("_", " "), "label": "trial"})
     fig.update_traces(pointpos=0, jitter=0.3, marker=dict(size=4), spanmode="hard")
     fig.update_layout(height=360, margin=dict(t=30, b=40, l=50, r=10), showlegend=False,
-                      yaxis_range=score_range(scores[metric]),
+                      yaxis_range=score_range(scores[metric], metric),
                       title=dict(text="Box and violin", font=dict(size=14)))
     return fig
 
@@ -99,7 +105,7 @@ def violin(scores: pd.DataFrame, metric: str, colors: dict[str, str]) -> go.Figu
 def ecdf(scores: pd.DataFrame, metric: str, colors: dict[str, str]) -> go.Figure:
     fig = px.ecdf(scores, x=metric, color="label", color_discrete_map=colors, hover_name="name",
                   labels={metric: metric.replace("_", " "), "label": "trial"})
-    fig.update_layout(height=360, margin=dict(t=30, b=10, l=50, r=10), xaxis_range=score_range(scores[metric]),
+    fig.update_layout(height=360, margin=dict(t=30, b=10, l=50, r=10), xaxis_range=score_range(scores[metric], metric),
                       yaxis_title="share of images at or below", title=dict(text="ECDF", font=dict(size=14)))
     _legend_below(fig)
     return fig
@@ -117,7 +123,9 @@ def paired_scatter(pairs: pd.DataFrame, metric: str, label_a: str, label_b: str)
         marker=dict(size=7, color=diff, colorscale="RdBu", cmid=0, colorbar=dict(title="B − A"),
                     line=dict(width=0.5, color="#333")),
         hovertemplate="%{text}<br>A %{x:.3f}<br>B %{y:.3f}<extra></extra>"))
-    lo, hi = score_range(pd.concat([a, b]))
+    both = pd.concat([a, b]).dropna()
+    lo, hi = score_range(both, metric) or (0.0, float(both.max()) * 1.05 + 1e-9 if len(both) else 1.0)
+    fig.data[0].update(x=[lo, hi], y=[lo, hi])
     fig.update_layout(height=440, margin=dict(t=30, b=40, l=50, r=10),
                       xaxis=dict(title=f"A: {label_a}", range=(lo, hi), constrain="domain"),
                       yaxis=dict(title=f"B: {label_b}", range=(lo, hi), scaleanchor="x", constrain="domain"),
@@ -148,4 +156,50 @@ def params_vs_tail(table: pd.DataFrame, params: list[str], tail: str, tail_label
             fig.update_xaxes(type="log", row=r, col=c)
     fig.update_layout(height=height, margin=dict(t=80, b=30, l=50, r=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0 + 30 / (height - 110), x=0))
+    return fig
+
+
+def failure_mode_bars(shares: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """Horizontal stacked bars, one per row of `shares` (index: what the row is; columns: modes, values: shares)."""
+    fig = go.Figure()
+    for mode in shares.columns:
+        fig.add_trace(go.Bar(y=shares.index, x=shares[mode], name=mode, orientation="h",
+                             marker_color=colors.get(mode, "#7f7f7f"),
+                             hovertemplate="%{y}<br>" + mode + " %{x:.0%}<extra></extra>"))
+    fig.update_layout(barmode="stack", height=90 + 38 * len(shares), margin=dict(t=30, b=40, l=10, r=10),
+                      xaxis=dict(tickformat=".0%", range=(0, 1), title="share of test images"),
+                      yaxis=dict(autorange="reversed"), legend=dict(orientation="h", y=-0.35, x=0, title=None),
+                      title=dict(text="Failure modes", font=dict(size=14)))
+    return fig
+
+
+def confidence_scatter(scores: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """Per image: mean predictive entropy (x) against dice (y), one colour per trial label."""
+    fig = px.scatter(scores, x="entropy", y="dice", color="label", color_discrete_map=colors, hover_name="name",
+                     labels={"entropy": "mean entropy (bits): how unsure the model is", "label": "trial"})
+    fig.update_traces(marker=dict(size=6, opacity=0.75))
+    fig.update_layout(height=380, margin=dict(t=30, b=10, l=50, r=10), yaxis_range=score_range(scores["dice"]),
+                      title=dict(text="Confidence against dice", font=dict(size=14)))
+    _legend_below(fig)
+    return fig
+
+
+def params_vs_share(table: pd.DataFrame, params: list[str], mode: str, color: str) -> go.Figure:
+    """One panel per hyperparameter: each trial's share of images in failure mode `mode`."""
+    cols = min(4 if len(params) > 6 else 3, max(1, len(params)))
+    rows = math.ceil(len(params) / cols)
+    height = 230 * rows + 60
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=params, horizontal_spacing=0.05,
+                        vertical_spacing=min(0.9 / max(rows - 1, 1), 75 / height))
+    for i, param in enumerate(params):
+        r, c = i // cols + 1, i % cols + 1
+        x = table[param].astype(float)
+        fig.add_trace(go.Scatter(x=x, y=table[mode], mode="markers", text=table["number"], showlegend=False,
+                                 marker=dict(size=9, color=color),
+                                 hovertemplate="trial #%{text}<br>" + param + " %{x:.3g}<br>" + mode
+                                 + " %{y:.0%}<extra></extra>"), row=r, col=c)
+        if param == "lr" and (x > 0).all() and x.max() / max(x.min(), 1e-12) > 20:
+            fig.update_xaxes(type="log", row=r, col=c)
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_layout(height=height, margin=dict(t=50, b=30, l=50, r=10))
     return fig

@@ -34,6 +34,19 @@ CACHE_TTL_S = 5
 DEFAULT_DB = REPO / "results.db"
 PALETTE = px.colors.qualitative.D3
 STATE_ORDER = ("running", "complete", "pruned", "failed")
+METRIC_LABELS = {  # every per-image metric the pages can show, in menu order
+    "dice": "dice", "dice_no_border": "border-aware dice", "iou": "IoU", "precision": "precision",
+    "recall": "recall", "fp_area": "false-positive area", "fn_area": "false-negative area",
+    "boundary_iou": "Boundary IoU", "hd95": "HD95 (px)", "fp_blobs": "false-positive blobs",
+    "entropy": "mean entropy (bits)",
+}
+MODE_COLORS = {"ok": "#4daf4a", "boundary": "#984ea3", "missed pet": "#56b4e9", "background leak": "#e69f00",
+               "empty prediction": "#d62728", "not computed": "#bbbbbb"}
+UPGRADE_HELP = ("This results store has schema version 1: it holds dice, border-aware dice and IoU per image, but not "
+                "why each image fails (failure modes, precision and recall, Boundary IoU, HD95, false-positive blobs, "
+                "entropy). The dashboard never writes; upgrade the store in place (its old trials are backfilled from "
+                "their masks and the dataset's trimaps), then reload:\n\n```\npython -m jobs.upgrade --db {db}\n```\n\n"
+                "Running `jobs.train` or `jobs.sweep` on it upgrades it too.")
 CREATE_HELP = """**Create one** by running a sweep from the repository folder, then reload this page:
 
 ```
@@ -74,6 +87,18 @@ class Context:
     sweep: str
     sweeps: pd.DataFrame
     trials: pd.DataFrame
+    diagnostics: bool = True  # the store has the v2 per-image diagnostics (a v1 store read as it is has not)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The per-image metrics this store holds, in menu order."""
+        return list(METRIC_LABELS) if self.diagnostics else list(queries.V1_METRICS)
+
+    def upgrade_note(self) -> None:
+        """On a v1 store: what is missing and the command that upgrades it."""
+        if not self.diagnostics:
+            path = sqlite_path(self.url) if self.url.startswith("sqlite") else None
+            st.info(UPGRADE_HELP.format(db=str(path) if path else self.url))
 
     def query(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return cached_query(name, self.url, *args, **kwargs)
@@ -211,7 +236,8 @@ def page(title: str, icon: str) -> Context:
     sweep = _sweep_picker(url, sweeps)
     trials = cached_query("sweep_trials", url, sweep)
     st.sidebar.caption(f"Reading `{url}` read-only; data refreshes every {CACHE_TTL_S} s.")
-    return Context(url=url, sweep=sweep, sweeps=sweeps, trials=trials)
+    return Context(url=url, sweep=sweep, sweeps=sweeps, trials=trials,
+                   diagnostics=bool(cached_query("has_diagnostics", url)))
 
 
 def run(title: str, icon: str, render: Callable[[Context], None]) -> None:

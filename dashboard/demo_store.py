@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 
 from core.data.dataset import PreparedDataset, prepare_dataset
+from core.metrics import mask_diagnostics
 from core.store.db import ImageResults, Store, normalize_url
 from core.store.optuna_storage import optuna_storage
 
@@ -151,9 +152,14 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
                                 + rng.normal(0, 0.04, len(test)), 0, 1)
                 preds = [_predict(rng, t, float(err)) for t, err in zip(truths, error)]
                 scores = np.array([_scores(pr, t, tm) for pr, t, tm in zip(preds, truths, trimaps)])
+                # diagnostics measured on the masks; the entropy (no probabilities here) is invented,
+                # higher where the mask is worse, as a model that knows when it fails would have it
+                diag = mask_diagnostics(np.stack(preds), truths)
+                noise = np.random.default_rng(tid).normal(0, 0.05, len(test))  # own stream: other draws unchanged
+                diag.entropy = np.clip(0.05 + 0.6 * (1 - scores[:, 0]) + noise, 0.01, 1.0)
                 store.finish_trial(tid, state="complete", val_dice=best_val, results=ImageResults(
                     np.array([ids[n] for n in demo.test_images]), scores[:, 0], scores[:, 1], scores[:, 2],
-                    masks=preds))
+                    masks=preds, diagnostics=diag))
             elif state == "pruned":
                 store.finish_trial(tid, state="pruned", val_dice=best_val)
             elif state == "failed":

@@ -9,15 +9,22 @@ import pandas as pd
 from scipy import stats
 
 
-def summarize(scores: pd.DataFrame, metric: str, by: str = "trial_id") -> pd.DataFrame:
-    """Per group: image count, mean, median, 10th and 5th percentile, worst score and worst image."""
+def summarize(scores: pd.DataFrame, metric: str, by: str = "trial_id",
+              lower_is_better: bool = False) -> pd.DataFrame:
+    """Per group: image count, mean, median, the 10th and 5th percentile on the bad side (the 90th and
+    95th when lower is better), worst value and worst image. Rows without a value (not computed) are
+    left out; a group with none is too."""
     rows = []
     for key, group in scores.groupby(by, sort=False):
+        group = group[group[metric].notna()]
+        if group.empty:
+            continue
         values = group[metric].to_numpy(dtype=float)
-        worst = group.loc[group[metric].idxmin()]
+        worst = group.loc[group[metric].idxmax() if lower_is_better else group[metric].idxmin()]
+        tail = (90, 95) if lower_is_better else (10, 5)
         rows.append({by: key, "images": len(values), "mean": values.mean(), "median": np.median(values),
-                     "p10": np.percentile(values, 10), "p5": np.percentile(values, 5), "worst": values.min(),
-                     "worst image": worst["name"]})
+                     "p10": np.percentile(values, tail[0]), "p5": np.percentile(values, tail[1]),
+                     "worst": values.max() if lower_is_better else values.min(), "worst image": worst["name"]})
     return pd.DataFrame(rows, columns=[by, "images", "mean", "median", "p10", "p5", "worst", "worst image"])
 
 

@@ -12,6 +12,7 @@ machines) pointed at one database share one budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -454,7 +455,8 @@ class Worker:
         self.outcomes.append((arch, trial.number, outcome))
         if outcome.state != "complete":
             raise TrialFailed(outcome.error or "failed")
-        self.state_path(arch, config).unlink(missing_ok=True)  # trained to the end: never resumed again
+        with contextlib.suppress(OSError):  # trained to the end: never resumed again
+            self.state_path(arch, config).unlink(missing_ok=True)
         if refit_of is not None:
             shutil.rmtree(self.state_path(arch, 0).parent, ignore_errors=True)  # the search is over
         trial.set_user_attr("test_dice", outcome.test_dice)

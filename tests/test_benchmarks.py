@@ -19,6 +19,7 @@ from benchmarks import (
     _common,
     dashboard_queries,
     data_pipeline,
+    eval_diagnostics,
     gpu_throughput,
     store_writes,
     train_throughput,
@@ -105,14 +106,14 @@ def test_dashboard_queries_exits_1_when_a_page_misses_its_time(tmp_path: Path, m
     monkeypatch.setattr(dashboard_queries, "DISTRIBUTIONS_TARGET_S", math.inf)
     code, out = run(dashboard_queries.main, argv, capsys)
     assert code == 0 and "wrote big.db through core.store.db" in out and "3,000 image_results rows" in out
-    for view in ("hardest images, filtered", "+ the page's masks", "distributions page data", "hard for every model",
+    for view in ("hardest images, filtered", "... by failure mode", "... ranked by HD95", "+ the page's masks", "distributions page data", "hard for every model",
                  "... unfiltered"):
         assert re.search(rf"^   {re.escape(view)} +\d+\.\d ms  \([\d.,]+x faster than the whole table\)$", out, re.MULTILINE)
 
     monkeypatch.setattr(dashboard_queries, "DISTRIBUTIONS_TARGET_S", 0.0)
     code, out = run(dashboard_queries.main, argv, capsys)  # --keep: the store is reused, not written again
     assert code == 1 and "wrote" not in out
-    assert [m[0] for m in VERDICT.findall(out)] == ["PASS", "MISS"]
+    assert [m[0] for m in VERDICT.findall(out)] == ["PASS", "PASS", "PASS", "MISS"]
     assert run(dashboard_queries.main, [*argv, "--report-only"], capsys)[0] == 0
 
 
@@ -231,3 +232,14 @@ def test_quality_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, capsys) 
     with pytest.raises(SystemExit) as info:
         quality.main(["--data", str(tmp_path)])
     assert info.value.code == 2 and "is not a dataset folder" in capsys.readouterr().err
+
+
+def test_eval_diagnostics_compares_the_evaluation_with_and_without(pets_root: Path, capsys) -> None:
+    code = eval_diagnostics.main(["--width", "0.125", "--image-size", "64", "--images", "4", "--batch-size", "4",
+                                  "--rounds", "1", "--data", str(pets_root), "--report-only"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^RATIO \(predict \+ diagnostics on pet-shaped masks\) / predict = \d+\.\d+x", out, re.MULTILINE)
+    for name in ("predict", "predict \\+ diagnostics", "diagnostics alone"):
+        assert re.search(rf"^   {name} +\d+\.\d+ s  \( *\d+\.\d ms per image\)$", out, re.MULTILINE), name
+    assert len(VERDICT.findall(out)) == 1

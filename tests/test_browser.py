@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from core.store.queries import ImageFilter, best_trials, count_images, hardest_images
+from core.store.queries import ImageFilter, best_trials, count_images, filter_options, hardest_images
 from core.store.db import Store
 from core.data.synthetic import generate_synthetic
 from dashboard.demo_store import DemoStore, build_demo_store
@@ -77,3 +77,39 @@ def test_species_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> N
         finally:
             browser.close()
     assert time.monotonic() - started < 60
+
+
+def test_failure_mode_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> None:
+    if not Path(CHROMIUM).exists():
+        require_system("chromium (/usr/bin/chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    store = Store(demo.url, read_only=True)
+    try:
+        trial = int(best_trials(store, demo.sweep).iloc[0]["id"])
+        modes = filter_options(store, [trial])["modes"]
+        kept = tuple(m for m in modes if m != "ok")
+        all_count = count_images(store, trial, ImageFilter())
+        kept_count = count_images(store, trial, ImageFilter(modes=kept))
+        kept_first = hardest_images(store, trial, ImageFilter(modes=kept), limit=1)["name"].iloc[0]
+    finally:
+        store.dispose()
+    assert "ok" in modes and kept_count < all_count  # dropping `ok` must make a visible difference
+
+    with dashboard(demo.url) as base, sync_api.sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{base}/{PAGES['hardest']}", wait_until="domcontentloaded")
+            page.get_by_text(f"{all_count} images match").first.wait_for()
+            sidebar = page.locator("[data-testid='stSidebar']")
+            sidebar.get_by_role("button", name="ok", exact=True).click()  # failure-mode pills: drop `ok`
+            page.get_by_text(f"{kept_count} images match").first.wait_for()
+            sync_api.expect(page.get_by_text(f"1. {kept_first}", exact=True)).to_have_count(1)
+            wait_until_idle(page, WAIT_MS)
+            assert _gallery_state(page) == (kept_count, kept_first)
+            captions = page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts()
+            named = [c for c in captions if c.startswith("failure mode: ")]
+            assert named and all(c.split(" · ")[0].removeprefix("failure mode: ") in kept for c in named)
+        finally:
+            browser.close()

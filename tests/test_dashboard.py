@@ -190,7 +190,8 @@ def test_distributions_show_best_trials_stats_three_charts_and_the_paired_test(d
         assert row["p10"] == pytest.approx(np.percentile(dice, 10), abs=1e-4)
         assert row["worst"] == pytest.approx(dice.min(), abs=1e-4) and row["worst image"] == facts["results"][tid][0][0]
     kinds = [c["data"][0]["type"] for c in charts(at)]
-    assert kinds == ["histogram", "violin", "scatter", "scatter"]  # histogram, violin, ECDF, paired scatter
+    # histogram, violin, ECDF, paired scatter, then the failure-mode bars and confidence against dice
+    assert kinds == ["histogram", "violin", "scatter", "scatter", "bar", "scatter"]
     a, b = facts["best"]["resnet34_unet"], facts["best"]["unet"]
     da = dict((r[0], r[2]) for r in facts["results"][a])
     db = dict((r[0], r[2]) for r in facts["results"][b])
@@ -286,7 +287,7 @@ def test_missing_and_outside_root_images_show_notes_not_files(demo, monkeypatch)
 def test_insights_draw_optuna_plots_and_hyperparameters_against_the_tail(demo, facts, monkeypatch) -> None:
     at = app("insights", monkeypatch, demo.url, sweep="demo")
     figures = charts(at)
-    assert len(figures) == 5  # history, importances, parallel coordinates, slice, params vs tail
+    assert len(figures) == 6  # history, importances, parallel coordinates, slice, params vs tail, params vs modes
     assert any("Optuna study `demo/resnet34_unet`: 6 trials, 3 complete." == c.value for c in at.caption)
     corr = at.dataframe[0].value
     assert set(corr["hyperparameter"]) == {"lr", "dice_weight", "aug_hflip", "aug_rotate", "aug_brightness"}
@@ -405,3 +406,154 @@ def test_summaries_give_mean_median_percentiles_and_the_worst_image() -> None:
     assert row["mean"] == pytest.approx(0.5) and row["median"] == 0.5 and row["worst"] == 0.1
     assert row["worst image"] == "c" and row["images"] == 5
     assert row["p10"] == pytest.approx(np.percentile([0.5, 0.9, 0.1, 0.7, 0.3], 10))
+
+
+# -- why images fail: failure modes, every metric, confidence, the compare view, a v1 store -----------
+
+def _direct(demo: DemoStore, sql: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(f"file:{demo.url.removeprefix('sqlite:///')}?mode=ro", uri=True) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_distributions_show_failure_mode_shares_of_each_best_trial_and_the_sweep(demo, facts, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    table = table_with(at, "trials").set_index("trials")
+    for arch, tid in facts["best"].items():
+        counts = dict(_direct(demo, "SELECT failure_mode, count(*) FROM image_results WHERE trial_id = ? "
+                                    "GROUP BY failure_mode", tid))
+        row = table.loc[f"{arch} · best trial #{facts['best_number'][arch]}"]
+        assert row["images"] == sum(counts.values()) == 18
+        for mode, n in counts.items():
+            assert row[mode] == pytest.approx(n / 18)
+        pooled = dict(_direct(demo, "SELECT failure_mode, count(*) FROM image_results JOIN trials ON trials.id = "
+                                    "trial_id WHERE sweep = 'demo' AND arch = ? GROUP BY failure_mode", arch))
+        n_trials = sum(1 for t in facts["trials"] if t[1] == arch and t[3] == "complete")
+        row = table.loc[f"{arch} · sweep ({n_trials} trials)"]
+        assert row["images"] == sum(pooled.values())
+        assert {m: row[m] * row["images"] for m in pooled} == pytest.approx(pooled)
+    bars = charts(at)[4]
+    assert {t["name"] for t in bars["data"]} <= {"ok", "boundary", "missed pet", "background leak", "empty prediction"}
+
+
+def test_every_new_metric_is_selectable_in_the_distributions(demo, facts, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    assert at.selectbox(key="dist_metric").options == [
+        "dice", "IoU", "precision", "recall", "false-positive area", "false-negative area", "Boundary IoU",
+        "HD95 (px)", "false-positive blobs", "mean entropy (bits)"]
+    at.selectbox(key="dist_metric").set_value("hd95").run()
+    tid = facts["best"]["unet"]
+    hd95 = np.array([v for (v,) in _direct(demo, "SELECT hd95 FROM image_results WHERE trial_id = ?", tid)])
+    row = at.dataframe[0].value.set_index("trial").loc[f"unet #{facts['best_number']['unet']}"]
+    assert row["mean"] == pytest.approx(hd95.mean(), abs=1e-4)
+    assert row["worst"] == pytest.approx(hd95.max(), abs=1e-4)  # for an error metric the worst is the highest
+    assert row["p10"] == pytest.approx(np.percentile(hd95, 90), abs=1e-4)
+    figures = charts(at)
+    assert figures[0]["data"][0]["type"] == "histogram" and "hd95" in json.dumps(figures[0]["layout"])
+    assert "hd95" in json.dumps(figures[3]["layout"])  # the paired comparison follows the metric
+
+
+def test_confidence_against_dice_reports_spearman_per_trial(demo, facts, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    rho = next(d.value for d in at.dataframe if "Spearman ρ (entropy, dice)" in d.value.columns).set_index("trial")
+    for arch, tid in facts["best"].items():
+        rows = np.array(_direct(demo, "SELECT entropy, dice FROM image_results WHERE trial_id = ?", tid))
+        expected = sps.spearmanr(rows[:, 0], rows[:, 1]).statistic
+        got = rho.loc[f"{arch} #{facts['best_number'][arch]}", "Spearman ρ (entropy, dice)"]
+        assert got == pytest.approx(expected, abs=1e-3) and got < 0  # the demo's models know when they fail
+    assert charts(at)[5]["layout"]["xaxis"]["title"]["text"].startswith("mean entropy")
+
+
+def test_failure_mode_filter_narrows_the_gallery_and_captions_name_the_mode(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    best = facts["best"]["resnet34_unet"]
+    modes = dict(_direct(demo, "SELECT images.name, failure_mode FROM image_results JOIN images ON images.id = "
+                               "image_id WHERE trial_id = ?", best))
+    pills = widget(at.button_group, "Failure mode")
+    assert set(pills.options) == set(modes.values())
+    chosen = sorted(set(modes.values()) - {"ok"})[0]
+    pills.set_value([chosen]).run()
+    expected = [name for name, *_ in facts["results"][best] if modes[name] == chosen]
+    assert gallery_count(at) == len(expected) and gallery_names(at) == expected[:12]
+    headers = [t for t in texts(at) if re.match(r"\*\*\d+\. ", t)]
+    assert headers and all(t.endswith(f"· **{chosen}**") for t in headers)
+    diagnoses = [c.value for c in at.caption if c.value.startswith("failure mode: ")]
+    assert len(diagnoses) == len(headers) and all(d.startswith(f"failure mode: {chosen} · precision") for d in diagnoses)
+
+
+def test_the_gallery_ranks_by_any_metric_worst_first(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    widget(at.sidebar.selectbox, "Rank by (worst first)").set_value("hd95").run()
+    best = facts["best"]["resnet34_unet"]
+    rows = _direct(demo, "SELECT images.name, hd95 FROM image_results JOIN images ON images.id = image_id "
+                         "WHERE trial_id = ? ORDER BY hd95 DESC, image_id", best)
+    assert gallery_names(at) == [n for n, _ in rows[:12]]
+    assert not [s for s in at.slider if "range" in s.label]  # HD95 is in pixels, not a [0, 1] score
+    widget(at.sidebar.selectbox, "Rank by (worst first)").set_value("failure_mode").run()
+    severity = ["empty prediction", "missed pet", "background leak", "boundary", "ok"]
+    rows = _direct(demo, "SELECT images.name, failure_mode, dice, image_id FROM image_results JOIN images ON "
+                         "images.id = image_id WHERE trial_id = ?", best)
+    expected = [r[0] for r in sorted(rows, key=lambda r: (severity.index(r[1]), r[2], r[3]))]
+    assert gallery_names(at) == expected[:12]
+
+
+def test_the_compare_view_shows_one_image_under_two_trials_side_by_side(demo, facts, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    at.radio(key="gallery_view").set_value("Compare two trials").run()
+    a, b = facts["best"]["resnet34_unet"], facts["best"]["unet"]
+    da = {n: d for n, _s, d, _b in facts["results"][a]}
+    db = {n: d for n, _s, d, _b in facts["results"][b]}
+    widest = max(sorted(da), key=lambda n: abs(db[n] - da[n]))
+    assert any(m.value.startswith(f"**{widest}** under **A: resnet34_unet") for m in at.markdown)
+    assert len(at.image) == 1 and len(at.image[0].value) == 1  # one strip: image, truth, A, B
+    table = at.dataframe[0].value.set_index("metric")
+    assert float(table.loc["dice", "A"]) == pytest.approx(da[widest], abs=1e-4)
+    assert float(table.loc["dice", "B"]) == pytest.approx(db[widest], abs=1e-4)
+    modes = dict(_direct(demo, "SELECT trial_id, failure_mode FROM image_results JOIN images ON images.id = image_id "
+                               "WHERE name = ? AND trial_id IN (?, ?)", widest, a, b))
+    assert table.loc["failure mode", "A"] == modes[a] and table.loc["failure mode", "B"] == modes[b]
+
+
+def test_insights_relate_hyperparameters_to_failure_mode_shares(demo, facts, monkeypatch) -> None:
+    at = app("insights", monkeypatch, demo.url, sweep="demo")
+    corr = next(d.value for d in at.dataframe if any(c.startswith("ρ with ") for c in d.value.columns))
+    assert set(corr["hyperparameter"]) == {"lr", "dice_weight", "aug_hflip", "aug_brightness"} | (
+        set(corr["hyperparameter"]) & {"aug_rotate"})
+    complete = [t[0] for t in facts["trials"] if t[1] == "resnet34_unet" and t[3] == "complete"]
+    params = {tid: json.loads(p) for tid, p in _direct(
+        demo, f"SELECT id, params FROM trials WHERE id IN ({','.join(map(str, complete))})")}
+    for mode in [c.removeprefix("ρ with ") for c in corr.columns if c.startswith("ρ with ")]:
+        share = {tid: n / 18 for tid, n in _direct(demo, f"SELECT trial_id, count(*) FROM image_results WHERE "
+                 f"failure_mode = ? AND trial_id IN ({','.join(map(str, complete))}) GROUP BY trial_id", mode)}
+        x = [params[t]["lr"] for t in complete]
+        y = [share.get(t, 0.0) for t in complete]
+        expected = stats.spearman(np.array(x), np.array(y))
+        got = corr.set_index("hyperparameter").loc["lr", f"ρ with {mode}"]
+        assert (expected is None and pd_isna(got)) or got == pytest.approx(expected, abs=1e-3)
+
+
+def pd_isna(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+@pytest.fixture(scope="module")
+def v1_store(demo: DemoStore, tmp_path_factory: pytest.TempPathFactory):
+    from core.data.dataset import prepare_dataset
+    from tests.v1_store import build_v1_store
+
+    path = tmp_path_factory.mktemp("v1") / "old.db"
+    return build_v1_store(f"sqlite:///{path}", prepare_dataset(demo.root, 64, log=lambda _m: None)), path
+
+
+@pytest.mark.parametrize("page", ["home", "distributions", "hardest", "insights"])
+def test_a_v1_store_is_shown_as_it_is_with_the_command_that_upgrades_it(v1_store, page, monkeypatch) -> None:
+    v1, path = v1_store
+    before = path.read_bytes()
+    at = app(page, monkeypatch, v1.url, sweep="old")
+    notes = [i.value for i in at.info if "schema version 1" in i.value]
+    assert len(notes) == 1 and f"python -m jobs.upgrade --db {path}" in notes[0]
+    if page == "hardest":
+        assert gallery_count(at) == len(v1.image_ids) and not [b for b in at.button_group if b.label == "Failure mode"]
+        assert widget(at.sidebar.selectbox, "Rank by (worst first)").options == ["dice", "border-aware dice", "IoU"]
+    if page == "distributions":
+        assert not [s for s in at.selectbox if s.label == "Metric"] and len(at.dataframe[0].value) == 1  # one arch
+    assert path.read_bytes() == before  # the dashboard never writes

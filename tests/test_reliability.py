@@ -661,7 +661,7 @@ SWEEP_FLAGS = [
     (["--timeout", "-5"], "must be > 0"),
     (["--archs", "vgg16"], "unknown architecture vgg16"),
     (["--archs", ","], "unknown architecture (none)"),
-    (["--pruner", "asha"], "invalid choice: 'asha'"),
+    (["--pruner", "bogus"], "invalid choice: 'bogus'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--keep-checkpoints", "some"], "invalid choice: 'some'"),
     (["--data", "imagenet"], "invalid choice: 'imagenet'"),

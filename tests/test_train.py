@@ -111,6 +111,19 @@ def test_predict_scores_each_image_and_returns_masks(tiny_synthetic) -> None:
     assert pred.mean_dice == pytest.approx(float(expected.mean()))
 
 
+def test_predict_with_diagnostics_measures_the_masks_it_returns(tiny_synthetic) -> None:
+    from core.metrics import mask_diagnostics
+
+    model = fit(small(epochs=1), tiny_synthetic, progress=False).model
+    idx = tiny_synthetic.indices("test")
+    pred = predict(model, tiny_synthetic, idx, small(), batch_size=7, diagnostics=True)
+    expected = mask_diagnostics(pred.masks, tiny_synthetic.masks[idx].astype(bool))
+    for name in ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed"):
+        np.testing.assert_array_equal(getattr(pred.diagnostics, name), getattr(expected, name), err_msg=name)
+    assert pred.diagnostics.entropy.shape == (len(idx),) and np.isfinite(pred.diagnostics.entropy).all()
+    assert predict(model, tiny_synthetic, idx, small()).diagnostics is None  # validation asks for none
+
+
 @pytest.mark.slow
 def test_real_pets_training_beats_predicting_all_pet(pets_root: Path) -> None:
     data = prepare_dataset(pets_root, 64, log=lambda _: None)

@@ -72,4 +72,9 @@ def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tm
         assert conn.execute(select(func.count()).select_from(st.datasets)).scalar() == 1
         assert conn.execute(select(func.min(st.epochs.c.images_per_s))).scalar() > 0
         dice = np.array(conn.execute(select(st.image_results.c.dice)).scalars().all())
+        diag = conn.execute(select(st.image_results.c.failure_mode, st.image_results.c.entropy,
+                                   st.image_results.c.boundary_iou, st.image_results.c.hd95)).all()
     assert ((0 <= dice) & (dice <= 1)).all()
+    # a v2 trial: every image has its diagnostics, entropy included, and a failure mode from the rule
+    assert {mode for mode, *_ in diag} <= {"ok", "boundary", "missed pet", "background leak", "empty prediction"}
+    assert all(0 <= e <= 1 and 0 <= b <= 1 and h >= 0 for _, e, b, h in diag)

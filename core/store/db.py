@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,11 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from core.metrics import DIAGNOSTICS, NOT_COMPUTED, ImageDiagnostics, failure_modes
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -49,7 +53,8 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # the dashboard reads a v1 store as it is; writers upgrade it first
 DEFAULT_URL = "sqlite:///results.db"
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
@@ -127,7 +132,20 @@ image_results = Table(
     Column("dice", Float, nullable=False),
     Column("iou", Float, nullable=False),
     Column("dice_no_border", Float, nullable=False),
+    # v2: why the image fails (core.metrics); NULL = not computed (a v1 row whose dataset was unreachable
+    # at the upgrade, or entropy, which a stored 1-bit mask cannot give)
+    Column("fp_area", Float),
+    Column("fn_area", Float),
+    Column("precision", Float),
+    Column("recall", Float),
+    Column("boundary_iou", Float),
+    Column("hd95", Float),
+    Column("fp_blobs", Integer),
+    Column("pet_missed", Boolean),
+    Column("entropy", Float),
+    Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed'
     Index("ix_image_results_trial_dice", "trial_id", "dice"),  # worst images of a trial
+    Index("ix_image_results_trial_mode", "trial_id", "failure_mode"),  # v2: failure-mode shares and filters
     Index("ix_image_results_image", "image_id"),               # all results of one image
 )
 
@@ -162,6 +180,36 @@ class ImageResults:
     iou: np.ndarray             # (M,) float
     dice_no_border: np.ndarray  # (M,) float
     masks: Sequence[np.ndarray] | None = None  # M predicted masks, (S, S) bool/uint8
+    diagnostics: ImageDiagnostics | None = None  # why each image fails; None: stored as not computed
+
+
+def diagnostic_rows(dice: np.ndarray, diag: ImageDiagnostics | None, n: int) -> list[dict[str, Any]]:
+    """The v2 columns of n image_results rows: diagnostics (NaN -> NULL) and the failure mode.
+
+    Without diagnostics every value is NULL and the failure mode is 'not computed'.
+    """
+    if diag is None:
+        return [{**{name: None for name in DIAGNOSTICS}, "failure_mode": NOT_COMPUTED} for _ in range(n)]
+    modes = failure_modes(dice, diag.precision, diag.recall, diag.boundary_iou)
+    columns: dict[str, list[Any]] = {}
+    for name in DIAGNOSTICS:
+        values = getattr(diag, name)
+        if values is None:
+            columns[name] = [None] * n
+        elif name == "fp_blobs":
+            columns[name] = [int(v) for v in values]
+        elif name == "pet_missed":
+            columns[name] = [bool(v) for v in values]
+        else:
+            columns[name] = [None if v != v else float(v) for v in np.asarray(values, np.float64).tolist()]
+    return [{**{name: columns[name][k] for name in DIAGNOSTICS}, "failure_mode": str(modes[k])} for k in range(n)]
+
+
+def ensure_v2_indexes(engine_or_conn: Any) -> None:
+    """Create the v2 indexes of image_results where they are missing (the upgrade, or a v2 store that predates them)."""
+    for index in image_results.indexes:
+        if "failure_mode" in index.columns:
+            index.create(engine_or_conn, checkfirst=True)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -291,13 +339,17 @@ def sqlite_path(url: str) -> Path | None:
 class Store:
     """Reads and writes the results schema through one engine.
 
-    Writers create the tables on first use; readers (read_only=True) never write and
-    refuse a database whose schema version they do not understand.
+    Writers create the tables on first use and upgrade a v1 store in place (core.store.upgrade;
+    `log` gets its one-line summary, default stderr); readers (read_only=True) never write, read
+    versions 1 and 2 as they are (`schema_version` says which) and refuse any other.
     """
 
-    def __init__(self, url: str | os.PathLike[str] = DEFAULT_URL, read_only: bool = False):
+    def __init__(self, url: str | os.PathLike[str] = DEFAULT_URL, read_only: bool = False,
+                 log: Callable[[str], None] | None = None):
         self.url = normalize_url(url)
         self.read_only = read_only
+        self.schema_version = SCHEMA_VERSION
+        self._log = log
         self.engine = make_engine(self.url, read_only=read_only)
         try:
             if read_only:
@@ -318,8 +370,22 @@ class Store:
                     conn.execute(insert(schema_info).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 except SQLAlchemyError:  # another worker wrote it first
                     pass
-            elif int(found) != SCHEMA_VERSION:
+            elif int(found) not in READABLE_VERSIONS:
                 raise SchemaVersionError(_version_message(self.url, int(found)))
+        if found is not None and int(found) == 1:
+            self._upgrade()
+        else:  # a v2 store written before an index was added gets it (cheap when present)
+            retry_schema_race(lambda: ensure_v2_indexes(self.engine))
+
+    def _upgrade(self) -> None:
+        """v1 -> v2 in one transaction, backfilling old trials (see core.store.upgrade)."""
+        from core.store.upgrade import upgrade_v1
+
+        log = self._log or (lambda msg: print(msg, file=sys.stderr))
+        with self.engine.begin() as conn:
+            report = upgrade_v1(conn, log)
+        if report.upgraded:
+            log(report.summary(self.url))
 
     def _check_version(self) -> None:
         with self.engine.connect() as conn:
@@ -329,8 +395,10 @@ class Store:
                     raise SchemaVersionError(_version_message(self.url, 0))
                 return
             found = conn.execute(select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
-        if found is not None and int(found) != SCHEMA_VERSION:
+        if found is not None and int(found) not in READABLE_VERSIONS:
             raise SchemaVersionError(_version_message(self.url, int(found)))
+        if found is not None:
+            self.schema_version = int(found)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -398,6 +466,8 @@ class Store:
             test_dice = float(dice.mean())
             result_rows = [dict(trial_id=trial_id, image_id=int(i), dice=float(d), iou=float(j), dice_no_border=float(b))
                            for i, d, j, b in zip(ids.tolist(), dice.tolist(), iou.tolist(), dnb.tolist())]
+            for row, extra in zip(result_rows, diagnostic_rows(dice, results.diagnostics, len(ids))):
+                row.update(extra)
             if results.masks is not None:
                 mask_rows = [dict(trial_id=trial_id, image_id=int(i), png=encode_mask(m))
                              for i, m in zip(ids.tolist(), results.masks)]
@@ -504,7 +574,8 @@ class Store:
 
 
 def _version_message(url: str, found: int) -> str:
-    return (f"database {display_url(url)} has results schema version {found}, this SegSweep reads version {SCHEMA_VERSION}; "
+    return (f"database {display_url(url)} has results schema version {found}, this SegSweep reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; "
             f"point --db at a new file or re-run the sweep into a new database")
 
 

@@ -24,11 +24,18 @@ from sqlalchemy import and_, case, distinct, false, func, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
+from core.metrics import FAILURE_MODES, NOT_COMPUTED
 from core.store import selection
 from core.store.db import Store, datasets, epochs, image_results, images, masks, trials
 
 Source = Store | Engine | Connection
-METRICS = ("dice", "dice_no_border", "iou")
+V1_METRICS = ("dice", "dice_no_border", "iou")
+# v2 (core.metrics diagnostics); NULL where not computed, so means and charts leave those rows out
+V2_METRICS = ("precision", "recall", "fp_area", "fn_area", "boundary_iou", "hd95", "fp_blobs", "entropy")
+METRICS = V1_METRICS + V2_METRICS
+LOWER_IS_BETTER = frozenset({"fp_area", "fn_area", "hd95", "fp_blobs", "entropy"})  # worst = highest
+UNIT_RANGE = frozenset(METRICS) - {"hd95", "fp_blobs"}  # metrics in [0, 1]
+V2_COLUMNS = (*V2_METRICS, "pet_missed", "failure_mode")
 IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "height", "brightness", "fg_fraction")
 TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
                  "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
@@ -54,6 +61,35 @@ def _metric(metric: str) -> ColumnElement:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     return image_results.c[metric]
+
+
+SEVERITY = ("empty prediction", "missed pet", "background leak", "boundary", "ok")  # worst first
+
+
+def _worst_first(metric: str) -> list[ColumnElement]:
+    """ORDER BY terms putting an image's worst value of `metric` first and not-computed (NULL) rows last.
+
+    metric "failure_mode" orders by SEVERITY (not computed last), then by dice within a mode.
+    """
+    if metric == "failure_mode":
+        rank = case(*((image_results.c.failure_mode == mode, k) for k, mode in enumerate(SEVERITY)),
+                    else_=len(SEVERITY))
+        return [rank, image_results.c.dice]
+    m = _metric(metric)
+    return [(m.desc() if metric in LOWER_IS_BETTER else m.asc()).nulls_last()]
+
+
+def has_diagnostics(src: Source) -> bool:
+    """True when image_results has the v2 diagnostic columns (a v1 store read as it is has not)."""
+    with _connect(src) as conn:
+        names = set(inspect(conn).get_table_names())
+        return "image_results" in names and "failure_mode" in {
+            c["name"] for c in inspect(conn).get_columns("image_results")}
+
+
+def _v2(conn: Connection) -> list[ColumnElement]:
+    """The v2 image_results columns when the store has them, else none."""
+    return [image_results.c[c] for c in V2_COLUMNS] if has_diagnostics(conn) else []
 
 
 def _ids(values: Iterable[Any]) -> list[int]:
@@ -153,39 +189,44 @@ def epoch_curves(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
 # -- per-image results -------------------------------------------------------------------
 
 def image_scores(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
-    """Every per-image test result of the given trials, with the image's name and attributes."""
-    stmt = (select(image_results.c.trial_id, image_results.c.image_id, image_results.c.dice,
-                   image_results.c.iou, image_results.c.dice_no_border,
-                   *(images.c[c] for c in ("name", "breed", "species", "split", "brightness", "fg_fraction")))
-            .join_from(image_results, images, images.c.id == image_results.c.image_id)
-            .where(image_results.c.trial_id.in_(_ids(trial_ids)))
-            .order_by(image_results.c.trial_id, image_results.c.image_id))
-    return _frame(src, stmt)
+    """Every per-image test result of the given trials (v2 diagnostics too, when stored), with the
+    image's name and attributes."""
+    with _connect(src) as conn:
+        stmt = (select(image_results.c.trial_id, image_results.c.image_id, image_results.c.dice,
+                       image_results.c.iou, image_results.c.dice_no_border, *_v2(conn),
+                       *(images.c[c] for c in ("name", "breed", "species", "split", "brightness", "fg_fraction")))
+                .join_from(image_results, images, images.c.id == image_results.c.image_id)
+                .where(image_results.c.trial_id.in_(_ids(trial_ids)))
+                .order_by(image_results.c.trial_id, image_results.c.image_id))
+        return _frame(conn, stmt)
 
 
 def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
     """Per-image scores of two trials on the images both evaluated: columns `<metric>_a`, `<metric>_b`."""
     a, b = image_results.alias("a"), image_results.alias("b")
-    stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
-                   *(a.c[m].label(f"{m}_a") for m in METRICS), *(b.c[m].label(f"{m}_b") for m in METRICS))
-            .join_from(a, b, b.c.image_id == a.c.image_id)
-            .join(images, images.c.id == a.c.image_id)
-            .where(a.c.trial_id == int(trial_a), b.c.trial_id == int(trial_b))
-            .order_by(a.c.image_id))
-    return _frame(src, stmt)
+    with _connect(src) as conn:
+        shown = METRICS + ("failure_mode",) if has_diagnostics(conn) else V1_METRICS
+        stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
+                       *(a.c[m].label(f"{m}_a") for m in shown), *(b.c[m].label(f"{m}_b") for m in shown))
+                .join_from(a, b, b.c.image_id == a.c.image_id)
+                .join(images, images.c.id == a.c.image_id)
+                .where(a.c.trial_id == int(trial_a), b.c.trial_id == int(trial_b))
+                .order_by(a.c.image_id))
+        return _frame(conn, stmt)
 
 
 @dataclass(frozen=True)
 class ImageFilter:
     """Which images the failure explorer shows. None means "any"; an empty tuple matches nothing."""
 
-    metric: str = "dice"                          # dice | dice_no_border | iou: ranks and range-filters
+    metric: str = "dice"                          # any of METRICS (or "failure_mode" to rank): ranks, range-filters
     score: tuple[float, float] = (0.0, 1.0)       # inclusive range of the metric
     breeds: tuple[str, ...] | None = None
     species: tuple[str, ...] | None = None
     splits: tuple[str, ...] | None = None
     brightness: tuple[float, float] | None = None  # inclusive, 0..1 mean luma
     fg_fraction: tuple[float, float] | None = None  # inclusive, pet pixels / all pixels
+    modes: tuple[str, ...] | None = None          # failure modes (v2 stores); None: any
 
     def image_conditions(self) -> list[ColumnElement]:
         conds: list[ColumnElement] = []
@@ -201,35 +242,48 @@ class ImageFilter:
         return tuple(self.score) != (0.0, 1.0)
 
 
-def _trial_images(trial_id: int, flt: ImageFilter) -> Select:
-    m = _metric(flt.metric)
+def _trial_images(trial_id: int, flt: ImageFilter, v2: list[ColumnElement]) -> Select:
+    m = _metric("dice" if flt.metric == "failure_mode" else flt.metric)
     stmt = (select(image_results.c.image_id, image_results.c.dice, image_results.c.iou,
-                   image_results.c.dice_no_border, *(images.c[c] for c in IMAGE_COLUMNS))
+                   image_results.c.dice_no_border, *v2, *(images.c[c] for c in IMAGE_COLUMNS))
             .join_from(image_results, images, images.c.id == image_results.c.image_id)
             .where(image_results.c.trial_id == int(trial_id), *flt.image_conditions()))
     if flt.score_is_filtered():
         stmt = stmt.where(m.between(float(flt.score[0]), float(flt.score[1])))
+    if flt.modes is not None:
+        stmt = stmt.where(image_results.c.failure_mode.in_(list(flt.modes)) if flt.modes else false())
     return stmt
+
+
+def _check_v2(conn: Connection, flt: ImageFilter) -> list[ColumnElement]:
+    v2 = _v2(conn)
+    if not v2 and (flt.metric not in V1_METRICS or flt.modes is not None):
+        raise ValueError(f"this store has schema version 1: no {flt.metric if flt.metric not in V1_METRICS else 'failure mode'}"
+                         f" yet; upgrade it with python -m jobs.upgrade --db URL")
+    return v2
 
 
 def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(), limit: int = 12,
                    offset: int = 0) -> pd.DataFrame:
-    """A trial's images matching the filter, worst first (by flt.metric), one page of them."""
-    m = _metric(flt.metric)
-    stmt = _trial_images(trial_id, flt).order_by(m, image_results.c.image_id).limit(int(limit)).offset(int(offset))
-    return _frame(src, stmt)
+    """A trial's images matching the filter, worst first by flt.metric (not-computed last), one page of them."""
+    with _connect(src) as conn:
+        stmt = (_trial_images(trial_id, flt, _check_v2(conn, flt))
+                .order_by(*_worst_first(flt.metric), image_results.c.image_id).limit(int(limit)).offset(int(offset)))
+        return _frame(conn, stmt)
 
 
 def count_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter()) -> int:
     """How many of a trial's images match the filter (the gallery's total)."""
-    sub = _trial_images(trial_id, flt).subquery()
     with _connect(src) as conn:
+        _check_v2(conn, flt)
+        sub = _trial_images(trial_id, flt, []).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
 
 def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> pd.DataFrame:
     """Per image matching the filter: median, mean, min and max of flt.metric over the sweep's
-    complete trials, hardest (lowest median) first; flt.score filters on the median.
+    complete trials, hardest (lowest median; highest for an error metric) first; flt.score filters on
+    the median. Not-computed (NULL) values are left out.
 
     SQL selects the rows (sweep, state and image filters); the per-image median is computed in
     numpy, because SQLite has no median and its window functions take seconds on a million rows.
@@ -238,6 +292,8 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
     stmt = (select(image_results.c.image_id, m)
             .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
             .where(trials.c.sweep == sweep, trials.c.state == "complete"))
+    if flt.metric not in V1_METRICS:  # v2 columns may be NULL (not computed)
+        stmt = stmt.where(m.is_not(None))
     conds = flt.image_conditions()
     if conds:  # images first, as a subquery: SQLite then probes each trial's primary key for just those
         stmt = stmt.where(image_results.c.image_id.in_(select(images.c.id).where(*conds)))
@@ -262,6 +318,8 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
                         "max": values[starts + counts - 1], "trials": counts})
     if flt.score_is_filtered():
         out = out[out["median"].between(float(flt.score[0]), float(flt.score[1]))]
+    if flt.metric in LOWER_IS_BETTER:  # hardest = highest error first
+        return out.sort_values(["median", "image_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
     return out.sort_values(["median", "image_id"], kind="stable").reset_index(drop=True)
 
 
@@ -291,8 +349,13 @@ def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
         lo_b, hi_b, lo_f, hi_f = conn.execute(select(
             func.min(images.c.brightness), func.max(images.c.brightness),
             func.min(images.c.fg_fraction), func.max(images.c.fg_fraction)).where(where)).one()
+        modes: list[str] = []
+        if has_diagnostics(conn):
+            found = set(conn.execute(select(image_results.c.failure_mode).distinct()
+                                     .where(image_results.c.trial_id.in_(_ids(trial_ids)))).scalars())
+            modes = [m for m in FAILURE_MODES + (NOT_COMPUTED,) if m in found]
         return {"breeds": values("breed"), "species": values("species"), "splits": values("split"),
-                "brightness": (lo_b, hi_b), "fg_fraction": (lo_f, hi_f)}
+                "brightness": (lo_b, hi_b), "fg_fraction": (lo_f, hi_f), "modes": modes}
 
 
 def image_row(src: Source, image_id: int) -> dict[str, Any] | None:
@@ -306,15 +369,16 @@ def image_row(src: Source, image_id: int) -> dict[str, Any] | None:
 
 def image_across_trials(src: Source, image_id: int, sweep: str | None = None) -> pd.DataFrame:
     """One image's result in every trial (of a sweep, or of the whole store), best trial first per arch."""
-    stmt = (select(trials.c.id.label("trial_id"), trials.c.sweep, trials.c.arch, trials.c.number, trials.c.state,
-                   trials.c.val_dice, trials.c.image_size, image_results.c.dice, image_results.c.iou,
-                   image_results.c.dice_no_border)
-            .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
-            .where(image_results.c.image_id == int(image_id)))
-    if sweep is not None:
-        stmt = stmt.where(trials.c.sweep == sweep)
-    stmt = stmt.order_by(trials.c.arch, trials.c.val_dice.desc().nulls_last(), trials.c.number)
-    return _frame(src, stmt)
+    with _connect(src) as conn:
+        stmt = (select(trials.c.id.label("trial_id"), trials.c.sweep, trials.c.arch, trials.c.number, trials.c.state,
+                       trials.c.val_dice, trials.c.image_size, image_results.c.dice, image_results.c.iou,
+                       image_results.c.dice_no_border, *_v2(conn))
+                .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
+                .where(image_results.c.image_id == int(image_id)))
+        if sweep is not None:
+            stmt = stmt.where(trials.c.sweep == sweep)
+        stmt = stmt.order_by(trials.c.arch, trials.c.val_dice.desc().nulls_last(), trials.c.number)
+        return _frame(conn, stmt)
 
 
 def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -> dict[tuple[int, int], bytes]:
@@ -325,6 +389,45 @@ def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -
         masks.c.trial_id.in_(_ids(trial_ids)), masks.c.image_id.in_(_ids(image_ids)))
     with _connect(src) as conn:
         return {(int(t), int(i)): bytes(png) for t, i, png in conn.execute(stmt).all()}
+
+
+# -- failure modes ---------------------------------------------------------------------------
+
+def failure_mode_counts(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
+    """Images per (trial, failure mode) of the given trials; empty on a v1 store. NULL counts as not computed."""
+    cols = ["trial_id", "failure_mode", "images"]
+    with _connect(src) as conn:
+        if not has_diagnostics(conn):
+            return pd.DataFrame(columns=cols)
+        # grouped on the bare column so ix_image_results_trial_mode covers the query: no table reads
+        mode = image_results.c.failure_mode
+        stmt = (select(image_results.c.trial_id, mode, func.count().label("images"))
+                .where(image_results.c.trial_id.in_(_ids(trial_ids)))
+                .group_by(image_results.c.trial_id, mode).order_by(image_results.c.trial_id, mode))
+        frame = _frame(conn, stmt)
+    frame["failure_mode"] = frame["failure_mode"].fillna(NOT_COMPUTED)
+    return frame.groupby(["trial_id", "failure_mode"], as_index=False, sort=True)["images"].sum()
+
+
+def sweep_failure_shares(src: Source, sweep: str) -> pd.DataFrame:
+    """Per complete trial of a sweep: arch, number, val dice, params, images, and the share of its
+    images in each failure mode (one column per mode present). Empty on a v1 store."""
+    with _connect(src) as conn:
+        done = _frame(conn, select(trials.c.id.label("trial_id"), trials.c.arch, trials.c.number, trials.c.val_dice,
+                                   trials.c.params)
+                      .where(trials.c.sweep == sweep, trials.c.state == "complete")
+                      .order_by(trials.c.arch, trials.c.number))
+        counts = failure_mode_counts(conn, done["trial_id"].tolist()) if len(done) else pd.DataFrame()
+    if counts.empty:
+        return pd.DataFrame(columns=["trial_id", "arch", "number", "val_dice", "params", "images"])
+    wide = counts.pivot_table(index="trial_id", columns="failure_mode", values="images", fill_value=0)
+    total = wide.sum(axis=1)
+    shares = wide.div(total, axis=0)
+    order = [m for m in FAILURE_MODES + (NOT_COMPUTED,) if m in shares.columns]
+    shares = shares[order].reset_index()
+    shares.columns.name = None
+    shares.insert(1, "images", total.to_numpy().astype(int))
+    return done.merge(shares, on="trial_id", how="inner")
 
 
 # -- sweep insights ----------------------------------------------------------------------

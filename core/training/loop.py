@@ -27,7 +27,7 @@ from core.data.augment import AugmentConfig, build_augment
 from core.data.dataset import PreparedDataset
 from core.data.layout import pet_mask
 from core.losses import SegmentationLoss
-from core.metrics import image_scores
+from core.metrics import ImageDiagnostics, concat_diagnostics, image_diagnostics, image_scores
 from core.models import build_model
 from core.training.malloc import keep_freed_memory
 
@@ -112,6 +112,7 @@ class Prediction:
     dice_no_border: np.ndarray
     loss: float                 # mean loss over images
     masks: np.ndarray | None    # (M, S, S) bool predicted masks, when asked for
+    diagnostics: ImageDiagnostics | None = None  # why each image fails, when asked for
 
     @property
     def mean_dice(self) -> float:
@@ -417,7 +418,11 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
                 on_epoch(stats)
             except StopTraining:
                 if pause_to is not None:
-                    _save_train_state(pause_to, model, optimizer, next_epoch=epoch + 1, step=step)
+                    try:
+                        _save_train_state(pause_to, model, optimizer, next_epoch=epoch + 1, step=step)
+                    except (OSError, RuntimeError):  # no room or no folder: this run just cannot be resumed
+                        with contextlib.suppress(OSError):
+                            Path(f"{os.fspath(pause_to)}.tmp").unlink(missing_ok=True)
                 raise
 
     if best_state is not None:
@@ -429,15 +434,20 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
 
 @torch.inference_mode()
 def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig,
-            device: torch.device | None = None, with_masks: bool = True, batch_size: int | None = None) -> Prediction:
-    """Score every image of `indices`: per-image dice, IoU, border-aware dice, loss, and masks."""
+            device: torch.device | None = None, with_masks: bool = True, batch_size: int | None = None,
+            diagnostics: bool = False) -> Prediction:
+    """Score every image of `indices`: per-image dice, IoU, border-aware dice, loss, and masks.
+
+    diagnostics=True adds core.metrics.image_diagnostics per image (error areas, boundary, components,
+    entropy): the test evaluation asks for them, the per-epoch validation does not.
+    """
     device = device or select_device(cfg.device)
     amp_dtype = select_amp(device, cfg.amp)
     normalize = _Normalizer(device, use_channels_last(cfg, device))
     criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
     was_training = model.training
     model.eval()
-    dice, iou, dnb, losses, masks = [], [], [], [], []
+    dice, iou, dnb, losses, masks, diags = [], [], [], [], [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with autocast:
         for images, trimaps in _plain_batches(data, indices, batch_size or max(cfg.batch_size, 32)):
@@ -453,11 +463,14 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
             losses.append(float(criterion(logits, target)) * len(logits))
             if with_masks:
                 masks.append((logits[:, 0] > 0).cpu().numpy())
+            if diagnostics:
+                diags.append(image_diagnostics(logits, target))
     model.train(was_training)
     cat = lambda parts: torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)  # noqa: E731
     return Prediction(indices=np.asarray(indices), dice=cat(dice), iou=cat(iou), dice_no_border=cat(dnb),
                       loss=sum(losses) / len(indices) if len(indices) else float("nan"),
-                      masks=np.concatenate(masks) if with_masks and masks else None)
+                      masks=np.concatenate(masks) if with_masks and masks else None,
+                      diagnostics=concat_diagnostics(diags) if diagnostics else None)
 
 
 def _save_train_state(path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer, *,

@@ -147,14 +147,15 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
             return TrialOutcome(trial_id, "failed", best["val"], None, result.epochs_run,
                                 time.perf_counter() - started, error=result.diverged)
         test_idx = data.indices("test")
-        pred = predict(result.model, data, test_idx, cfg)
+        pred = predict(result.model, data, test_idx, cfg, diagnostics=True)
         ids = np.array([image_ids[data.infos[i].name] for i in test_idx], dtype=np.int64)
         checkpoint = None
         if checkpoint_path is not None:
             checkpoint = _save_checkpoint_or_warn(checkpoint_path, result, cfg, trial_id, log)
         test_dice = store.finish_trial(
             trial_id, state="complete", val_dice=result.best_val_dice, checkpoint=checkpoint,
-            results=ImageResults(ids, pred.dice, pred.iou, pred.dice_no_border, masks=pred.masks))
+            results=ImageResults(ids, pred.dice, pred.iou, pred.dice_no_border, masks=pred.masks,
+                                 diagnostics=pred.diagnostics))
         closed = True
         return TrialOutcome(trial_id, "complete", result.best_val_dice, test_dice, result.epochs_run,
                             time.perf_counter() - started, checkpoint=checkpoint, dice=pred.dice)

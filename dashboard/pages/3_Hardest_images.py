@@ -11,12 +11,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.store.queries import ImageFilter
+from core.store.queries import UNIT_RANGE, ImageFilter
 from dashboard import common as ui
 from dashboard import images
 
-VIEWS = ("Worst images of one trial", "Hard for every model")
-SCORES = {"dice": "dice", "dice_no_border": "border-aware dice", "iou": "IoU"}
+VIEWS = ("Worst images of one trial", "Hard for every model", "Compare two trials")
+SCORES = ui.METRIC_LABELS
 PAGE_SIZES = (6, 12, 24)
 PANEL_PX = 180
 
@@ -60,11 +60,21 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
         trial_id = st.sidebar.selectbox("Trial", ids, index=ids.index(best_of_arch[0]) if best_of_arch else 0,
                                         format_func=names.get, key=f"trial::{scope}::{arch}",
                                         help="Complete trials of this architecture, best validation dice first.")
-    metric = st.sidebar.radio("Score", list(SCORES), format_func=SCORES.get, horizontal=True, key=f"score::{scope}")
-    score_label = "median " + SCORES[metric] if view == VIEWS[1] else SCORES[metric]
-    score = st.sidebar.slider(f"{score_label} range", 0.0, 1.0, (0.0, 1.0), step=0.01, key=f"range::{scope}")
+    ranks = ctx.metrics + (["failure_mode"] if ctx.diagnostics and view == VIEWS[0] else [])
+    metric = st.sidebar.selectbox("Rank by (worst first)", ranks, format_func=lambda m: SCORES.get(m, "failure mode"),
+                                  key=f"score::{scope}::{view == VIEWS[0]}",  # the views offer different ranks
+                                  help="Worst first: lowest for scores, highest for error metrics (areas, HD95, "
+                                       "blobs, entropy); by failure mode: empty prediction, missed pet, background "
+                                       "leak, boundary, ok, each worst dice first. Not-computed values come last.")
+    score_label = ("median " if view == VIEWS[1] else "") + SCORES.get(metric, "failure mode")
+    score = (0.0, 1.0)
+    if metric in UNIT_RANGE:
+        score = st.sidebar.slider(f"{score_label} range", 0.0, 1.0, (0.0, 1.0), step=0.01, key=f"range::{scope}")
     evaluated = tuple(int(i) for i in best["id"]) or tuple(int(i) for i in complete["id"])
-    options = ctx.query("filter_options", evaluated)
+    options = ctx.query("filter_options", (int(trial_id),) if trial_id is not None else evaluated)
+    modes = None
+    if view == VIEWS[0] and options.get("modes"):
+        modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills")
     breeds = _subset("Breed", options["breeds"], f"breed::{scope}", "multiselect")
     species = _subset("Species", options["species"], f"species::{scope}", "pills")
     splits = _subset("Split", options["splits"], f"split::{scope}", "pills")
@@ -74,7 +84,7 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
                 "fg_fraction: pet and border pixels over all pixels of the ground truth")
     size = st.sidebar.selectbox("Images per page", PAGE_SIZES, index=1, key="page_size")
     flt = ImageFilter(metric=metric, score=(float(score[0]), float(score[1])), breeds=breeds, species=species,
-                      splits=splits, brightness=brightness, fg_fraction=fg)
+                      splits=splits, brightness=brightness, fg_fraction=fg, modes=modes)
     return trial_id, flt, size
 
 
@@ -100,6 +110,22 @@ def pager(total: int, size: int, signature: Any, what: str) -> int:
 def describe(row: Any) -> str:
     return (f"{row.breed} · {row.species} · {row.split} · brightness {row.brightness:.2f} · "
             f"pet {row.fg_fraction:.0%} of the image")
+
+
+def value(x: Any, digits: int = 3) -> str:
+    """A metric value for a caption; 'not computed' for NULL."""
+    return "not computed" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def diagnosis(row: Any) -> str:
+    """The caption naming an image's failure mode and the diagnostics behind it."""
+    if getattr(row, "failure_mode", None) in (None, "not computed"):
+        return "failure mode: not computed (results upgraded from schema version 1 whose dataset was not reachable)"
+    blobs = int(row.fp_blobs)
+    return (f"failure mode: {row.failure_mode} · precision {row.precision:.2f} · recall {row.recall:.2f} · "
+            f"Boundary IoU {row.boundary_iou:.2f} · HD95 {row.hd95:.1f} px · {blobs} false-positive "
+            f"blob{'s' if blobs != 1 else ''}{' · largest pet part missed' if row.pet_missed else ''} · "
+            f"entropy {value(row.entropy, 2)}")
 
 
 def inspect(image_id: int) -> None:
@@ -131,8 +157,10 @@ def show_across_trials(ctx: ui.Context, image_id: int) -> None:
                               [pngs.get((int(t), int(image_id))) for t in same["trial_id"]])
                 st.image(p.predictions, width=PANEL_PX - 40, caption=[
                     f"#{r.number} {r.state}: dice {r.dice:.3f}" for r in same.itertuples()])
-        table = rows[["arch", "number", "state", "val_dice", "dice", "dice_no_border", "iou"]].rename(
-            columns={"number": "trial", "val_dice": "trial val dice", "dice_no_border": "border-aware dice"})
+        extra = [c for c in ("failure_mode", "precision", "recall", "boundary_iou", "hd95", "entropy") if c in rows]
+        table = rows[["arch", "number", "state", "val_dice", "dice", "dice_no_border", "iou", *extra]].rename(
+            columns={"number": "trial", "val_dice": "trial val dice", "dice_no_border": "border-aware dice",
+                     "failure_mode": "failure mode", "boundary_iou": "Boundary IoU"})
         st.dataframe(table.round(4), hide_index=True)
 
 
@@ -140,7 +168,8 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
     trial = ctx.trials.set_index("id").loc[trial_id]
     total = ctx.query("count_images", trial_id, flt)
     label = ui.trial_label(trial["arch"], trial["number"])
-    page = pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, worst {SCORES[flt.metric]} first")
+    order = "by failure mode, worst first" if flt.metric == "failure_mode" else f"worst {SCORES[flt.metric]} first"
+    page = pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, {order}")
     rows = ctx.query("hardest_images", trial_id, flt, limit=size, offset=(page - 1) * size)
     if rows.empty:
         return
@@ -150,11 +179,15 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
         rank = (page - 1) * size + i + 1
         p = ui.panels(ctx, row.dataset, row.name, int(trial["image_size"]), [pngs.get((trial_id, int(row.image_id)))])
         with cols[i % 2].container(border=True):
-            st.markdown(f"**{rank}. {row.name}** — {SCORES[flt.metric]} **{getattr(row, flt.metric):.3f}**")
+            mode = f" · **{row.failure_mode}**" if hasattr(row, "failure_mode") else ""
+            shown = "dice" if flt.metric == "failure_mode" else flt.metric
+            st.markdown(f"**{rank}. {row.name}** — {SCORES[shown]} **{value(getattr(row, shown))}**{mode}")
             st.image(images.strip([p.photo, p.truth, p.predictions[0]]), width="stretch",
                      caption=f"image | ground truth | prediction of {label}")
             st.caption(f"{describe(row)} · dice {row.dice:.3f} · border-aware {row.dice_no_border:.3f} · "
                        f"IoU {row.iou:.3f}")
+            if hasattr(row, "failure_mode"):
+                st.caption(diagnosis(row))
             for note in p.notes:
                 st.caption(f"⚠ {note}")
             st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
@@ -195,12 +228,67 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
             st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
 
 
+def compare_two_trials(ctx: ui.Context, scope: str) -> None:
+    """One image under two chosen trials, side by side: both overlays, both sets of metrics."""
+    complete, best = ctx.complete(), ctx.best()
+    if len(complete) < 2:
+        st.info(f"Comparing needs two complete trials; this sweep has {len(complete)} so far.")
+        return
+    names = ui.labels(complete, best["id"])
+    ids = list(names)
+    defaults = [int(i) for i in best["id"]] + [i for i in ids if i not in set(best["id"].astype(int))]
+    st.sidebar.header("Compare")
+    a = st.sidebar.selectbox("Trial A", ids, index=ids.index(defaults[0]), format_func=names.get, key=f"cmp_a::{scope}")
+    b = st.sidebar.selectbox("Trial B", ids, index=ids.index(defaults[1]), format_func=names.get, key=f"cmp_b::{scope}")
+    if a == b:
+        st.info("Choose two different trials.")
+        return
+    pairs = ctx.query("paired_scores", int(a), int(b))
+    if pairs.empty:
+        st.info("These two trials evaluated no image in common.")
+        return
+    pairs = pairs.assign(gap=(pairs["dice_b"] - pairs["dice_a"]).abs()).sort_values(["gap", "image_id"],
+                                                                                    ascending=[False, True])
+    label_of = dict(zip(pairs["image_id"].astype(int), pairs["name"]))
+    gap_of = dict(zip(pairs["image_id"].astype(int), pairs["gap"]))
+    image_id = st.selectbox("Image (largest dice difference first)", list(label_of),
+                            format_func=lambda i: f"{label_of[i]} · |Δ dice| {gap_of[i]:.3f}", key=f"cmp_img::{scope}")
+    row = pairs[pairs["image_id"] == image_id].iloc[0]
+    info = ctx.query("image_row", int(image_id))
+    trials = ctx.trials.set_index("id")
+    size = int(max(trials.loc[a, "image_size"], trials.loc[b, "image_size"]))
+    pngs = ctx.query("mask_pngs", (int(a), int(b)), (int(image_id),))
+    ui.legend()
+    shown = []
+    for t in (a, b):
+        p = ui.panels(ctx, info["dataset"], info["name"], int(trials.loc[t, "image_size"]), [pngs.get((int(t), int(image_id)))],
+                      display=size)
+        shown.append(p)
+    with st.container(border=True):
+        st.markdown(f"**{info['name']}** under **A: {names[a]}** and **B: {names[b]}**")
+        st.image(images.strip([shown[0].photo, shown[0].truth, shown[0].predictions[0], shown[1].predictions[0]]),
+                 caption=f"image | ground truth | A: {names[a]} | B: {names[b]}", width="content")
+        for note in shown[0].notes:
+            st.caption(f"⚠ {note}")
+        metrics = [m for m in ctx.metrics if f"{m}_a" in row] + (["failure_mode"] if "failure_mode_a" in row else [])
+        cell = lambda x: x if isinstance(x, str) else value(x if x is None else float(x), 4)  # noqa: E731
+        table = pd.DataFrame({"metric": [SCORES.get(m, "failure mode") for m in metrics],
+                              "A": [cell(row[f"{m}_a"]) for m in metrics], "B": [cell(row[f"{m}_b"]) for m in metrics]})
+        st.dataframe(table, hide_index=True)
+        if "failure_mode_a" in row:
+            st.caption(f"failure mode: A {row['failure_mode_a']} · B {row['failure_mode_b']}")
+
+
 def render(ctx: ui.Context) -> None:
     if ctx.complete().empty:
         st.info("No complete trial yet: per-image results appear when the first trial finishes.")
         return
+    ctx.upgrade_note()
     view = st.radio("View", VIEWS, horizontal=True, key="gallery_view", label_visibility="collapsed")
     scope = f"{ctx.url}::{ctx.sweep}"
+    if view == VIEWS[2]:
+        compare_two_trials(ctx, scope)
+        return
     trial_id, flt, size = filters(ctx, view, scope)
     ui.legend()
     if "inspect_image" in st.session_state:

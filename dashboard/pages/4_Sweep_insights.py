@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 from optuna.trial import TrialState
 
+from core.metrics import FAILURE_MODES, NOT_COMPUTED
 from core.store.optuna_storage import optuna_storage
 from dashboard import charts, stats
 from dashboard import common as ui
@@ -100,12 +101,51 @@ def tail_insights(ctx: ui.Context, arch: str) -> None:
     st.dataframe(shown.round(4), hide_index=True)
 
 
+def failure_insights(ctx: ui.Context, arch: str) -> None:
+    """Each hyperparameter against each trial's share of images in a chosen failure mode."""
+    st.subheader("Hyperparameters vs failure modes")
+    shares = ctx.sweep_aggregate("sweep_failure_shares", ctx.sweep)
+    shares = shares[shares["arch"] == arch] if len(shares) else shares
+    modes = [m for m in (*FAILURE_MODES, NOT_COMPUTED) if m in shares.columns]
+    if shares.empty or not modes:
+        st.info("No complete trial with failure modes for this architecture yet.")
+        return
+    shares = shares.reset_index(drop=True)
+    params = pd.DataFrame([p or {} for p in shares["params"]], index=shares.index)
+    varying = [c for c in params.columns if c not in SKIP_PARAMS and pd.api.types.is_numeric_dtype(params[c])
+               and not pd.api.types.is_bool_dtype(params[c]) and params[c].nunique(dropna=True) > 1]
+    failing = [m for m in modes if m != "ok"] or modes
+    default = max(failing, key=lambda m: shares[m].mean())  # the commonest way this architecture fails
+    mode = st.segmented_control("Failure mode", modes, default=default, key=f"insight_mode::{ctx.url}::{ctx.sweep}") \
+        or default
+    table = pd.concat([shares.drop(columns="params"), params[varying]], axis=1)
+    if not varying:
+        st.info("The complete trials of this architecture share every hyperparameter; nothing to relate yet.")
+    else:
+        st.plotly_chart(charts.params_vs_share(table, varying, mode, ctx.colors[arch]), key="params_vs_modes",
+                        config={"displaylogo": False})
+        corr = pd.DataFrame([{"hyperparameter": p, **{f"ρ with {m}": stats.spearman(table[p], table[m]) for m in modes}}
+                             for p in varying])
+        st.dataframe(corr.round(3), hide_index=True)
+        st.caption(f"Spearman ρ between each hyperparameter and each trial's share of images per failure mode, over "
+                   f"{len(table)} complete trials of {arch} (empty below 3 trials). A knob with negative ρ for "
+                   "`missed pet` and positive for `background leak` trades one failure for the other.")
+    shown = table[["number", "val_dice", "images", *modes, *varying]].rename(
+        columns={"number": "trial", "val_dice": "val dice"}).sort_values(mode)
+    st.dataframe(shown.round(3), hide_index=True,
+                 column_config={m: st.column_config.NumberColumn(m, format="percent") for m in modes})
+
+
 def render(ctx: ui.Context) -> None:
     archs = ctx.archs
     arch = st.segmented_control("Architecture", archs, default=archs[0], key=f"insight_arch::{ctx.url}::{ctx.sweep}") \
         or archs[0]
     optuna_plots(ctx, arch)
     tail_insights(ctx, arch)
+    if ctx.diagnostics:
+        failure_insights(ctx, arch)
+    else:
+        ctx.upgrade_note()
 
 
 ui.run("Sweep insights", "🧭", render)

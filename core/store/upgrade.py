@@ -1,0 +1,157 @@
+"""Schema v1 -> v2, in place: new nullable columns on image_results, backfilled from the stored masks.
+
+A v1 store holds every complete trial's predicted masks (1-bit PNGs at the evaluation size) and the
+dataset root its images came from; the trimaps there give the ground truth, so every v2 diagnostic
+except entropy (a 1-bit mask has no probabilities) can be computed for old trials exactly as the
+evaluation computes it for new ones. Rows whose mask or trimap cannot be read, or whose dataset root
+is not reachable, keep NULL diagnostics and failure_mode 'not computed'.
+
+Everything (columns, backfill, version bump) happens in one transaction: a crash or a full disk
+leaves the v1 store as it was. Two workers upgrading at once: the first takes the write lock with
+its UPDATE of schema_version, the second waits and then finds version 2 and does nothing.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import and_, bindparam, inspect, select, text, update
+from sqlalchemy.engine import Connection
+
+from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
+from core.store import db as st
+
+V2_COLUMNS = (*DIAGNOSTICS, "failure_mode")
+TRIMAP_BACKGROUND = 2
+
+
+@dataclass
+class UpgradeReport:
+    """What an upgrade did: per-image rows backfilled, and rows left 'not computed' with the reasons."""
+
+    upgraded: bool = False
+    backfilled: int = 0
+    not_computed: int = 0
+    trials: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+    def summary(self, url: str) -> str:
+        why = "; ".join(f"{n} {reason}" for reason, n in self.reasons.items())
+        return (f"upgraded results store {st.display_url(url)} from schema version 1 to {st.SCHEMA_VERSION} in place: "
+                f"{self.backfilled} per-image results of {self.trials} trials backfilled from their masks and "
+                f"trimaps, {self.not_computed} not computed{f' ({why})' if why else ''}; "
+                f"entropy is not computed for results written before version 2")
+
+
+def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.ndarray | None:
+    """The ground truth the evaluation used, (size, size) bool, rebuilt from the trimap as
+    core.data.dataset resizes it (to the image's size, then to size x size, both nearest); None if unreadable."""
+    from core.data.dataset import _open_trimap
+
+    trimap = _open_trimap(root / "annotations" / "trimaps" / f"{name}.png")
+    if isinstance(trimap, str):
+        return None
+    im = Image.fromarray(trimap)
+    if im.size != (int(width), int(height)):
+        im = im.resize((int(width), int(height)), Image.Resampling.NEAREST)
+    return np.asarray(im.resize((size, size), Image.Resampling.NEAREST)) != TRIMAP_BACKGROUND
+
+
+def _add_columns(conn: Connection) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns("image_results")}
+    quote = conn.dialect.identifier_preparer.quote
+    for name in V2_COLUMNS:
+        if name in present:
+            continue
+        column = st.image_results.c[name]
+        conn.execute(text(f"ALTER TABLE image_results ADD COLUMN {quote(name)} "
+                          f"{column.type.compile(dialect=conn.dialect)}"))
+
+
+def _backfill(conn: Connection, report: UpgradeReport, log: Callable[[str], None]) -> None:
+    roots = {name: Path(root) for name, root in conn.execute(select(st.datasets.c.name, st.datasets.c.root))}
+    done = conn.execute(select(st.trials.c.id, st.trials.c.dataset, st.trials.c.image_size)
+                        .where(st.trials.c.id.in_(select(st.image_results.c.trial_id).distinct()))
+                        .order_by(st.trials.c.id)).all()
+    truths: dict[tuple[str, int, str], np.ndarray | None] = {}
+    stmt = (update(st.image_results)
+            .where(and_(st.image_results.c.trial_id == bindparam("t_id"), st.image_results.c.image_id == bindparam("i_id")))
+            .values({name: bindparam(f"v_{name}") for name in V2_COLUMNS}))
+    for k, (trial_id, dataset, size) in enumerate(done):
+        root = roots.get(dataset)
+        reachable = root is not None and root.is_dir()
+        rows = conn.execute(
+            select(st.image_results.c.image_id, st.image_results.c.dice, st.images.c.name, st.images.c.width,
+                   st.images.c.height, st.masks.c.png)
+            .join_from(st.image_results, st.images, st.images.c.id == st.image_results.c.image_id)
+            .outerjoin(st.masks, and_(st.masks.c.trial_id == st.image_results.c.trial_id,
+                                      st.masks.c.image_id == st.image_results.c.image_id))
+            .where(st.image_results.c.trial_id == trial_id)).all()
+        good, values = [], []
+        for image_id, dice, name, width, height, png in rows:
+            reason = None
+            if not reachable:
+                reason = f"dataset root {root} not found" if root is not None else f"dataset {dataset} not recorded"
+            elif png is None:
+                reason = "no stored mask"
+            else:
+                key = (dataset, int(size), name)
+                if key not in truths:
+                    truths[key] = eval_truth(root, name, width, height, int(size))
+                truth = truths[key]
+                try:
+                    pred = st.decode_mask(bytes(png))
+                except Exception:
+                    pred, reason = None, "unreadable mask"
+                if truth is None:
+                    reason = "trimap missing or unreadable"
+                elif pred is not None and pred.shape != truth.shape:
+                    reason = "mask size differs from the trial's image size"
+            if reason is None:
+                good.append((image_id, dice, pred, truth))
+            else:
+                report.reasons[reason] = report.reasons.get(reason, 0) + 1
+                values.append({"t_id": trial_id, "i_id": image_id,
+                               **{f"v_{n}": None for n in V2_COLUMNS}, "v_failure_mode": NOT_COMPUTED})
+        if good:
+            diag = mask_diagnostics(np.stack([g[2] for g in good]), np.stack([g[3] for g in good]))
+            for row, extra in zip(good, st.diagnostic_rows(np.array([g[1] for g in good]), diag, len(good))):
+                values.append({"t_id": trial_id, "i_id": row[0], **{f"v_{n}": extra[n] for n in V2_COLUMNS}})
+        if values:
+            conn.execute(stmt, values)
+        report.backfilled += len(good)
+        report.not_computed += len(rows) - len(good)
+        report.trials += 1
+        if len(done) > 20 and (k + 1) % 20 == 0:
+            log(f"upgrading results store: {k + 1} of {len(done)} trials backfilled")
+
+
+def upgrade_v1(conn: Connection, log: Callable[[str], None] | None = None) -> UpgradeReport:
+    """Upgrade a v1 store to v2 inside the caller's transaction; a no-op if another worker already did."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    report = UpgradeReport()
+    # the first statement writes: it takes the write lock (SQLite) or the row lock (PostgreSQL) before
+    # anything is read, so a concurrent upgrader waits here and then sees version 2
+    claimed = conn.execute(update(st.schema_info).where(st.schema_info.c.key == "schema_version",
+                                                         st.schema_info.c.value == "1")
+                           .values(value=str(st.SCHEMA_VERSION)))
+    if claimed.rowcount != 1:
+        return report
+    _add_columns(conn)
+    st.ensure_v2_indexes(conn)
+    _backfill(conn, report, log)
+    report.upgraded = True
+    return report
+
+
+def backfill_counts(conn: Connection) -> dict[str, Any]:
+    """Rows by failure mode (NULL counted as not computed): what an upgraded store holds."""
+    counts: dict[str, int] = defaultdict(int)
+    for mode, n in conn.execute(text("SELECT failure_mode, count(*) FROM image_results GROUP BY failure_mode")):
+        counts[mode or NOT_COMPUTED] += int(n)
+    return dict(counts)
