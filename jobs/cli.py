@@ -179,7 +179,13 @@ def usable_cores() -> int:
 
 
 def _is_job(argv: list[str]) -> bool:
-    """`python -m jobs.sweep ...`, `python -m jobs.train ...` or `python jobs/sweep.py ...`."""
+    """`python -m jobs.sweep ...`, `python -m jobs.train ...` or `python jobs/sweep.py ...`.
+
+    Only a Python process itself: a wrapper whose command line merely contains the job's
+    (`time python -m jobs.sweep`, `nohup ...`, `bash -c ...`) is not a second worker.
+    """
+    if not argv or not Path(argv[0]).name.startswith("python"):
+        return False
     for i, arg in enumerate(argv):
         if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in JOB_MODULES:
             return True

@@ -23,6 +23,8 @@ from jobs import train as train_job
     (["python", "/repo/jobs/train.py"], True),
     (["python", "-m", "pytest", "tests/test_sweep.py"], False),
     (["grep", "jobs.sweep"], False),
+    (["/usr/bin/time", "-f", "%e", "python", "-m", "jobs.sweep"], False),  # a wrapper: its python child counts
+    (["nohup", "python3", "-m", "jobs.train"], False),
     (["python", "-m", "jobs.budget"], False),
     ([""], False),
 ])
