@@ -247,8 +247,9 @@ def failure_modes(dice: np.ndarray, precision: np.ndarray, recall: np.ndarray,
        nothing predicted means precision 1, recall 0);
     2. `ok`: dice >= OK_DICE and Boundary IoU >= OK_BOUNDARY_IOU (both masks empty: ok);
     3. `boundary`: precision and recall both >= GOOD_OVERLAP: the overlap is right, the outline is not;
-    4. the larger error: `missed pet` when recall < precision, else `background leak` (a prediction on an
-       image with no pet, too: precision 0, recall 1).
+    4. the larger error: `missed pet` when recall <= precision, else `background leak` (a prediction on an
+       image with no pet, too: precision 0, recall 1). A prediction that overlaps the pet nowhere
+       (precision = recall = 0) missed the pet: whatever it found instead, the pet is what is gone.
     Images without diagnostics (NaN precision, recall or Boundary IoU) are `not computed`.
     """
     dice = np.asarray(dice, dtype=np.float64)
@@ -261,7 +262,7 @@ def failure_modes(dice: np.ndarray, precision: np.ndarray, recall: np.ndarray,
     rules = ((pred_over_true < EMPTY_PRED_SHARE, EMPTY),
              ((dice >= OK_DICE) & (biou >= OK_BOUNDARY_IOU), OK),
              ((precision >= GOOD_OVERLAP) & (recall >= GOOD_OVERLAP), BOUNDARY),
-             (recall < precision, MISSED),
+             (recall <= precision, MISSED),
              (np.ones(dice.shape, bool), LEAK))
     for cond, mode in rules:
         hit = todo & cond

@@ -246,6 +246,12 @@ def test_a_pet_half_found_is_a_missed_pet() -> None:
     assert _mode(half, PET) == "missed pet"
 
 
+def test_a_prediction_beside_the_pet_and_nowhere_on_it_is_a_missed_pet() -> None:
+    beside = np.zeros_like(PET)
+    beside[:12, :12] = True  # a blob in a corner, the whole pet unfound: precision = recall = 0
+    assert not (beside & PET).any() and _mode(beside, PET) == "missed pet"
+
+
 def test_a_prediction_spilling_onto_background_or_a_false_blob_is_a_background_leak() -> None:
     spill = _square(10, 58)                      # the pet and a wide margin
     assert _mode(spill, PET) == "background leak"
