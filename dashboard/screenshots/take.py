@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 MAX_BYTES = 300_000
 WIDTH = 1440
 SHOTS = {  # file -> (page, viewport height, what must be on screen: a text, or a count of charts)
-    "home.png": ("home", 1250, "Best trial per architecture"),
+    "home.png": ("home", 1250, "Result per architecture"),
     "learning_curves.png": ("curves", 1150, 2),
     "dice_distributions.png": ("distributions", 1500, 4),
     "hardest_images.png": ("hardest", 1350, "images match"),
