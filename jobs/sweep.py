@@ -365,7 +365,8 @@ class Worker:
             if t.number in interrupted and t.number not in retried and t.state in (TrialState.FAIL, TrialState.RUNNING):
                 if t.state == TrialState.RUNNING:
                     self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, study.get_trials(deepcopy=False)[t.number])
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                retry(study, study.get_trials(deepcopy=False)[t.number])
 
     def remove_checkpoint(self, arch: str, number: int) -> None:
         """A dead trial's weights (complete or half-written) are of no use."""
