@@ -269,3 +269,13 @@ def failure_modes(dice: np.ndarray, precision: np.ndarray, recall: np.ndarray,
         out[hit] = mode
         todo &= ~hit
     return out
+
+
+def spread(values: np.ndarray, lower_is_better: bool = False) -> dict[str, float]:
+    """How a trial's per-image scores spread: mean, median, the 10th and 5th percentile on the bad
+    side (90th and 95th when lower is better) and the worst. The one summary every job and page prints."""
+    values = np.asarray(values, dtype=np.float64)
+    tail = (90, 95) if lower_is_better else (10, 5)
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "p10": float(np.percentile(values, tail[0])), "p5": float(np.percentile(values, tail[1])),
+            "worst": float(values.max() if lower_is_better else values.min())}

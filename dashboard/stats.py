@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.metrics import spread
+
 
 def summarize(scores: pd.DataFrame, metric: str, by: str = "trial_id",
               lower_is_better: bool = False) -> pd.DataFrame:
@@ -21,10 +23,7 @@ def summarize(scores: pd.DataFrame, metric: str, by: str = "trial_id",
             continue
         values = group[metric].to_numpy(dtype=float)
         worst = group.loc[group[metric].idxmax() if lower_is_better else group[metric].idxmin()]
-        tail = (90, 95) if lower_is_better else (10, 5)
-        rows.append({by: key, "images": len(values), "mean": values.mean(), "median": np.median(values),
-                     "p10": np.percentile(values, tail[0]), "p5": np.percentile(values, tail[1]),
-                     "worst": values.max() if lower_is_better else values.min(), "worst image": worst["name"]})
+        rows.append({by: key, "images": len(values), **spread(values, lower_is_better), "worst image": worst["name"]})
     return pd.DataFrame(rows, columns=[by, "images", "mean", "median", "p10", "p5", "worst", "worst image"])
 
 

@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -34,6 +33,7 @@ from core.data.augment import AugmentConfig
 from core.data.dataset import DataError, PreparedDataset
 from core.data.download import DownloadError
 from core.data.sources import load_data
+from core.metrics import spread
 from core.models import available_models
 from core.store.db import (
     Store,
@@ -554,14 +554,14 @@ def summary_table(store: Store, name: str, archs: list[str]) -> list[str]:
         if best is None:
             lines.append(f"{arch:<14} {'-':>5}  no complete trial yet")
             continue
-        dice = store.test_dice_of(best["id"])
+        s = spread(store.test_dice_of(best["id"]))
         p = best["params"]
         shown = (f"lr={p['lr']:.2e} bce={p['bce_weight']:.2f} dice={p['dice_weight']:.2f} "
                  f"hflip={p['aug_hflip']:.2f} rot={p['aug_rotate']:g} bright={p['aug_brightness']:.2f}")
         if selection.is_refit(p):
             shown = f"refit of trial {p[selection.REFIT_OF]}: {shown}"
         lines.append(f"{arch:<14} {best['number']:>5} {best['epochs_run']:>6} {best['val_dice']:>7.4f} "
-                     f"{dice.mean():>9.4f} {np.median(dice):>7.4f} {np.percentile(dice, 10):>7.4f}  {shown}")
+                     f"{s['mean']:>9.4f} {s['median']:>7.4f} {s['p10']:>7.4f}  {shown}")
         searched = [r for r in rows if not selection.is_refit(r["params"])]
         lines.append(f"{'':<14} {len(searched)} search trials, {sum(r['epochs_run'] for r in searched)} epochs; "
                      f"{store.trial_seconds(f'{name}/{arch}'):.0f} s of training in all")

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from core.data.dataset import DataError
 from core.data.download import DownloadError
 from core.data.sources import load_data
+from core.metrics import spread
 from core.store.db import Store, StoreError, display_url, sqlite_path
 from core.training.loop import TrainConfig
 from core.training.trial import register, run_trial
@@ -94,8 +95,9 @@ def print_summary(outcome, data, store: Store) -> None:
     names = [data.infos[data.indices("test")[i]].name for i in worst]
     print(f"{PROG}: trial {outcome.trial_id} complete in {outcome.seconds:.0f} s, {outcome.epochs_run} epochs; "
           f"val dice {outcome.val_dice:.4f}")
-    print(f"{PROG}: test dice over {len(dice)} images: mean {dice.mean():.4f}  median {np.median(dice):.4f}  "
-          f"p10 {np.percentile(dice, 10):.4f}  worst {', '.join(f'{n} {d:.3f}' for n, d in zip(names, dice[worst]))}")
+    s = spread(dice)
+    print(f"{PROG}: test dice over {len(dice)} images: mean {s['mean']:.4f}  median {s['median']:.4f}  "
+          f"p10 {s['p10']:.4f}  worst {', '.join(f'{n} {d:.3f}' for n, d in zip(names, dice[worst]))}")
     path = sqlite_path(store.url)
     target = str(path) if path else store.url
     print(f"{PROG}: dashboard: RESULTS_DB='{target}' streamlit run dashboard/Home.py")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,13 @@ def test_split_score_is_the_mean_over_images_not_over_batch_means():
     assert mean_score(torch.cat([batch_a, batch_b])) == pytest.approx(0.75)  # batch means would give 0.5
     with pytest.raises(ValueError):
         mean_score(torch.empty(0))
+
+
+def test_spread_reports_the_bad_side_of_a_trials_images() -> None:
+    from core.metrics import spread
+
+    dice = np.linspace(0.0, 1.0, 101)  # 0.00, 0.01, ..., 1.00
+    assert spread(dice) == pytest.approx({"mean": 0.5, "median": 0.5, "p10": 0.1, "p5": 0.05, "worst": 0.0})
+    hd95 = np.linspace(0.0, 100.0, 101)  # lower is better: the bad side is the top
+    assert spread(hd95, lower_is_better=True) == pytest.approx(
+        {"mean": 50.0, "median": 50.0, "p10": 90.0, "p5": 95.0, "worst": 100.0})
