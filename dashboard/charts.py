@@ -133,17 +133,29 @@ def paired_scatter(pairs: pd.DataFrame, metric: str, label_a: str, label_b: str)
     return fig
 
 
-def params_vs_tail(table: pd.DataFrame, params: list[str], tail: str, tail_label: str,
-                   color: str) -> go.Figure:
-    """One panel per hyperparameter: each trial's tail score (filled) and mean score (hollow)."""
+def _param_grid(table: pd.DataFrame, params: list[str], header: int) -> tuple[go.Figure, int, list[tuple]]:
+    """A grid with one panel per hyperparameter: the figure, its height, and per panel (i, param, row,
+    col, the trials' values). lr panels get a log axis when the rates span more than a factor 20."""
     cols = min(4 if len(params) > 6 else 3, max(1, len(params)))
     rows = math.ceil(len(params) / cols)
-    height = 230 * rows + 80
+    height = 230 * rows + header
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=params, horizontal_spacing=0.05,
                         vertical_spacing=min(0.9 / max(rows - 1, 1), 75 / height))
+    panels = []
     for i, param in enumerate(params):
         r, c = i // cols + 1, i % cols + 1
         x = table[param].astype(float)
+        if param == "lr" and (x > 0).all() and x.max() / max(x.min(), 1e-12) > 20:
+            fig.update_xaxes(type="log", row=r, col=c)
+        panels.append((i, param, r, c, x))
+    return fig, height, panels
+
+
+def params_vs_tail(table: pd.DataFrame, params: list[str], tail: str, tail_label: str,
+                   color: str) -> go.Figure:
+    """One panel per hyperparameter: each trial's tail score (filled) and mean score (hollow)."""
+    fig, height, panels = _param_grid(table, params, header=80)
+    for i, param, r, c, x in panels:
         hover = "trial #%{text}<br>" + param + " %{x:.3g}<br>%{y:.4f}<extra>"
         fig.add_trace(go.Scatter(x=x, y=table[tail], mode="markers", text=table["number"], name=tail_label,
                                  legendgroup="tail", showlegend=i == 0, marker=dict(size=9, color=color),
@@ -152,8 +164,6 @@ def params_vs_tail(table: pd.DataFrame, params: list[str], tail: str, tail_label
                                  legendgroup="mean", showlegend=i == 0,
                                  marker=dict(size=9, color="rgba(0,0,0,0)", line=dict(color=color, width=1.5)),
                                  hovertemplate=hover + "mean</extra>"), row=r, col=c)
-        if param == "lr" and (x > 0).all() and x.max() / max(x.min(), 1e-12) > 20:
-            fig.update_xaxes(type="log", row=r, col=c)
     fig.update_layout(height=height, margin=dict(t=80, b=30, l=50, r=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0 + 30 / (height - 110), x=0))
     return fig
@@ -186,20 +196,12 @@ def confidence_scatter(scores: pd.DataFrame, colors: dict[str, str]) -> go.Figur
 
 def params_vs_share(table: pd.DataFrame, params: list[str], mode: str, color: str) -> go.Figure:
     """One panel per hyperparameter: each trial's share of images in failure mode `mode`."""
-    cols = min(4 if len(params) > 6 else 3, max(1, len(params)))
-    rows = math.ceil(len(params) / cols)
-    height = 230 * rows + 60
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=params, horizontal_spacing=0.05,
-                        vertical_spacing=min(0.9 / max(rows - 1, 1), 75 / height))
-    for i, param in enumerate(params):
-        r, c = i // cols + 1, i % cols + 1
-        x = table[param].astype(float)
+    fig, height, panels = _param_grid(table, params, header=60)
+    for i, param, r, c, x in panels:
         fig.add_trace(go.Scatter(x=x, y=table[mode], mode="markers", text=table["number"], showlegend=False,
                                  marker=dict(size=9, color=color),
                                  hovertemplate="trial #%{text}<br>" + param + " %{x:.3g}<br>" + mode
                                  + " %{y:.0%}<extra></extra>"), row=r, col=c)
-        if param == "lr" and (x > 0).all() and x.max() / max(x.min(), 1e-12) > 20:
-            fig.update_xaxes(type="log", row=r, col=c)
     fig.update_yaxes(tickformat=".0%")
     fig.update_layout(height=height, margin=dict(t=50, b=30, l=50, r=10))
     return fig

@@ -22,7 +22,7 @@ def is_new_config(t: FrozenTrial) -> bool:
     return RESUME_OF not in t.user_attrs and REFIT_OF not in t.user_attrs
 
 
-def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
@@ -35,7 +35,7 @@ def _duplicate_baselines(trials: list[FrozenTrial]) -> set[int]:
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The configurations that use up the --trials budget: finished, running or queued, minus
     replaced, surplus and duplicate ones (continuations and refits train configurations already counted)."""
-    retried = _retried_numbers(trials)
+    retried = retried_numbers(trials)
     duplicates = _duplicate_baselines(trials)
     out = []
     for t in trials:
@@ -72,7 +72,7 @@ def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
     (two workers may queue the same one at the same moment). A retry is never a duplicate."""
     if is_new_config(trial) or "failed_trial" in trial.system_attrs:
         return False
-    retried = _retried_numbers(trials)
+    retried = retried_numbers(trials)
     return any(t.number < trial.number and _job(t) == _job(trial) and not t.user_attrs.get(SURPLUS)
                and not (t.state == TrialState.FAIL and t.number in retried) for t in trials)
 

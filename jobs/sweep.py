@@ -322,7 +322,9 @@ class Worker:
         self.sync_recorded_trials(arch)
 
     def fail_and_retry(self, study: optuna.Study, dead: optuna.trial.FrozenTrial) -> None:
-        self.storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
+        """End the trial as failed (if Optuna has not already) and queue its configuration again."""
+        if dead.state == TrialState.RUNNING:
+            self.storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
         retry(study, study.get_trials(deepcopy=False)[dead.number])
 
@@ -360,13 +362,11 @@ class Worker:
         study = self.studies[arch]
         interrupted = {r["number"] for r in self.store.study_trials(study.study_name)
                        if r["state"] == "failed" and r["error"] == INTERRUPTED}
-        retried = {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        retried = budget.retried_numbers(trials)
+        for t in trials:
             if t.number in interrupted and t.number not in retried and t.state in (TrialState.FAIL, TrialState.RUNNING):
-                if t.state == TrialState.RUNNING:
-                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-                retry(study, study.get_trials(deepcopy=False)[t.number])
+                self.fail_and_retry(study, t)
 
     def remove_checkpoint(self, arch: str, number: int) -> None:
         """A dead trial's weights (complete or half-written) are of no use."""

@@ -552,11 +552,10 @@ class Store:
         """Seconds the study's trials have trained and evaluated so far, all workers together
         (running trials count up to now): what a sweep's time budget is spent on."""
         now = _now()
-        stmt = select(trials.c.started_at, trials.c.finished_at, trials.c.state).where(trials.c.study == study)
+        stmt = select(trials.c.started_at, trials.c.finished_at).where(trials.c.study == study)
         with self.engine.connect() as conn:
             spans = conn.execute(stmt).all()
-        return sum(max(0.0, ((end if end is not None else now) - start).total_seconds())
-                   for start, end, _state in spans)
+        return sum(max(0.0, ((end or now) - start).total_seconds()) for start, end in spans)
 
     def test_dice_of(self, trial_id: int) -> np.ndarray:
         """Every per-image test dice of a trial, ordered by image id."""
