@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 SURPLUS = "surplus"      # user attribute marking a trial that did not fit the budget
 BASELINE = "baseline"    # user attribute marking the enqueued reports' configuration
+START = "start"          # user attribute: this trial is the study's starting point number START (0: the baseline)
 RESUME_OF = "resume_of"  # user attribute: this trial continues the paused configuration of that trial number
 RESUME_AT = "resume_at"  # user attribute: the epochs that configuration had done when it paused
 REFIT_OF = "refit_of"    # user attribute: this trial is the refit of that trial number's configuration
@@ -26,17 +27,31 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
-def _duplicate_baselines(trials: list[FrozenTrial]) -> set[int]:
-    """Baselines enqueued twice by workers that created the study at the same moment."""
-    firsts = sorted(t.number for t in trials if t.user_attrs.get(BASELINE) and "failed_trial" not in t.system_attrs)
-    return set(firsts[1:])
+def _start_of(t: FrozenTrial) -> int | None:
+    if START in t.user_attrs:
+        return int(t.user_attrs[START])
+    return 0 if t.user_attrs.get(BASELINE) else None
+
+
+def _duplicate_starts(trials: list[FrozenTrial]) -> set[int]:
+    """Starting points enqueued twice by workers that created the study at the same moment."""
+    seen: set[int] = set()
+    duplicates = set()
+    for t in sorted(trials, key=lambda t: t.number):
+        start = _start_of(t)
+        if start is None or "failed_trial" in t.system_attrs:
+            continue
+        if start in seen:
+            duplicates.add(t.number)
+        seen.add(start)
+    return duplicates
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The configurations that use up the --trials budget: finished, running or queued, minus
     replaced, surplus and duplicate ones (continuations and refits train configurations already counted)."""
     retried = retried_numbers(trials)
-    duplicates = _duplicate_baselines(trials)
+    duplicates = _duplicate_starts(trials)
     out = []
     for t in trials:
         if t.number in duplicates or t.user_attrs.get(SURPLUS) or not is_new_config(t):
@@ -57,7 +72,7 @@ def fits(trial_number: int, trials: list[FrozenTrial], budget: int) -> bool:
     mine = next((t for t in trials if t.number == trial_number), None)
     if mine is not None and "failed_trial" in mine.system_attrs:
         return True  # a retry replaces a counted trial
-    if trial_number in _duplicate_baselines(trials):
+    if trial_number in _duplicate_starts(trials):
         return False
     before = [t for t in counted(trials) if t.number < trial_number]
     return len(before) < budget

@@ -55,7 +55,7 @@ from core.training.trial import (
     run_trial,
 )
 from jobs import budget, cli, schedule
-from jobs.search_space import SpaceError, baseline_for, load_space, suggest
+from jobs.search_space import SpaceError, load_space, starting_points, suggest
 
 PROG = "jobs.sweep"
 DEFAULT_ARCHS = ("unet", "resnet34_unet")
@@ -159,8 +159,8 @@ def sweep_settings(args: argparse.Namespace, data: PreparedDataset) -> dict[str,
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any], space: dict,
-               seed: int, pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """Create the study (with the reports' baseline as trial 0) or continue it."""
+               seed: int, pruner: optuna.pruners.BasePruner, max_trials: int) -> optuna.Study:
+    """Create the study (starting with the reports' baseline as trial 0, then the recipes) or continue it."""
     for attempt in range(5):
         try:
             study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
@@ -178,7 +178,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
         raise StoreError(f"sweep study {name!r} already exists with other settings ({diff}); "
                          f"use --name to start a new sweep, or the same flags to continue it")
     if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(baseline_for(space), user_attrs={budget.BASELINE: True})
+        for i, point in enumerate(starting_points(space)[:max_trials]):
+            study.enqueue_trial(point, user_attrs={budget.START: i, **({budget.BASELINE: True} if i == 0 else {})})
     n_trials = len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=seed + n_trials, n_startup_trials=5, constant_liar=True)
     return study
@@ -196,7 +197,7 @@ class Worker:
         self.studies: dict[str, optuna.Study] = {}
         for arch in args.archs:
             self.studies[arch] = open_study(self.storage, f"{args.name}/{arch}", self.settings, args.space_def,
-                                            args.seed, make_pruner(args.pruner, args.epochs))
+                                            args.seed, make_pruner(args.pruner, args.epochs), args.trials)
         self.checkpoint_dir = checkpoint_root(args.db) / args.name
         self.ladder = schedule.Ladder.geometric(args.min_epochs, args.epochs)
         self.budget = schedule.Budget(args.timeout / len(args.archs), args.refit_share)

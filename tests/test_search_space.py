@@ -1,0 +1,47 @@
+"""Where every study starts: the reports' baseline, then the short-run recipe at two peaks."""
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from jobs import budget
+from jobs.search_space import BASELINE, RECIPE, SPACE, Range, starting_points
+
+
+def test_a_study_starts_from_the_baseline_then_the_recipe_at_two_peak_learning_rates() -> None:
+    points = starting_points(dict(SPACE))
+    assert [p["lr"] for p in points] == [1e-4, 1e-3, 3e-3]
+    assert points[0] == BASELINE and points[1] == RECIPE
+    assert points[2] == {**RECIPE, "lr": 3e-3} and points[1]["dice_weight"] == 0.7 and points[1]["rotate"] == 15
+
+
+def test_a_narrowed_space_moves_the_recipes_inside_it_and_drops_fixed_parameters() -> None:
+    space = dict(SPACE, lr=Range(2e-3, 5e-3, log=True), rotate=10.0)
+    points = starting_points(space)
+    assert [p["lr"] for p in points] == [1e-4, 2e-3, 3e-3]  # the baseline stays the reports' configuration
+    assert all("rotate" not in p for p in points)
+
+
+def test_recipes_that_a_narrowed_space_makes_equal_are_started_once() -> None:
+    space = dict(SPACE, lr=Range(5e-3, 1e-2, log=True))
+    assert [p["lr"] for p in starting_points(space)] == [1e-4, 5e-3]
+
+
+def _queued(number: int, start: int, **system: object) -> optuna.trial.FrozenTrial:
+    t = optuna.trial.create_trial(state=TrialState.WAITING, params={"lr": 1e-3},
+                                  distributions={"lr": FloatDistribution(1e-4, 1e-2, log=True)},
+                                  user_attrs={budget.START: start}, system_attrs=dict(system))
+    t.number = number
+    return t
+
+
+def test_starting_points_enqueued_twice_by_racing_workers_count_once_and_the_second_copies_are_surplus() -> None:
+    trials = [_queued(i, i % 3) for i in range(6)]  # two workers created the study at the same moment
+    assert [t.number for t in budget.counted(trials)] == [0, 1, 2]
+    assert [budget.fits(i, trials, budget=3) for i in range(6)] == [True, True, True, False, False, False]
+
+
+def test_a_retried_starting_point_is_not_a_duplicate() -> None:
+    trials = [_queued(0, 0), _queued(1, 1), _queued(2, 1, failed_trial=1, retry_history=[1])]
+    assert budget.fits(2, trials, budget=2)
