@@ -135,6 +135,14 @@ def parser(doc: str, prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def no_dataset(path: Path) -> bool:
+    """True, after one error line, when `path` is no folder: the benchmark then exits 2 (bad input)."""
+    if path.is_dir():
+        return False
+    print(f"error: no dataset at {path}")
+    return True
+
+
 def finish(verdicts: Sequence[bool], report_only: bool) -> int:
     """The closing line and the exit status: EXIT_MISS if any verdict missed, unless report_only."""
     missed = sum(1 for ok in verdicts if not ok)

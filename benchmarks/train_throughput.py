@@ -47,6 +47,7 @@ from benchmarks._common import (
     interleave,
     matmul_flops,
     median,
+    no_dataset,
     optimizer_name,
     paired_ratio,
     parser,
@@ -284,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.training.loop import TrainConfig, select_amp, select_device
 
     header("training throughput: core.training.loop.fit vs the lab-report loop", args)
-    if not args.data.is_dir():
-        print(f"error: no dataset at {args.data}")
+    if no_dataset(args.data):
         return 2
     base = TrainConfig(width=args.width, image_size=args.image_size, epochs=2, batch_size=args.batch_size, lr=1e-4,
                        augment=AugmentConfig.reports(), device="cpu")
