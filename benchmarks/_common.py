@@ -8,15 +8,22 @@ Absolute numbers are printed too, but only the ratios compare across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from jobs.cli import OneLineParser, positive_int  # noqa: F401  (the jobs' own check, re-exported for the benchmarks)
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.training.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,6 +135,14 @@ def parser(doc: str, prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def no_dataset(path: Path) -> bool:
+    """True, after one error line, when `path` is no folder: the benchmark then exits 2 (bad input)."""
+    if path.is_dir():
+        return False
+    print(f"error: no dataset at {path}")
+    return True
+
+
 def finish(verdicts: Sequence[bool], report_only: bool) -> int:
     """The closing line and the exit status: EXIT_MISS if any verdict missed, unless report_only."""
     missed = sum(1 for ok in verdicts if not ok)
@@ -193,3 +208,81 @@ def set_threads(threads: int) -> None:
 
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+# -- the trainer's own training step, for the benchmarks that time it --------------------------
+
+OptimizerFactory = Callable[["torch.nn.Module", "TrainConfig"], "torch.optim.Optimizer"]
+
+
+@dataclass
+class TimedStep:
+    """The trainer's training step for one TrainConfig, on one fixed batch already on its device."""
+
+    run: Callable[[], None]        # one step; on a GPU it returns once queued: synchronize before reading a clock
+    model: "torch.nn.Module"       # the model the step trains (uncompiled, also when the step runs it compiled)
+    optimizer: "torch.optim.Optimizer"
+    amp: "torch.dtype | None"      # the autocast dtype, None for fp32
+    channels_last: bool
+    device: "torch.device"
+
+
+def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) -> TimedStep:
+    """One training step exactly as `core.training.loop.fit` takes it, on one fixed random batch.
+
+    The model and its layout, the autocast dtype, the optimizer, the gradient scaler, clipping and
+    compilation come from the trainer's own builder (`core.training.loop._build`) for `cfg`, and the
+    batch is prepared by the trainer's own normaliser: a variant differs from the trainer only where
+    its TrainConfig does. `optimizer` swaps in another optimizer, the one choice TrainConfig does not
+    expose, for the ablations that price the trainer's.
+    """
+    import numpy as np
+    import torch
+
+    from core.data.layout import TRIMAP_VALUES
+    from core.training import loop
+
+    device = loop.select_device(cfg.device)
+    amp = loop.select_amp(device, cfg.amp)
+    channels_last = loop.use_channels_last(cfg, device)
+    rng = np.random.default_rng(cfg.seed)
+    shape = (cfg.batch_size, cfg.image_size, cfg.image_size)
+    images = torch.from_numpy(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+    trimaps = torch.from_numpy(rng.choice(np.array(TRIMAP_VALUES, np.uint8), shape))
+    x, target, _ = loop._Normalizer(device, channels_last)(images, trimaps)
+    loop.seed_everything(cfg.seed)
+    with _optimizer_swapped(loop, optimizer):
+        model, built_optimizer, step = loop._build(cfg, device, amp)
+    model.train()
+
+    def run() -> None:
+        step(x, target)
+
+    return TimedStep(run, model, built_optimizer, amp, channels_last, device)
+
+
+@contextlib.contextmanager
+def _optimizer_swapped(loop: Any, optimizer: OptimizerFactory | None) -> Iterator[None]:
+    """While the trainer builds its step, its optimizer comes from `optimizer` (when given)."""
+    if optimizer is None:
+        yield
+        return
+    real = loop._make_optimizer
+    loop._make_optimizer = lambda model, cfg, device: optimizer(model, cfg)
+    try:
+        yield
+    finally:
+        loop._make_optimizer = real
+
+
+def optimizer_name(optimizer: "torch.optim.Optimizer") -> str:
+    """'fused AdamW', 'AdamW foreach', 'Adam', ...: what an optimizer is, for a variant's label."""
+    kind = type(optimizer).__name__
+    if optimizer.defaults.get("fused"):
+        return f"fused {kind}"
+    return f"{kind} foreach" if optimizer.defaults.get("foreach") else kind
+
+
+def dtype_name(dtype: "torch.dtype | None") -> str:
+    """'fp32' for no autocast, else the dtype's short name ('bfloat16', 'float16')."""
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "")

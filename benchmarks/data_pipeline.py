@@ -29,6 +29,7 @@ from benchmarks._common import (
     header,
     interleave,
     median,
+    no_dataset,
     paired_ratio,
     parser,
     positive_int,
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.training.loop import TrainConfig, _Normalizer, _train_loader
 
     header("data pipeline: cached arrays vs decode every epoch", args)
-    if not args.data.is_dir():
-        print(f"error: no dataset at {args.data}")
+    if no_dataset(args.data):
         return 2
     root = args.data.resolve()
     device = torch.device("cpu")

@@ -6,22 +6,32 @@
 Without CUDA it prints one line saying so and exits 0 (nothing was measured, so nothing missed).
 
 Per architecture, variants take turns on one fixed batch already on the GPU (data loading is
-benchmarks/data_pipeline.py's business), each a full training step as `core.training.loop.fit` takes it (AdamW fused,
-gradient clipping, the SegmentationLoss):
+benchmarks/data_pipeline.py's business). Each is the trainer's own training step, built by
+`core.training.loop._build` as `fit` builds it (model setup, autocast, fused AdamW, gradient
+scaler and clipping, the SegmentationLoss) from a TrainConfig that differs only as named:
 
-* fp32 NCHW              the plain recipe (TF32 off)
-* amp + channels_last    autocast in the dtype `core.training.loop.select_amp` picks (bf16 where supported)
-* amp + cl + compile     the same through torch.compile (inductor); its compile time is printed
+* fp32 NCHW              TrainConfig(amp="off", channels_last=False), run with TF32 off: the plain recipe
+* trainer                TrainConfig() on CUDA: autocast in the dtype `select_amp` picks (bf16 where
+                         supported) and channels_last
+* trainer + compile      TrainConfig(compile=True), as the full preset runs on CUDA; its compile time
+                         is printed
+* trainer + cudnn.benchmark   the trainer's step with cuDNN's autotuner on, which the trainer does not
+                         turn on: what it would be worth (not judged)
 
 FLOP fraction = 3 x count_flops(model) x images/s over the dense matmul FLOP/s of the same
-dtype, measured in the same run (fp32 for the fp32 variant, the autocast dtype otherwise).
+dtype, measured in the same run (fp32 with TF32 off for the fp32 variant, the autocast dtype otherwise).
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import sys
 import time
+from typing import Iterator
 
 from benchmarks._common import (
+    dtype_name,
     finish,
     header,
     interleave,
@@ -30,10 +40,104 @@ from benchmarks._common import (
     paired_ratio,
     parser,
     positive_int,
+    trainer_step,
     verdict,
 )
 
 FLOP_TARGET = 0.60
+
+
+@contextlib.contextmanager
+def cuda_backends(tf32: bool | None = None, cudnn_benchmark: bool | None = None) -> Iterator[None]:
+    """torch's CUDA backend flags set for one variant's calls and put back after (None: left as they are)."""
+    import torch
+
+    flags = {}
+    if tf32 is not None:
+        flags.update({(torch.backends.cuda.matmul, "allow_tf32"): tf32, (torch.backends.cudnn, "allow_tf32"): tf32})
+    if cudnn_benchmark is not None:
+        flags[(torch.backends.cudnn, "benchmark")] = cudnn_benchmark
+    before = {key: getattr(*key) for key in flags}
+    for (owner, name), value in flags.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name), value in before.items():
+            setattr(owner, name, value)
+
+
+def measure(args: argparse.Namespace, device: str = "cuda") -> list[bool]:
+    """Every architecture's variants, interleaved; prints the figures and returns the verdicts."""
+    import torch
+
+    from core.models import count_flops
+    from core.training.loop import TrainConfig
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    verdicts: list[bool] = []
+    for arch in [a for a in args.archs.split(",") if a]:
+        trainer = TrainConfig(arch=arch, width=args.width, image_size=args.image_size, batch_size=args.batch_size,
+                              device=device)
+        base = "fp32 NCHW"
+        # name -> (TrainConfig, backend flags for its calls, whether it is a trainer configuration to judge)
+        specs = {base: (dataclasses.replace(trainer, amp="off", channels_last=False), dict(tf32=False), False),
+                 "trainer": (trainer, {}, True)}
+        if not args.no_compile:
+            specs["trainer + compile"] = (dataclasses.replace(trainer, compile=True), {}, True)
+        specs["trainer + cudnn.benchmark"] = (trainer, dict(cudnn_benchmark=True), False)
+
+        runs, warm, dtypes, labels, models = {}, {}, {}, {}, {}
+        for name, (cfg, flags, _) in specs.items():
+            with cuda_backends(**flags):
+                started = time.perf_counter()
+                step = trainer_step(cfg)
+                for _ in range(3):
+                    step.run()
+                sync()
+                warm[name] = time.perf_counter() - started
+
+            def run(step=step, flags=flags) -> float:
+                with cuda_backends(**flags):
+                    sync()
+                    started = time.perf_counter()
+                    for _ in range(args.steps):
+                        step.run()
+                    sync()
+                    return args.steps * args.batch_size / (time.perf_counter() - started)
+
+            runs[name], dtypes[name], models[name] = run, step.amp or torch.float32, step.model
+            labels[name] = (f"{name} (TF32 off)" if name == base else
+                            f"{name} ({dtype_name(step.amp)}, {'channels_last' if step.channels_last else 'NCHW'})")
+        flops_per_image = 3 * count_flops(models["trainer"], args.image_size)
+        amp = dtypes["trainer"]
+        peak: dict = {torch.float32: [], amp: []}
+
+        def yardstick(dtype) -> float:
+            with cuda_backends(tf32=False):
+                peak[dtype].append(matmul_flops(args.matmul_size, 5, dtype, device))
+            return 0.0
+
+        runs["matmul fp32"] = lambda: yardstick(torch.float32)
+        if amp != torch.float32:
+            runs["matmul amp"] = lambda: yardstick(amp)
+        results = interleave(runs, args.rounds)
+        print(f"-- {arch} (width {args.width}, {args.image_size} px, batch {args.batch_size}, "
+              f"{flops_per_image / 3 / 1e9:.1f} GFLOP forward per image), medians of {args.rounds} rounds x {args.steps} steps")
+        print(f"   dense matmul {args.matmul_size}^2: " + ", ".join(
+            f"{dtype_name(None if d == torch.float32 else d)} {median(v) / 1e12:.1f} TFLOP/s" for d, v in peak.items()))
+        best_frac = 0.0
+        for name, (_, _, judged) in specs.items():
+            ips = median(results[name])
+            frac = flops_per_image * ips / median(peak[dtypes[name]])
+            if judged:
+                best_frac = max(best_frac, frac)
+            extra = f", first 3 steps incl. compile {warm[name]:.0f} s" if "compile" in name else ""
+            print(f"   {labels[name]:<52} {ips:8.1f} img/s  x{paired_ratio(results[name], results[base]):.2f} vs fp32  "
+                  f"{frac:.0%} of matmul FLOP/s{extra}")
+        verdicts.append(verdict(f"{arch} best trainer configuration FLOP/s fraction of same-dtype matmul",
+                                best_frac, FLOP_TARGET, unit="%"))
+    return verdicts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,87 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print(f"SKIP gpu_throughput: no CUDA device here (torch {torch.__version__}); run it on a CUDA machine")
         return 0
-
-    from core.losses import SegmentationLoss
-    from core.models import build_model, count_flops
-    from core.training.loop import select_amp
-
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, for the baseline and its yardstick
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-    amp = select_amp(device, "auto")
     header(f"GPU training throughput on {torch.cuda.get_device_name(0)}", args)
-    peak = {torch.float32: [], amp: []}
-    verdicts: list[bool] = []
-    for arch in [a for a in args.archs.split(",") if a]:
-        criterion = SegmentationLoss(0.3, 0.7)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x0 = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device, generator=gen)
-        target = (torch.rand(args.batch_size, 1, args.image_size, args.image_size, device=device, generator=gen) > 0.5).float()
-        flops_per_image = 3 * count_flops(build_model(arch, width=args.width), args.image_size)
-
-        def variant(dtype, channels_last: bool, compiled: bool):
-            torch.manual_seed(0)
-            model = build_model(arch, width=args.width).to(device)
-            x = x0
-            if channels_last:
-                model, x = model.to(memory_format=torch.channels_last), x0.contiguous(memory_format=torch.channels_last)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
-            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-            step_model = torch.compile(model) if compiled else model
-
-            def step():
-                with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                    loss = criterion(step_model(x), target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-
-            def run() -> float:
-                torch.cuda.synchronize()
-                started = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                torch.cuda.synchronize()
-                return args.steps * args.batch_size / (time.perf_counter() - started)
-
-            started = time.perf_counter()
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-            return run, time.perf_counter() - started
-
-        specs = {"fp32 NCHW": (torch.float32, False, False),
-                 f"{str(amp).replace('torch.', '')} + channels_last": (amp, True, False)}
-        if not args.no_compile:
-            specs[f"{str(amp).replace('torch.', '')} + channels_last + compile"] = (amp, True, True)
-        runs, warm, dtypes = {}, {}, {}
-        for name, (dtype, cl, compiled) in specs.items():
-            runs[name], warm[name] = variant(dtype, cl, compiled)
-            dtypes[name] = dtype
-        runs["matmul fp32"] = lambda: peak[torch.float32].append(matmul_flops(args.matmul_size, 5, torch.float32, "cuda")) or 0.0
-        runs["matmul amp"] = lambda: peak[amp].append(matmul_flops(args.matmul_size, 5, amp, "cuda")) or 0.0
-        results = interleave(runs, args.rounds)
-        base = list(specs)[0]
-        print(f"-- {arch} (width {args.width}, {args.image_size} px, batch {args.batch_size}, "
-              f"{flops_per_image / 3 / 1e9:.1f} GFLOP forward per image), medians of {args.rounds} rounds x {args.steps} steps")
-        print(f"   dense matmul {args.matmul_size}^2: fp32 {median(peak[torch.float32]) / 1e12:.1f} TFLOP/s, "
-              f"{str(amp).replace('torch.', '')} {median(peak[amp]) / 1e12:.1f} TFLOP/s")
-        best_frac = 0.0
-        for name in specs:
-            ips = median(results[name])
-            frac = flops_per_image * ips / median(peak[dtypes[name]])
-            best_frac = max(best_frac, frac) if name != base else best_frac
-            extra = f", first 3 steps incl. compile {warm[name]:.0f} s" if "compile" in name else ""
-            print(f"   {name:<34} {ips:8.1f} img/s  x{paired_ratio(results[name], results[base]):.2f} vs fp32  "
-                  f"{frac:.0%} of matmul FLOP/s{extra}")
-        verdicts.append(verdict(f"{arch} best mixed-precision variant FLOP/s fraction of same-dtype matmul",
-                                best_frac, FLOP_TARGET, unit="%"))
-    return finish(verdicts, args.report_only)
+    return finish(measure(args), args.report_only)
 
 
 if __name__ == "__main__":

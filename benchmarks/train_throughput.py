@@ -17,9 +17,15 @@ Variants take turns, round after round, on the same images (the real sample's tr
              same model, same loss. It runs in a separate, spawned process (benchmarks._common.
              FreshProcess), as a lab-report script would: the trainer's process-wide settings
              (malloc policy, OpenCV threads) and its heap never reach it. 2 epochs, epoch 2 timed.
-* fwd+bwd    the model's forward + backward alone on one fixed batch, in the trainer's precision:
-             no data, no optimizer. No eager training loop beats it: fwd+bwd / reference is
-             the ceiling of the trainer's ratio.
+* fwd+bwd    the trainer's own training step (`core.training.loop._build`, as fit and the sweep's
+             step_seconds probe run it) on one fixed batch, with clipping off and an optimizer
+             that updates nothing: the model's forward + backward alone, in the trainer's
+             precision and layout; no data, no update. No eager training loop beats it:
+             fwd+bwd / reference is the ceiling of the trainer's ratio.
+
+--ablations times that same step as the trainer builds it against the step with one choice
+undone: a trainer setting through TrainConfig (amp, channels_last, grad_clip, compile), the
+optimizer swapped in the trainer's builder, or torch's threads.
 
 FLOP fraction = 3 x count_flops(model) x images/s, over the dense matmul FLOP/s of the same
 dtype (the trainer's: bf16 or fp32; the reference's: fp32) measured in the same rounds.
@@ -35,15 +41,19 @@ from pathlib import Path
 from benchmarks._common import (
     DEFAULT_DATA,
     FreshProcess,
+    dtype_name,
     finish,
     header,
     interleave,
     matmul_flops,
     median,
+    no_dataset,
+    optimizer_name,
     paired_ratio,
     parser,
     positive_int,
     set_threads,
+    trainer_step,
     verdict,
 )
 from benchmarks.reference_loop import PetsDataset, reference_model, train_epoch
@@ -159,46 +169,37 @@ def trainer_run_glibc_malloc(cfg, root: str, image_size: int, train_images: int,
 
 # -- ablations: what each of the trainer's choices is worth ------------------------------------
 
-def training_step(arch: str, width: float, size: int, batch: int, channels_last: bool, amp, opt: str = "fused",
-                  clip: bool = True, compiled: bool = False):
-    """One training step on a fixed random batch (no data) as a function: the ablations' unit."""
-    import contextlib
-
+def adam_for_loop(model, cfg):
+    """PyTorch's CPU default Adam: a Python loop over the parameter tensors, no weight decay."""
     import torch
 
-    from core.losses import SegmentationLoss
-    from core.models import build_model
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen)
-    target = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float()
-    torch.manual_seed(0)
-    model = build_model(arch, width=width)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    params = list(model.parameters())
-    optimizer = {
-        "fused": lambda: torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=True),
-        "foreach": lambda: torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, foreach=True),
-        "adam-loop": lambda: torch.optim.Adam(params, lr=1e-4),  # CPU default: per-tensor for-loop
-        "none": lambda: None,
-    }[opt]()
-    step_model = torch.compile(model) if compiled else model
-    criterion = SegmentationLoss(0.3, 0.7)
-    autocast = (lambda: torch.autocast("cpu", dtype=amp)) if amp is not None else contextlib.nullcontext
 
-    def step() -> None:
-        for param in params:
-            param.grad = None
-        with autocast():
-            loss = criterion(step_model(x), target)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if optimizer is not None:
-            optimizer.step()
+def adamw_foreach(model, cfg):
+    """AdamW over lists of tensors (foreach) rather than the trainer's fused kernel."""
+    import torch
 
-    return step
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def no_update(model, cfg):
+    """An optimizer that changes nothing: with clipping off, the trainer's step is the model's forward + backward."""
+    import torch
+
+    class NoUpdate(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        def step(self, closure=None):
+            return None
+
+    return NoUpdate(model.parameters())
+
+
+def fwd_bwd_config(cfg):
+    """cfg without clipping: with `no_update` as optimizer, the model's forward + backward alone."""
+    return dataclasses.replace(cfg, grad_clip=0.0)
 
 
 def seconds_per_step(step, steps: int, threads: int = 0) -> float:
@@ -218,55 +219,48 @@ def seconds_per_step(step, steps: int, threads: int = 0) -> float:
         torch.set_num_threads(before)
 
 
-def ablations(arch: str, width: float, size: int, batch: int, rounds: int, steps: int, with_compile: bool) -> None:
-    """Training steps on a fixed batch (no data), variants interleaved; times relative to the trainer's CPU choice."""
-    import torch
+def ablations(cfg, rounds: int, steps: int, with_compile: bool) -> None:
+    """The trainer's own step on a fixed batch (no data), and the same step with one choice undone,
+    variants interleaved; times relative to the trainer's. Each variant that is a trainer setting is
+    built through TrainConfig; the optimizer, which TrainConfig does not set, is swapped in its builder."""
+    from benchmarks._common import TimedStep
 
-    from core.training.loop import TrainConfig, select_amp, use_channels_last
-
-    cpu = torch.device("cpu")
-    amp = select_amp(cpu, "auto")
-    cl = use_channels_last(TrainConfig(), cpu)
-    base = dict(channels_last=cl, amp=amp)
-    base_name = (f"trainer on CPU: {'channels_last' if cl else 'NCHW'}, {dtype_name(amp)}"
-                 f"{' autocast' if amp else ''}, fused AdamW, clip, freed memory kept")
-    specs = {base_name: base}
+    trainer = trainer_step(cfg)
+    cl, amp = trainer.channels_last, trainer.amp
+    base_name = (f"trainer: {'channels_last' if cl else 'NCHW'}, {dtype_name(amp)}{' autocast' if amp else ''}, "
+                 f"{optimizer_name(trainer.optimizer)}, clip {cfg.grad_clip:g}, freed memory kept")
+    # name -> (TrainConfig, optimizer factory or None for the trainer's, torch threads or 0 for the run's)
+    specs = {base_name: (cfg, None, 0)}
     if amp is not None:
-        specs["fp32 (no autocast)"] = dict(base, amp=None)
+        specs["fp32 (amp off)"] = (dataclasses.replace(cfg, amp="off"), None, 0)
     specs.update({
-        "NCHW" if cl else "channels_last": dict(base, channels_last=not cl),
-        "Adam for-loop (CPU default)": dict(base, opt="adam-loop"),
-        "AdamW foreach": dict(base, opt="foreach"),
-        "no grad clipping": dict(base, clip=False),
-        "forward+backward only": dict(base, opt="none", clip=False),
-        "1 thread": dict(base, threads=1),
+        "NCHW" if cl else "channels_last": (dataclasses.replace(cfg, channels_last=not cl), None, 0),
+        "Adam for-loop (CPU default)": (cfg, adam_for_loop, 0),
+        "AdamW foreach": (cfg, adamw_foreach, 0),
+        "no grad clipping": (dataclasses.replace(cfg, grad_clip=0.0), None, 0),
+        "forward+backward only": (fwd_bwd_config(cfg), no_update, 0),
+        "1 thread": (cfg, None, 1),
     })
     if with_compile:
-        specs["torch.compile (inductor)"] = dict(base, compiled=True)
+        specs["torch.compile (inductor)"] = (dataclasses.replace(cfg, compile=True), None, 0)
     runs, warm = {}, {}
-    for name, kw in specs.items():
-        kw = dict(kw)
-        threads = kw.pop("threads", 0)
+    for name, (variant_cfg, optimizer, threads) in specs.items():
         started = time.perf_counter()
-        step = training_step(arch, width, size, batch, **kw)
-        step()  # warm-up (and, compiled, the compilation)
+        step: TimedStep = trainer if name == base_name else trainer_step(variant_cfg, optimizer)
+        step.run()  # warm-up (and, compiled, the compilation)
         warm[name] = time.perf_counter() - started
-        runs[name] = lambda step=step, threads=threads: seconds_per_step(step, steps, threads)
+        runs[name] = lambda step=step, threads=threads: seconds_per_step(step.run, steps, threads)
     times = interleave(runs, rounds)
     base_times = times[base_name]
-    print(f"-- ablation {arch}: seconds per training step (fixed batch, no data), median of {rounds} rounds "
-          f"x {steps} steps; ratio = variant time / trainer time (paired per round)")
+    print(f"-- ablation {cfg.arch}: seconds per training step of the trainer's own step (fixed batch, no data), "
+          f"median of {rounds} rounds x {steps} steps; ratio = variant time / trainer time (paired per round)")
     for name in runs:
         extra = f", first call incl. compile {warm[name]:.0f} s" if "compile" in name else ""
-        print(f"   {name:<42} {median(times[name]):.3f} s/step  x{paired_ratio(times[name], base_times):.3f}{extra}")
+        print(f"   {name:<60} {median(times[name]):.3f} s/step  x{paired_ratio(times[name], base_times):.3f}{extra}")
     sys.stdout.flush()
 
 
 # -- main -------------------------------------------------------------------------------------
-
-def dtype_name(dtype) -> str:
-    return "fp32" if dtype is None else str(dtype).replace("torch.", "")
-
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "benchmarks/train_throughput.py")
@@ -286,20 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     set_threads(args.threads)
-    import torch
-
     from core.data.augment import AugmentConfig
-    from core.models import build_model, count_flops
-    from core.training.loop import TrainConfig, select_amp, use_channels_last
-    from core.training.malloc import keep_freed_memory
+    from core.models import count_flops
+    from core.training.loop import TrainConfig, select_amp, select_device
 
     header("training throughput: core.training.loop.fit vs the lab-report loop", args)
-    if not args.data.is_dir():
-        print(f"error: no dataset at {args.data}")
+    if no_dataset(args.data):
         return 2
-    keep_freed_memory()  # as fit() sets it, for the in-process variants that time the model alone
-    cpu = torch.device("cpu")
-    amp = select_amp(cpu, "auto")  # what fit will autocast to on this CPU
+    base = TrainConfig(width=args.width, image_size=args.image_size, epochs=2, batch_size=args.batch_size, lr=1e-4,
+                       augment=AugmentConfig.reports(), device="cpu")
+    amp = select_amp(select_device(base.device), base.amp)  # what fit will autocast to on this CPU
     print(f"   the trainer runs {dtype_name(amp)} on this CPU (autocast {'on' if amp else 'off'}); "
           f"the reference runs fp32")
     archs = [a for a in args.archs.split(",") if a]
@@ -310,13 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {len(names)} train images, {len(names) // args.batch_size} optimizer steps per epoch, "
               f"batch {args.batch_size}, {args.image_size} px, width {args.width}")
         for arch in archs:
-            cfg = TrainConfig(arch=arch, width=args.width, image_size=args.image_size, epochs=2,
-                              batch_size=args.batch_size, lr=1e-4, augment=AugmentConfig.reports(), device="cpu")
-            model = build_model(arch, width=args.width)
+            cfg = dataclasses.replace(base, arch=arch)
+            fwd_bwd = trainer_step(fwd_bwd_config(cfg), no_update)  # building it sets fit's malloc policy here too
+            model = fwd_bwd.model
             flops_per_image = 3 * count_flops(model, args.image_size)
-            fwd_bwd = training_step(arch, args.width, args.image_size, args.batch_size, use_channels_last(cfg, cpu),
-                                    amp, opt="none", clip=False)
-            fwd_bwd()  # warm-up
+            fwd_bwd.run()  # warm-up
             record: dict = {}
             variants = {"matmul fp32": lambda: matmul_flops(args.matmul_size)}
             if amp is not None:
@@ -325,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trainer": lambda: trainer_run(cfg, data, record),
                 "reference": lambda: fresh.call(reference_run, arch, args.width, root, names, args.image_size,
                                                 args.batch_size, 0),
-                "fwd+bwd": lambda: args.batch_size / seconds_per_step(fwd_bwd, args.fwd_bwd_steps),
+                "fwd+bwd": lambda: args.batch_size / seconds_per_step(fwd_bwd.run, args.fwd_bwd_steps),
             })
             if args.ablations:  # the trainer without its OpenCV or malloc fix, the reference with the OpenCV fix
                 variants["trainer, OpenCV threaded"] = lambda: trainer_run(cfg, data, {}, opencv_fix=False)
@@ -388,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                           higher_is_better=False)
             verdicts += [ok1, ok2, ok3]
             if args.ablations:
-                ablations(arch, args.width, args.image_size, args.batch_size, args.rounds, args.ablation_steps,
-                          args.compile)
+                ablations(cfg, args.rounds, args.ablation_steps, args.compile)
     return finish(verdicts, args.report_only)
 
 

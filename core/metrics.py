@@ -1,9 +1,9 @@
 """Per-image segmentation scores (Dice, IoU, Dice ignoring the trimap border), vectorized over a batch,
 and the diagnostics that say why an image fails (error areas, boundary, components, confidence).
 
-Scores are per image so they can be stored per image and averaged over a split with
-`mean_score`: a split's score is the mean over its images, never a mean of batch means
-(those differ whenever batches differ in size, e.g. the last one).
+Scores are per image so they can be stored per image, and a split's score is the mean over
+its images, never a mean of batch means (those differ whenever batches differ in size, e.g.
+the last one).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TRIMAP_BORDER = 3  # Oxford-IIIT Pet trimaps: 1 pet, 2 background, 3 border (ambiguous outline)
+from core.data.layout import TRIMAP_BORDER
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ImageScores:
     """Per-image scores, each (N,) float32 in [0, 1]."""
     dice: Tensor
     iou: Tensor
-    dice_no_border: Tensor  # Dice over pixels where trimap != 3 (= dice when no trimap given)
+    dice_no_border: Tensor  # Dice over pixels off the trimap's border band (= dice when no trimap given)
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -42,8 +42,8 @@ def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
                  threshold: float = 0.5) -> ImageScores:
     """Dice, IoU and border-free Dice of each image of a batch.
 
-    logits (N,1,H,W); target (N,1,H,W) in {0,1}; trimap (N,1,H,W) or (N,H,W) with values
-    1 pet / 2 background / 3 border. A pixel is predicted pet when sigmoid(logit) > threshold,
+    logits (N,1,H,W); target (N,1,H,W) in {0,1}; trimap (N,1,H,W) or (N,H,W) with the values of
+    core.data.layout (pet, background, border). A pixel is predicted pet when sigmoid(logit) > threshold,
     i.e. logit > logit(threshold) (a logit of exactly 0 is background at threshold 0.5).
     An image whose prediction and target are both empty scores 1.0.
     """
@@ -51,15 +51,25 @@ def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    n = logits.shape[0]
     if threshold == 0.5:
         pred = logits > 0  # exact in any dtype, no sigmoid
     else:
         pred = logits.float() > math.log(threshold / (1 - threshold))
-    pred, target = pred.reshape(n, -1), (target > 0.5).reshape(n, -1)  # (N, H*W) bool
+    return mask_scores(pred, target > 0.5, trimap)
 
-    intersection = (pred & target).sum(1)
-    total = pred.sum(1) + target.sum(1)
+
+def mask_scores(pred: Tensor, truth: Tensor, trimap: Tensor | None = None) -> ImageScores:
+    """Dice, IoU and border-free Dice of predicted masks against true masks, bool (N, ...) each.
+
+    What `image_scores` measures once the logits are thresholded, for masks that exist without
+    logits; trimap (N, ...) holds the same pixels. Both masks empty scores 1.0.
+    """
+    n = pred.shape[0]
+    pred, truth = pred.reshape(n, -1), truth.reshape(n, -1)  # (N, H*W) bool
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} differ in size")
+    intersection = (pred & truth).sum(1)
+    total = pred.sum(1) + truth.sum(1)
     dice = _ratio(2 * intersection, total)
     iou = _ratio(intersection, total - intersection)
     if trimap is None:
@@ -67,20 +77,9 @@ def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
     else:
         valid = (trimap != TRIMAP_BORDER).reshape(n, -1)
         if valid.shape != pred.shape:
-            raise ValueError(f"trimap {tuple(trimap.shape)} does not match logits {tuple(logits.shape)}")
-        dice_no_border = _dice(pred & valid, target & valid)
+            raise ValueError(f"trimap {tuple(valid.shape)} and pred {tuple(pred.shape)} differ in size")
+        dice_no_border = _dice(pred & valid, truth & valid)
     return ImageScores(dice=dice, iou=iou, dice_no_border=dice_no_border)
-
-
-def mean_score(scores: Tensor) -> float:
-    """Mean of per-image scores (N,) -> float: a split's score.
-
-    Concatenate every batch's per-image scores first and average once; averaging batch means
-    would over-weight the images of a smaller (last) batch.
-    """
-    if scores.numel() == 0:
-        raise ValueError("no scores to average")
-    return scores.double().mean().item()
 
 
 # -- why an image fails: error structure, boundary, connected components, confidence ---------------

@@ -19,20 +19,23 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 
+from core.data.augment import AugmentConfig
 from core.data.dataset import PreparedDataset, prepare_dataset
-from core.metrics import mask_diagnostics
+from core.metrics import mask_diagnostics, mask_scores
 from core.store.db import ImageResults, Store, normalize_url
 from core.store.optuna_storage import optuna_storage
+from core.training.loop import TrainConfig
 
 # One state per trial number, per architecture; the last arch's last trial is left running.
 STATES = ("complete", "complete", "pruned", "complete", "failed", "complete")
-SEARCH = {  # Optuna name -> (trials.params key, low, high, log)
-    "lr": ("lr", 1e-4, 3e-3, True),
-    "dice_weight": ("dice_weight", 0.0, 1.0, False),
-    "hflip": ("aug_hflip", 0.0, 0.5, False),
-    "rotate": ("aug_rotate", 0.0, 30.0, False),
-    "brightness": ("aug_brightness", 0.0, 0.4, False),
+SEARCH = {  # Optuna name (as jobs.search_space names it) -> (low, high, log): a few of the sweep's parameters
+    "lr": (1e-4, 3e-3, True),
+    "dice_weight": (0.0, 1.0, False),
+    "hflip": (0.0, 0.5, False),
+    "rotate": (0.0, 30.0, False),
+    "brightness": (0.0, 0.4, False),
 }
 ARCH_QUALITY = {"unet": 0.0, "resnet34_unet": 0.06}
 
@@ -50,17 +53,19 @@ class DemoStore:
     test_images: list[str] = field(default_factory=list)
 
 
-def _params(rng: np.random.Generator, arch: str, number: int, image_size: int) -> dict[str, Any]:
+def _draw(rng: np.random.Generator, arch: str, number: int, image_size: int) -> tuple[dict[str, float], TrainConfig]:
+    """One trial's Optuna parameters and the TrainConfig they make, as the sweep builds it: the store
+    records `TrainConfig.params()`, so the demo's keys are the real jobs' keys."""
     drawn = {}
-    for _, (key, lo, hi, log) in SEARCH.items():
-        drawn[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))) if log else rng.uniform(lo, hi))
-    drawn["aug_rotate"] = float(round(drawn["aug_rotate"]))
-    return dict(arch=arch, width=0.25, image_size=image_size, epochs=8, batch_size=16, lr=drawn["lr"],
-                weight_decay=1e-4, bce_weight=1 - drawn["dice_weight"], dice_weight=drawn["dice_weight"],
-                focal_weight=0.0, warmup_epochs=0, grad_clip=1.0, amp="off", channels_last=False,
-                compile=False, seed=number, aug_hflip=drawn["aug_hflip"], aug_vflip=0.0,
-                aug_rotate=drawn["aug_rotate"], aug_brightness=drawn["aug_brightness"], aug_contrast=0.2,
-                aug_color_jitter=0.0, aug_scale_shift=0.0, aug_gamma=0.0)
+    for name, (lo, hi, log) in SEARCH.items():
+        drawn[name] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))) if log else rng.uniform(lo, hi))
+    drawn["rotate"] = float(round(drawn["rotate"]))
+    augment = AugmentConfig(hflip=drawn["hflip"], vflip=0.0, rotate=drawn["rotate"], brightness=drawn["brightness"],
+                            contrast=0.2)
+    cfg = TrainConfig(arch=arch, width=0.25, image_size=image_size, epochs=8, batch_size=16, lr=drawn["lr"],
+                      bce_weight=1 - drawn["dice_weight"], dice_weight=drawn["dice_weight"], augment=augment,
+                      warmup_epochs=0, amp="off", channels_last=False, compile=False, seed=number)
+    return drawn, cfg
 
 
 def _quality(arch: str, p: dict[str, Any]) -> float:
@@ -82,16 +87,6 @@ def _predict(rng: np.random.Generator, truth: np.ndarray, error: float) -> np.nd
         cy, cx = rng.uniform(0, s, 2)
         pred |= (yy - cy) ** 2 + (xx - cx) ** 2 < (error * s * 0.3) ** 2
     return pred
-
-
-def _scores(pred: np.ndarray, truth: np.ndarray, trimap: np.ndarray) -> tuple[float, float, float]:
-    def dice(p: np.ndarray, t: np.ndarray) -> float:
-        total = int(p.sum() + t.sum())
-        return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
-
-    inter, union = int((pred & truth).sum()), int((pred | truth).sum())
-    valid = trimap != 3
-    return dice(pred, truth), 1.0 if union == 0 else inter / union, dice(pred & valid, truth & valid)
 
 
 def _curves(rng: np.random.Generator, quality: float, n: int) -> list[dict[str, float]]:
@@ -125,7 +120,7 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
     hardness = 0.5 * np.clip(0.25 - fg, 0, None) / 0.25 + 0.3 * np.clip(0.35 - dark, 0, None) / 0.35 \
         + rng.uniform(0, 0.35, len(test))  # per image, shared by every model
     distributions = {name: optuna.distributions.FloatDistribution(lo, hi, log=log)
-                     for name, (_, lo, hi, log) in SEARCH.items()}
+                     for name, (lo, hi, log) in SEARCH.items()}
 
     storage = optuna_storage(store.url, engine=store.engine)
     for a, arch in enumerate(archs):
@@ -135,7 +130,8 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
         for number, state in enumerate(STATES):
             if running and a == len(archs) - 1 and number == len(STATES) - 1:
                 state = "running"
-            p = _params(rng, arch, number, image_size)
+            drawn, cfg = _draw(rng, arch, number, image_size)
+            p = cfg.params()
             quality = _quality(arch, p)
             tid = store.start_trial(sweep=sweep, study=f"{sweep}/{arch}", arch=arch, number=number, params=p,
                                     device="cpu", dataset=data.name, image_size=image_size)
@@ -151,15 +147,17 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
                 error = np.clip((1 - quality) * (0.8 + 4.5 * hardness ** 1.5) * (1.25 - 0.5 * p["dice_weight"])
                                 + rng.normal(0, 0.04, len(test)), 0, 1)
                 preds = [_predict(rng, t, float(err)) for t, err in zip(truths, error)]
-                scores = np.array([_scores(pr, t, tm) for pr, t, tm in zip(preds, truths, trimaps)])
+                scores = mask_scores(torch.from_numpy(np.stack(preds)), torch.from_numpy(truths),
+                                     torch.from_numpy(trimaps))
                 # diagnostics measured on the masks; the entropy (no probabilities here) is invented,
                 # higher where the mask is worse, as a model that knows when it fails would have it
                 diag = mask_diagnostics(np.stack(preds), truths)
                 noise = np.random.default_rng(tid).normal(0, 0.05, len(test))  # own stream: other draws unchanged
-                diag.entropy = np.clip(0.05 + 0.6 * (1 - scores[:, 0]) + noise, 0.01, 1.0)
+                dice = scores.dice.double().numpy()
+                diag.entropy = np.clip(0.05 + 0.6 * (1 - dice) + noise, 0.01, 1.0)
                 store.finish_trial(tid, state="complete", val_dice=best_val, results=ImageResults(
-                    np.array([ids[n] for n in demo.test_images]), scores[:, 0], scores[:, 1], scores[:, 2],
-                    masks=preds, diagnostics=diag))
+                    np.array([ids[n] for n in demo.test_images]), dice, scores.iou.double().numpy(),
+                    scores.dice_no_border.double().numpy(), masks=preds, diagnostics=diag))
             elif state == "pruned":
                 store.finish_trial(tid, state="pruned", val_dice=best_val)
             elif state == "failed":
@@ -168,7 +166,7 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
             optuna_state = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
                             "failed": optuna.trial.TrialState.FAIL, "running": optuna.trial.TrialState.RUNNING}[state]
             study.add_trial(optuna.trial.create_trial(
-                params={name: p[key] for name, (key, *_rest) in SEARCH.items()}, distributions=distributions,
+                params=drawn, distributions=distributions,
                 value=best_val if state == "complete" else None, state=optuna_state,
                 intermediate_values={e: r["val_dice"] for e, r in enumerate(curve)}))
     store.dispose()

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-TRIMAP_BACKGROUND, TRIMAP_BORDER = 2, 3
+from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_BORDER, image_rel, pet_mask, trimap_rel
+
 REFUSED = "refused: outside dataset root"
 
 # Overlay colours (RGB), chosen to stay distinct under the common colour-vision deficiencies.
@@ -65,19 +66,19 @@ def _open(root: str | Path, relative: str) -> tuple[Image.Image | None, str | No
 
 def load_photo(root: str | Path, name: str, size: int) -> Loaded:
     """The image as (size, size, 3) uint8 RGB, squashed to a square as the models saw it."""
-    im, note = _open(root, f"images/{name}.jpg")
+    im, note = _open(root, image_rel(name))
     if im is None:
         return Loaded(None, note)
     try:
         rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except Exception:
-        return Loaded(None, f"unreadable: images/{name}.jpg")
+        return Loaded(None, f"unreadable: {image_rel(name)}")
     return Loaded(np.asarray(rgb, dtype=np.uint8))
 
 
 def load_trimap(root: str | Path, name: str, size: int) -> Loaded:
-    """The trimap (1 pet, 2 background, 3 border) as (size, size) uint8, nearest-neighbour resized."""
-    im, note = _open(root, f"annotations/trimaps/{name}.png")
+    """The trimap (core.data.layout's values) as (size, size) uint8, nearest-neighbour resized."""
+    im, note = _open(root, trimap_rel(name))
     if im is None:
         return Loaded(None, note)
     arr = np.asarray(im)
@@ -164,7 +165,7 @@ def make_panels(root: str | Path | None, name: str, eval_size: int, display: int
     for loaded in (photo, trimap):
         if loaded.note and loaded.note not in notes:
             notes.append(loaded.note)
-    truth = None if trimap.array is None else trimap.array != TRIMAP_BACKGROUND
+    truth = None if trimap.array is None else pet_mask(trimap.array)
     overlays = []
     for pred in preds:
         if pred is None:
@@ -190,7 +191,7 @@ def legend_html() -> str:
                 f"border:1px solid #888;vertical-align:middle;margin:0 0.3em 0 0.8em'></span>")
 
     items = "".join(f"{swatch(c)}{text}" for text, c in LEGEND)
-    truth = "ground truth: white pet, grey border band (trimap 3), black background"
+    truth = f"ground truth: white pet, grey border band (trimap {TRIMAP_BORDER}), black background"
     return f"<div style='font-size:0.9em'><b>Prediction overlay:</b>{items}<br><b>{truth}</b></div>"
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.metrics import image_scores, mean_score
+from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_BORDER, TRIMAP_PET
+from core.metrics import image_scores, mask_scores
 
 
 def _logits(pred: list[list[int]]) -> torch.Tensor:
@@ -105,11 +106,22 @@ def test_invalid_threshold_is_rejected():
         image_scores(_logits(PRED), _mask(TARGET), threshold=1.0)
 
 
-def test_split_score_is_the_mean_over_images_not_over_batch_means():
-    batch_a, batch_b = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0])
-    assert mean_score(torch.cat([batch_a, batch_b])) == pytest.approx(0.75)  # batch means would give 0.5
-    with pytest.raises(ValueError):
-        mean_score(torch.empty(0))
+def test_mask_scores_of_masks_without_logits_are_the_known_values():
+    # (H, W) numpy-born bool masks, as a stored prediction is: the same 4x4 example as above
+    pred, truth = torch.tensor([PRED], dtype=torch.bool), torch.tensor([TARGET], dtype=torch.bool)
+    p, b, t = TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER
+    trimap = torch.tensor([[[t, p, p, b], [t, p, p, b], [t, t, t, t], [b, b, b, b]]], dtype=torch.uint8)
+    scores = mask_scores(pred, truth, trimap)
+    assert scores.dice.tolist() == pytest.approx([0.4])
+    assert scores.iou.tolist() == pytest.approx([2 / 8])
+    assert scores.dice_no_border.tolist() == pytest.approx([4 / 6])
+    empty = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert mask_scores(empty, empty).dice.tolist() == [1.0]  # both empty
+
+
+def test_mask_scores_refuses_masks_of_different_sizes():
+    with pytest.raises(ValueError, match="differ in size"):
+        mask_scores(torch.zeros(1, 4, 4, dtype=torch.bool), torch.zeros(1, 4, 5, dtype=torch.bool))
 
 
 def test_spread_reports_the_bad_side_of_a_trials_images() -> None:

@@ -35,6 +35,9 @@ from core.data.layout import (
     IMAGES_DIR,
     TEST_LIST,
     TRAINVAL_LIST,
+    TRIMAP_BACKGROUND,
+    TRIMAP_BORDER,
+    TRIMAP_PET,
     TRIMAPS_DIR,
     image_path,
     trimap_path,
@@ -549,9 +552,9 @@ def render_image(rng: np.random.Generator, breed: Breed, size: int) -> tuple[np.
     image = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
     band = _dilate(visible, r) & _dilate(~visible, r)
-    trimap = np.full((size, size), 2, np.uint8)
-    trimap[visible] = 1
-    trimap[band] = 3
+    trimap = np.full((size, size), TRIMAP_BACKGROUND, np.uint8)
+    trimap[visible] = TRIMAP_PET
+    trimap[band] = TRIMAP_BORDER
     return image, trimap
 
 
