@@ -231,7 +231,7 @@ def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) 
     """One training step exactly as `core.training.loop.fit` takes it, on one fixed random batch.
 
     The model and its layout, the autocast dtype, the optimizer, the gradient scaler, clipping and
-    compilation come from the trainer's own builder (`core.training.loop._build`) for `cfg`, and the
+    compilation come from the trainer's own builder (`core.training.loop.build_step`) for `cfg`, and the
     batch is prepared by the trainer's own normaliser: a variant differs from the trainer only where
     its TrainConfig does. `optimizer` swaps in another optimizer, the one choice TrainConfig does not
     expose, for the ablations that price the trainer's.
@@ -249,10 +249,10 @@ def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) 
     shape = (cfg.batch_size, cfg.image_size, cfg.image_size)
     images = torch.from_numpy(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
     trimaps = torch.from_numpy(rng.choice(np.array(TRIMAP_VALUES, np.uint8), shape))
-    x, target, _ = loop._Normalizer(device, channels_last)(images, trimaps)
+    x, target, _ = loop.Normalizer(device, channels_last)(images, trimaps)
     loop.seed_everything(cfg.seed)
-    with _optimizer_swapped(loop, optimizer):
-        model, built_optimizer, step = loop._build(cfg, device, amp)
+    factory = (lambda model, cfg, device: optimizer(model, cfg)) if optimizer else None
+    model, built_optimizer, step = loop.build_step(cfg, device, amp, make_optimizer=factory)
     model.train()
 
     def run() -> None:
@@ -260,19 +260,6 @@ def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) 
 
     return TimedStep(run, model, built_optimizer, amp, channels_last, device)
 
-
-@contextlib.contextmanager
-def _optimizer_swapped(loop: Any, optimizer: OptimizerFactory | None) -> Iterator[None]:
-    """While the trainer builds its step, its optimizer comes from `optimizer` (when given)."""
-    if optimizer is None:
-        yield
-        return
-    real = loop._make_optimizer
-    loop._make_optimizer = lambda model, cfg, device: optimizer(model, cfg)
-    try:
-        yield
-    finally:
-        loop._make_optimizer = real
 
 
 def optimizer_name(optimizer: "torch.optim.Optimizer") -> str:

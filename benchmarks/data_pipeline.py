@@ -11,7 +11,7 @@ batch 8, nothing but the data (no model):
             DataLoader(batch_size=8, shuffle=True) defaults.
 * cached    core's training loader (`core.training.loop._train_loader`, what `fit` iterates): the uint8
             arrays `prepare_dataset` decoded once, augmented at the training size, uint8 batches
-            normalised by `_Normalizer` as fit does.
+            normalised by `Normalizer` as fit does.
 * cached, no augmentation   the same with augmentation off (`_plain_batches`: array slices).
 
 Also: how long the one-off decode that fills the cache takes, and loading the cache back.
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.data.augment import AugmentConfig
     from core.data.dataset import prepare_dataset
-    from core.training.loop import TrainConfig, _Normalizer, _train_loader
+    from core.training.loop import TrainConfig, Normalizer, _train_loader
 
     header("data pipeline: cached arrays vs decode every epoch", args)
     if no_dataset(args.data):
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   {n} images, batch {args.batch_size}, {args.image_size} px; prepare_dataset: decode + cache "
           f"{first:.2f} s ({n and len(data.infos) / first:.0f} images/s), from the cache {again:.3f} s")
 
-    normalize = _Normalizer(device, channels_last=False)
+    normalize = Normalizer(device, channels_last=False)
     reference = torch.utils.data.DataLoader(PetsDataset(root, names, args.image_size), batch_size=args.batch_size,
                                             shuffle=True)
 

@@ -7,7 +7,7 @@ Without CUDA it prints one line saying so and exits 0 (nothing was measured, so 
 
 Per architecture, variants take turns on one fixed batch already on the GPU (data loading is
 benchmarks/data_pipeline.py's business). Each is the trainer's own training step, built by
-`core.training.loop._build` as `fit` builds it (model setup, autocast, fused AdamW, gradient
+`core.training.loop.build_step` as `fit` builds it (model setup, autocast, fused AdamW, gradient
 scaler and clipping, the SegmentationLoss) from a TrainConfig that differs only as named:
 
 * fp32 NCHW              TrainConfig(amp="off", channels_last=False), run with TF32 off: the plain recipe

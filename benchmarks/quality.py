@@ -57,6 +57,8 @@ def reference(arch: str, root: str, seconds: float, size: int) -> ReferenceResul
 
 def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, extra: list[str]) -> dict:
     """Run jobs.sweep for one architecture; its selected trial, how much it trained, and its wall time."""
+    import torch
+
     from core.store import queries
     from core.store.db import Store
     from core.store.optuna_storage import load_study
@@ -64,7 +66,9 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
 
     cmd = [sys.executable, "-m", "jobs.sweep", "--data", "oxford-pets", "--data-root", str(root), "--archs", arch,
            "--timeout", f"{seconds:g}", "--image-size", str(size), "--db", db, "--name", name,
-           "--keep-checkpoints", "none", "--no-progress", *extra]
+           "--keep-checkpoints", "none", "--no-progress",
+           # the reference's threads, not a count of the SegSweep processes that happen to be running here
+           "--threads", str(torch.get_num_threads()), *extra]
     started = time.perf_counter()
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started

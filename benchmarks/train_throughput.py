@@ -17,7 +17,7 @@ Variants take turns, round after round, on the same images (the real sample's tr
              same model, same loss. It runs in a separate, spawned process (benchmarks._common.
              FreshProcess), as a lab-report script would: the trainer's process-wide settings
              (malloc policy, OpenCV threads) and its heap never reach it. 2 epochs, epoch 2 timed.
-* fwd+bwd    the trainer's own training step (`core.training.loop._build`, as fit and the sweep's
+* fwd+bwd    the trainer's own training step (`core.training.loop.build_step`, as fit and the sweep's
              step_seconds probe run it) on one fixed batch, with clipping off and an optimizer
              that updates nothing: the model's forward + backward alone, in the trainer's
              precision and layout; no data, no update. No eager training loop beats it:

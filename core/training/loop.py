@@ -201,7 +201,7 @@ def _plain_batches(data: PreparedDataset, indices: np.ndarray, batch_size: int) 
         yield torch.from_numpy(data.images[idx]), torch.from_numpy(data.trimaps[idx])
 
 
-class _Normalizer:
+class Normalizer:
     """Turns uint8 NHWC images into normalised float NCHW (channels_last if asked) on the device."""
 
     def __init__(self, device: torch.device, channels_last: bool):
@@ -286,10 +286,14 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
 TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _build(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None
-           ) -> tuple[nn.Module, torch.optim.Optimizer, TrainStep]:
+OptimizerFactory = Callable[[nn.Module, TrainConfig, torch.device], torch.optim.Optimizer]
+
+
+def build_step(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+               make_optimizer: OptimizerFactory | None = None) -> tuple[nn.Module, torch.optim.Optimizer, TrainStep]:
     """The model on its device, its optimizer, and the one training step `fit` (and anything that
-    times training) runs: forward in the autocast dtype, backward, clipping, update."""
+    times training) runs: forward in the autocast dtype, backward, clipping, update.
+    `make_optimizer` replaces the trainer's fused AdamW (benchmarks price that choice)."""
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step's reallocations (core/training/malloc.py)
     model = build_model(cfg.arch, width=cfg.width).to(device)
@@ -297,7 +301,7 @@ def _build(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if cfg.compile else model
     criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
-    optimizer = _make_optimizer(model, cfg, device)
+    optimizer = (make_optimizer or _make_optimizer)(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
@@ -321,7 +325,7 @@ def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
     """Seconds one training step of `cfg` takes here (median of `steps`, after a warm-up step),
     on random batches: what a budget can afford, known before anything is trained."""
     device = select_device(cfg.device)
-    model, _, train_step = _build(cfg, device, select_amp(device, cfg.amp))
+    model, _, train_step = build_step(cfg, device, select_amp(device, cfg.amp))
     model.train()
     x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
     target = (torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size, device=device) > 0.5).float()
@@ -359,8 +363,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     if len(val_idx) == 0:  # tiny datasets: validate on the training images rather than not at all
         val_idx = train_idx
 
-    model, optimizer, train_step = _build(cfg, device, amp_dtype)
-    normalize = _Normalizer(device, use_channels_last(cfg, device))
+    model, optimizer, train_step = build_step(cfg, device, amp_dtype)
+    normalize = Normalizer(device, use_channels_last(cfg, device))
     generator = torch.Generator().manual_seed(cfg.seed)
     next_epoch, n_batches = _train_loader(data, train_idx, cfg, device, generator)
     total_steps = cfg.epochs * n_batches
@@ -443,7 +447,7 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
     """
     device = device or select_device(cfg.device)
     amp_dtype = select_amp(device, cfg.amp)
-    normalize = _Normalizer(device, use_channels_last(cfg, device))
+    normalize = Normalizer(device, use_channels_last(cfg, device))
     criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
     was_training = model.training
     model.eval()
