@@ -392,8 +392,7 @@ class Worker:
         study = self.studies[arch]
         trials = study.get_trials(deepcopy=False)
         me = next(t for t in trials if t.number == trial.number)
-        if (budget.is_new_config(me) and not budget.fits(trial.number, trials, self.args.trials)) \
-                or budget.duplicate_of(me, trials):
+        if not budget.fits(trial.number, trials, self.args.trials):
             trial.set_user_attr(budget.SURPLUS, True)
             raise SurplusTrial()
         p = suggest(trial, self.args.space_def)
