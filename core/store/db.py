@@ -514,12 +514,6 @@ class Store:
                 claimed.append(dict(row))
         return claimed
 
-    def running_heartbeats(self, study: str) -> dict[int, dt.datetime | None]:
-        """The study's running trials: id -> last heartbeat (a live worker keeps moving it)."""
-        stmt = select(trials.c.id, trials.c.heartbeat_at).where(trials.c.study == study, trials.c.state == "running")
-        with self.engine.connect() as conn:
-            return {int(i): beat for i, beat in conn.execute(stmt).all()}
-
     def record_lost(self, *, sweep: str, study: str, arch: str, number: int, started_at: dt.datetime, dataset: str,
                     image_size: int, error: str) -> bool:
         """Record as failed a trial whose worker died before writing its row; False when the row exists.
