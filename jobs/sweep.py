@@ -25,13 +25,11 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from tqdm.auto import tqdm
 
 from core.data.augment import AugmentConfig
-from core.data.dataset import DataError, PreparedDataset
-from core.data.download import DownloadError
-from core.data.sources import load_data
+from core.data.dataset import PreparedDataset
 from core.metrics import spread
 from core.models import available_models
 from core.store.db import (
@@ -49,7 +47,6 @@ from core.training.trial import (
     HEARTBEAT_S,
     STALE_AFTER_S,
     TrialOutcome,
-    register,
     run_trial,
 )
 from jobs import budget, cli, lifecycle, schedule
@@ -121,8 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, preset[key])
     args.min_epochs = min(args.min_epochs, args.epochs)
     args.compile = args.compile or preset["compile"] and _has_cuda()
-    if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
-        p.error(f"--data-root {args.data_root} does not exist")
+    cli.check_data_root(p, args)
     try:
         args.space_def = load_space(args.space)
     except SpaceError as exc:
@@ -529,10 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("optuna").setLevel(logging.ERROR)
     started = time.monotonic()
     try:
-        store = Store(args.db)
-        data = load_data(args.data, args.data_root, args.image_size, seed=args.seed,
-                         synthetic_images=PRESETS[args.preset]["synthetic_images"])
-        image_ids = register(store, data)
+        store, data, image_ids = cli.open_job(PROG, args, args.image_size,
+                                              synthetic_images=PRESETS[args.preset]["synthetic_images"])
         args.name = args.name or default_name(data, args.image_size)
         print(f"{PROG}: sweep {args.name!r} on {data.name} ({len(data.indices('train'))} train / "
               f"{len(data.indices('val'))} val / {len(data.indices('test'))} test images) -> {display_url(store.url)}")
@@ -544,13 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: search space: " + ", ".join(
             f"{k}={v}" if not hasattr(v, "low") else f"{k}[{v.low:g}..{v.high:g}{' log' if v.log else ''}]"
             for k, v in args.space_def.items()))
-        worker = Worker(args, store, data, image_ids)
-        worker.run()
-        table = summary_table(store, args.name, args.archs)
-    except (DataError, DownloadError, StoreError) as exc:
-        cli.user_error(PROG, str(exc))
-    except DBAPIError as exc:  # the database went away, filled up or refused a write mid-sweep
-        cli.user_error(PROG, cli.db_error(args.db, exc))
+        with cli.one_line_errors(PROG, args.db):
+            Worker(args, store, data, image_ids).run()
+            table = summary_table(store, args.name, args.archs)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished trials are kept, the interrupted one runs again when you run the "
               f"same command", file=sys.stderr)
@@ -558,10 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in table:
         print(line)
-    path = sqlite_path(store.url)
-    target = str(path) if path else store.url
     print(f"\n{PROG}: done in {time.monotonic() - started:.0f} s. Open the dashboard:\n"
-          f"  RESULTS_DB='{target}' streamlit run dashboard/Home.py")
+          f"  {cli.dashboard_command(store.url)}")
     return 0
 
 
