@@ -3,8 +3,8 @@
 Workers only ever ask Optuna for trials; Optuna numbers trials atomically in the database,
 so a trial can tell whether it fits the budget by counting the trials before it. A trial
 that does not fit ends at once as a failed 'surplus' trial, which nothing counts or records.
-Trials a dead worker left behind are failed by Optuna's heartbeat and retried; the retry
-takes the original's place in the budget.
+A trial whose worker went away is retried (jobs/lifecycle.py); the retry takes the
+original's place in the budget.
 """
 from __future__ import annotations
 
@@ -23,43 +23,48 @@ def is_new_config(t: FrozenTrial) -> bool:
     return RESUME_OF not in t.user_attrs and REFIT_OF not in t.user_attrs
 
 
+def retry_of(t: FrozenTrial) -> int | None:
+    """The trial this one runs again, if it is a retry (Optuna's retry callback records the chain)."""
+    history = t.system_attrs.get("retry_history")
+    return history[-1] if history else None
+
+
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
-def _start_of(t: FrozenTrial) -> int | None:
-    if START in t.user_attrs:
-        return int(t.user_attrs[START])
-    return 0 if t.user_attrs.get(BASELINE) else None
+def _job(t: FrozenTrial) -> tuple | None:
+    """What a queued trial was queued to do; None for a new configuration, which the budget governs."""
+    if retry_of(t) is not None:
+        return ("retry", retry_of(t))
+    if START in t.user_attrs or t.user_attrs.get(BASELINE):  # studies from before the recipes mark the baseline only
+        return ("start", int(t.user_attrs.get(START, 0)))
+    if not is_new_config(t):
+        return (t.user_attrs.get(RESUME_OF), t.user_attrs.get(RESUME_AT), t.user_attrs.get(REFIT_OF))
+    return None
 
 
-def _duplicate_starts(trials: list[FrozenTrial]) -> set[int]:
-    """Starting points enqueued twice by workers that created the study at the same moment."""
-    seen: set[int] = set()
-    duplicates = set()
+def duplicates(trials: list[FrozenTrial]) -> set[int]:
+    """Trials queued for a job an earlier trial was queued for: a starting point, a retry, a promotion
+    or the refit, which two workers may queue at the same moment. Only the first of each runs."""
+    first: set[tuple] = set()
+    out: set[int] = set()
     for t in sorted(trials, key=lambda t: t.number):
-        start = _start_of(t)
-        if start is None or "failed_trial" in t.system_attrs:
-            continue
-        if start in seen:
-            duplicates.add(t.number)
-        seen.add(start)
-    return duplicates
+        job = _job(t)
+        if job is not None:
+            if job in first:
+                out.add(t.number)
+            first.add(job)
+    return out
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The configurations that use up the --trials budget: finished, running or queued, minus
     replaced, surplus and duplicate ones (continuations and refits train configurations already counted)."""
     retried = retried_numbers(trials)
-    duplicates = _duplicate_starts(trials)
-    out = []
-    for t in trials:
-        if t.number in duplicates or t.user_attrs.get(SURPLUS) or not is_new_config(t):
-            continue
-        if t.state == TrialState.FAIL and t.number in retried:
-            continue
-        out.append(t)
-    return out
+    skip = duplicates(trials)
+    return [t for t in trials if is_new_config(t) and not t.user_attrs.get(SURPLUS) and t.number not in skip
+            and not (t.state == TrialState.FAIL and t.number in retried)]
 
 
 def remaining(trials: list[FrozenTrial], budget: int) -> int:
@@ -67,32 +72,17 @@ def remaining(trials: list[FrozenTrial], budget: int) -> int:
     return max(0, budget - len(counted(trials)))
 
 
+def _place(t: FrozenTrial) -> int:
+    """A trial's place in the budget: a retry takes the place of the trial it first ran again."""
+    return t.system_attrs.get("failed_trial", t.number)
+
+
 def fits(trial_number: int, trials: list[FrozenTrial], budget: int) -> bool:
-    """Whether the trial numbered `trial_number` is inside the budget."""
-    mine = next((t for t in trials if t.number == trial_number), None)
-    if mine is not None and "failed_trial" in mine.system_attrs:
-        return True  # a retry replaces a counted trial
-    if trial_number in _duplicate_starts(trials):
+    """Whether the trial numbered `trial_number` should run: not a duplicate, and a new configuration
+    (or its retry) only inside the budget, counting the configurations in earlier places."""
+    if trial_number in duplicates(trials):
         return False
-    before = [t for t in counted(trials) if t.number < trial_number]
-    return len(before) < budget
-
-
-def _job(t: FrozenTrial) -> tuple:
-    return (t.user_attrs.get(RESUME_OF), t.user_attrs.get(RESUME_AT), t.user_attrs.get(REFIT_OF))
-
-
-def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
-    """Whether an earlier trial already does what this continuation or refit was queued for
-    (two workers may queue the same one at the same moment). A retry is never a duplicate."""
-    if is_new_config(trial) or "failed_trial" in trial.system_attrs:
-        return False
-    retried = retried_numbers(trials)
-    return any(t.number < trial.number and _job(t) == _job(trial) and not t.user_attrs.get(SURPLUS)
-               and not (t.state == TrialState.FAIL and t.number in retried) for t in trials)
-
-
-def finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Counted trials that are done (complete, pruned or failed for good)."""
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in counted(trials) if t.state in done]
+    mine = next(t for t in trials if t.number == trial_number)
+    if not is_new_config(mine):
+        return True
+    return len([t for t in counted(trials) if _place(t) < _place(mine)]) < budget

@@ -1,16 +1,23 @@
-"""Command-line pieces shared by jobs.train and jobs.sweep: flags, validation, user errors."""
+"""Command-line pieces shared by jobs.train and jobs.sweep: flags, validation, opening the store
+and the data, user errors, the dashboard command."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
+
+from sqlalchemy.exc import DBAPIError
 
 from core.data.augment import AugmentConfig
-from core.data.sources import DATA_CHOICES
+from core.data.dataset import DataError, PreparedDataset
+from core.data.download import DownloadError
+from core.data.sources import DATA_CHOICES, load_data
 from core.models import available_models
-from core.store.db import DEFAULT_URL, display_url
+from core.store.db import DEFAULT_URL, Store, StoreError, display_url, sqlite_path
+from core.training.trial import register
 
 AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
     "hflip": ("hflip", "horizontal flip probability"),
@@ -41,6 +48,34 @@ def db_error(db: str, exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     return f"database error on {display_url(db)}: {detail}; results recorded before it are kept"
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str, db: str, *more: type[Exception]) -> Iterator[None]:
+    """Problems the user can fix (data, download, store, and any of `more`) and a database failing
+    mid-job (server gone, disk full, read-only file) end the job with one line and exit 1."""
+    try:
+        yield
+    except (DataError, DownloadError, StoreError, *more) as exc:
+        user_error(prog, str(exc))
+    except DBAPIError as exc:
+        user_error(prog, db_error(db, exc))
+
+
+def open_job(prog: str, args: argparse.Namespace, image_size: int,
+             **load: Any) -> tuple[Store, PreparedDataset, dict[str, int]]:
+    """A job's start: the store of --db, the data of --data/--data-root at `image_size` (`load`: more
+    load_data options), and its images registered (image name -> id); a problem is one line, exit 1."""
+    with one_line_errors(prog, args.db):
+        store = Store(args.db)
+        data = load_data(args.data, args.data_root, image_size, seed=args.seed, **load)
+        return store, data, register(store, data)
+
+
+def dashboard_command(url: str) -> str:
+    """The command that opens the dashboard on the store at `url`."""
+    path = sqlite_path(url)
+    return f"RESULTS_DB='{path if path else url}' streamlit run dashboard/Home.py"
 
 
 def positive_float(text: str) -> float:
@@ -123,6 +158,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_data_root(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--data-root must exist, unless the synthetic set is to be generated there."""
+    if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
+        p.error(f"--data-root {args.data_root} does not exist")
 
 
 def width_or_auto(text: str) -> float | str:

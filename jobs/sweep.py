@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import os
 import shutil
@@ -26,13 +25,11 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from tqdm.auto import tqdm
 
 from core.data.augment import AugmentConfig
-from core.data.dataset import DataError, PreparedDataset
-from core.data.download import DownloadError
-from core.data.sources import load_data
+from core.data.dataset import PreparedDataset
 from core.metrics import spread
 from core.models import available_models
 from core.store.db import (
@@ -48,13 +45,11 @@ from core.store.optuna_storage import optuna_storage
 from core.training.loop import StopTraining, TrainConfig, step_seconds
 from core.training.trial import (
     HEARTBEAT_S,
-    INTERRUPTED,
     STALE_AFTER_S,
     TrialOutcome,
-    register,
     run_trial,
 )
-from jobs import budget, cli, schedule
+from jobs import budget, cli, lifecycle, schedule
 from jobs.search_space import SpaceError, load_space, starting_points, suggest
 
 PROG = "jobs.sweep"
@@ -73,9 +68,6 @@ REFIT_SHARE = 0.5      # of each architecture's budget, kept for the refit
 AUTO_WIDTHS = (1.0, 0.5, 0.25)  # --width auto: the first whose epochs the budget can afford enough of
 AUTO_MIN_EPOCHS = 150  # epochs of training an architecture's budget must afford at that width
 REFIT_MAX_FACTOR = 8   # a refit trains at most this many times a search trial's full length
-
-
-DEAD_WORKER = "worker stopped during the trial (heartbeat lost); retried"
 
 
 class SurplusTrial(Exception):
@@ -126,8 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, preset[key])
     args.min_epochs = min(args.min_epochs, args.epochs)
     args.compile = args.compile or preset["compile"] and _has_cuda()
-    if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
-        p.error(f"--data-root {args.data_root} does not exist")
+    cli.check_data_root(p, args)
     try:
         args.space_def = load_space(args.space)
     except SpaceError as exc:
@@ -204,7 +195,7 @@ class Worker:
         self.widths = {arch: self.width_of(arch) for arch in args.archs}
         self.outcomes: list[tuple[str, int, TrialOutcome]] = []
         self.notes: dict[tuple[str, int], str] = {}  # what a trial was queued for, shown in its line
-        self._first_beat: dict[int, Any] = {}  # running trial id -> heartbeat when first seen
+        self._first_sign: dict[tuple[str, int], Any] = {}  # running (study, number) -> sign of life when first seen
 
     def width_of(self, arch: str) -> float:
         """--width, or for 'auto' the width this study chose when it started (kept for every worker
@@ -307,67 +298,16 @@ class Worker:
         trained = sum(len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0) for t in mine)
         return seconds / trained if trained > 0 else 0.0
 
-    def sync_dead_trials(self, arch: str) -> None:
-        """Trials whose worker died (no heartbeat) end as failed and are queued again once."""
-        study = self.studies[arch]
-        claimed = self.store.claim_stale(study.study_name, STALE_AFTER_S, DEAD_WORKER)
-        if claimed:
-            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-            for row in claimed:
-                self.remove_checkpoint(arch, row["number"])
-                dead = by_number.get(row["number"])
-                if dead is None or dead.state != TrialState.RUNNING:
-                    continue
-                self.fail_and_retry(study, dead)
-                tqdm.write(f"{PROG}: {arch} trial {dead.number} lost its worker; queued again")
-        self.sync_recorded_trials(arch)
-
-    def fail_and_retry(self, study: optuna.Study, dead: optuna.trial.FrozenTrial) -> None:
-        """End the trial as failed (if Optuna has not already) and queue its configuration again."""
-        if dead.state == TrialState.RUNNING:
-            self.storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-        retry(study, study.get_trials(deepcopy=False)[dead.number])
-
-    def sync_recorded_trials(self, arch: str) -> None:
-        """A worker that died after closing its trial in the store, before telling Optuna, leaves
-        the Optuna trial RUNNING for ever (and holding a budget slot). Once the store row has been
-        closed for STALE_AFTER_S, Optuna is told what the store recorded."""
-        study = self.studies[arch]
-        running = {t.number: t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING}
-        if not running:
-            return
-        cutoff = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=STALE_AFTER_S)
-        for row in self.store.study_trials(study.study_name):
-            t = running.get(row["number"])
-            if t is None or row["state"] == "running" or row["finished_at"] is None or row["finished_at"] > cutoff:
-                continue
-            try:
-                if row["state"] == "complete" and row["val_dice"] is not None:
-                    self.storage.set_trial_user_attr(t._trial_id, "test_dice", row["test_dice"])
-                    self.storage.set_trial_user_attr(t._trial_id, "trial_id", row["id"])
-                    self.storage.set_trial_state_values(t._trial_id, TrialState.COMPLETE, [float(row["val_dice"])])
-                elif row["state"] == "pruned":
-                    self.storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
-                elif row["error"] == DEAD_WORKER:  # claimed by a worker that died before retrying it
-                    self.fail_and_retry(study, t)
-                else:
-                    self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker synced it first
-            tqdm.write(f"{PROG}: {arch} trial {t.number} was recorded as {row['state']} by a worker that "
+    def sync(self, arch: str) -> None:
+        """Optuna's view of the study made to agree with the store (jobs/lifecycle.py), lost trials queued again."""
+        lost, told = lifecycle.sync(self.studies[arch], self.store, STALE_AFTER_S, dataset=self.data.name,
+                                    image_size=self.args.image_size)
+        for number in lost:
+            self.remove_checkpoint(arch, number)
+            tqdm.write(f"{PROG}: {arch} trial {number} lost its worker; queued again")
+        for number, state in told:
+            tqdm.write(f"{PROG}: {arch} trial {number} was recorded as {state} by a worker that "
                        f"stopped before telling Optuna; synced")
-
-    def queue_interrupted(self, arch: str) -> None:
-        """A trial stopped by Ctrl-C is not a failed configuration: queue it for the next run."""
-        study = self.studies[arch]
-        interrupted = {r["number"] for r in self.store.study_trials(study.study_name)
-                       if r["state"] == "failed" and r["error"] == INTERRUPTED}
-        trials = study.get_trials(deepcopy=False)
-        retried = budget.retried_numbers(trials)
-        for t in trials:
-            if t.number in interrupted and t.number not in retried and t.state in (TrialState.FAIL, TrialState.RUNNING):
-                self.fail_and_retry(study, t)
 
     def remove_checkpoint(self, arch: str, number: int) -> None:
         """A dead trial's weights (complete or half-written) are of no use."""
@@ -379,22 +319,37 @@ class Worker:
                 pass
 
     def unproven_running(self) -> int:
-        """Running trials of other workers whose heartbeat this worker has not yet seen advance."""
+        """Running trials whose sign of life (jobs/lifecycle.py) this worker has not yet seen advance."""
         unproven = 0
         for arch in self.args.archs:
-            for trial_id, beat in self.store.running_heartbeats(self.studies[arch].study_name).items():
-                if self._first_beat.setdefault(trial_id, beat) == beat:
+            name = self.studies[arch].study_name
+            for number, sign in lifecycle.last_signs(self.studies[arch], self.store).items():
+                if self._first_sign.setdefault((name, number), sign) == sign:
                     unproven += 1
         return unproven
 
     # one trial
+    def run_one(self, arch: str) -> None:
+        """Ask Optuna for a trial, run it, and tell Optuna how it ended, unless another worker
+        already has (it took the trial for dead while this worker was only slow)."""
+        study = self.studies[arch]
+        trial = study.ask()
+        value, state = None, TrialState.FAIL
+        try:
+            value, state = self.objective(arch, trial), None  # None: complete, unless the value is not a number
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except (SurplusTrial, TrialFailed):
+            pass
+        finally:  # Ctrl-C too: the store row says interrupted, and the next sync queues it again
+            study.tell(trial, value, state=state, skip_if_finished=True)
+
     def objective(self, arch: str, trial: optuna.Trial) -> float:
         """Train one configuration: a new one, a promoted one continuing, or the refit."""
         study = self.studies[arch]
         trials = study.get_trials(deepcopy=False)
         me = next(t for t in trials if t.number == trial.number)
-        if (budget.is_new_config(me) and not budget.fits(trial.number, trials, self.args.trials)) \
-                or budget.duplicate_of(me, trials):
+        if not budget.fits(trial.number, trials, self.args.trials):
             trial.set_user_attr(budget.SURPLUS, True)
             raise SurplusTrial()
         p = suggest(trial, self.args.space_def)
@@ -461,8 +416,6 @@ class Worker:
             self.state_path(arch, config).unlink(missing_ok=True)
         if refit_of is not None:
             shutil.rmtree(self.state_path(arch, 0).parent, ignore_errors=True)  # the search is over
-        trial.set_user_attr("test_dice", outcome.test_dice)
-        trial.set_user_attr("trial_id", outcome.trial_id)
         self.prune_checkpoints(arch)
         return float(outcome.val_dice)
 
@@ -494,18 +447,13 @@ class Worker:
         while True:
             progressed = False
             for arch in args.archs:
-                self.sync_dead_trials(arch)
+                self.sync(arch)
                 if not self.plan(arch):
                     continue
                 before = len(self.outcomes)
-                try:
-                    self.studies[arch].optimize(lambda t, a=arch: self.objective(a, t), n_trials=1,
-                                                catch=(SurplusTrial, TrialFailed))
-                except KeyboardInterrupt:
-                    self.queue_interrupted(arch)
-                    raise
+                self.run_one(arch)
+                progressed = True  # even a dropped surplus or duplicate trial: plan again
                 if len(self.outcomes) > before:
-                    progressed = True
                     self.report(*self.outcomes[-1])
                     bar.update(1)
             if progressed:
@@ -513,9 +461,10 @@ class Worker:
                 continue
             # Nothing to run, but trials may still be running elsewhere. One whose heartbeat
             # advances belongs to a live worker, which will finish it (and what follows it). One
-            # whose heartbeat stays silent belongs to a worker that probably died (perhaps killed just
-            # before this command started): wait until it is claimed as stale and queued again, then
-            # run it here. So running the same command again after a crash always completes the sweep.
+            # whose heartbeat stays silent (or that has no store row at all) belongs to a worker that
+            # probably died, perhaps killed just before this command started: wait until it is stale
+            # and queued again, then run it here. So running the same command again after a crash
+            # always completes the sweep.
             if self.unproven_running():
                 waiting_since = waiting_since or time.monotonic()
                 if not said and time.monotonic() - waiting_since > 2 * HEARTBEAT_S:
@@ -577,10 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("optuna").setLevel(logging.ERROR)
     started = time.monotonic()
     try:
-        store = Store(args.db)
-        data = load_data(args.data, args.data_root, args.image_size, seed=args.seed,
-                         synthetic_images=PRESETS[args.preset]["synthetic_images"])
-        image_ids = register(store, data)
+        store, data, image_ids = cli.open_job(PROG, args, args.image_size,
+                                              synthetic_images=PRESETS[args.preset]["synthetic_images"])
         args.name = args.name or default_name(data, args.image_size)
         print(f"{PROG}: sweep {args.name!r} on {data.name} ({len(data.indices('train'))} train / "
               f"{len(data.indices('val'))} val / {len(data.indices('test'))} test images) -> {display_url(store.url)}")
@@ -592,13 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: search space: " + ", ".join(
             f"{k}={v}" if not hasattr(v, "low") else f"{k}[{v.low:g}..{v.high:g}{' log' if v.log else ''}]"
             for k, v in args.space_def.items()))
-        worker = Worker(args, store, data, image_ids)
-        worker.run()
-        table = summary_table(store, args.name, args.archs)
-    except (DataError, DownloadError, StoreError) as exc:
-        cli.user_error(PROG, str(exc))
-    except DBAPIError as exc:  # the database went away, filled up or refused a write mid-sweep
-        cli.user_error(PROG, cli.db_error(args.db, exc))
+        with cli.one_line_errors(PROG, args.db):
+            Worker(args, store, data, image_ids).run()
+            table = summary_table(store, args.name, args.archs)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished trials are kept, the interrupted one runs again when you run the "
               f"same command", file=sys.stderr)
@@ -606,10 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in table:
         print(line)
-    path = sqlite_path(store.url)
-    target = str(path) if path else store.url
     print(f"\n{PROG}: done in {time.monotonic() - started:.0f} s. Open the dashboard:\n"
-          f"  RESULTS_DB='{target}' streamlit run dashboard/Home.py")
+          f"  {cli.dashboard_command(store.url)}")
     return 0
 
 

@@ -11,15 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy.exc import DBAPIError
 
-from core.data.dataset import DataError
-from core.data.download import DownloadError
-from core.data.sources import load_data
 from core.metrics import spread
-from core.store.db import Store, StoreError, display_url, sqlite_path
+from core.store.db import Store, display_url
 from core.training.loop import TrainConfig
-from core.training.trial import register, run_trial
+from core.training.trial import run_trial
 from jobs import cli
 
 PROG = "jobs.train"
@@ -42,8 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.bce_weight + args.dice_weight + args.focal_weight <= 0:
         p.error("at least one of --bce-weight, --dice-weight, --focal-weight must be > 0")
-    if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
-        p.error(f"--data-root {args.data_root} does not exist")
+    cli.check_data_root(p, args)
     return args
 
 
@@ -60,28 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     threads = cli.apply_threads(args)
     cfg = config_from_args(args)
     name = args.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        store = Store(args.db)
-        data = load_data(args.data, args.data_root, cfg.image_size, seed=args.seed)
-        image_ids = register(store, data)
-    except (DataError, DownloadError, StoreError) as exc:
-        cli.user_error(PROG, str(exc))
-    except DBAPIError as exc:  # e.g. a database file that cannot be written
-        cli.user_error(PROG, cli.db_error(args.db, exc))
+    store, data, image_ids = cli.open_job(PROG, args, cfg.image_size)
     print(f"{PROG}: {data.name} ({len(data.indices('train'))} train / {len(data.indices('val'))} val / "
           f"{len(data.indices('test'))} test images at {cfg.image_size} px) -> {display_url(store.url)}")
     print(f"{PROG}: {cli.describe(cfg.params())}; {threads}")
     try:
-        outcome = run_trial(store, cfg, data, image_ids, sweep=name, study=f"{name}/{cfg.arch}", number=0,
-                            checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
-                            progress=not args.no_progress)
+        with cli.one_line_errors(PROG, args.db, ValueError):
+            outcome = run_trial(store, cfg, data, image_ids, sweep=name, study=f"{name}/{cfg.arch}", number=0,
+                                checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
+                                progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; the run is recorded as failed, earlier results are untouched", file=sys.stderr)
         return 130
-    except (DataError, StoreError, ValueError) as exc:
-        cli.user_error(PROG, str(exc))
-    except DBAPIError as exc:  # the database went away, filled up or refused a write mid-run
-        cli.user_error(PROG, cli.db_error(args.db, exc))
     print_summary(outcome, data, store)
     return 0 if outcome.state == "complete" else 1
 
@@ -98,9 +83,7 @@ def print_summary(outcome, data, store: Store) -> None:
     s = spread(dice)
     print(f"{PROG}: test dice over {len(dice)} images: mean {s['mean']:.4f}  median {s['median']:.4f}  "
           f"p10 {s['p10']:.4f}  worst {', '.join(f'{n} {d:.3f}' for n, d in zip(names, dice[worst]))}")
-    path = sqlite_path(store.url)
-    target = str(path) if path else store.url
-    print(f"{PROG}: dashboard: RESULTS_DB='{target}' streamlit run dashboard/Home.py")
+    print(f"{PROG}: dashboard: {cli.dashboard_command(store.url)}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from core.store.db import Store, decode_mask
 from jobs import budget
 from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fixture)
 from tests.test_reliability import (  # noqa: F401  (module fixtures: the data, one torch thread)
-    REPO, STUDY, _one_thread, assert_consistent, data_root, job_env, open_together, rerun_right_after_a_kill,
-    sweep_argv,
+    REPO, STUDY, _one_thread, assert_consistent, data_root, job_env, open_together, rerun_after_a_kill_before_the_row,
+    rerun_right_after_a_kill, sweep_argv,
 )
 
 
@@ -73,6 +73,12 @@ def test_a_rerun_right_after_a_kill_retries_the_trial_on_postgres(postgres: Post
     monkeypatch.chdir(tmp_path)  # a server database's checkpoints go to ./checkpoints
     rerun_right_after_a_kill(postgres.create_database("killed"), data_root, monkeypatch, capsys)
     assert (tmp_path / "checkpoints" / "t" / "unet").is_dir()
+
+
+def test_a_worker_killed_before_writing_its_trial_row_is_retried_on_postgres(
+        postgres: PostgresServer, data_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    rerun_after_a_kill_before_the_row(postgres.create_database("killed_early"), data_root, monkeypatch, capsys)
 
 
 def test_workers_starting_together_on_a_new_postgres_database_all_get_the_schema(postgres: PostgresServer) -> None:

@@ -1,6 +1,6 @@
 """Faults, bad input and concurrent workers. The store never lies and never loses what it has.
 
-Covered here: a worker SIGKILLed mid-trial (and killed at the two awkward moments around it),
+Covered here: a worker SIGKILLed mid-trial (and killed at the awkward moments around it),
 three workers on one SQLite file, diverging trials, and the bad-input matrix (data, flags,
 database, checkpoints) that README's "When things go wrong" table documents. PostgreSQL runs
 in tests/test_postgres.py with the same checks.
@@ -36,7 +36,7 @@ from core.store.optuna_storage import load_study, optuna_storage
 from core.store.db import ImageResults, Store
 from core.training.abandoned import abandoned_error
 from core.data.synthetic import SYNTHETIC_MARKER, generate_synthetic
-from jobs import budget
+from jobs import budget, lifecycle
 from jobs import sweep as sweep_job
 from jobs import train as train_job
 
@@ -246,7 +246,7 @@ def test_a_sigkilled_worker_costs_only_the_trial_it_hit(data_root: Path, tmp_pat
     by_number = {r["number"]: r for r in rows}
     killed = by_number[1]
     assert killed["id"] == killed_id and killed["state"] == "failed" and killed["epochs_run"] >= 1
-    assert killed["error"] == sweep_job.DEAD_WORKER
+    assert killed["error"] == lifecycle.DEAD_WORKER
     store = Store(db, read_only=True)
     assert store.count(st.image_results, trial_id=killed_id) == store.count(st.masks, trial_id=killed_id) == 0
     assert store.count(st.epochs, trial_id=killed_id) == killed["epochs_run"]  # its curve up to the kill is kept
@@ -289,13 +289,40 @@ def rerun_right_after_a_kill(url: str, data_root: Path, monkeypatch, capsys) -> 
     assert f"unet trial {dead.number} lost its worker; queued again" in out
     rows = assert_consistent(url, STUDY, 2)
     assert [(r["id"], r["state"], r["error"]) for r in rows if r["number"] == dead.number] == \
-        [(dead_id, "failed", sweep_job.DEAD_WORKER)]
+        [(dead_id, "failed", lifecycle.DEAD_WORKER)]
     assert [r["state"] for r in rows] == ["complete", "failed", "complete"]
 
 
 def test_a_rerun_started_right_after_a_kill_waits_for_the_silent_trial_and_retries_it(
         data_root: Path, db_url: str, monkeypatch, capsys) -> None:
     rerun_right_after_a_kill(db_url, data_root, monkeypatch, capsys)
+
+
+def rerun_after_a_kill_before_the_row(url: str, data_root: Path, monkeypatch, capsys) -> None:
+    """Shared with tests/test_postgres.py: a worker killed after Optuna created its trial but before
+    it wrote the trial's store row. Optuna's journal says RUNNING, and no heartbeat exists to go
+    stale; the next run must record the loss, retry the trial and spend the budget exactly."""
+    monkeypatch.setattr(sweep_job, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(sweep_job, "STALE_AFTER_S", 1.5)
+    study, store, first = _kill_scenario_first_run(url, data_root, capsys)
+    dead = study.ask()  # RUNNING in the journal; the worker died before anything reached the store
+    store.dispose()
+    assert [r["number"] for r in Store(url, read_only=True).study_trials(STUDY)] == [0]
+    code, out, err = run_main(sweep_job.main, sweep_argv(data_root, url, 2), capsys)
+    assert code == 0, err
+    assert f"unet trial {dead.number} lost its worker; queued again" in out
+    rows = assert_consistent(url, STUDY, 2)
+    assert [(r["number"], r["state"], r["error"]) for r in rows] == [
+        (0, "complete", None), (dead.number, "failed", lifecycle.DEAD_WORKER), (dead.number + 1, "complete", None)]
+    assert (rows[1]["epochs_run"], rows[1]["params"]) == (0, {})  # it never trained
+    trials = load_study(url, STUDY).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].system_attrs["failed_trial"] == dead.number
+
+
+def test_a_worker_killed_before_writing_its_trial_row_is_retried_and_the_budget_is_exact(
+        data_root: Path, db_url: str, monkeypatch, capsys) -> None:
+    rerun_after_a_kill_before_the_row(db_url, data_root, monkeypatch, capsys)
 
 
 def test_a_worker_killed_after_recording_but_before_telling_optuna_is_synced(

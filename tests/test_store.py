@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import inspect, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from core.store import db as st
 from core.store.db import ImageResults, SchemaVersionError, Store, StoreError, decode_mask, encode_mask
@@ -119,6 +120,22 @@ def test_claim_stale_fails_only_running_trials_silent_for_longer_than_the_grace(
     assert (store.trial(silent)["state"], store.trial(silent)["error"]) == ("failed", "worker died")
     assert [store.trial(t)["state"] for t in (fresh, done)] == ["running", "complete"]
     assert store.stale_studies(30) == []
+
+
+def test_a_trial_lost_before_its_row_is_recorded_once_and_its_worker_cannot_start_it_late(db_url: str) -> None:
+    store = Store(db_url)
+    lost = dict(sweep="s", study="s/unet", arch="unet", number=0, started_at=st._now() - dt.timedelta(seconds=60),
+                dataset="oxford-pets/x", image_size=64, error="worker died")
+    assert store.record_lost(**lost) is True
+    assert store.record_lost(**lost) is False  # another worker noticing the same loss
+    with pytest.raises(IntegrityError):
+        _trial(store, 0)  # the trial's own worker, had it only been slow
+    [row] = store.study_trials("s/unet")
+    assert (row["state"], row["error"], row["params"], row["epochs_run"]) == ("failed", "worker died", {}, 0)
+    assert row["finished_at"] > row["started_at"]
+    _trial(store, 1)
+    assert store.record_lost(**{**lost, "number": 1}) is False  # a row written by its worker is never replaced
+    assert store.study_trials("s/unet")[1]["state"] == "running"
 
 
 def test_read_only_store_cannot_write(db_url: str) -> None:

@@ -103,6 +103,25 @@ def test_diverging_trials_are_recorded_with_the_reason_and_the_sweep_goes_on(swe
     assert [t.state for t in study(db_url).get_trials()] == [TrialState.FAIL] * 2
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_retry_queued_by_two_workers_at_once_runs_once_and_counts_once() -> None:
+    study = optuna.create_study(direction="maximize")
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for state, value in ((TrialState.COMPLETE, 0.5), (TrialState.FAIL, None), (TrialState.FAIL, None)):
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params={"lr": 1e-3}, distributions=lr))
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    for lost in (1, 1, 2):  # a second worker noticed the loss of trial 1 at the same moment
+        retry(study, study.trials[lost])
+    trials = study.get_trials()
+    assert [(t.number, t.state, budget.retry_of(t)) for t in trials[3:]] == [
+        (3, TrialState.WAITING, 1), (4, TrialState.WAITING, 1), (5, TrialState.WAITING, 2)]
+    assert budget.duplicates(trials) == {4}
+    assert [t.number for t in budget.counted(trials)] == [0, 3, 5]
+    # with a budget of 2, trial 2 was over it (its worker died before marking it surplus): so is its retry
+    assert [budget.fits(n, trials, 2) for n in (3, 4, 5)] == [True, False, False]
+    assert [budget.fits(n, trials, 3) for n in (3, 4, 5)] == [True, False, True]
+
+
 @pytest.mark.slow
 def test_two_concurrent_workers_share_one_budget_exactly(sweep_data: Path, db_url: str) -> None:
     cmd = [sys.executable, "-m", "jobs.sweep", *argv(sweep_data, db_url, 4)]

@@ -514,11 +514,23 @@ class Store:
                 claimed.append(dict(row))
         return claimed
 
-    def running_heartbeats(self, study: str) -> dict[int, dt.datetime | None]:
-        """The study's running trials: id -> last heartbeat (a live worker keeps moving it)."""
-        stmt = select(trials.c.id, trials.c.heartbeat_at).where(trials.c.study == study, trials.c.state == "running")
-        with self.engine.connect() as conn:
-            return {int(i): beat for i, beat in conn.execute(stmt).all()}
+    def record_lost(self, *, sweep: str, study: str, arch: str, number: int, started_at: dt.datetime, dataset: str,
+                    image_size: int, error: str) -> bool:
+        """Record as failed a trial whose worker died before writing its row; False when the row exists.
+
+        The insert is the claim: (study, number) is unique, so of the workers noticing the loss one
+        records it, and the dead trial's worker, if it was only slow, cannot start it any more.
+        Nothing was recorded of its configuration, so `params` is empty.
+        """
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(trials).values(
+                    sweep=sweep, study=study, arch=arch, number=number, state="failed", params={}, epochs_run=0,
+                    started_at=started_at, finished_at=_now(), device="unknown", dataset=dataset,
+                    image_size=image_size, error=error))
+        except IntegrityError:
+            return False
+        return True
 
     def stale_studies(self, grace_s: float) -> list[str]:
         """Studies holding a running trial that has not beaten for `grace_s` seconds (see claim_stale)."""

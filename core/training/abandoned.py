@@ -1,7 +1,7 @@
 """Runs left 'running' by a job that was killed, closed as failed by the next job on the store.
 
 A sweep's workers claim the dead trials of their own studies and queue them again
-(`Store.claim_stale` in jobs/sweep.py). A `jobs.train` run has no sweep behind it: if its
+(jobs/lifecycle.py). A `jobs.train` run has no sweep behind it: if its
 process is killed, nothing else would ever close its row, and the dashboard would show it
 running for ever. So every job, on opening the store, closes such rows as failed once their
 heartbeat is older than the stale limit, and leaves the rows of Optuna studies to the sweep.
