@@ -145,6 +145,9 @@ class Budget:
     def search_left(self, spent: float) -> float:
         return self.search_seconds - spent
 
+    def left(self, spent: float) -> float:
+        return self.seconds - spent
+
     def refit_epochs(self, spent: float, seconds_per_epoch: float, at_least: int, evaluation_s: float = 0.0) -> int:
         """Epochs the refit trains: what is left of the budget, at the best configuration's
         measured pace, and never fewer than `at_least` (the refit must train longer than the

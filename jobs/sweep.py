@@ -42,7 +42,7 @@ from core.store.db import (
 )
 from core.store import selection
 from core.store.optuna_storage import optuna_storage
-from core.training.loop import StopTraining, TrainConfig, step_seconds
+from core.training.loop import EndTraining, StopTraining, TrainConfig, step_seconds
 from core.training.trial import (
     HEARTBEAT_S,
     STALE_AFTER_S,
@@ -380,7 +380,11 @@ class Worker:
 
         def on_epoch(stats) -> None:
             trial.report(stats.val_dice, stats.epoch)
-            if refit_of is not None or stats.epoch + 1 >= cfg.epochs:
+            if stats.epoch + 1 >= cfg.epochs:
+                return
+            if refit_of is not None:
+                if self.budget.left(self.spent(arch)) < stats.seconds:
+                    raise EndTraining()  # slower than the pace it was planned at: stop at the budget, keep the best
                 return
             if self.budget.search_left(self.spent(arch)) <= 0:
                 raise optuna.TrialPruned()  # the search's time is up: the refit gets the rest

@@ -172,6 +172,23 @@ def test_the_time_budget_ends_the_search_within_one_epoch_and_the_refit_gets_the
     assert queries.best_trials(Store(db_url, read_only=True), "t")["number"].tolist() == [refit[0].number]
 
 
+def test_a_refit_slower_than_planned_stops_at_the_budget_and_is_still_the_result(
+        sweep_data: Path, db_url: str, epoch_clock, monkeypatch) -> None:
+    def spent(self, arch: str) -> float:  # the refit's epochs cost twice the pace it was planned at
+        return float(sum((2 if budget.REFIT_OF in t.user_attrs else 1)
+                         * (len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0)) for t in self.trials(arch)))
+    monkeypatch.setattr(sweep_job.Worker, "spent", spent)
+    assert sweep_job.main(argv(sweep_data, db_url, 50, "--timeout", "24", "--min-epochs", "1", "--epochs", "3")) == 0
+    trials = study(db_url).get_trials()
+    refit = next(t for t in trials if budget.REFIT_OF in t.user_attrs)
+    planned = refit.user_attrs[sweep_job.REFIT_EPOCHS]
+    trained = len(refit.intermediate_values)
+    assert refit.state == TrialState.COMPLETE and trained < planned
+    assert search_epochs(trials) + 2 * trained in (24, 25)  # stopped at the budget, within one epoch
+    row = next(r for r in Store(db_url, read_only=True).study_trials("t/unet") if r["number"] == refit.number)
+    assert row["state"] == "complete" and row["epochs_run"] == trained and row["test_dice"] is not None
+
+
 def test_a_promoted_configuration_continues_from_where_it_paused(sweep_data: Path, db_url: str, epoch_clock,
                                                                  monkeypatch) -> None:
     monkeypatch.setattr(sweep_job.schedule, "goes_on", lambda *a: False)  # every promotion goes through a pause

@@ -90,6 +90,11 @@ class StopTraining(Exception):
     """
 
 
+class EndTraining(Exception):
+    """Raised by `fit`'s on_epoch to finish now: `fit` returns normally after that epoch, with the
+    best weights so far (e.g. a time budget spent sooner than planned)."""
+
+
 @dataclass
 class FitResult:
     model: nn.Module            # holds the best weights (by validation dice)
@@ -348,7 +353,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     """Train `cfg.arch` on the train split, validate each epoch, keep the best weights.
 
     `on_epoch` sees every epoch's stats as soon as they exist; an exception it raises (such as
-    optuna.TrialPruned) stops training and propagates; a `StopTraining` one first saves a
+    optuna.TrialPruned) stops training and propagates, except `EndTraining`, which ends it
+    normally; a `StopTraining` one first saves a
     resumable state to `pause_to`, when given. `resume_from` continues such a state: same
     learning-rate schedule (over cfg.epochs), same data order, the epochs after the pause
     only (best weights are tracked from the resumed epoch on). A non-finite loss stops
@@ -420,6 +426,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
         if on_epoch is not None:
             try:
                 on_epoch(stats)
+            except EndTraining:
+                break
             except StopTraining:
                 if pause_to is not None:
                     try:
