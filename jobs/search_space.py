@@ -54,7 +54,8 @@ SPACE: dict[str, Range | float] = {
 
 _reports = AugmentConfig.reports().as_dict()
 BASELINE: dict[str, float] = {"lr": 1e-4, "dice_weight": 0.7, **{k: _reports[k] for k in SPACE if k in _reports}}
-# The reports' loss mix and augmentation with a short-run peak lr (warm-up, then cosine).
+# The reports' loss mix and augmentation with a short-run peak lr (warm-up, then cosine): the
+# sweep's first starting point after the baseline, and jobs.train's defaults.
 RECIPE: dict[str, float] = {**BASELINE, "lr": 1e-3}
 # Which peak suits best differs by architecture and data (unet: 1e-3, resnet34_unet: 3e-3 on
 # both the sample and the synthetic set), so the recipe starts at both.

@@ -17,6 +17,7 @@ from core.store.db import Store, display_url
 from core.training.loop import TrainConfig
 from core.training.trial import run_trial
 from jobs import cli
+from jobs.search_space import RECIPE
 
 PROG = "jobs.train"
 
@@ -24,10 +25,10 @@ PROG = "jobs.train"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=cli.arch_name, default="resnet34_unet")
-    p.add_argument("--lr", type=cli.positive_float, default=1e-3,
+    p.add_argument("--lr", type=cli.positive_float, default=RECIPE["lr"],
                    help="peak learning rate (warm-up, then cosine decay); the reports used a constant 1e-4")
-    p.add_argument("--bce-weight", type=cli.non_negative_float, default=0.3)
-    p.add_argument("--dice-weight", type=cli.non_negative_float, default=0.7)
+    p.add_argument("--bce-weight", type=cli.non_negative_float, default=round(1 - RECIPE["dice_weight"], 6))
+    p.add_argument("--dice-weight", type=cli.non_negative_float, default=RECIPE["dice_weight"])
     p.add_argument("--focal-weight", type=cli.non_negative_float, default=0.0)
     p.add_argument("--name", default=None, help="sweep name the run is filed under (default train-<time>)")
     p.add_argument("--checkpoint", default=None, help="where to save the best weights (default: none)")
