@@ -611,7 +611,7 @@ class Store:
 
 def _version_message(url: str, found: int) -> str:
     return (f"database {display_url(url)} has results schema version {found}, this SegSweep reads versions "
-            f"{' and '.join(map(str, READABLE_VERSIONS))}; "
+            f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}; "
             f"point --db at a new file or re-run the sweep into a new database")
 
 

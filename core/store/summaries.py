@@ -11,10 +11,10 @@ The medians stay exact without reading the sweep's results again at every close:
 window of at most WINDOW of them, sorted, around the median, with how many sorted values lie below
 it. A new value below the window shifts it up one rank, one above it changes nothing, any other one
 (inside it, or beyond an end with no value past that end) joins it; the window is then trimmed back
-to WINDOW values, on the side farther from the median. While a
-sweep has at most WINDOW complete trials the window holds every value. Only when the median's ranks
-leave the window (after a run of values on one side of it) is that image's state recomputed from
-image_results, in the same transaction; `add_trial` returns how many images that took.
+to WINDOW values, on the side farther from the median. While a sweep has at most WINDOW complete
+trials the window holds every value. Only when the median's ranks leave the window (after a run of
+values on one side of it) is that image's state recomputed from image_results, in the same
+transaction; `add_trial` returns how many images that took.
 """
 from __future__ import annotations
 
@@ -115,17 +115,23 @@ def _from_results(conn: Connection, sweep: str,
             .where(st.trials.c.sweep == sweep, st.trials.c.state == "complete"))
     if image_ids is not None and len(image_ids) <= 500:  # a few images: their rows only (ix_image_results_image)
         stmt = stmt.where(r.c.image_id.in_([int(i) for i in image_ids]))
+    wanted = None if image_ids is None else np.asarray(image_ids, dtype=np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     result = conn.execute(stmt)
-    try:  # the DB-API's plain tuples: wrapping every row as a SQLAlchemy Row doubles the fetch
-        rows = result.cursor.fetchall()
+    try:  # the DB-API's plain tuples, a batch at a time: a million rows as Python objects would take GBs
+        while rows := result.cursor.fetchmany(50_000):
+            frame = pd.DataFrame.from_records(rows, columns=["image_id", *st.SUMMARY_METRICS, "failure_mode"])
+            if wanted is not None:
+                frame = frame[frame["image_id"].isin(wanted)]
+            parts.append((frame["image_id"].to_numpy(np.int64), frame[list(st.SUMMARY_METRICS)].to_numpy(np.float64),
+                          mode_codes(frame["failure_mode"].tolist())))
     finally:
         result.close()
-    frame = pd.DataFrame.from_records(rows, columns=["image_id", *st.SUMMARY_METRICS, "failure_mode"])
-    if image_ids is not None:
-        frame = frame[frame["image_id"].isin(np.asarray(image_ids, dtype=np.int64))]
-    ids, state = _states(frame["image_id"].to_numpy(np.int64), frame[list(st.SUMMARY_METRICS)].to_numpy(np.float64),
-                         mode_codes(frame["failure_mode"].tolist()))
-    return ids, state, len(frame)
+    if not parts:
+        parts.append((np.zeros(0, np.int64), np.zeros((0, len(st.SUMMARY_METRICS))), np.zeros(0, np.int64)))
+    ids, values, modes = (np.concatenate(p) for p in zip(*parts))
+    images, state = _states(ids, values, modes)
+    return images, state, len(ids)
 
 
 # -- one more trial ------------------------------------------------------------------------------------
