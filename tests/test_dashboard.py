@@ -554,6 +554,10 @@ def test_a_v1_store_is_shown_as_it_is_with_the_command_that_upgrades_it(v1_store
     if page == "hardest":
         assert gallery_count(at) == len(v1.image_ids) and not [b for b in at.button_group if b.label == "Failure mode"]
         assert widget(at.sidebar.selectbox, "Rank by (worst first)").options == ["dice", "border-aware dice", "IoU"]
+        at.radio(key="gallery_view").set_value("Hard for every model").run()
+        assert not at.exception and not [b for b in at.button_group if b.label == "Most common failure mode"]
+        ranking = _sweep_ranking(path, "old", modes=False)
+        assert gallery_count(at) == len(ranking) and gallery_names(at) == [r[2] for r in ranking[:12]]
     if page == "distributions":
         assert not [s for s in at.selectbox if s.label == "Metric"] and len(at.dataframe[0].value) == 1  # one arch
     assert path.read_bytes() == before  # the dashboard never writes
@@ -565,11 +569,13 @@ WORST_FIRST = ("empty prediction", "missed pet", "background leak", "boundary", 
 MODE_ORDER = ("ok", "boundary", "missed pet", "background leak", "empty prediction", "not computed")
 
 
-def _sweep_ranking(path: Path, sweep: str) -> list[tuple[float, int, str, str, int, int]]:
+def _sweep_ranking(path: Path, sweep: str, modes: bool = True) -> list[tuple[float, int, str, str, int, int]]:
     """(median dice, image id, name, most common mode, its trials, trials) per image of the sweep's complete
-    trials, read straight from the file, easiest-to-check order: hardest first, ties by image id."""
+    trials, read straight from the file, easiest-to-check order: hardest first, ties by image id. A v1 store
+    (modes=False) has no failure modes: every result counts as not computed."""
+    mode = "r.failure_mode" if modes else "NULL"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT r.image_id, images.name, r.dice, r.failure_mode FROM image_results r JOIN trials "
+        rows = conn.execute(f"SELECT r.image_id, images.name, r.dice, {mode} FROM image_results r JOIN trials "
                             "ON trials.id = r.trial_id JOIN images ON images.id = r.image_id WHERE trials.sweep = ? "
                             "AND trials.state = 'complete'", (sweep,)).fetchall()
     per: dict[int, list] = {}
