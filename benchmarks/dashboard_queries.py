@@ -23,14 +23,19 @@ dashboard's caches are cold, through one read-only Store as the dashboard holds 
 * distributions page data    best_trials, image_scores of the best trial per architecture, the
                              per-trial summary, paired_scores of the two and their comparison
                              (bootstrap CI and Wilcoxon)
-* hard for every model       image_medians over every complete trial, filtered, + images_by_id
-* ... unfiltered             the same over every image: the view as it first opens (cached by the
-                             dashboard until a trial completes)
+* hard for every model       image_medians over every complete trial, filtered, + images_by_id:
+                             from the sweep's per-image summaries (schema v3)
+* ... unfiltered             the same over every image: the view as it first opens
+* ... by most common mode    the same over the images whose most common failure mode is the one
+                             most images have
+* ..., every result          the three above as a store without the summaries answers them
+                             (image_medians_from_results: every per-image result of the sweep)
 * whole table into pandas    the yardstick: every image_results row of the sweep joined to its
                              image, read into a DataFrame (what filtering in the browser would need)
 
 Views take turns round after round; each figure is the median, and the ratio to the yardstick
-is paired per round.
+is paired per round. Writing the store prints what keeping the summaries cost its closing trials; a
+kept store of an older schema is upgraded first, and the upgrade is timed.
 """
 from __future__ import annotations
 
@@ -57,6 +62,8 @@ TEST_IMAGES = 3669          # the official Oxford-IIIT Pet test split
 RESULTS = 1_000_000         # image_results rows in the generated store
 HARDEST_TARGET_S = 0.100
 DISTRIBUTIONS_TARGET_S = 0.500
+EVERY_MODEL_TARGET_S = 0.200       # the sweep-wide ranking, unfiltered
+EVERY_MODEL_MODE_TARGET_S = 0.100  # ... narrowed to one most common failure mode
 SWEEP = "bench"
 ARCHS = ("unet", "resnet34_unet")
 SPECIES_OF_BREED = ["cat"] * 12 + ["dog"] * 25  # Oxford-IIIT Pet: 12 cat and 25 dog breeds
@@ -67,10 +74,22 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
     import numpy as np
 
     from core.metrics import ImageDiagnostics
+    from core.store import summaries
     from core.store.db import ImageResults, Store
 
     rng = np.random.default_rng(seed)
     store = Store(url)
+    upkeep: list[float] = []
+    recomputed: list[int] = []
+    add_trial = summaries.add_trial
+
+    def timed_add_trial(*a):
+        started = time.perf_counter()
+        recomputed.append(add_trial(*a))
+        upkeep.append(time.perf_counter() - started)
+        return recomputed[-1]
+
+    summaries.add_trial = timed_add_trial
     breeds = rng.integers(0, len(SPECIES_OF_BREED), n_images)
     brightness = np.clip(rng.normal(0.45, 0.15, n_images), 0.02, 0.98)
     fg = np.clip(rng.beta(2.5, 4, n_images), 0.01, 0.95)
@@ -116,6 +135,12 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
             image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1), masks=masks if k in best else None,
             diagnostics=diag))
     store.dispose()
+    summaries.add_trial = add_trial
+    late = upkeep[len(upkeep) // 2:]
+    print(f"   summary upkeep in finish_trial: {sum(upkeep):.1f} s over {len(upkeep)} closes; per close median "
+          f"{1000 * median(upkeep):.0f} ms ({1000 * median(late):.0f} ms over the last half), at most "
+          f"{1000 * max(upkeep):.0f} ms; {sum(recomputed):,} of {len(upkeep) * n_images:,} image summaries recomputed "
+          f"from image_results")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import func, select
 
     from core.store import queries
-    from core.store.db import Store, image_results, images, trials
+    from core.store.db import SCHEMA_VERSION, Store, image_results, images, trials
     from core.store.queries import ImageFilter
     from dashboard import stats
 
@@ -142,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             build_store(url, args.results, args.images)
             print(f"   wrote {path.name} through core.store.db in {time.perf_counter() - started:.0f} s")
+        elif Store(url, read_only=True).schema_version < SCHEMA_VERSION:
+            messages: list[str] = []
+            started = time.perf_counter()
+            Store(url, log=messages.append).dispose()
+            print(f"   {messages[0] if messages else 'upgraded'}: {time.perf_counter() - started:.1f} s")
         store = Store(url, read_only=True)
         with store.engine.connect() as conn:
             rows = int(conn.execute(select(func.count()).select_from(image_results)).scalar() or 0)
@@ -184,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             pairs = queries.paired_scores(store, ids[0], ids[-1])
             page["paired"] = stats.compare_paired(pairs["dice_a"], pairs["dice_b"])
 
-        def every_model(image_filter: ImageFilter = flt) -> None:
-            ranked = queries.image_medians(store, SWEEP, image_filter)
-            page["every"] = ranked
+        def every_model(image_filter: ImageFilter = flt, rank=queries.image_medians, key: str = "every") -> None:
+            ranked = rank(store, SWEEP, image_filter)
+            page[key] = ranked
             queries.images_by_id(store, ranked["image_id"].head(12).tolist())
+
+        common_mode = str(queries.image_medians(store, SWEEP)["mode"].value_counts().index[0])  # the most images
+        by_top_mode = ImageFilter(modes=(common_mode,))
+        slow = queries.image_medians_from_results
 
         def whole_table() -> None:
             stmt = (select(image_results, images.c.name, images.c.breed, images.c.species, images.c.brightness,
@@ -200,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         views = {"hardest images, filtered": hardest, "... by failure mode": lambda: hardest_by(by_mode),
                  "... ranked by HD95": lambda: hardest_by(by_hd95), "+ the page's masks": hardest_with_masks,
                  "distributions page data": distributions, "hard for every model": every_model,
-                 "... unfiltered": lambda: every_model(ImageFilter()),
+                 "... unfiltered": lambda: every_model(ImageFilter(), key="unfiltered"),
+                 "... by most common mode": lambda: every_model(by_top_mode, key="mode"),
+                 "... filtered, every result": lambda: every_model(rank=slow, key="every before"),
+                 "... unfiltered, every result": lambda: every_model(ImageFilter(), rank=slow, key="unfiltered before"),
+                 "... by most common mode, every result": lambda: every_model(by_top_mode, rank=slow, key="mode before"),
                  "whole table into pandas": whole_table}
         times = interleave({name: (lambda w=work: timed(w)) for name, work in views.items()}, args.rounds)
         store.dispose()
@@ -215,11 +253,20 @@ def main(argv: list[str] | None = None) -> int:
           f"the filter (cat, {len(breeds)} breeds, brightness, pet size, dice <= 0.8); medians of {args.rounds} rounds:")
     for name, values in times.items():
         ratio = "" if values is yard else f"  ({times_faster(name)} faster than the whole table)"
-        print(f"   {name:<26} {1000 * median(values):9.1f} ms{ratio}")
+        print(f"   {name:<38} {1000 * median(values):9.1f} ms{ratio}")
     print(f"   (failure mode `missed pet`: {page['total dice']} images match the filter, "
           f"{page['total hd95']} of the trial's {args.images} unfiltered)")
     print(f"   (the whole table: {len(page['table']):,} rows; hard for every model ranks "
-          f"{len(page['every']):,} images unfiltered)")
+          f"{len(page['unfiltered']):,} images unfiltered, {len(page['every']):,} filtered, {len(page['mode']):,} "
+          f"whose most common failure mode is `{common_mode}`)")
+    same = all(page[k]["image_id"].tolist() == page[f"{k} before"]["image_id"].tolist()
+               and page[k]["median"].tolist() == page[f"{k} before"]["median"].tolist()
+               for k in ("every", "unfiltered", "mode"))
+    print(f"   summaries and every result rank the same images with the same medians: {'yes' if same else 'NO'}")
+    for view, before in (("hard for every model", "... filtered, every result"),
+                         ("... unfiltered", "... unfiltered, every result"),
+                         ("... by most common mode", "... by most common mode, every result")):
+        print(f"RATIO {view.strip(' .')}: every result / summaries = {paired_ratio(times[before], times[view]):.0f}x")
     print(f"RATIO whole table / hardest images, filtered = {times_faster('hardest images, filtered')}")
     print(f"RATIO whole table / distributions page data = {times_faster('distributions page data')}")
     print("      (milliseconds are absolute: compare them only with the load line above)")
@@ -232,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
                 1000 * HARDEST_TARGET_S, unit=" ms", higher_is_better=False),
         verdict("distributions page's data", 1000 * median(times["distributions page data"]),
                 1000 * DISTRIBUTIONS_TARGET_S, unit=" ms", higher_is_better=False),
+        verdict("hard for every model, unfiltered", 1000 * median(times["... unfiltered"]),
+                1000 * EVERY_MODEL_TARGET_S, unit=" ms", higher_is_better=False),
+        verdict("hard for every model, one most common failure mode", 1000 * median(times["... by most common mode"]),
+                1000 * EVERY_MODEL_MODE_TARGET_S, unit=" ms", higher_is_better=False),
+        verdict("summaries rank as every result does", float(same), 1.0, unit="", higher_is_better=True),
     ]
     return finish(verdicts, args.report_only)
 

@@ -1,20 +1,26 @@
-"""Writing one trial's test results (3,669 images, masks included) to SQLite.
+"""Writing one trial's test results (3,669 images, masks and diagnostics included) to SQLite.
 
     .venv/bin/python benchmarks/store_writes.py
     .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
 
-`Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows, the masks and
-the trial update in one transaction, on a SQLite file in WAL mode as the jobs use it. The
-masks are pet-shaped: the real sample's trimaps (pet + border) resized to the mask size, cycled
-(and mirrored on every other pass) to the test-set size. Variants take turns:
+`Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows with their v2
+diagnostics, the masks, the sweep's per-image summaries (schema v3) and the trial update in one
+transaction, on a SQLite file in WAL mode as the jobs use it. The masks are pet-shaped: the real
+sample's trimaps (pet + border) resized to the mask size, cycled (and mirrored on every other pass)
+to the test-set size; the diagnostics are measured on them against the same shapes shifted. Before
+the timed rounds, `--prior-trials` complete trials fill the sweep, so its medians are kept by the
+windows rather than holding every value (core.store.summaries). Variants take turns:
 
 * finish_trial         as the jobs call it
+* without the summary  the same, with the per-image summary upkeep switched off (into another sweep)
 * finish_trial before  the same with PIL's PNG encoder (optimize=True) patched in for encode_mask
 * no masks             finish_trial with the per-image rows only (the database part alone)
 * encode only          encode_mask on every mask, no database
 """
 from __future__ import annotations
 
+import argparse
+import gc
 import io
 import sys
 import tempfile
@@ -53,6 +59,17 @@ def pet_masks(root: Path, size: int, count: int) -> list:
             for i in range(count)]
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def old_encode_mask(mask) -> bytes:
     """PIL's PNG encoder with optimize=True: the baseline encode_mask is compared against."""
     import numpy as np
@@ -69,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-size", type=positive_int, default=256)
     p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--no-before", action="store_true", help="skip the old-encoder variant (10+ s a round)")
+    p.add_argument("--prior-trials", type=non_negative_int, default=24,
+                   help="complete trials closed into the sweep before the timed ones")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where the trimaps come from")
     args = p.parse_args(argv)
 
@@ -76,12 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import select
 
     import core.store.db as store_module
+    from core.metrics import mask_diagnostics
+    from core.store import summaries
     from core.store.db import ImageResults, Store, decode_mask, encode_mask
 
-    header("store writes: one trial's per-image results and masks on SQLite", args)
+    header("store writes: one trial's per-image results, diagnostics and masks on SQLite", args)
     masks = pet_masks(args.data.resolve(), args.mask_size, args.images)
     rng = np.random.default_rng(0)
     dice, iou, dnb = rng.random(args.images), rng.random(args.images), rng.random(args.images)
+    period = min(args.images, 2 * len(list((args.data.resolve() / "annotations" / "trimaps").glob("*.png"))))
+    # the masks repeat with this period, so do their diagnostics: measured once, against the shapes shifted
+    measured = mask_diagnostics(np.stack(masks[:period]), np.roll(np.stack(masks[:period]), 3, axis=2))
+    diagnostics = type(measured)(**{name: None if value is None else np.resize(value, args.images)
+                                    for name, value in vars(measured).items()})
+    diagnostics.entropy = rng.random(args.images)
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{tmp}/results.db")
@@ -91,31 +118,61 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = np.array([ids[f"img_{i}"] for i in range(args.images)], dtype=np.int64)
         number = iter(range(10**6))
         trials: list[int] = []
+        upkeep: list[float] = []     # seconds of summaries.add_trial inside each timed finish_trial
+        recomputed: list[int] = []   # images it recomputed from image_results
+        add_trial = summaries.add_trial
 
-        def close_trial(with_masks: bool = True, encoder=None) -> float:
-            tid = store.start_trial(sweep="bench", study="bench", arch="unet", number=next(number), params={},
+        def timed_add_trial(*a):
+            started = time.perf_counter()
+            recomputed.append(add_trial(*a))
+            upkeep.append(time.perf_counter() - started)
+            return recomputed[-1]
+
+        def close_trial(with_masks: bool = True, encoder=None, summary: bool = True, sweep: str = "bench",
+                        scores=None) -> float:
+            tid = store.start_trial(sweep=sweep, study=sweep, arch="unet", number=next(number), params={},
                                     device="cpu", dataset="oxford-pets/bench", image_size=args.mask_size)
-            results = ImageResults(image_ids, dice, iou, dnb, masks=masks if with_masks else None)
+            results = ImageResults(image_ids, dice if scores is None else scores, iou, dnb,
+                                   masks=masks if with_masks else None, diagnostics=diagnostics)
             saved = store_module.encode_mask
             if encoder is not None:
                 store_module.encode_mask = encoder
+            summaries.add_trial = timed_add_trial if summary else (lambda *a: 0)
+            settle()
             try:
                 started = time.perf_counter()
                 store.finish_trial(tid, state="complete", val_dice=0.5, results=results)
                 elapsed = time.perf_counter() - started
             finally:
                 store_module.encode_mask = saved
+                summaries.add_trial = add_trial
             trials.append(tid)
             return elapsed
 
+        def settle() -> None:
+            """Every close starts alike: the earlier closes' WAL pages checkpointed, the heap collected;
+            otherwise whichever variant comes first in a round pays for the one before it."""
+            with store.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            gc.collect()
+
+        prior = np.random.default_rng(1)
+        for _ in range(args.prior_trials):  # the sweep's earlier trials, better and worse ones
+            close_trial(with_masks=False, scores=rng.random(args.images) * 0.5 + prior.uniform(0.2, 0.5))
+        upkeep.clear()
+        recomputed.clear()
+        trials.clear()
+
         def encode_only() -> float:
+            settle()
             started = time.perf_counter()
             for m in masks:
                 encode_mask(m)
             return time.perf_counter() - started
 
-        variants = {"finish_trial": close_trial, "no masks": lambda: close_trial(with_masks=False),
-                    "encode only": encode_only}
+        variants = {"finish_trial": close_trial,
+                    "without the summary": lambda: close_trial(summary=False, sweep="bench-unsummarised"),
+                    "no masks": lambda: close_trial(with_masks=False), "encode only": encode_only}
         if not args.no_before:
             variants["finish_trial before"] = lambda: close_trial(encoder=old_encode_mask)
         results = interleave(variants, args.rounds)
@@ -132,13 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         old_bytes = float(np.mean([len(old_encode_mask(m)) for m in masks[:200]]))
         store.dispose()
 
-    print(f"-- {args.images} images, masks {args.mask_size} px, medians of {args.rounds} interleaved rounds:")
+    print(f"-- {args.images} images, masks {args.mask_size} px, diagnostics, into a sweep of {args.prior_trials} "
+          f"complete trials; medians of {args.rounds} interleaved rounds:")
     for name, values in results.items():
         print(f"   {name:<20} {median(values):7.3f} s")
+    print(f"   summary upkeep inside finish_trial: {1000 * median(upkeep):.0f} ms median, {1000 * max(upkeep):.0f} ms "
+          f"at most over {len(upkeep)} closes; {sum(recomputed)} of {len(recomputed) * args.images} image summaries "
+          f"recomputed from image_results")
     print(f"   mean mask PNG {mean_bytes:.0f} bytes (PIL optimize=True: {old_bytes:.0f} bytes, first 200 masks); "
           f"every 50th mask decoded back equal")
     if "finish_trial before" in results:
         print(f"RATIO finish_trial before / now = {paired_ratio(results['finish_trial before'], results['finish_trial']):.1f}x")
+    print(f"RATIO finish_trial / without the summary = "
+          f"{paired_ratio(results['finish_trial'], results['without the summary']):.2f}x")
     print(f"RATIO encode share of finish_trial = {paired_ratio(results['encode only'], results['finish_trial']):.2f}")
     print("      (timings in seconds are absolute: compare them only with the load line above)")
     verdicts = [

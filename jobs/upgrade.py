@@ -1,8 +1,9 @@
 """`python -m jobs.upgrade --db URL`: bring a results store to the current schema, in place.
 
 A v1 store gains the v2 per-image diagnostics, backfilled for its existing trials from their stored
-masks and the dataset's trimaps (see core.store.upgrade). jobs.train and jobs.sweep do the same
-when they open a v1 store; this command does only that, for a store the dashboard is reading.
+masks and the dataset's trimaps; a v1 or v2 store gains the v3 per-image summaries of every sweep,
+built from its results (see core.store.upgrade). jobs.train and jobs.sweep do the same when they
+open an older store; this command does only that, for a store the dashboard is reading.
 """
 from __future__ import annotations
 

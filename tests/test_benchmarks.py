@@ -85,10 +85,15 @@ def run(main, argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_store_writes_exits_1_on_a_miss_and_0_with_report_only(pets_root: Path, monkeypatch, capsys) -> None:
-    argv = ["--images", "40", "--mask-size", "64", "--rounds", "1", "--data", str(pets_root)]
+    argv = ["--images", "40", "--mask-size", "64", "--rounds", "1", "--prior-trials", "20", "--data", str(pets_root)]
     monkeypatch.setattr(store_writes, "TIME_TARGET_S", math.inf)
     code, out = run(store_writes.main, argv, capsys)
     assert code == 0 and re.search(r"^RATIO finish_trial before / now = \d+\.\dx", out, re.MULTILINE)
+    assert re.search(r"^RATIO finish_trial / without the summary = \d+\.\d\dx", out, re.MULTILINE)
+    assert "into a sweep of 20 complete trials" in out
+    upkeep = re.search(r"^   summary upkeep inside finish_trial: \d+ ms median, \d+ ms at most over (\d+) closes; "
+                       r"\d+ of (\d+) image summaries recomputed", out, re.MULTILINE)
+    assert upkeep and int(upkeep[1]) == 3 and int(upkeep[2]) == 3 * 40  # finish_trial, before, no masks
     assert [m[0] for m in VERDICT.findall(out)] == ["PASS", "PASS"] and out.endswith("done: all 2 targets met\n")
 
     monkeypatch.setattr(store_writes, "BYTES_TARGET", 1)  # no PNG is one byte
@@ -102,18 +107,21 @@ def test_store_writes_exits_1_on_a_miss_and_0_with_report_only(pets_root: Path, 
 def test_dashboard_queries_exits_1_when_a_page_misses_its_time(tmp_path: Path, monkeypatch, capsys) -> None:
     db = tmp_path / "big.db"
     argv = ["--results", "3000", "--images", "300", "--rounds", "1", "--keep", str(db)]
-    monkeypatch.setattr(dashboard_queries, "HARDEST_TARGET_S", math.inf)
-    monkeypatch.setattr(dashboard_queries, "DISTRIBUTIONS_TARGET_S", math.inf)
+    for target in ("HARDEST_TARGET_S", "DISTRIBUTIONS_TARGET_S", "EVERY_MODEL_TARGET_S", "EVERY_MODEL_MODE_TARGET_S"):
+        monkeypatch.setattr(dashboard_queries, target, math.inf)
     code, out = run(dashboard_queries.main, argv, capsys)
     assert code == 0 and "wrote big.db through core.store.db" in out and "3,000 image_results rows" in out
-    for view in ("hardest images, filtered", "... by failure mode", "... ranked by HD95", "+ the page's masks", "distributions page data", "hard for every model",
-                 "... unfiltered"):
+    assert re.search(r"^   summary upkeep in finish_trial: [\d.]+ s over 10 closes;", out, re.MULTILINE)
+    for view in ("hardest images, filtered", "... by failure mode", "... ranked by HD95", "+ the page's masks",
+                 "distributions page data", "hard for every model", "... unfiltered", "... by most common mode",
+                 "... filtered, every result", "... unfiltered, every result", "... by most common mode, every result"):
         assert re.search(rf"^   {re.escape(view)} +\d+\.\d ms  \([\d.,]+x faster than the whole table\)$", out, re.MULTILINE)
+    assert "summaries and every result rank the same images with the same medians: yes" in out
 
     monkeypatch.setattr(dashboard_queries, "DISTRIBUTIONS_TARGET_S", 0.0)
     code, out = run(dashboard_queries.main, argv, capsys)  # --keep: the store is reused, not written again
     assert code == 1 and "wrote" not in out
-    assert [m[0] for m in VERDICT.findall(out)] == ["PASS", "PASS", "PASS", "MISS"]
+    assert [m[0] for m in VERDICT.findall(out)] == ["PASS", "PASS", "PASS", "MISS", "PASS", "PASS", "PASS"]
     assert run(dashboard_queries.main, [*argv, "--report-only"], capsys)[0] == 0
 
 

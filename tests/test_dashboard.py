@@ -554,6 +554,79 @@ def test_a_v1_store_is_shown_as_it_is_with_the_command_that_upgrades_it(v1_store
     if page == "hardest":
         assert gallery_count(at) == len(v1.image_ids) and not [b for b in at.button_group if b.label == "Failure mode"]
         assert widget(at.sidebar.selectbox, "Rank by (worst first)").options == ["dice", "border-aware dice", "IoU"]
+        at.radio(key="gallery_view").set_value("Hard for every model").run()
+        assert not at.exception and not [b for b in at.button_group if b.label == "Most common failure mode"]
+        ranking = _sweep_ranking(path, "old", modes=False)
+        assert gallery_count(at) == len(ranking) and gallery_names(at) == [r[2] for r in ranking[:12]]
     if page == "distributions":
         assert not [s for s in at.selectbox if s.label == "Metric"] and len(at.dataframe[0].value) == 1  # one arch
+    assert path.read_bytes() == before  # the dashboard never writes
+
+
+# -- the every-model view: most common failure mode, and a store without the per-image summaries ----------
+
+WORST_FIRST = ("empty prediction", "missed pet", "background leak", "boundary", "ok", "not computed")
+MODE_ORDER = ("ok", "boundary", "missed pet", "background leak", "empty prediction", "not computed")
+
+
+def _sweep_ranking(path: Path, sweep: str, modes: bool = True) -> list[tuple[float, int, str, str, int, int]]:
+    """(median dice, image id, name, most common mode, its trials, trials) per image of the sweep's complete
+    trials, read straight from the file, easiest-to-check order: hardest first, ties by image id. A v1 store
+    (modes=False) has no failure modes: every result counts as not computed."""
+    mode = "r.failure_mode" if modes else "NULL"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        rows = conn.execute(f"SELECT r.image_id, images.name, r.dice, {mode} FROM image_results r JOIN trials "
+                            "ON trials.id = r.trial_id JOIN images ON images.id = r.image_id WHERE trials.sweep = ? "
+                            "AND trials.state = 'complete'", (sweep,)).fetchall()
+    per: dict[int, list] = {}
+    for image_id, name, dice, mode in rows:
+        per.setdefault(image_id, [name, [], []])
+        per[image_id][1].append(dice)
+        per[image_id][2].append(mode or "not computed")
+    out = []
+    for image_id, (name, dice, modes) in per.items():
+        top = min(WORST_FIRST, key=lambda m: -modes.count(m))
+        out.append((float(np.median(dice)), image_id, name, top, modes.count(top), len(modes)))
+    return sorted(out)
+
+
+def test_hard_for_every_model_filters_by_the_most_common_failure_mode(demo, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    at.radio(key="gallery_view").set_value("Hard for every model").run()
+    ranking = _sweep_ranking(Path(demo.url.removeprefix("sqlite:///")), "demo")
+    tops = {r[3] for r in ranking}
+    pills = widget(at.button_group, "Most common failure mode")
+    assert pills.options == [m for m in MODE_ORDER if m in tops] and len(tops) > 1
+    chosen = min(tops, key=lambda m: (sum(r[3] == m for r in ranking) < 2, MODE_ORDER.index(m)))
+    pills.set_value([chosen]).run()
+    expected = [r for r in ranking if r[3] == chosen]
+    assert 0 < gallery_count(at) == len(expected) < len(ranking)
+    assert gallery_names(at) == [r[2] for r in expected[:12]]
+    notes = [c.value for c in at.caption if c.value.startswith("most common failure mode: ")]
+    assert notes == [f"most common failure mode: {chosen}, in {r[4]} of {r[5]} trials" for r in expected[:12]]
+    assert not [c for c in at.caption if "predates the per-image summaries" in c.value]
+
+
+@pytest.fixture(scope="module")
+def v2_store(demo: DemoStore, tmp_path_factory: pytest.TempPathFactory):
+    from core.data.dataset import prepare_dataset
+    from tests.v2_store import build_v2_store
+
+    path = tmp_path_factory.mktemp("v2") / "v2.db"
+    return build_v2_store(f"sqlite:///{path}", prepare_dataset(demo.root, 64, log=lambda _m: None)), path
+
+
+def test_a_v2_store_ranks_every_model_from_every_result_without_writing(v2_store, monkeypatch) -> None:
+    v2, path = v2_store
+    before = path.read_bytes()
+    at = app("hardest", monkeypatch, v2.url, sweep="old")
+    at.radio(key="gallery_view").set_value("Hard for every model").run()
+    assert not at.exception
+    ranking = _sweep_ranking(path, "old")
+    assert gallery_count(at) == len(ranking) and gallery_names(at) == [r[2] for r in ranking[:12]]
+    hint = [c.value for c in at.caption if "predates the per-image summaries" in c.value]
+    assert len(hint) == 1 and f"python -m jobs.upgrade --db {path}" in hint[0]
+    chosen = ranking[0][3]
+    widget(at.button_group, "Most common failure mode").set_value([chosen]).run()
+    assert gallery_names(at) == [r[2] for r in ranking if r[3] == chosen][:12]
     assert path.read_bytes() == before  # the dashboard never writes

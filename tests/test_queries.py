@@ -153,6 +153,20 @@ def test_image_medians_rank_images_by_their_median_over_complete_trials(ro: Stor
     assert len(q.image_medians(ro, "s", q.ImageFilter(score=(0.0, 0.5)))) == 3  # medians 0.25, 0.35, 0.45
 
 
+def test_the_ranking_reads_the_sweep_summaries_kept_by_closing_trials(ro: Store) -> None:
+    assert q.has_summaries(ro)
+    for flt in (q.ImageFilter(), q.ImageFilter(metric="iou", species=("dog",)), q.ImageFilter(score=(0.3, 0.9))):
+        fast, slow = q.image_medians(ro, "s", flt), q.image_medians_from_results(ro, "s", flt)
+        assert fast["image_id"].tolist() == slow["image_id"].tolist() and len(fast) > 0
+        assert fast["median"].tolist() == slow["median"].tolist() and fast["trials"].tolist() == slow["trials"].tolist()
+    # no diagnostics were written: every result is 'not computed', the most common mode of every image
+    every = q.image_medians(ro, "s")
+    assert set(every["mode"]) == {"not computed"} and set(every["mode_trials"]) == set(every["evaluated"]) == {3}
+    assert len(q.image_medians(ro, "s", q.ImageFilter(modes=("not computed",)))) == 8
+    assert q.image_medians(ro, "s", q.ImageFilter(modes=("missed pet",))).empty
+    assert q.sweep_top_modes(ro, "s") == ["not computed"] and q.sweep_top_modes(ro, "other") == []
+
+
 def test_trial_tail_scores_give_the_worst_tenth_and_the_tenth_percentile(ro: Store, tiny: dict) -> None:
     tails = q.trial_tail_scores(ro, "s").set_index("trial_id")
     assert len(tails) == 3  # complete trials only

@@ -1,5 +1,6 @@
-"""Schema v1 -> v2: a genuine v1 store (tests/v1_store.py) upgraded in place, row for row, its old trials
-backfilled from their masks and the real sample's trimaps, on SQLite and PostgreSQL."""
+"""Schema upgrades in place, on SQLite and PostgreSQL: a genuine v1 store (tests/v1_store.py) row for row,
+its old trials backfilled from their masks and the real sample's trimaps; a genuine v2 store
+(tests/v2_store.py) row for row; both given the v3 per-image summaries of every sweep."""
 from __future__ import annotations
 
 import sqlite3
@@ -13,10 +14,13 @@ from sqlalchemy import inspect, select, text
 from core.data.dataset import PreparedDataset, prepare_dataset
 from core.metrics import NOT_COMPUTED, failure_modes, mask_diagnostics
 from core.store import db as st
+from core.store import summaries
 from core.store.db import Store
 from jobs import upgrade as upgrade_job
 from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fixture)
+from tests.test_summaries import assert_summaries_match
 from tests.v1_store import V1Store, build_v1_store, dump_v1
+from tests.v2_store import build_v2_store, dump_v2
 
 V2_COLUMNS = ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed", "entropy",
               "failure_mode")
@@ -41,12 +45,13 @@ def _v2_rows(url: str, trial_id: int) -> dict[str, np.ndarray]:
 
 
 def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[str]) -> None:
-    """Every v1 row unchanged, version 2, and each old trial's diagnostics equal to an evaluation's on its masks."""
+    """Every v1 row unchanged, version 3, each old trial's diagnostics equal to an evaluation's on its masks,
+    and the per-image summaries equal to those computed from image_results."""
     assert dump_v1(v1.url) == before
     store = Store(v1.url, read_only=True)
-    assert store.schema_version == 2
+    assert store.schema_version == 3
     with store.engine.connect() as conn:
-        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "2"
+        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "3"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("image_results")}
         assert indexes["ix_image_results_trial_mode"] == ["trial_id", "failure_mode"]
@@ -55,6 +60,10 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     n_rows = len(before["image_results"])
     assert len(messages) == 1 and f"{n_rows} per-image results of {len(v1.trial_ids)} trials backfilled" in messages[0]
     assert "0 not computed" in messages[0] and "entropy is not computed" in messages[0]
+    assert "from schema version 1 to 3 in place" in messages[0]
+    assert f"per-image summaries of 1 sweep built ({len(v1.image_ids)} images, from {n_rows} per-image results)" \
+        in messages[0]
+    assert assert_summaries_match(v1.url) == len(v1.image_ids)
     order = np.argsort(v1.image_ids)
     for tid in v1.trial_ids:
         got = _v2_rows(v1.url, tid)
@@ -107,6 +116,7 @@ def test_an_unreachable_dataset_root_leaves_old_rows_not_computed(pets64, tmp_pa
         got = _v2_rows(v1.url, tid)
         assert set(got["failure_mode"]) == {NOT_COMPUTED}
         assert all(v is None for name in V2_COLUMNS[:-1] for v in got[name])
+    assert assert_summaries_match(v1.url) == len(v1.image_ids)  # dice and IoU summarised; diagnostics count 0
 
 
 def test_two_workers_opening_a_v1_store_at_once_upgrade_it_once(pets64, tmp_path: Path) -> None:
@@ -145,7 +155,7 @@ def test_the_upgrade_command_upgrades_once_then_has_nothing_to_do(pets64, tmp_pa
     v1 = build_v1_store(f"sqlite:///{tmp_path / 'old.db'}", pets64, n_trials=1)
     assert upgrade_job.main(["--db", str(tmp_path / "old.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 1 to 2 in place" in out and "per-image results by failure mode:" in out
+    assert "from schema version 1 to 3 in place" in out and "per-image results by failure mode:" in out
     assert upgrade_job.main(["--db", v1.url]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
@@ -157,9 +167,112 @@ def test_the_upgrade_command_on_a_missing_folder_is_one_line(tmp_path: Path, cap
     assert exit_.value.code == 1 and err.count("\n") == 1 and "does not exist" in err
 
 
-def test_a_new_store_is_version_2_with_the_diagnostic_columns(db_url: str) -> None:
+def test_a_new_store_is_version_3_with_the_diagnostic_columns_and_the_summary_tables(db_url: str) -> None:
     store = Store(db_url)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "2"
+        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "3"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
+        assert {"sweep_images", "sweep_image_windows"} <= set(inspect(conn).get_table_names())
     store.dispose()
+
+
+# -- v2 -> v3 ---------------------------------------------------------------------------------------
+
+def assert_upgraded_from_v2(url: str, before: dict[str, list[tuple]], messages: list[str], images: int) -> None:
+    """Every v2 row unchanged, version 3, one line, and the summaries equal to those computed from image_results."""
+    assert dump_v2(url) == before
+    store = Store(url, read_only=True)
+    assert store.schema_version == 3
+    store.dispose()
+    results = sum(1 for r in before["image_results"] if r[0] in {t[0] for t in before["trials"] if t[5] == "complete"})
+    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 3 in place: "
+                        f"per-image summaries of 2 sweeps built ({images} images, from {results} per-image results)"]
+    assert assert_summaries_match(url) == images
+
+
+def test_a_v2_sqlite_store_is_upgraded_in_place_row_for_row_with_its_summaries(pets64, tmp_path: Path) -> None:
+    v2 = build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
+    before = dump_v2(v2.url)
+    assert len(before["trials"]) == 7 and {r[-1] for r in before["image_results"]} >= {"not computed", "ok"}
+    messages: list[str] = []
+    Store(v2.url, log=messages.append).dispose()
+    images = len(v2.image_ids) + 20  # sweep "old" scored every test image, sweep "other" the first 20
+    assert_upgraded_from_v2(v2.url, before, messages, images)
+    again: list[str] = []
+    Store(v2.url, log=again.append).dispose()  # a v3 store is left alone
+    assert again == [] and dump_v2(v2.url) == before
+
+
+def test_a_v2_postgres_store_is_upgraded_in_place_row_for_row_with_its_summaries(pets64,
+                                                                              postgres: PostgresServer) -> None:
+    v2 = build_v2_store(postgres.create_database("v2_upgrade"), pets64)
+    before = dump_v2(v2.url)
+    messages: list[str] = []
+    Store(v2.url, log=messages.append).dispose()
+    assert_upgraded_from_v2(v2.url, before, messages, len(v2.image_ids) + 20)
+
+
+def test_an_upgrade_that_fails_leaves_the_v2_store_as_it_was(pets64, tmp_path: Path, monkeypatch) -> None:
+    v2 = build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
+    before = dump_v2(v2.url)
+    build = summaries.build
+
+    def build_then_fail(conn):
+        build(conn)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(summaries, "build", build_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        Store(v2.url, log=lambda _m: None)
+    reader = Store(v2.url, read_only=True)
+    assert reader.schema_version == 2
+    with reader.engine.connect() as conn:
+        assert not {"sweep_images", "sweep_image_windows"} & set(inspect(conn).get_table_names())
+    reader.dispose()
+    assert dump_v2(v2.url) == before
+    monkeypatch.setattr(summaries, "build", build)
+    messages: list[str] = []
+    Store(v2.url, log=messages.append).dispose()  # the next writer upgrades it
+    assert_upgraded_from_v2(v2.url, before, messages, len(v2.image_ids) + 20)
+
+
+def test_two_workers_opening_a_v2_store_at_once_upgrade_it_once(pets64, tmp_path: Path) -> None:
+    v2 = build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
+    before = dump_v2(v2.url)
+    messages: list[str] = []
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(v2.url, log=messages.append).dispose()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert_upgraded_from_v2(v2.url, before, messages, len(v2.image_ids) + 20)
+
+
+def test_trials_closing_after_the_upgrade_keep_the_summaries_exact(pets64, tmp_path: Path) -> None:
+    v2 = build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
+    store = Store(v2.url, log=lambda _m: None)
+    rng = np.random.default_rng(0)
+    ids = np.array(v2.image_ids)
+    for number in range(3, 3 + summaries.WINDOW + 4):  # past the window: its upgraded windows are used, then moved
+        tid = store.start_trial(sweep="old", study="old/unet", arch="unet", number=number, params={}, device="cpu",
+                                dataset=pets64.name, image_size=64)
+        dice = rng.random(len(ids))
+        store.finish_trial(tid, state="complete", val_dice=0.5, results=st.ImageResults(ids, dice, dice, dice))
+    store.dispose()
+    assert assert_summaries_match(v2.url) == len(ids) + 20
+
+
+def test_the_upgrade_command_upgrades_a_v2_store(pets64, tmp_path: Path, capsys) -> None:
+    build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
+    assert upgrade_job.main(["--db", str(tmp_path / "v2.db")]) == 0
+    out = capsys.readouterr().out
+    assert "from schema version 2 to 3 in place: per-image summaries of 2 sweeps built" in out

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 
-from core.metrics import DIAGNOSTICS, NOT_COMPUTED, ImageDiagnostics, failure_modes
+from core.metrics import DIAGNOSTICS, FAILURE_MODES, NOT_COMPUTED, ImageDiagnostics, failure_modes
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -53,8 +53,8 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # the dashboard reads a v1 store as it is; writers upgrade it first
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # the dashboard reads a v1 or v2 store as it is; writers upgrade it first
 DEFAULT_URL = "sqlite:///results.db"
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
@@ -157,6 +157,35 @@ masks = Table(
 )
 
 Index("ix_trials_study_state", trials.c.study, trials.c.state)
+
+# v3: per sweep and image, a summary of the sweep's complete trials, kept up to date by finish_trial in the
+# transaction that closes a trial (core.store.summaries), so the sweep-wide ranking reads one row per image
+# instead of every per-image result
+SUMMARY_METRICS = ("dice", "dice_no_border", "iou", *(d for d in DIAGNOSTICS if d != "pet_missed"))
+SUMMARY_STATS = ("median", "mean", "min", "max", "trials")
+MODE_COLUMNS = {mode: "n_" + mode.replace(" ", "_") for mode in (*FAILURE_MODES, NOT_COMPUTED)}
+
+sweep_images = Table(
+    "sweep_images", metadata,
+    Column("sweep", String(255), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("trials", Integer, nullable=False),        # complete trials of the sweep with a result for the image
+    Column("top_mode", String(24), nullable=False),   # its most common failure mode; ties go to the worse mode
+    *(Column(column, Integer, nullable=False) for column in MODE_COLUMNS.values()),  # trials per failure mode
+    # per metric: median, mean, min, max over the trials where it is not NULL, and how many those are
+    *(Column(f"{metric}_{stat}", Integer if stat == "trials" else Float, nullable=stat != "trials")
+      for metric in SUMMARY_METRICS for stat in SUMMARY_STATS),
+)
+
+sweep_image_windows = Table(
+    "sweep_image_windows", metadata,
+    Column("sweep", String(255), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    # what keeps sweep_images' medians exact as trials close: per metric the count, sum, min, max and the
+    # sorted values around the median (core.store.summaries.STATE, packed little-endian)
+    Column("state", LargeBinary, nullable=False),
+)
+SUMMARY_TABLES = (sweep_images, sweep_image_windows)
 
 
 class StoreError(Exception):
@@ -339,9 +368,9 @@ def sqlite_path(url: str) -> Path | None:
 class Store:
     """Reads and writes the results schema through one engine.
 
-    Writers create the tables on first use and upgrade a v1 store in place (core.store.upgrade;
+    Writers create the tables on first use and upgrade a v1 or v2 store in place (core.store.upgrade;
     `log` gets its one-line summary, default stderr); readers (read_only=True) never write, read
-    versions 1 and 2 as they are (`schema_version` says which) and refuse any other.
+    versions 1, 2 and 3 as they are (`schema_version` says which) and refuse any other.
     """
 
     def __init__(self, url: str | os.PathLike[str] = DEFAULT_URL, read_only: bool = False,
@@ -362,7 +391,10 @@ class Store:
 
     # -- schema ---------------------------------------------------------------
     def _create(self) -> None:
-        retry_schema_race(lambda: metadata.create_all(self.engine))
+        # the v3 summary tables come after the version check: on an older store the upgrade creates and
+        # fills them in its one transaction, so an interrupted upgrade leaves the store as it was
+        older = [t for t in metadata.sorted_tables if t not in SUMMARY_TABLES]
+        retry_schema_race(lambda: metadata.create_all(self.engine, tables=older))
         with self.engine.begin() as conn:
             found = conn.execute(select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
             if found is None:
@@ -372,18 +404,19 @@ class Store:
                     pass
             elif int(found) not in READABLE_VERSIONS:
                 raise SchemaVersionError(_version_message(self.url, int(found)))
-        if found is not None and int(found) == 1:
+        if found is not None and int(found) < SCHEMA_VERSION:
             self._upgrade()
-        else:  # a v2 store written before an index was added gets it (cheap when present)
+        else:  # a new store gets the summary tables; one written before an index was added gets it (cheap if there)
+            retry_schema_race(lambda: metadata.create_all(self.engine, tables=list(SUMMARY_TABLES)))
             retry_schema_race(lambda: ensure_v2_indexes(self.engine))
 
     def _upgrade(self) -> None:
-        """v1 -> v2 in one transaction, backfilling old trials (see core.store.upgrade)."""
-        from core.store.upgrade import upgrade_v1
+        """v1 or v2 -> v3 in one transaction: old trials backfilled, every sweep summarised (core.store.upgrade)."""
+        from core.store.upgrade import upgrade
 
         log = self._log or (lambda msg: print(msg, file=sys.stderr))
         with self.engine.begin() as conn:
-            report = upgrade_v1(conn, log)
+            report = upgrade(conn, log)
         if report.upgraded:
             log(report.summary(self.url))
 
@@ -479,6 +512,10 @@ class Store:
                 raise TrialClosedError(f"trial {trial_id} was already closed by another worker; results not recorded")
             if result_rows:
                 conn.execute(insert(image_results), result_rows)
+                if state == "complete":  # the sweep's per-image summaries, in this transaction: never out of step
+                    from core.store import summaries
+
+                    summaries.add_trial(conn, trial_id, result_rows)
             if mask_rows:
                 conn.execute(insert(masks), mask_rows)
         return test_dice
@@ -586,7 +623,7 @@ class Store:
 
 def _version_message(url: str, found: int) -> str:
     return (f"database {display_url(url)} has results schema version {found}, this SegSweep reads versions "
-            f"{' and '.join(map(str, READABLE_VERSIONS))}; "
+            f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}; "
             f"point --db at a new file or re-run the sweep into a new database")
 
 

@@ -8,7 +8,9 @@ work (best_trials uses a window function: SQLite >= 3.25).
 
 Speed matters on large stores (a million `image_results` rows): the per-trial queries walk
 `ix_image_results_trial_dice` in dice order and stop at LIMIT, the per-image ones use
-`ix_image_results_image`. Only `image_medians` reads every row of a sweep (a median needs them).
+`ix_image_results_image`. The sweep-wide ranking (`image_medians`) reads the per-image summaries
+that closing a trial keeps up to date (schema v3); only on an older store does it read every row of
+the sweep (a median needs them).
 """
 from __future__ import annotations
 
@@ -25,8 +27,18 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
 from core.metrics import FAILURE_MODES, NOT_COMPUTED
-from core.store import selection
-from core.store.db import Store, datasets, epochs, image_results, images, masks, trials
+from core.store import selection, summaries
+from core.store.db import (
+    MODE_COLUMNS,
+    Store,
+    datasets,
+    epochs,
+    image_results,
+    images,
+    masks,
+    sweep_images,
+    trials,
+)
 
 Source = Store | Engine | Connection
 V1_METRICS = ("dice", "dice_no_border", "iou")
@@ -226,7 +238,9 @@ class ImageFilter:
     splits: tuple[str, ...] | None = None
     brightness: tuple[float, float] | None = None  # inclusive, 0..1 mean luma
     fg_fraction: tuple[float, float] | None = None  # inclusive, pet pixels / all pixels
-    modes: tuple[str, ...] | None = None          # failure modes (v2 stores); None: any
+    # failure modes (v2 stores); None: any. Per trial: the image's mode in that trial; over a sweep
+    # (image_medians): its most common mode over the sweep's complete trials
+    modes: tuple[str, ...] | None = None
 
     def image_conditions(self) -> list[ColumnElement]:
         conds: list[ColumnElement] = []
@@ -280,10 +294,54 @@ def count_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter()) -
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
 
+MEDIAN_COLUMNS = ["image_id", "median", "mean", "min", "max", "trials"]
+MODE_SUMMARY_COLUMNS = ["mode", "mode_trials", "evaluated"]  # with the v2 diagnostics
+
+
+def has_summaries(src: Source) -> bool:
+    """True when the store keeps per-image summaries of each sweep (schema v3: sweep_images)."""
+    with _connect(src) as conn:
+        return inspect(conn).has_table(sweep_images.name)
+
+
 def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> pd.DataFrame:
     """Per image matching the filter: median, mean, min and max of flt.metric over the sweep's
-    complete trials, hardest (lowest median; highest for an error metric) first; flt.score filters on
-    the median. Not-computed (NULL) values are left out.
+    complete trials and how many trials have a value (`trials`), hardest (lowest median; highest for
+    an error metric) first; flt.score filters on the median. Not-computed (NULL) values are left out.
+    With the v2 diagnostics also the image's most common failure mode over those trials (`mode`, ties
+    going to the worse mode), in how many of them (`mode_trials`) of how many (`evaluated`);
+    flt.modes then keeps the images whose most common mode is one of them.
+
+    Reads the sweep's per-image summaries (sweep_images, one row per image) where the store has them,
+    else every per-image result of the sweep (image_medians_from_results).
+    """
+    _metric(flt.metric)
+    with _connect(src) as conn:
+        if not has_summaries(conn):
+            return image_medians_from_results(conn, sweep, flt)
+        s = sweep_images
+        median = s.c[f"{flt.metric}_median"]
+        mode_trials = case(*((s.c.top_mode == mode, s.c[column]) for mode, column in MODE_COLUMNS.items()), else_=0)
+        stmt = (select(s.c.image_id, median.label("median"), s.c[f"{flt.metric}_mean"].label("mean"),
+                       s.c[f"{flt.metric}_min"].label("min"), s.c[f"{flt.metric}_max"].label("max"),
+                       s.c[f"{flt.metric}_trials"].label("trials"), s.c.top_mode.label("mode"),
+                       mode_trials.label("mode_trials"), s.c.trials.label("evaluated"))
+                .where(s.c.sweep == sweep, s.c[f"{flt.metric}_trials"] > 0))
+        conds = flt.image_conditions()
+        if conds:
+            stmt = stmt.where(s.c.image_id.in_(select(images.c.id).where(*conds)))
+        if flt.score_is_filtered():
+            stmt = stmt.where(median.between(float(flt.score[0]), float(flt.score[1])))
+        if flt.modes is not None:
+            stmt = stmt.where(s.c.top_mode.in_(list(flt.modes)) if flt.modes else false())
+        worst = median.desc() if flt.metric in LOWER_IS_BETTER else median.asc()
+        out = _frame(conn, stmt.order_by(worst, s.c.image_id))
+    return out if len(out) else pd.DataFrame(columns=MEDIAN_COLUMNS + MODE_SUMMARY_COLUMNS)
+
+
+def image_medians_from_results(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> pd.DataFrame:
+    """image_medians computed from every per-image result of the sweep: for a store without the
+    per-image summaries (schema v1 or v2, read as it is). Seconds on a million results.
 
     SQL selects the rows (sweep, state and image filters); the per-image median is computed in
     numpy, because SQLite has no median and its window functions take seconds on a million rows.
@@ -298,12 +356,14 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
     if conds:  # images first, as a subquery: SQLite then probes each trial's primary key for just those
         stmt = stmt.where(image_results.c.image_id.in_(select(images.c.id).where(*conds)))
     with _connect(src) as conn:
+        v2 = bool(_check_v2(conn, flt))  # a v1 store has no diagnostics: refuses their metrics and modes
         result = conn.execute(stmt)
         try:  # the DB-API's plain tuples: wrapping a million rows as SQLAlchemy Rows doubles the fetch
             rows = result.cursor.fetchall()
         finally:
             result.close()
-    columns = ["image_id", "median", "mean", "min", "max", "trials"]
+        modes = _mode_counts(conn, sweep, conds) if v2 and rows else None
+    columns = MEDIAN_COLUMNS + (MODE_SUMMARY_COLUMNS if v2 else [])
     if not rows:
         return pd.DataFrame(columns=columns)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=2 * len(rows))
@@ -316,11 +376,49 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
     out = pd.DataFrame({"image_id": ids[starts], "median": median,
                         "mean": np.add.reduceat(values, starts) / counts, "min": values[starts],
                         "max": values[starts + counts - 1], "trials": counts})
+    if modes is not None:
+        out = out.merge(modes, on="image_id", how="left")
+        if flt.modes is not None:
+            out = out[out["mode"].isin(list(flt.modes))]
     if flt.score_is_filtered():
         out = out[out["median"].between(float(flt.score[0]), float(flt.score[1]))]
     if flt.metric in LOWER_IS_BETTER:  # hardest = highest error first
         return out.sort_values(["median", "image_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
     return out.sort_values(["median", "image_id"], kind="stable").reset_index(drop=True)
+
+
+def _mode_counts(conn: Connection, sweep: str, conds: list[ColumnElement]) -> pd.DataFrame:
+    """Per image of the sweep's complete trials: its most common failure mode (core.store.summaries.top_modes),
+    in how many trials, of how many."""
+    mode = image_results.c.failure_mode
+    stmt = (select(image_results.c.image_id, mode, func.count())
+            .join_from(image_results, trials, trials.c.id == image_results.c.trial_id)
+            .where(trials.c.sweep == sweep, trials.c.state == "complete")
+            .group_by(image_results.c.image_id, mode))
+    if conds:
+        stmt = stmt.where(image_results.c.image_id.in_(select(images.c.id).where(*conds)))
+    rows = conn.execute(stmt).all()
+    ids, pos = np.unique(np.array([r[0] for r in rows], dtype=np.int64), return_inverse=True)
+    counts = np.zeros((len(ids), len(summaries.MODES)), dtype=np.int64)
+    np.add.at(counts, (pos, summaries.mode_codes([r[1] for r in rows])), np.array([r[2] for r in rows], np.int64))
+    top = summaries.top_modes(counts)
+    codes = summaries.mode_codes(top)
+    return pd.DataFrame({"image_id": ids, "mode": top, "mode_trials": counts[np.arange(len(ids)), codes],
+                         "evaluated": counts.sum(axis=1)})
+
+
+def sweep_top_modes(src: Source, sweep: str) -> list[str]:
+    """The failure modes that are the most common one of at least one image of the sweep, in
+    FAILURE_MODES order (not computed last); none on a v1 store."""
+    with _connect(src) as conn:
+        if has_summaries(conn):
+            found = set(conn.execute(select(sweep_images.c.top_mode).distinct()
+                                     .where(sweep_images.c.sweep == sweep)).scalars())
+        elif has_diagnostics(conn):
+            found = set(image_medians_from_results(conn, sweep)["mode"])
+        else:
+            found = set()
+    return [m for m in FAILURE_MODES + (NOT_COMPUTED,) if m in found]
 
 
 def images_by_id(src: Source, image_ids: Sequence[int]) -> pd.DataFrame:

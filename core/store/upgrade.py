@@ -1,14 +1,17 @@
-"""Schema v1 -> v2, in place: new nullable columns on image_results, backfilled from the stored masks.
+"""Schema v1 or v2 -> v3, in place.
 
-A v1 store holds every complete trial's predicted masks (1-bit PNGs at the evaluation size) and the
-dataset root its images came from; the trimaps there give the ground truth, so every v2 diagnostic
-except entropy (a 1-bit mask has no probabilities) can be computed for old trials exactly as the
-evaluation computes it for new ones. Rows whose mask or trimap cannot be read, or whose dataset root
-is not reachable, keep NULL diagnostics and failure_mode 'not computed'.
+v1 -> v2: new nullable columns on image_results, backfilled from the stored masks. A v1 store holds every
+complete trial's predicted masks (1-bit PNGs at the evaluation size) and the dataset root its images came
+from; the trimaps there give the ground truth, so every v2 diagnostic except entropy (a 1-bit mask has no
+probabilities) can be computed for old trials exactly as the evaluation computes it for new ones. Rows
+whose mask or trimap cannot be read, or whose dataset root is not reachable, keep NULL diagnostics and
+failure_mode 'not computed'.
 
-Everything (columns, backfill, version bump) happens in one transaction: a crash or a full disk
-leaves the v1 store as it was. Two workers upgrading at once: the first takes the write lock with
-its UPDATE of schema_version, the second waits and then finds version 2 and does nothing.
+v2 -> v3: the per-image summaries of every sweep (core.store.summaries), built from image_results.
+
+Everything (columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
+disk leaves the old store as it was. Two workers upgrading at once: the first takes the write lock with
+its UPDATE of schema_version, the second waits and then finds version 3 and does nothing.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import db as st
+from core.store import summaries
 
 V2_COLUMNS = (*DIAGNOSTICS, "failure_mode")
 TRIMAP_BACKGROUND = 2
@@ -32,20 +36,30 @@ TRIMAP_BACKGROUND = 2
 
 @dataclass
 class UpgradeReport:
-    """What an upgrade did: per-image rows backfilled, and rows left 'not computed' with the reasons."""
+    """What an upgrade did: per-image rows backfilled (from v1), rows left 'not computed' with the reasons,
+    and the per-image summaries built."""
 
     upgraded: bool = False
+    from_version: int = 0
     backfilled: int = 0
     not_computed: int = 0
     trials: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    sweeps: int = 0          # sweeps summarised
+    summarised: int = 0      # their (sweep, image) summaries
+    results: int = 0         # per-image results they summarise
 
     def summary(self, url: str) -> str:
+        head = (f"upgraded results store {st.display_url(url)} from schema version {self.from_version} to "
+                f"{st.SCHEMA_VERSION} in place: ")
+        built = (f"per-image summaries of {self.sweeps} sweep{'s' if self.sweeps != 1 else ''} built "
+                 f"({self.summarised} images, from {self.results} per-image results)")
+        if self.from_version != 1:
+            return head + built
         why = "; ".join(f"{n} {reason}" for reason, n in self.reasons.items())
-        return (f"upgraded results store {st.display_url(url)} from schema version 1 to {st.SCHEMA_VERSION} in place: "
-                f"{self.backfilled} per-image results of {self.trials} trials backfilled from their masks and "
+        return (head + f"{self.backfilled} per-image results of {self.trials} trials backfilled from their masks and "
                 f"trimaps, {self.not_computed} not computed{f' ({why})' if why else ''}; "
-                f"entropy is not computed for results written before version 2")
+                f"entropy is not computed for results written before version 2; {built}")
 
 
 def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.ndarray | None:
@@ -131,20 +145,27 @@ def _backfill(conn: Connection, report: UpgradeReport, log: Callable[[str], None
             log(f"upgrading results store: {k + 1} of {len(done)} trials backfilled")
 
 
-def upgrade_v1(conn: Connection, log: Callable[[str], None] | None = None) -> UpgradeReport:
-    """Upgrade a v1 store to v2 inside the caller's transaction; a no-op if another worker already did."""
+def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> UpgradeReport:
+    """Upgrade a v1 or v2 store to the current version inside the caller's transaction; a no-op if another
+    worker already did."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     report = UpgradeReport()
     # the first statement writes: it takes the write lock (SQLite) or the row lock (PostgreSQL) before
-    # anything is read, so a concurrent upgrader waits here and then sees version 2
-    claimed = conn.execute(update(st.schema_info).where(st.schema_info.c.key == "schema_version",
-                                                         st.schema_info.c.value == "1")
-                           .values(value=str(st.SCHEMA_VERSION)))
-    if claimed.rowcount != 1:
+    # anything is read, so a concurrent upgrader waits here and then sees the current version
+    for old in range(1, st.SCHEMA_VERSION):
+        claimed = conn.execute(update(st.schema_info).where(st.schema_info.c.key == "schema_version",
+                                                             st.schema_info.c.value == str(old))
+                               .values(value=str(st.SCHEMA_VERSION)))
+        if claimed.rowcount == 1:
+            report.from_version = old
+            break
+    else:
         return report
-    _add_columns(conn)
-    st.ensure_v2_indexes(conn)
-    _backfill(conn, report, log)
+    if report.from_version == 1:
+        _add_columns(conn)
+        st.ensure_v2_indexes(conn)
+        _backfill(conn, report, log)
+    report.sweeps, report.summarised, report.results = summaries.build(conn)
     report.upgraded = True
     return report
 

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.store.db import sqlite_path
 from core.store.queries import UNIT_RANGE, ImageFilter
 from dashboard import common as ui
 from dashboard import images
@@ -19,6 +20,7 @@ VIEWS = ("Worst images of one trial", "Hard for every model", "Compare two trial
 SCORES = ui.METRIC_LABELS
 PAGE_SIZES = (6, 12, 24)
 PANEL_PX = 180
+MOST_COMMON = "Most common failure mode"  # the every-model view's mode filter, over the sweep's complete trials
 
 
 def _range(label: str, bounds: tuple[float, float], key: str, fmt: str, help: str) -> tuple[float, float] | None:
@@ -75,6 +77,9 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
     modes = None
     if view == VIEWS[0] and options.get("modes"):
         modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills")
+    if view == VIEWS[1] and ctx.diagnostics:
+        top = ctx.sweep_aggregate("sweep_top_modes", ctx.sweep)
+        modes = _subset(MOST_COMMON, top, f"topmode::{scope}::{','.join(top)}", "pills") if top else None
     breeds = _subset("Breed", options["breeds"], f"breed::{scope}", "multiselect")
     species = _subset("Species", options["species"], f"species::{scope}", "pills")
     splits = _subset("Split", options["splits"], f"split::{scope}", "pills")
@@ -198,6 +203,11 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
     with st.spinner("Ranking images over every complete trial…"):
         ranked = ctx.sweep_aggregate("image_medians", ctx.sweep, flt)
     n_complete = len(ctx.complete())
+    if ctx.diagnostics and not ctx.query("has_summaries"):
+        path = sqlite_path(ctx.url) if ctx.url.startswith("sqlite") else None
+        st.caption("This store predates the per-image summaries (schema version 3), so this ranking reads every "
+                   "per-image result of the sweep: seconds on large stores. `python -m jobs.upgrade --db "
+                   f"{path or ctx.url}` adds them in place (the dashboard never writes).")
     page = pager(len(ranked), size, (ctx.sweep, "every", flt, size),
                  f"ranked by median {SCORES[flt.metric]} over the sweep's {n_complete} complete trials, hardest first")
     rows = ranked.iloc[(page - 1) * size:page * size]
@@ -223,6 +233,8 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
             st.image(images.strip([p.photo, p.truth, *p.predictions]), width="content",
                      caption=" | ".join(["image", "ground truth", *captions]))
             st.caption(describe(row))
+            if hasattr(row, "mode"):
+                st.caption(f"most common failure mode: {row.mode}, in {row.mode_trials} of {row.evaluated} trials")
             for note in p.notes:
                 st.caption(f"⚠ {note}")
             st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
