@@ -126,6 +126,18 @@ class Context:
     def complete(self) -> pd.DataFrame:
         return self.trials[self.trials["state"] == "complete"]
 
+    def paired(self, a: int, b: int) -> pd.DataFrame | None:
+        """Trials a and b scored on the images both evaluated (queries.paired_scores); None, after
+        saying why, when there is nothing to compare."""
+        if a == b:
+            st.info("Choose two different trials.")
+            return None
+        pairs = self.query("paired_scores", int(a), int(b))
+        if pairs.empty:
+            st.info("These two trials evaluated no image in common.")
+            return None
+        return pairs
+
 
 def arch_colors(archs: Iterable[str]) -> dict[str, str]:
     """A stable colour per architecture (by sorted name), the same on every page."""

@@ -26,12 +26,12 @@ from PIL import Image
 from sqlalchemy import and_, bindparam, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
+from core.data.layout import pet_mask, trimap_path
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import db as st
 from core.store import summaries
 
 V2_COLUMNS = (*DIAGNOSTICS, "failure_mode")
-TRIMAP_BACKGROUND = 2
 
 
 @dataclass
@@ -67,13 +67,13 @@ def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.
     core.data.dataset resizes it (to the image's size, then to size x size, both nearest); None if unreadable."""
     from core.data.dataset import _open_trimap
 
-    trimap = _open_trimap(root / "annotations" / "trimaps" / f"{name}.png")
+    trimap = _open_trimap(trimap_path(root, name))
     if isinstance(trimap, str):
         return None
     im = Image.fromarray(trimap)
     if im.size != (int(width), int(height)):
         im = im.resize((int(width), int(height)), Image.Resampling.NEAREST)
-    return np.asarray(im.resize((size, size), Image.Resampling.NEAREST)) != TRIMAP_BACKGROUND
+    return pet_mask(np.asarray(im.resize((size, size), Image.Resampling.NEAREST)))
 
 
 def _add_columns(conn: Connection) -> None:

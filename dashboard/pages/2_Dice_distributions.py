@@ -81,12 +81,8 @@ def paired(ctx: ui.Context, metric: str) -> None:
                         key=f"pair_a::{ctx.url}::{ctx.sweep}")
     b = col_b.selectbox("B", ids, index=ids.index(defaults[1]), format_func=names.get,
                         key=f"pair_b::{ctx.url}::{ctx.sweep}")
-    if a == b:
-        st.info("Choose two different trials.")
-        return
-    pairs = ctx.query("paired_scores", int(a), int(b))
-    if pairs.empty:
-        st.info("These two trials evaluated no image in common.")
+    pairs = ctx.paired(a, b)
+    if pairs is None:
         return
     pairs = pairs[pairs[f"{metric}_a"].notna() & pairs[f"{metric}_b"].notna()]
     if pairs.empty:

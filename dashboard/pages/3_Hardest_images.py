@@ -252,12 +252,8 @@ def compare_two_trials(ctx: ui.Context, scope: str) -> None:
     st.sidebar.header("Compare")
     a = st.sidebar.selectbox("Trial A", ids, index=ids.index(defaults[0]), format_func=names.get, key=f"cmp_a::{scope}")
     b = st.sidebar.selectbox("Trial B", ids, index=ids.index(defaults[1]), format_func=names.get, key=f"cmp_b::{scope}")
-    if a == b:
-        st.info("Choose two different trials.")
-        return
-    pairs = ctx.query("paired_scores", int(a), int(b))
-    if pairs.empty:
-        st.info("These two trials evaluated no image in common.")
+    pairs = ctx.paired(a, b)
+    if pairs is None:
         return
     pairs = pairs.assign(gap=(pairs["dice_b"] - pairs["dice_a"]).abs()).sort_values(["gap", "image_id"],
                                                                                     ascending=[False, True])
