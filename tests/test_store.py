@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import inspect, select, text, update
-from sqlalchemy.exc import IntegrityError
 
 from core.store import db as st
 from core.store.db import ImageResults, SchemaVersionError, Store, StoreError, decode_mask, encode_mask
@@ -128,7 +127,7 @@ def test_a_trial_lost_before_its_row_is_recorded_once_and_its_worker_cannot_star
                 dataset="oxford-pets/x", image_size=64, error="worker died")
     assert store.record_lost(**lost) is True
     assert store.record_lost(**lost) is False  # another worker noticing the same loss
-    with pytest.raises(IntegrityError):
+    with pytest.raises(st.TrialExistsError, match="already has a trial"):
         _trial(store, 0)  # the trial's own worker, had it only been slow
     [row] = store.study_trials("s/unet")
     assert (row["state"], row["error"], row["params"], row["epochs_run"]) == ("failed", "worker died", {}, 0)

@@ -48,6 +48,20 @@ def test_unwritable_database_folder_is_a_one_line_error(tmp_path: Path, pets_roo
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_run_name_used_before_is_a_one_line_error_and_the_first_run_is_kept(tmp_path: Path, capsys) -> None:
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    argv = ["--data", "synthetic", "--data-root", str(tmp_path / "synthetic"), "--arch", "unet", "--width", "0.125",
+            "--epochs", "1", "--image-size", "32", "--db", db, "--no-progress", "--name", "same"]
+    assert train_job.main(argv) == 0
+    with pytest.raises(SystemExit) as info:
+        train_job.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("jobs.train:") and "same/unet already has a trial 0" in err
+    [trial] = Store(db, read_only=True).study_trials("same/unet")
+    assert trial["state"] == "complete"
+
+
 @pytest.mark.slow
 def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'results.db'}"

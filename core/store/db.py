@@ -196,6 +196,10 @@ class TrialClosedError(StoreError):
     """A trial was finished (or failed as dead) already; a late finish must not overwrite it."""
 
 
+class TrialExistsError(StoreError):
+    """The trial's (study, number) is recorded already; starting it again would duplicate it."""
+
+
 class SchemaVersionError(StoreError):
     """The database was written by a different schema version than this code reads."""
 
@@ -465,14 +469,19 @@ class Store:
 
     def start_trial(self, *, sweep: str, study: str, arch: str, number: int, params: dict[str, Any], device: str,
                     dataset: str, image_size: int) -> int:
-        """Insert a trial in state 'running' and return its id."""
-        with self.engine.begin() as conn:
-            now = _now()
-            result = conn.execute(insert(trials).values(
-                sweep=sweep, study=study, arch=arch, number=number, state="running", params=params,
-                epochs_run=0, started_at=now, heartbeat_at=now, device=device, dataset=dataset,
-                image_size=image_size))
-            return int(result.inserted_primary_key[0])
+        """Insert a trial in state 'running' and return its id; TrialExistsError if the study has
+        that trial number already (a run name used before, or a trial another worker recorded as lost)."""
+        try:
+            with self.engine.begin() as conn:
+                now = _now()
+                result = conn.execute(insert(trials).values(
+                    sweep=sweep, study=study, arch=arch, number=number, state="running", params=params,
+                    epochs_run=0, started_at=now, heartbeat_at=now, device=device, dataset=dataset,
+                    image_size=image_size))
+                return int(result.inserted_primary_key[0])
+        except IntegrityError:
+            raise TrialExistsError(f"{study} already has a trial {number} in this store (a name used before, "
+                                   f"or a trial another worker took for dead); not run again") from None
 
     def record_epoch(self, trial_id: int, epoch: int, **values: float | None) -> None:
         """One row of a trial's learning curve; also advances trials.epochs_run."""
