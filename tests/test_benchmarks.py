@@ -85,12 +85,12 @@ def run(main, argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_store_writes_exits_1_on_a_miss_and_0_with_report_only(pets_root: Path, monkeypatch, capsys) -> None:
-    argv = ["--images", "40", "--mask-size", "64", "--rounds", "1", "--prior-trials", "20", "--data", str(pets_root)]
+    argv = ["--images", "40", "--mask-size", "64", "--rounds", "1", "--prior-trials", "3", "--data", str(pets_root)]
     monkeypatch.setattr(store_writes, "TIME_TARGET_S", math.inf)
     code, out = run(store_writes.main, argv, capsys)
     assert code == 0 and re.search(r"^RATIO finish_trial before / now = \d+\.\dx", out, re.MULTILINE)
     assert re.search(r"^RATIO finish_trial / without the summary = \d+\.\d\dx", out, re.MULTILINE)
-    assert "into a sweep of 20 complete trials" in out
+    assert "into a sweep of 3 complete trials" in out
     upkeep = re.search(r"^   summary upkeep inside finish_trial: \d+ ms median, \d+ ms at most over (\d+) closes; "
                        r"\d+ of (\d+) image summaries recomputed", out, re.MULTILINE)
     assert upkeep and int(upkeep[1]) == 3 and int(upkeep[2]) == 3 * 40  # finish_trial, before, no masks

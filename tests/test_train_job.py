@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from core.data.synthetic import generate_synthetic
 from core.store import db as st
 from core.store.db import Store
 from jobs import train as train_job
@@ -50,7 +51,8 @@ def test_unwritable_database_folder_is_a_one_line_error(tmp_path: Path, pets_roo
 
 def test_a_run_name_used_before_is_a_one_line_error_and_the_first_run_is_kept(tmp_path: Path, capsys) -> None:
     db = f"sqlite:///{tmp_path / 'results.db'}"
-    argv = ["--data", "synthetic", "--data-root", str(tmp_path / "synthetic"), "--arch", "unet", "--width", "0.125",
+    root = generate_synthetic(tmp_path / "synthetic", n_images=24, image_size=64, seed=1)
+    argv = ["--data", "synthetic", "--data-root", str(root), "--arch", "unet", "--width", "0.125",
             "--epochs", "1", "--image-size", "32", "--db", db, "--no-progress", "--name", "same"]
     assert train_job.main(argv) == 0
     with pytest.raises(SystemExit) as info:
