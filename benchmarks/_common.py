@@ -273,3 +273,22 @@ def optimizer_name(optimizer: "torch.optim.Optimizer") -> str:
 def dtype_name(dtype: "torch.dtype | None") -> str:
     """'fp32' for no autocast, else the dtype's short name ('bfloat16', 'float16')."""
     return "fp32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+class UpkeepTimer:
+    """Stands in for core.store.summaries.add_trial while installed: the real upkeep, with the
+    seconds and the images recomputed of every call kept for the benchmarks' summary lines."""
+
+    def __init__(self) -> None:
+        from core.store import summaries
+
+        self.real = summaries.add_trial
+        self.seconds: list[float] = []
+        self.recomputed: list[int] = []
+
+    def __call__(self, *args: Any) -> int:
+        started = time.perf_counter()
+        recomputed = self.real(*args)
+        self.seconds.append(time.perf_counter() - started)
+        self.recomputed.append(recomputed)
+        return recomputed

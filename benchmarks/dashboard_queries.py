@@ -48,6 +48,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks._common import (
+    UpkeepTimer,
     finish,
     header,
     interleave,
@@ -79,17 +80,10 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
 
     rng = np.random.default_rng(seed)
     store = Store(url)
-    upkeep: list[float] = []
-    recomputed: list[int] = []
+    timer = UpkeepTimer()
+    upkeep, recomputed = timer.seconds, timer.recomputed
     add_trial = summaries.add_trial
-
-    def timed_add_trial(*a):
-        started = time.perf_counter()
-        recomputed.append(add_trial(*a))
-        upkeep.append(time.perf_counter() - started)
-        return recomputed[-1]
-
-    summaries.add_trial = timed_add_trial
+    summaries.add_trial = timer
     breeds = rng.integers(0, len(SPECIES_OF_BREED), n_images)
     brightness = np.clip(rng.normal(0.45, 0.15, n_images), 0.02, 0.98)
     fg = np.clip(rng.beta(2.5, 4, n_images), 0.01, 0.95)

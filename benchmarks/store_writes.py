@@ -29,6 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks._common import (
+    UpkeepTimer,
     DEFAULT_DATA,
     finish,
     header,
@@ -118,15 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = np.array([ids[f"img_{i}"] for i in range(args.images)], dtype=np.int64)
         number = iter(range(10**6))
         trials: list[int] = []
-        upkeep: list[float] = []     # seconds of summaries.add_trial inside each timed finish_trial
-        recomputed: list[int] = []   # images it recomputed from image_results
+        timed_add_trial = UpkeepTimer()  # summaries.add_trial inside each timed finish_trial
+        upkeep, recomputed = timed_add_trial.seconds, timed_add_trial.recomputed
         add_trial = summaries.add_trial
-
-        def timed_add_trial(*a):
-            started = time.perf_counter()
-            recomputed.append(add_trial(*a))
-            upkeep.append(time.perf_counter() - started)
-            return recomputed[-1]
 
         def close_trial(with_masks: bool = True, encoder=None, summary: bool = True, sweep: str = "bench",
                         scores=None) -> float:
