@@ -19,7 +19,6 @@ windows rather than holding every value (core.store.summaries). Variants take tu
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import io
 import sys
@@ -29,8 +28,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks._common import (
-    UpkeepTimer,
     DEFAULT_DATA,
+    UpkeepTimer,
     finish,
     header,
     interleave,
@@ -40,6 +39,7 @@ from benchmarks._common import (
     positive_int,
     verdict,
 )
+from jobs.cli import non_negative_int
 
 TEST_IMAGES = 3669  # the official Oxford-IIIT Pet test split
 TIME_TARGET_S = 1.0
@@ -58,17 +58,6 @@ def pet_masks(root: Path, size: int, count: int) -> list:
     shapes = [pet_mask(np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST))) for t in trimaps]
     return [shapes[i % len(shapes)] if (i // len(shapes)) % 2 == 0 else shapes[i % len(shapes)][:, ::-1]
             for i in range(count)]
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def old_encode_mask(mask) -> bytes:

@@ -119,16 +119,15 @@ def test_an_unreachable_dataset_root_leaves_old_rows_not_computed(pets64, tmp_pa
     assert assert_summaries_match(v1.url) == len(v1.image_ids)  # dice and IoU summarised; diagnostics count 0
 
 
-def test_two_workers_opening_a_v1_store_at_once_upgrade_it_once(pets64, tmp_path: Path) -> None:
-    v1 = build_v1_store(f"sqlite:///{tmp_path / 'old.db'}", pets64)
-    before = dump_v1(v1.url)
+def open_twice_at_once(url: str) -> tuple[list[str], list[BaseException]]:
+    """Two workers open the store at the same moment: what they logged, and what they raised."""
     messages: list[str] = []
     errors: list[BaseException] = []
 
     def open_store() -> None:
         try:
-            Store(v1.url, log=messages.append).dispose()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+            Store(url, log=messages.append).dispose()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
     threads = [threading.Thread(target=open_store) for _ in range(2)]
@@ -136,6 +135,13 @@ def test_two_workers_opening_a_v1_store_at_once_upgrade_it_once(pets64, tmp_path
         t.start()
     for t in threads:
         t.join()
+    return messages, errors
+
+
+def test_two_workers_opening_a_v1_store_at_once_upgrade_it_once(pets64, tmp_path: Path) -> None:
+    v1 = build_v1_store(f"sqlite:///{tmp_path / 'old.db'}", pets64)
+    before = dump_v1(v1.url)
+    messages, errors = open_twice_at_once(v1.url)
     assert errors == [] and len(messages) == 1
     assert_upgraded(v1, before, messages)
 
@@ -239,20 +245,7 @@ def test_an_upgrade_that_fails_leaves_the_v2_store_as_it_was(pets64, tmp_path: P
 def test_two_workers_opening_a_v2_store_at_once_upgrade_it_once(pets64, tmp_path: Path) -> None:
     v2 = build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
     before = dump_v2(v2.url)
-    messages: list[str] = []
-    errors: list[BaseException] = []
-
-    def open_store() -> None:
-        try:
-            Store(v2.url, log=messages.append).dispose()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_store) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    messages, errors = open_twice_at_once(v2.url)
     assert errors == []
     assert_upgraded_from_v2(v2.url, before, messages, len(v2.image_ids) + 20)
 
