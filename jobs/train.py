@@ -1,7 +1,7 @@
 """`python -m jobs.train`: train one configuration and record it as a one-trial study.
 
-The lab reports' train scripts, recorded: the curves, the best checkpoint's dice on every
-test image, and its predicted masks all go to the results store.
+The lab reports' train scripts, recorded: the curves, the kept weights' dice on every test
+image, and their predicted masks all go to the results store.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from core.metrics import spread
 from core.store.db import Store, display_url
-from core.training.loop import TrainConfig
+from core.training.loop import KEEP, TrainConfig
 from core.training.trial import run_trial
 from jobs import cli
 from jobs.search_space import RECIPE
@@ -31,7 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dice-weight", type=cli.non_negative_float, default=RECIPE["dice_weight"])
     p.add_argument("--focal-weight", type=cli.non_negative_float, default=0.0)
     p.add_argument("--name", default=None, help="sweep name the run is filed under (default train-<time>)")
-    p.add_argument("--checkpoint", default=None, help="where to save the best weights (default: none)")
+    p.add_argument("--checkpoint", default=None, help="where to save the kept weights (default: none)")
+    p.add_argument("--keep", choices=KEEP, default=TrainConfig.keep,
+                   help="weights to evaluate and save: last (the end of the lr schedule, default) or best "
+                        "(the epoch with the highest validation dice; worth it with a large validation split)")
     cli.add_size_args(p, epochs=20, image=64, width=1.0, batch=8)
     cli.add_augment_args(p, None)
     cli.add_data_args(p)
@@ -48,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        batch_size=args.batch_size, lr=args.lr, bce_weight=args.bce_weight,
                        dice_weight=args.dice_weight, focal_weight=args.focal_weight,
                        augment=cli.augment_from_args(args), device=args.device, amp=args.amp,
-                       compile=args.compile, seed=args.seed)
+                       compile=args.compile, seed=args.seed, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

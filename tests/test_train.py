@@ -54,14 +54,30 @@ def test_lr_warms_up_linearly_then_decays_to_one_percent() -> None:
     assert train._lr_factor(100, 100, 10) == pytest.approx(0.01)
 
 
-def test_fit_reports_every_epoch_and_keeps_the_best_weights(tiny_synthetic) -> None:
+def test_fit_reports_every_epoch_and_keeps_the_last_weights_by_default(tiny_synthetic) -> None:
     seen = []
     result = fit(small(epochs=3), tiny_synthetic, on_epoch=seen.append, progress=False)
     assert [s.epoch for s in seen] == [0, 1, 2] and result.epochs_run == 3
-    assert result.best_val_dice == pytest.approx(max(s.val_dice for s in seen))
+    assert result.kept_epoch == 2 and result.val_dice == seen[-1].val_dice
     assert all(s.images_per_s > 0 and s.seconds > 0 and math.isfinite(s.train_loss) for s in seen)
     val = predict(result.model, tiny_synthetic, tiny_synthetic.indices("val"), small(), with_masks=False)
-    assert val.mean_dice == pytest.approx(result.best_val_dice, abs=1e-5)
+    assert val.mean_dice == pytest.approx(seen[-1].val_dice, abs=1e-5)
+
+
+def test_keep_best_returns_the_epoch_with_the_highest_validation_dice(tiny_synthetic) -> None:
+    seen = []
+    # lr 1e-2 then decay: validation dice goes up and down over six epochs, so best != last here
+    result = fit(small(epochs=6, lr=1e-2, keep="best"), tiny_synthetic, on_epoch=seen.append, progress=False)
+    best = max(seen, key=lambda s: s.val_dice)
+    assert best.epoch != seen[-1].epoch  # else this test could not tell "best" from "last"
+    assert result.kept_epoch == best.epoch and result.val_dice == best.val_dice
+    val = predict(result.model, tiny_synthetic, tiny_synthetic.indices("val"), small(), with_masks=False)
+    assert val.mean_dice == pytest.approx(best.val_dice, abs=1e-5)
+
+
+def test_an_unknown_keep_is_refused_before_training(tiny_synthetic) -> None:
+    with pytest.raises(ValueError, match="keep must be one of last, best"):
+        fit(small(keep="worst"), tiny_synthetic, progress=False)
 
 
 def test_best_weights_snapshot_is_a_copy_refreshed_in_its_own_buffers() -> None:

@@ -54,6 +54,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5     # linear warm-up, then cosine decay to 1% of lr
     grad_clip: float = 1.0         # max gradient norm; 0 disables
     flip_tta: bool = True          # evaluate on each image and its mirror image, logits averaged
+    keep: str = "last"             # the weights fit returns: "last" (the schedule's end) or "best" (by val dice)
     device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
     amp: str = "auto"              # auto | bf16 | fp16 | off
     channels_last: bool | None = None  # None: channels_last on CUDA, plain NCHW elsewhere (faster on CPU)
@@ -95,11 +96,14 @@ class EndTraining(Exception):
     best weights so far (e.g. a time budget spent sooner than planned)."""
 
 
+KEEP = ("last", "best")
+
+
 @dataclass
 class FitResult:
-    model: nn.Module            # holds the best weights (by validation dice)
-    best_val_dice: float
-    best_epoch: int
+    model: nn.Module            # holds the kept weights (TrainConfig.keep)
+    val_dice: float             # the kept weights' validation dice
+    kept_epoch: int             # the epoch they are from (0-based)
     epochs_run: int
     history: list[EpochStats]
     diverged: str | None        # why training stopped early on a non-finite loss, else None
@@ -350,7 +354,11 @@ def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
 def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats], None] | None = None,
         progress: bool = True, pause_to: str | os.PathLike[str] | None = None,
         resume_from: str | os.PathLike[str] | None = None) -> FitResult:
-    """Train `cfg.arch` on the train split, validate each epoch, keep the best weights.
+    """Train `cfg.arch` on the train split, validate each epoch, return the weights `cfg.keep` names.
+
+    "last" is the end of the warm-up + cosine schedule, whose learning rate has decayed to 1%
+    by then; "best" is the epoch with the highest validation dice, which on a small validation
+    split is often a noise peak (README, "Which weights a run keeps", has the measurement).
 
     `on_epoch` sees every epoch's stats as soon as they exist; an exception it raises (such as
     optuna.TrialPruned) stops training and propagates, except `EndTraining`, which ends it
@@ -360,6 +368,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     only (best weights are tracked from the resumed epoch on). A non-finite loss stops
     training and is reported in `FitResult.diverged`, not raised.
     """
+    if cfg.keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}")
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     amp_dtype = select_amp(device, cfg.amp)
@@ -420,7 +430,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
             val_dice=val.mean_dice, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started,
             images_per_s=seen / train_seconds)
         history.append(stats)
-        if stats.val_dice > best_dice:
+        if cfg.keep == "best" and stats.val_dice > best_dice:
             best_dice, best_epoch = stats.val_dice, epoch
             best_state = _snapshot(model, best_state)
         if on_epoch is not None:
@@ -439,7 +449,9 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(model=model, best_val_dice=best_dice, best_epoch=best_epoch, epochs_run=len(history),
+    elif history:  # "last" (after a divergence, the failed trial evaluates nothing)
+        best_dice, best_epoch = history[-1].val_dice, history[-1].epoch
+    return FitResult(model=model, val_dice=best_dice, kept_epoch=best_epoch, epochs_run=len(history),
                      history=history, diverged=diverged, device=str(device),
                      amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
 

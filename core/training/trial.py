@@ -109,7 +109,7 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
               log: Callable[[str], None] = print, extra_params: dict[str, Any] | None = None,
               pause_to: Path | None = None, resume_from: Path | None = None,
               continues: tuple[int, int] | None = None) -> TrialOutcome:
-    """Train `cfg`, record each epoch, then evaluate the best weights on every test image.
+    """Train `cfg`, record each epoch, then evaluate the kept weights (`cfg.keep`) on every test image.
 
     An `on_epoch` that raises optuna.TrialPruned ends the trial as 'pruned' (curves kept) and
     re-raises (a StopTraining one also leaves a resumable state at `pause_to`); a non-finite
@@ -153,11 +153,11 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         if checkpoint_path is not None:
             checkpoint = _save_checkpoint_or_warn(checkpoint_path, result, cfg, trial_id, log)
         test_dice = store.finish_trial(
-            trial_id, state="complete", val_dice=result.best_val_dice, checkpoint=checkpoint,
+            trial_id, state="complete", val_dice=result.val_dice, checkpoint=checkpoint,
             results=ImageResults(ids, pred.dice, pred.iou, pred.dice_no_border, masks=pred.masks,
                                  diagnostics=pred.diagnostics))
         closed = True
-        return TrialOutcome(trial_id, "complete", result.best_val_dice, test_dice, result.epochs_run,
+        return TrialOutcome(trial_id, "complete", result.val_dice, test_dice, result.epochs_run,
                             time.perf_counter() - started, checkpoint=checkpoint, dice=pred.dice)
 
     try:
@@ -188,10 +188,10 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
 
 def _save_checkpoint_or_warn(path: Path, result, cfg: TrainConfig, trial_id: int,
                              log: Callable[[str], None]) -> str | None:
-    """Save the best weights; a full or read-only disk costs the checkpoint, not the results."""
+    """Save the kept weights; a full or read-only disk costs the checkpoint, not the results."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, result.model, cfg, val_dice=result.best_val_dice, trial_id=trial_id)
+        save_checkpoint(path, result.model, cfg, val_dice=result.val_dice, trial_id=trial_id)
         return str(path)
     except Exception as exc:
         # torch.save reports a failed write (disk full, file too large) as RuntimeError, not OSError
