@@ -45,14 +45,14 @@ def all_foreground_dice(trimaps: np.ndarray) -> float:
     return float(mask_scores(torch.ones_like(truth), truth).dice.double().mean())
 
 
-def reference(arch: str, root: str, seconds: float, size: int) -> ReferenceResult:
+def reference(arch: str, root: str, seconds: float, size: int, seed: int = 0) -> ReferenceResult:
     """The plain loop for `seconds`, scored against the core reader's masks (run in a fresh process)."""
     from core.data.dataset import prepare_dataset
 
     data = prepare_dataset(Path(root), size, log=lambda _: None)
     names = {s: [data.infos[i].name for i in data.indices(s)] for s in ("train", "val", "test")}
     return train_for(arch, Path(root), seconds, size, names["train"], names["val"], data.trimaps[data.indices("val")],
-                     names["test"], data.trimaps[data.indices("test")])
+                     names["test"], data.trimaps[data.indices("test")], seed=seed)
 
 
 def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, extra: list[str]) -> dict:
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default=None, help="keep the sweep's store here (default: a temporary folder)")
     p.add_argument("--show-sweep", action="store_true", help="print the sweep's own output")
     p.add_argument("--sweep-args", default="", help="more flags for jobs.sweep, e.g. '--width 1 --min-epochs 3'")
+    p.add_argument("--repeats", type=positive_int, default=1,
+                   help="run both sides with seeds 0..K-1 and judge the mean difference: a single run's "
+                        "reference moves by ~0.03 with its seed (each repeat costs 2 x --seconds per architecture)")
     args = p.parse_args(argv)
     root = args.data.expanduser().resolve()
     if not (root / "annotations").is_dir():
@@ -112,24 +115,34 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite:///{Path(tmp) / 'quality.db'}"
         for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-            with FreshProcess() as fresh:  # the reports' script, in a process of its own
-                ref = fresh.call(reference, arch, str(root), args.seconds, args.image_size)
-            res = sweep(arch, root, args.seconds, args.image_size, db, f"quality-{arch}-{os.getpid()}",
-                        args.sweep_args.split())
-            if args.show_sweep:
-                print("\n".join("   | " + line for line in res["lines"]))
-            gain = res["test_dice"] - ref.test_dice
-            print(f"\n{arch}")
-            print(f"   reference  test dice {ref.test_dice:.4f}  (val {ref.best_val_dice:.4f}, best epoch "
-                  f"{ref.best_epoch + 1} of {ref.epochs}, {ref.seconds:.0f} s)")
-            print(f"   sweep      test dice {res['test_dice']:.4f}  (val {res['val_dice']:.4f}, trial {res['number']}"
-                  f"{' = the refit' if res['refit'] else ''}, {res['epochs_run']} epochs; {res['configs']} "
-                  f"configurations in {res['trials']} trials, {res['epochs']} epochs in all; "
-                  f"{res['trial_seconds']:.0f} s of trials, {res['wall']:.0f} s wall)")
-            print(f"   difference {gain:+.4f}   all-foreground floor {floor:.4f}")
+            gains, refs, sweeps = [], [], []
+            for seed in range(args.repeats):
+                with FreshProcess() as fresh:  # the reports' script, in a process of its own
+                    ref = fresh.call(reference, arch, str(root), args.seconds, args.image_size, seed)
+                res = sweep(arch, root, args.seconds, args.image_size, db, f"quality-{arch}-{os.getpid()}-seed{seed}",
+                            ["--seed", str(seed), *args.sweep_args.split()])
+                if args.show_sweep:
+                    print("\n".join("   | " + line for line in res["lines"]))
+                gains.append(res["test_dice"] - ref.test_dice)
+                refs.append(ref.test_dice)
+                sweeps.append(res["test_dice"])
+                print(f"\n{arch}" + (f", seed {seed}" if args.repeats > 1 else ""))
+                print(f"   reference  test dice {ref.test_dice:.4f}  (val {ref.best_val_dice:.4f}, best epoch "
+                      f"{ref.best_epoch + 1} of {ref.epochs}, {ref.seconds:.0f} s)")
+                print(f"   sweep      test dice {res['test_dice']:.4f}  (val {res['val_dice']:.4f}, trial {res['number']}"
+                      f"{' = the refit' if res['refit'] else ''}, {res['epochs_run']} epochs; {res['configs']} "
+                      f"configurations in {res['trials']} trials, {res['epochs']} epochs in all; "
+                      f"{res['trial_seconds']:.0f} s of trials, {res['wall']:.0f} s wall)")
+                print(f"   difference {gains[-1]:+.4f}   all-foreground floor {floor:.4f}", flush=True)
+            gain = float(np.mean(gains))
+            if args.repeats > 1:
+                print(f"\n{arch}, mean of {args.repeats} seeds: reference {np.mean(refs):.4f} "
+                      f"({min(refs):.4f}-{max(refs):.4f}), sweep {np.mean(sweeps):.4f} ({min(sweeps):.4f}-{max(sweeps):.4f}), "
+                      f"difference {gain:+.4f} ({min(gains):+.4f} to {max(gains):+.4f})")
             verdicts.append(gain >= args.target)
             print(f"{'PASS' if verdicts[-1] else 'MISS'}  {arch}: sweep - reference test dice {gain:+.4f} "
-                  f"(target >= {args.target:+.4f})", flush=True)
+                  f"(target >= {args.target:+.4f}{f'; mean of {args.repeats} seeds' if args.repeats > 1 else ''})",
+                  flush=True)
     return finish(verdicts, args.report_only)
 
 

@@ -384,7 +384,7 @@ class Worker:
                 return
             if refit_of is not None:
                 if self.budget.left(self.spent(arch)) < stats.seconds:
-                    raise EndTraining()  # slower than the pace it was planned at: stop at the budget, keep the best
+                    raise EndTraining()  # slower than the pace it was planned at: stop at the budget
                 return
             if self.budget.search_left(self.spent(arch)) <= 0:
                 raise optuna.TrialPruned()  # the search's time is up: the refit gets the rest

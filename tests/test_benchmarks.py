@@ -234,6 +234,36 @@ def test_quality_passes_only_when_the_sweep_gains_the_target_over_the_reference(
     assert "all-foreground floor 0.5717" in out
 
 
+def test_quality_repeats_judge_the_mean_difference_over_seeds(monkeypatch, pets_root: Path, capsys) -> None:
+    from benchmarks import quality
+    from benchmarks.reference_loop import ReferenceResult
+
+    seeds = {"reference": [], "sweep": []}
+
+    class InProcess:
+        def __init__(self, *a): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): ...
+        def call(self, fn, *args):
+            seeds["reference"].append(args[-1])
+            return ReferenceResult(0.765, np.zeros(60), 0.75, 9, 40, 300.0)
+
+    dice = iter([0.80, 0.78])  # +0.035 and +0.015: one run alone would PASS, their mean misses
+
+    def sweep(arch, root, seconds, size, db, name, extra):
+        seeds["sweep"].append(extra[extra.index("--seed") + 1])
+        return dict(test_dice=next(dice), val_dice=0.8, number=20, epochs_run=119, refit=True, configs=20,
+                    trials=21, epochs=245, trial_seconds=276.0, wall=279.0, lines=[])
+
+    monkeypatch.setattr(quality, "FreshProcess", InProcess)
+    monkeypatch.setattr(quality, "sweep", sweep)
+    assert quality.main(["--data", str(pets_root), "--archs", "unet", "--repeats", "2"]) == 1
+    out = capsys.readouterr().out
+    assert seeds == {"reference": [0, 1], "sweep": ["0", "1"]}
+    assert "unet, seed 1" in out and "difference +0.0350" in out and "difference +0.0150" in out
+    assert "MISS  unet: sweep - reference test dice +0.0250 (target >= +0.0300; mean of 2 seeds)" in out
+
+
 def test_quality_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, capsys) -> None:
     from benchmarks import quality
 

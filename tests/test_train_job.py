@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
     (["--hflip", "1.5"], "probability"),
     (["--data-root", "/no/such/folder"], "does not exist"),
     (["--bce-weight", "0", "--dice-weight", "0"], "must be > 0"),
+    (["--keep", "worst"], "invalid choice: 'worst'"),
 ])
 def test_invalid_arguments_exit_2_with_one_line(argv, fragment, capsys) -> None:
     with pytest.raises(SystemExit) as info:
@@ -33,6 +34,11 @@ def test_invalid_arguments_exit_2_with_one_line(argv, fragment, capsys) -> None:
     err = capsys.readouterr().err
     assert info.value.code == 2
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_keep_best_reaches_the_training_config() -> None:
+    assert train_job.config_from_args(train_job.parse_args([])).keep == "last"
+    assert train_job.config_from_args(train_job.parse_args(["--keep", "best"])).keep == "best"
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path: Path) -> None:
@@ -76,7 +82,7 @@ def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tm
     [trial] = store.study_trials("smoke/unet")
     assert trial["state"] == "complete" and trial["epochs_run"] == 2 and trial["dataset"] == "oxford-pets/oxford-pets-sample"
     assert trial["params"]["lr"] == pytest.approx(1e-3) and trial["params"]["dice_weight"] == pytest.approx(0.7)
-    assert trial["params"]["flip_tta"] is True
+    assert trial["params"]["flip_tta"] is True and trial["params"]["keep"] == "last"
     assert trial["checkpoint"] == str(ckpt) and ckpt.is_file()
     n_test = store.count(st.images, split="test")
     assert n_test == 60
@@ -87,9 +93,12 @@ def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tm
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(st.datasets)).scalar() == 1
         assert conn.execute(select(func.min(st.epochs.c.images_per_s))).scalar() > 0
+        last_val = conn.execute(select(st.epochs.c.val_dice).where(st.epochs.c.trial_id == trial["id"])
+                                .order_by(st.epochs.c.epoch.desc()).limit(1)).scalar()
         dice = np.array(conn.execute(select(st.image_results.c.dice)).scalars().all())
         diag = conn.execute(select(st.image_results.c.failure_mode, st.image_results.c.entropy,
                                    st.image_results.c.boundary_iou, st.image_results.c.hd95)).all()
+    assert trial["val_dice"] == pytest.approx(last_val)  # the kept weights are the last epoch's
     assert ((0 <= dice) & (dice <= 1)).all()
     # a v2 trial: every image has its diagnostics, entropy included, and a failure mode from the rule
     assert {mode for mode, *_ in diag} <= {"ok", "boundary", "missed pet", "background leak", "empty prediction"}

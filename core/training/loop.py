@@ -93,7 +93,7 @@ class StopTraining(Exception):
 
 class EndTraining(Exception):
     """Raised by `fit`'s on_epoch to finish now: `fit` returns normally after that epoch, with the
-    best weights so far (e.g. a time budget spent sooner than planned)."""
+    weights `cfg.keep` names among those so far (e.g. a time budget spent sooner than planned)."""
 
 
 KEEP = ("last", "best")
@@ -365,7 +365,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     normally; a `StopTraining` one first saves a
     resumable state to `pause_to`, when given. `resume_from` continues such a state: same
     learning-rate schedule (over cfg.epochs), same data order, the epochs after the pause
-    only (best weights are tracked from the resumed epoch on). A non-finite loss stops
+    only ("best" weights are tracked from the resumed epoch on). A non-finite loss stops
     training and is reported in `FitResult.diverged`, not raised.
     """
     if cfg.keep not in KEEP:
