@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from core.data.augment import AugmentConfig
@@ -16,7 +17,7 @@ from core.data.dataset import DataError, PreparedDataset
 from core.data.download import DownloadError
 from core.data.sources import DATA_CHOICES, load_data
 from core.models import available_models
-from core.store.db import DEFAULT_URL, Store, StoreError, display_url, sqlite_path
+from core.store.db import DEFAULT_URL, Store, StoreError, display_url, normalize_url, sqlite_path
 from core.training.trial import register
 
 AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
@@ -73,9 +74,13 @@ def open_job(prog: str, args: argparse.Namespace, image_size: int,
 
 
 def dashboard_command(url: str) -> str:
-    """The command that opens the dashboard on the store at `url`."""
+    """The command that opens the dashboard on the store at `url`; a password stays out of it
+    (job output ends up in logs), with a word saying so."""
     path = sqlite_path(url)
-    return f"RESULTS_DB='{path if path else url}' streamlit run dashboard/Home.py"
+    if path:
+        return f"RESULTS_DB='{path}' streamlit run dashboard/Home.py"
+    hidden = "  (password hidden: put yours in place of ***)" if make_url(normalize_url(url)).password else ""
+    return f"RESULTS_DB='{display_url(url)}' streamlit run dashboard/Home.py{hidden}"
 
 
 def positive_float(text: str) -> float:
