@@ -35,6 +35,15 @@ ODD = "odd"  # a one-trial sweep whose images are missing, outside the root, or 
 
 # -- fixtures ------------------------------------------------------------------------------
 
+class _TestImage:
+    """What register_dataset reads of an image: a test image of an odd breed."""
+
+    def __init__(self, name: str):
+        self.name, self.split, self.breed, self.species = name, "test", "odd_breed", "cat"
+        self.width = self.height = 64
+        self.brightness, self.fg_fraction = 0.5, 0.2
+
+
 def _add_odd_sweep(demo: DemoStore, outside_dir: Path) -> dict[str, int]:
     """Sweep "odd": one unet trial over a good image, a missing one and two that escape the root."""
     (outside_dir / "secret.jpg").parent.mkdir(parents=True, exist_ok=True)
@@ -44,15 +53,9 @@ def _add_odd_sweep(demo: DemoStore, outside_dir: Path) -> dict[str, int]:
     escape = os.path.relpath(outside_dir / "secret", demo.root / "images")  # ../../outside/secret
     good = demo.test_images[0]
 
-    class Info:
-        def __init__(self, name: str):
-            self.name, self.split, self.breed, self.species = name, "test", "odd_breed", "cat"
-            self.width = self.height = 64
-            self.brightness, self.fg_fraction = 0.5, 0.2
-
     store = Store(demo.url)
     ids = store.register_dataset(demo.dataset, "synthetic", demo.root,
-                                 [Info(n) for n in ("ghost_1", escape, "linked_1")])
+                                 [_TestImage(n) for n in ("ghost_1", escape, "linked_1")])
     names = [good, "ghost_1", escape, "linked_1"]
     tid = store.start_trial(sweep=ODD, study=f"{ODD}/unet", arch="unet", number=0, params={"lr": 1e-3}, device="cpu",
                             dataset=demo.dataset, image_size=64)
@@ -201,6 +204,31 @@ def test_distributions_show_best_trials_stats_three_charts_and_the_paired_test(d
     assert metrics["Wilcoxon signed-rank p"] == f"{p:.3g}"
     assert metrics["Mean difference (B − A)"] == f"{np.mean([db[n] - da[n] for n in names]):+.4f}"
     assert len(at.dataframe[1].value) == 10  # the images where they disagree most
+
+
+def test_the_paired_comparison_asks_for_two_different_trials(demo, facts, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    same = facts["best"]["unet"]
+    widget(at.selectbox, "A").set_value(same).run()
+    widget(at.selectbox, "B").set_value(same).run()
+    assert not at.exception and "Choose two different trials." in [i.value for i in at.info]
+    assert "Wilcoxon signed-rank p" not in {m.label for m in at.metric}
+
+
+def test_the_paired_comparison_says_when_two_trials_share_no_image(tmp_path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    store = Store(url)
+    ids = store.register_dataset("toy", "synthetic", tmp_path, [_TestImage(n) for n in ("cat_1", "cat_2")])
+    for number, name in enumerate(("cat_1", "cat_2")):  # each trial scored on a different image
+        tid = store.start_trial(sweep="apart", study="apart/unet", arch="unet", number=number, params={"lr": 1e-3},
+                                device="cpu", dataset="toy", image_size=64)
+        dice = np.array([0.5 + number / 10])
+        store.finish_trial(tid, state="complete", val_dice=0.5, results=ImageResults(
+            np.array([ids[name]]), dice, dice, dice))
+    store.dispose()
+    at = app("distributions", monkeypatch, url, sweep="apart")
+    assert "These two trials evaluated no image in common." in [i.value for i in at.info]
+    assert "Wilcoxon signed-rank p" not in {m.label for m in at.metric}
 
 
 def test_border_aware_toggle_switches_the_distributions_to_dice_no_border(demo, facts, monkeypatch) -> None:
