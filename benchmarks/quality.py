@@ -79,8 +79,12 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
     trials = load_study(db, f"{name}/{arch}").get_trials()
     search = [t for t in trials if budget.is_new_config(t) and not t.user_attrs.get(budget.SURPLUS)]
     epochs = sum(len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0) for t in trials)
+    params = best["params"]
     return dict(test_dice=float(best["test_dice"]), val_dice=float(best["val_dice"]), number=int(best["number"]),
-                epochs_run=int(best["epochs_run"]), refit="refit_of" in best["params"], configs=len(search),
+                epochs_run=int(best["epochs_run"]), refit="refit_of" in params, configs=len(search),
+                # which configuration the sweep chose: a miss is often a choice made on few validation images
+                chose=f"trial {params.get('refit_of', int(best['number']))}: lr {params['lr']:.2g}, "
+                      f"dice weight {params['dice_weight']:.2f}",
                 trials=len([t for t in trials if not t.user_attrs.get(budget.SURPLUS)]), epochs=epochs,
                 trial_seconds=store.trial_seconds(f"{name}/{arch}"), wall=wall,
                 lines=[line for line in run.stdout.splitlines() if line.strip()])
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{' = the refit' if res['refit'] else ''}, {res['epochs_run']} epochs; {res['configs']} "
                       f"configurations in {res['trials']} trials, {res['epochs']} epochs in all; "
                       f"{res['trial_seconds']:.0f} s of trials, {res['wall']:.0f} s wall)")
+                print(f"   configuration of {res['chose']}")
                 print(f"   difference {gains[-1]:+.4f}   all-foreground floor {floor:.4f}", flush=True)
             gain = float(np.mean(gains))
             if args.repeats > 1:

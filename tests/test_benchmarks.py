@@ -225,12 +225,13 @@ def test_quality_passes_only_when_the_sweep_gains_the_target_over_the_reference(
     monkeypatch.setattr(quality, "FreshProcess", InProcess)
     monkeypatch.setattr(quality, "sweep", lambda *a: dict(
         test_dice=sweep_dice, val_dice=0.8, number=20, epochs_run=119, refit=True, configs=20, trials=21,
-        epochs=245, trial_seconds=276.0, wall=279.0, lines=[]))
+        epochs=245, trial_seconds=276.0, wall=279.0, lines=[], chose="trial 2: lr 0.003, dice weight 0.70"))
     argv = ["--data", str(pets_root), "--archs", "unet", *(["--report-only"] if report_only else [])]
     assert quality.main(argv) == code
     out = capsys.readouterr().out
     assert f"{word}  unet: sweep - reference test dice {sweep_dice - 0.765:+.4f} (target >= +0.0300)" in out
     assert "reference  test dice 0.7650" in out and "trial 20 = the refit, 119 epochs" in out
+    assert "configuration of trial 2: lr 0.003, dice weight 0.70" in out
     assert "all-foreground floor 0.5717" in out
 
 
@@ -253,7 +254,7 @@ def test_quality_repeats_judge_the_mean_difference_over_seeds(monkeypatch, pets_
     def sweep(arch, root, seconds, size, db, name, extra):
         seeds["sweep"].append(extra[extra.index("--seed") + 1])
         return dict(test_dice=next(dice), val_dice=0.8, number=20, epochs_run=119, refit=True, configs=20,
-                    trials=21, epochs=245, trial_seconds=276.0, wall=279.0, lines=[])
+                    trials=21, epochs=245, trial_seconds=276.0, wall=279.0, lines=[], chose="trial 1: lr 0.001, dice weight 0.70")
 
     monkeypatch.setattr(quality, "FreshProcess", InProcess)
     monkeypatch.setattr(quality, "sweep", sweep)
