@@ -66,15 +66,10 @@ class Config:
         return max(self.values) + 1 if self.values else 0
 
     def value_at(self, rung_epochs: int) -> float | None:
-        """Its validation dice at a rung, if it got that far: the mean over the last third of its
-        first `rung_epochs` epochs (at least the last one). Not the best of them: on a small
-        validation split the maximum of noisy values favours the noisiest curves, as keeping the
-        best epoch's weights did (README, "Which weights a run keeps")."""
+        """Best validation dice over its first `rung_epochs` epochs, if it got that far."""
         if rung_epochs - 1 not in self.values:
             return None
-        window = range(rung_epochs - max(1, math.ceil(rung_epochs / 3)), rung_epochs)
-        values = [self.values[e] for e in window if e in self.values]
-        return sum(values) / len(values)
+        return max(v for e, v in self.values.items() if e < rung_epochs)
 
 
 def _standing(ladder: Ladder, configs: list[Config], k: int) -> list[Config]:
@@ -120,7 +115,7 @@ def promotion(ladder: Ladder, configs: list[Config]) -> Config | None:
 
 
 def best(ladder: Ladder, configs: list[Config]) -> Config | None:
-    """The configuration to refit: the deepest rung reached, then the best value there (`value_at`).
+    """The configuration to refit: the deepest rung reached, then the best validation dice there.
 
     A configuration trained to a deeper rung has beaten others at every rung below it, and its
     value is measured after more training, so depth comes first. Test dice never enters.

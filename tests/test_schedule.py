@@ -70,15 +70,6 @@ def test_the_refit_repeats_the_deepest_trained_configuration_then_the_best_there
     assert best(LADDER, []) is None
 
 
-def test_a_rung_judges_the_last_third_of_the_curve_so_a_one_epoch_spike_does_not_win() -> None:
-    spiky = config(0, 0.5, 0.6, 0.7, 0.9, 0.7, 0.7, 0.70, 0.70, 0.70)  # one lucky epoch on the validation images
-    steady = config(1, 0.5, 0.6, 0.7, 0.72, 0.72, 0.74, 0.75, 0.75, 0.76)
-    assert spiky.value_at(9) == pytest.approx(0.70) and steady.value_at(9) == pytest.approx(0.7533, abs=1e-4)
-    assert spiky.value_at(3) == 0.7 and spiky.value_at(1) == 0.5  # a short rung: its last epoch
-    assert best(LADDER, [spiky, steady]) is steady
-    assert spiky.value_at(10) is None
-
-
 def test_the_budget_keeps_the_refit_share_and_sizes_the_refit_by_the_measured_pace() -> None:
     b = Budget(300, refit_share=0.4)
     assert b.search_seconds == pytest.approx(180)
