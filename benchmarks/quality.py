@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite:///{Path(tmp) / 'quality.db'}"
         for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-            gains, refs, sweeps = [], [], []
+            refs, sweeps = [], []
             for seed in range(args.repeats):
                 with FreshProcess() as fresh:  # the reports' script, in a process of its own
                     ref = fresh.call(reference, arch, str(root), args.seconds, args.image_size, seed)
@@ -127,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
                             ["--seed", str(seed), *args.sweep_args.split()])
                 if args.show_sweep:
                     print("\n".join("   | " + line for line in res["lines"]))
-                gains.append(res["test_dice"] - ref.test_dice)
                 refs.append(ref.test_dice)
                 sweeps.append(res["test_dice"])
                 print(f"\n{arch}" + (f", seed {seed}" if args.repeats > 1 else ""))
@@ -138,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"configurations in {res['trials']} trials, {res['epochs']} epochs in all; "
                       f"{res['trial_seconds']:.0f} s of trials, {res['wall']:.0f} s wall)")
                 print(f"   configuration of {res['chose']}")
-                print(f"   difference {gains[-1]:+.4f}   all-foreground floor {floor:.4f}", flush=True)
-            gain = float(np.mean(gains))
+                print(f"   difference {sweeps[-1] - refs[-1]:+.4f}   all-foreground floor {floor:.4f}", flush=True)
+            gains = np.subtract(sweeps, refs)
+            gain = float(gains.mean())
             if args.repeats > 1:
                 print(f"\n{arch}, mean of {args.repeats} seeds: reference {np.mean(refs):.4f} "
                       f"({min(refs):.4f}-{max(refs):.4f}), sweep {np.mean(sweeps):.4f} ({min(sweeps):.4f}-{max(sweeps):.4f}), "
