@@ -1,9 +1,12 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import core.models as models
 from core.models import available_models, build_model, count_flops, register
+from core.losses import SegmentationLoss
 from core.models.unet import scaled_channels
 
 ARCHS = ["unet", "resnet34_unet"]
@@ -140,3 +143,49 @@ def test_count_flops_of_unet_sums_its_stages():
 def test_count_flops_includes_padding_to_a_multiple_of_16():
     model = build_model("unet", width=0.125)
     assert count_flops(model, image_size=20) == count_flops(model, image_size=32)
+
+
+def test_an_ensemble_evaluates_to_its_members_mean_logits():
+    torch.manual_seed(0)
+    ens = build_model("unet", width=0.125, members=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        each = [m(x) for m in ens.members]
+        assert ens(x).shape == (2, 1, 32, 32)
+        assert torch.allclose(ens(x), torch.stack(each).mean(0), atol=1e-6)
+        assert not torch.allclose(each[0], each[1])  # independently initialised members
+
+
+def test_an_ensemble_in_training_runs_each_member_on_its_own_part_of_the_batch():
+    torch.manual_seed(0)
+    ens = build_model("unet", width=0.125, members=2).train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        logits = ens(x)
+        assert logits.shape == (4, 1, 32, 32)
+        # BatchNorm in training normalises by the batch: equal rows mean each member saw only its own part
+        assert torch.allclose(logits[:2], ens.members[0](x[:2]), atol=1e-5)
+        assert torch.allclose(logits[2:], ens.members[1](x[2:]), atol=1e-5)
+        assert not torch.allclose(logits[:2], ens.members[0](x)[:2], atol=1e-3)
+    with pytest.raises(ValueError, match="does not split into 2"):
+        ens.train()(torch.randn(3, 3, 32, 32))
+
+
+def test_each_ensemble_member_learns_only_from_its_own_batch():
+    """One loss over the members' rows gives member 0 exactly the gradient of its own loss / K."""
+    torch.manual_seed(0)
+    ens = build_model("unet", width=0.125, members=2).train()
+    x, target = torch.randn(4, 3, 32, 32), (torch.rand(4, 1, 32, 32) > 0.5).float()
+    loss = SegmentationLoss()
+    loss(ens(x), target).backward()
+    together = ens.members[0].head.weight.grad.clone()
+    alone = copy.deepcopy(ens.members[0])
+    alone.zero_grad()
+    (loss(alone(x[:2]), target[:2]) / 2).backward()
+    assert torch.allclose(together, alone.head.weight.grad, atol=1e-6)
+
+
+def test_an_ensemble_needs_at_least_one_member():
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        build_model("unet", members=0)
+    assert isinstance(build_model("unet", width=0.125, members=1), models.MODELS["unet"])

@@ -12,6 +12,7 @@ import core.training.loop as train
 from core.data.augment import AugmentConfig
 from core.data.dataset import prepare_dataset
 from core.metrics import image_scores
+from core.models.ensemble import Ensemble
 from core.data.synthetic import generate_synthetic
 from core.training.loop import TrainConfig, fit, predict, select_amp, select_device
 
@@ -81,6 +82,18 @@ def test_keep_best_returns_the_epoch_with_the_highest_validation_dice(tiny_synth
     kept = result.model.state_dict()
     assert all(torch.equal(v, states[1][k]) for k, v in kept.items())
     assert not all(torch.equal(v, states[2][k]) for k, v in kept.items())
+
+
+def test_fit_trains_an_ensemble_whose_validation_is_its_members_mean(tiny_synthetic) -> None:
+    cfg = small(epochs=2, members=2)
+    result = fit(cfg, tiny_synthetic, progress=False)
+    assert isinstance(result.model, Ensemble) and len(result.model.members) == 2
+    assert cfg.params()["members"] == 2
+    val_idx = tiny_synthetic.indices("val")
+    whole = predict(result.model, tiny_synthetic, val_idx, cfg, with_masks=False)
+    assert whole.mean_dice == pytest.approx(result.val_dice, abs=1e-5)
+    alone = [predict(m, tiny_synthetic, val_idx, cfg, with_masks=False).loss for m in result.model.members]
+    assert alone[0] != pytest.approx(alone[1], rel=1e-3)  # two different networks, not one twice
 
 
 def test_an_unknown_keep_is_refused_before_training(tiny_synthetic) -> None:

@@ -6,6 +6,8 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
+from .ensemble import Ensemble
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 """Architecture name -> factory called as ``factory(width=..., in_channels=...)``."""
 
@@ -27,14 +29,19 @@ def available_models() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, width: float = 1.0, in_channels: int = 3) -> nn.Module:
-    """Build architecture `name`; `width` scales every channel count (see `scaled_channels`)."""
+def build_model(name: str, width: float = 1.0, in_channels: int = 3, members: int = 1) -> nn.Module:
+    """Build architecture `name`; `width` scales every channel count (see `scaled_channels`);
+    `members` > 1 builds an `Ensemble` of that many independently initialised copies."""
     if name not in MODELS:
         raise ValueError(f"unknown architecture {name!r}; choose from: {', '.join(available_models())}")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if members < 1:
+        raise ValueError(f"members must be >= 1, got {members}")
+    if members > 1:
+        return Ensemble([MODELS[name](width=width, in_channels=in_channels) for _ in range(members)])
     return MODELS[name](width=width, in_channels=in_channels)
 
 

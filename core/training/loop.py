@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -42,6 +42,7 @@ class TrainConfig:
 
     arch: str = "resnet34_unet"
     width: float = 1.0
+    members: int = 1               # > 1: a deep ensemble of that many copies, trained side by side
     image_size: int = 64
     epochs: int = 10
     batch_size: int = 8
@@ -259,13 +260,26 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed + 1_000_003 * (epoch + 1)
 
 
+def _member_seed(seed: int, member: int) -> int:
+    return seed + 7_919 * member
+
+
 def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device,
                   generator: torch.Generator) -> tuple[Callable[[int], Iterator], int]:
     """A function giving epoch k's shuffled uint8 batches, and the number of batches.
 
     Epoch k's order and augmentation depend on (seed, k) alone, so a run paused and resumed
-    sees exactly the batches an uninterrupted one would.
+    sees exactly the batches an uninterrupted one would. An ensemble's batch is one batch per
+    member, concatenated: each member sees its own order and augmentation (core/models/ensemble.py).
     """
+    if cfg.members > 1:
+        loaders = [_train_loader(data, indices, replace(cfg, members=1, seed=_member_seed(cfg.seed, m)), device,
+                                 torch.Generator()) for m in range(cfg.members)]
+
+        def ensemble_epoch(k: int) -> Iterator:
+            for batches in zip(*(epoch(k) for epoch, _ in loaders)):
+                yield torch.cat([images for images, _ in batches]), torch.cat([trimaps for _, trimaps in batches])
+        return ensemble_epoch, loaders[0][1]
     augment = build_augment(cfg.augment)
     n_batches = max(1, len(indices) // cfg.batch_size)  # drop the last partial batch: BatchNorm needs > 1
     if augment is None:
@@ -305,7 +319,7 @@ def build_step(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | 
     `make_optimizer` replaces the trainer's fused AdamW (benchmarks price that choice)."""
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step's reallocations (core/training/malloc.py)
-    model = build_model(cfg.arch, width=cfg.width).to(device)
+    model = build_model(cfg.arch, width=cfg.width, members=cfg.members).to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if cfg.compile else model
@@ -316,7 +330,7 @@ def build_step(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | 
 
     def train_step(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast():
-            logits = step_model(x)
+            logits = step_model(x)  # an ensemble's: each member's on its own batch, concatenated
             loss = criterion(logits, target)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -336,8 +350,9 @@ def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
     device = select_device(cfg.device)
     model, _, train_step = build_step(cfg, device, select_amp(device, cfg.amp))
     model.train()
-    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
-    target = (torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size, device=device) > 0.5).float()
+    n = cfg.batch_size * cfg.members  # an ensemble's step: one batch per member
+    x = torch.randn(n, 3, cfg.image_size, cfg.image_size, device=device)
+    target = (torch.rand(n, 1, cfg.image_size, cfg.image_size, device=device) > 0.5).float()
     if use_channels_last(cfg, device):
         x = x.contiguous(memory_format=torch.channels_last)
     times = []
