@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", choices=KEEP, default=TrainConfig.keep,
                    help="weights to evaluate and save: last (the end of the lr schedule, default) or best "
                         "(the epoch with the highest validation dice; worth it with a large validation split)")
+    p.add_argument("--members", type=cli.positive_int, default=1,
+                   help="train an ensemble of this many networks side by side and evaluate their mean (default 1)")
     cli.add_size_args(p, epochs=20, image=64, width=1.0, batch=8)
     cli.add_augment_args(p, None)
     cli.add_data_args(p)
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(arch=args.arch, width=args.width, image_size=args.image_size, epochs=args.epochs,
+    return TrainConfig(arch=args.arch, width=args.width, members=args.members, image_size=args.image_size, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, bce_weight=args.bce_weight,
                        dice_weight=args.dice_weight, focal_weight=args.focal_weight,
                        augment=cli.augment_from_args(args), device=args.device, amp=args.amp,

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
     (["--data-root", "/no/such/folder"], "does not exist"),
     (["--bce-weight", "0", "--dice-weight", "0"], "must be > 0"),
     (["--keep", "worst"], "invalid choice: 'worst'"),
+    (["--members", "0"], "must be >= 1"),
 ])
 def test_invalid_arguments_exit_2_with_one_line(argv, fragment, capsys) -> None:
     with pytest.raises(SystemExit) as info:
@@ -39,6 +40,11 @@ def test_invalid_arguments_exit_2_with_one_line(argv, fragment, capsys) -> None:
 def test_keep_best_reaches_the_training_config() -> None:
     assert train_job.config_from_args(train_job.parse_args([])).keep == "last"
     assert train_job.config_from_args(train_job.parse_args(["--keep", "best"])).keep == "best"
+
+
+def test_members_reaches_the_training_config() -> None:
+    assert train_job.config_from_args(train_job.parse_args([])).members == 1
+    assert train_job.config_from_args(train_job.parse_args(["--members", "3"])).members == 3
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path: Path) -> None:
