@@ -84,7 +84,8 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
                 epochs_run=int(best["epochs_run"]), refit="refit_of" in params, configs=len(search),
                 # which configuration the sweep chose: a miss is often a choice made on few validation images
                 chose=f"trial {params.get('refit_of', int(best['number']))}: lr {params['lr']:.2g}, "
-                      f"dice weight {params['dice_weight']:.2f}",
+                      f"dice weight {params['dice_weight']:.2f}, width {params['width']:g}"
+                      + (f", an ensemble of {params['members']}" if params.get("members", 1) > 1 else ""),
                 trials=len([t for t in trials if not t.user_attrs.get(budget.SURPLUS)]), epochs=epochs,
                 trial_seconds=store.trial_seconds(f"{name}/{arch}"), wall=wall,
                 lines=[line for line in run.stdout.splitlines() if line.strip()])

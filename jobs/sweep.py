@@ -60,14 +60,15 @@ DEFAULT_ARCHS = ("unet", "resnet34_unet")
 # most configurations sampled per architecture. Measured choices (README, benchmarks/quality.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(timeout=250.0, trials=100, epochs=18, min_epochs=2, image_size=64, width="auto", batch_size=8,
-                  synthetic_images=600, compile=False),
+                  refit_members=2, synthetic_images=600, compile=False),
     "full": dict(timeout=8 * 3600.0, trials=300, epochs=36, min_epochs=4, image_size=256, width=1.0, batch_size=16,
-                 synthetic_images=4000, compile=True),
+                 refit_members=1, synthetic_images=4000, compile=True),
 }
 REFIT_SHARE = 0.5      # of each architecture's budget, kept for the refit
 AUTO_WIDTHS = (1.0, 0.5, 0.25)  # --width auto: the first whose epochs the budget can afford enough of
-AUTO_MIN_EPOCHS = 150  # epochs of training an architecture's budget must afford at that width
+AUTO_MIN_EPOCHS = 150  # epochs of training an architecture's budget must afford at that width, per refit member
 REFIT_MAX_FACTOR = 8   # a refit trains at most this many times a search trial's full length
+REFIT_MIN_FACTOR = 4   # and each member of an ensemble refit at least this many times
 
 
 class SurplusTrial(Exception):
@@ -83,6 +84,7 @@ class PausedAtRung(StopTraining, optuna.TrialPruned):
 
 
 REFIT_EPOCHS = "refit_epochs"  # user attribute of a queued refit: how long it trains
+REFIT_MEMBERS = "refit_members"  # user attribute of a queued refit: how many networks it trains (an ensemble)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs before a configuration is first compared (the first rung)")
     p.add_argument("--refit-share", type=cli.probability, default=REFIT_SHARE,
                    help="share of each architecture's budget for the refit of its best configuration (0: no refit)")
+    p.add_argument("--refit-members", type=cli.positive_int, default=None,
+                   help="the refit trains an ensemble of up to this many networks, as many as its budget affords "
+                        "at full length each (preset: quick 2, full 1)")
     p.add_argument("--pruner", choices=("asha", "median", "hyperband", "none"), default="asha",
                    help="asha: successive halving with promotion (default); median/hyperband: Optuna's pruners")
     p.add_argument("--space", default=None, help="TOML file replacing parts of the search space")
@@ -113,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown architecture {', '.join(unknown) or '(none)'}; choose from {', '.join(available_models())}")
     args.archs = list(dict.fromkeys(archs))
     preset = PRESETS[args.preset]
-    for key in ("timeout", "trials", "epochs", "min_epochs", "image_size", "width", "batch_size"):
+    for key in ("timeout", "trials", "epochs", "min_epochs", "image_size", "width", "batch_size", "refit_members"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
     args.min_epochs = min(args.min_epochs, args.epochs)
@@ -200,7 +205,10 @@ class Worker:
     def width_of(self, arch: str) -> float:
         """--width, or for 'auto' the width this study chose when it started (kept for every worker
         and rerun): the widest of AUTO_WIDTHS at which the architecture's budget affords
-        AUTO_MIN_EPOCHS epochs, by the measured time of a training step on this machine."""
+        AUTO_MIN_EPOCHS epochs per member of the refit's ensemble (--refit-members), by the measured
+        time of a training step on this machine. Past about 100 epochs on a small training set one
+        network stops improving, and a second network gains more than more width (README,
+        "Ensembles past a single network's ceiling")."""
         if self.args.width != "auto":
             return float(self.args.width)
         study = self.studies[arch]
@@ -212,7 +220,7 @@ class Worker:
             probe = TrainConfig(arch=arch, width=width, image_size=a.image_size, batch_size=a.batch_size,
                                 device=a.device, amp=a.amp)
             epoch_s = 1.25 * batches * step_seconds(probe)  # + validation and data loading
-            if self.budget.seconds / epoch_s >= AUTO_MIN_EPOCHS:
+            if self.budget.seconds / epoch_s >= AUTO_MIN_EPOCHS * a.refit_members:
                 break
         tqdm.write(f"{PROG}: {arch} width {width:g} (an epoch takes about {epoch_s:.1f} s here; "
                    f"the budget affords {self.budget.seconds / epoch_s:.0f})")
@@ -278,17 +286,24 @@ class Worker:
         if best is None or self.args.refit_share <= 0:
             return False
         first = next(t for t in trials if t.number == best.number)
+        members, epochs = self.refit_plan(arch, best)
         self.studies[arch].enqueue_trial(first.params, user_attrs={
-            budget.REFIT_OF: best.number, REFIT_EPOCHS: self.refit_epochs(arch, best)})
+            budget.REFIT_OF: best.number, REFIT_EPOCHS: epochs, REFIT_MEMBERS: members})
         return True
 
-    def refit_epochs(self, arch: str, best: schedule.Config) -> int:
-        """As many epochs as the rest of the budget allows at the configuration's measured pace
-        (one epoch's time kept for the test evaluation), longer than the search trained it,
-        and at most REFIT_MAX_FACTOR times a search trial's full length."""
-        pace = self.pace(arch, best.number)
-        epochs = self.budget.refit_epochs(self.spent(arch), pace, at_least=best.epochs_done + 1, evaluation_s=pace)
-        return min(epochs, max(best.epochs_done + 1, REFIT_MAX_FACTOR * self.ladder.epochs))
+    def refit_plan(self, arch: str, best: schedule.Config) -> tuple[int, int]:
+        """(members, epochs) of the refit: the most members, up to --refit-members, that the rest of
+        the budget trains for REFIT_MIN_FACTOR times a search trial's full length each at the
+        configuration's measured pace (one epoch's time kept for the test evaluation); then as many
+        epochs as the budget allows them, longer than the search trained it, and at most
+        REFIT_MAX_FACTOR times a search trial's full length."""
+        pace, spent, at_least = self.pace(arch, best.number), self.spent(arch), best.epochs_done + 1
+        cap = max(at_least, REFIT_MAX_FACTOR * self.ladder.epochs)
+        for members in range(self.args.refit_members, 0, -1):
+            epochs = self.budget.refit_epochs(spent, pace * members, at_least=at_least, evaluation_s=pace * members)
+            if members == 1 or epochs >= REFIT_MIN_FACTOR * self.ladder.epochs:
+                return members, min(epochs, cap)
+        raise AssertionError("unreachable: one member always fits")
 
     def pace(self, arch: str, config: int) -> float:
         """Seconds per epoch a configuration took in the search, its evaluations included."""
@@ -356,7 +371,7 @@ class Worker:
         refit_of, resume_of = me.user_attrs.get(budget.REFIT_OF), me.user_attrs.get(budget.RESUME_OF)
         config = resume_of if resume_of is not None else trial.number
         epochs = int(me.user_attrs.get(REFIT_EPOCHS, self.ladder.epochs))
-        cfg = self.config(arch, p, epochs)
+        cfg = self.config(arch, p, epochs, members=int(me.user_attrs.get(REFIT_MEMBERS, 1)))
         extra: dict[str, Any] = {"min_epochs": self.ladder.rungs[0]} if refit_of is None else {}
         resume_from = continues = None
         if refit_of is not None:
@@ -374,7 +389,8 @@ class Worker:
                     trial.report(value, epoch)  # one configuration, one curve, for the rung comparisons
         pausing = refit_of is None and self.args.pruner == "asha"
         if refit_of is not None:
-            self.notes[(arch, trial.number)] = f"refit of trial {refit_of}, {epochs} epochs"
+            self.notes[(arch, trial.number)] = (f"refit of trial {refit_of}, {epochs} epochs"
+                                                + (f", ensemble of {cfg.members}" if cfg.members > 1 else ""))
         elif resume_of is not None:
             self.notes[(arch, trial.number)] = f"promoted: trial {config} continues from epoch {resume_at}"
 
@@ -423,11 +439,11 @@ class Worker:
         self.prune_checkpoints(arch)
         return float(outcome.val_dice)
 
-    def config(self, arch: str, p: dict[str, float], epochs: int) -> TrainConfig:
+    def config(self, arch: str, p: dict[str, float], epochs: int, members: int = 1) -> TrainConfig:
         a = self.args
         aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
         augment = AugmentConfig(**{k: (int(v) if k == "rotate" else v) for k, v in p.items() if k in aug_fields})
-        return TrainConfig(arch=arch, width=self.widths[arch], image_size=a.image_size, epochs=epochs,
+        return TrainConfig(arch=arch, width=self.widths[arch], members=members, image_size=a.image_size, epochs=epochs,
                            batch_size=a.batch_size, lr=p["lr"], bce_weight=1.0 - p["dice_weight"],
                            dice_weight=p["dice_weight"], augment=augment, device=a.device, amp=a.amp,
                            compile=a.compile, seed=a.seed)
@@ -513,7 +529,8 @@ def summary_table(store: Store, name: str, archs: list[str]) -> list[str]:
         shown = (f"lr={p['lr']:.2e} bce={p['bce_weight']:.2f} dice={p['dice_weight']:.2f} "
                  f"hflip={p['aug_hflip']:.2f} rot={p['aug_rotate']:g} bright={p['aug_brightness']:.2f}")
         if selection.is_refit(p):
-            shown = f"refit of trial {p[selection.REFIT_OF]}: {shown}"
+            ensemble = f", ensemble of {p['members']}" if p.get("members", 1) > 1 else ""
+            shown = f"refit of trial {p[selection.REFIT_OF]}{ensemble}: {shown}"
         lines.append(f"{arch:<14} {best['number']:>5} {best['epochs_run']:>6} {best['val_dice']:>7.4f} "
                      f"{s['mean']:>9.4f} {s['median']:>7.4f} {s['p10']:>7.4f}  {shown}")
         searched = [r for r in rows if not selection.is_refit(r["params"])]
@@ -539,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs={args.epochs} image_size={args.image_size} width={args.width} batch_size={args.batch_size} "
               f"pruner={args.pruner} device={args.device} amp={args.amp} compile={args.compile} seed={args.seed} "
               f"keep_checkpoints={args.keep_checkpoints} timeout={args.timeout:g} s min_epochs={args.min_epochs} "
-              f"refit_share={args.refit_share:g}")
+              f"refit_share={args.refit_share:g} refit_members={args.refit_members}")
         print(f"{PROG}: search space: " + ", ".join(
             f"{k}={v}" if not hasattr(v, "low") else f"{k}[{v.low:g}..{v.high:g}{' log' if v.log else ''}]"
             for k, v in args.space_def.items()))

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
+from core.models import build_model
 from core.store import db as st
 from core.store import queries
 from core.store.optuna_storage import load_study
 from core.store.db import Store
+from core.data.dataset import prepare_dataset
 from core.data.synthetic import generate_synthetic
 from jobs import budget
 from jobs import sweep as sweep_job
@@ -189,6 +192,33 @@ def test_a_refit_slower_than_planned_stops_at_the_budget_and_is_still_the_result
     assert row["state"] == "complete" and row["epochs_run"] == trained and row["test_dice"] is not None
 
 
+def test_the_refit_trains_as_many_ensemble_members_as_its_budget_affords_at_full_length_each(
+        sweep_data: Path, db_url: str, epoch_clock, monkeypatch) -> None:
+    def spent(self, arch: str) -> float:  # an ensemble's epoch costs one second per member
+        return float(sum(t.user_attrs.get(sweep_job.REFIT_MEMBERS, 1)
+                         * (len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0)) for t in self.trials(arch)))
+    monkeypatch.setattr(sweep_job.Worker, "spent", spent)
+    # 70 s, 35 for the search; three members would get 10 epochs each, under 4 x 3: two get 16
+    assert sweep_job.main(argv(sweep_data, db_url, 50, "--timeout", "70", "--min-epochs", "1", "--epochs", "3",
+                               "--refit-members", "3")) == 0
+    trials = study(db_url).get_trials()
+    refit = next(t for t in trials if budget.REFIT_OF in t.user_attrs)
+    searched = search_epochs(trials)
+    assert refit.user_attrs[sweep_job.REFIT_MEMBERS] == 2
+    assert refit.user_attrs[sweep_job.REFIT_EPOCHS] == len(refit.intermediate_values) == (70 - searched - 2) // 2
+    row = next(r for r in Store(db_url, read_only=True).study_trials("t/unet") if r["number"] == refit.number)
+    assert row["params"]["members"] == 2 and row["test_dice"] is not None
+    weights = torch.load(row["checkpoint"], weights_only=False)["state_dict"]
+    build_model("unet", width=0.125, members=2).load_state_dict(weights)  # the checkpoint holds both members
+
+
+def test_the_quick_presets_refit_is_one_network_when_the_budget_affords_no_second(
+        sweep_data: Path, db_url: str, epoch_clock) -> None:
+    assert sweep_job.main(argv(sweep_data, db_url, 50, "--timeout", "24", "--min-epochs", "1", "--epochs", "3")) == 0
+    refit = next(t for t in study(db_url).get_trials() if budget.REFIT_OF in t.user_attrs)
+    assert refit.user_attrs[sweep_job.REFIT_MEMBERS] == 1
+
+
 def test_a_promoted_configuration_continues_from_where_it_paused(sweep_data: Path, db_url: str, epoch_clock,
                                                                  monkeypatch) -> None:
     monkeypatch.setattr(sweep_job.schedule, "goes_on", lambda *a: False)  # every promotion goes through a pause
@@ -273,3 +303,15 @@ def test_auto_width_takes_the_widest_the_budget_trains_long_enough_and_keeps_it(
     monkeypatch.setattr(sweep_job, "step_seconds", lambda cfg: 1e-6)  # a faster machine joins: same study, same width
     assert sweep_job.main(args[:args.index("--trials") + 1] + ["2"] + args[args.index("--trials") + 2:]) == 0
     assert {r["params"]["width"] for r in Store(db_url, read_only=True).study_trials("t/unet")} == {0.5}
+
+
+@pytest.mark.parametrize("members, width", [(1, 0.5), (2, 0.25)])
+def test_auto_width_leaves_room_for_each_member_of_the_refits_ensemble(sweep_data: Path, db_url: str, monkeypatch,
+                                                                       members: int, width: float) -> None:
+    batches = len(prepare_dataset(sweep_data, 32, log=lambda _: None).indices("train")) // 8
+    epochs_at = {1.0: 20, 0.5: 200, 0.25: 1000}  # epochs the 250 s budget affords at each width
+    monkeypatch.setattr(sweep_job, "step_seconds", lambda cfg: 250 / epochs_at[cfg.width] / (1.25 * batches))
+    args = argv(sweep_data, db_url, 1, "--refit-share", "0", "--refit-members", str(members))
+    args[args.index("--width") + 1] = "auto"
+    assert sweep_job.main(args) == 0
+    assert study(db_url).user_attrs["width"] == width
