@@ -67,14 +67,14 @@ def show_best(ctx: ui.Context) -> None:
     params = pd.DataFrame([p or {} for p in best["params"]])
     table = pd.DataFrame({"arch": best["arch"], "trial": best["number"], "val dice": best["val_dice"],
                           "test dice": best["test_dice"], "epochs": best["epochs_run"],
-                          "chosen as": [f"refit of trial {p[selection.REFIT_OF]}" if selection.is_refit(p)
-                                        else "best by val dice" for p in best["params"]]})
+                          "chosen as": [selection.chosen_as(p) for p in best["params"]]})
     for col in ("lr", "dice_weight"):
         if col in params:
             table[col] = params[col].to_numpy()
     st.dataframe(table, hide_index=True, column_config=TABLE_FORMATS)
     st.caption("Each architecture's result is the refit (its best configuration by validation dice, trained "
-               "again for the rest of the budget) once it is complete, else its trial with the highest validation "
+               "again for the rest of the budget, as an ensemble of networks where the budget trains more than one "
+               "long enough) once it is complete, else its trial with the highest validation "
                "dice. Test dice, the mean over test images, chooses nothing.")
 
 

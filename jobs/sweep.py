@@ -529,8 +529,7 @@ def summary_table(store: Store, name: str, archs: list[str]) -> list[str]:
         shown = (f"lr={p['lr']:.2e} bce={p['bce_weight']:.2f} dice={p['dice_weight']:.2f} "
                  f"hflip={p['aug_hflip']:.2f} rot={p['aug_rotate']:g} bright={p['aug_brightness']:.2f}")
         if selection.is_refit(p):
-            ensemble = f", ensemble of {p['members']}" if p.get("members", 1) > 1 else ""
-            shown = f"refit of trial {p[selection.REFIT_OF]}{ensemble}: {shown}"
+            shown = f"{selection.chosen_as(p)}: {shown}"
         lines.append(f"{arch:<14} {best['number']:>5} {best['epochs_run']:>6} {best['val_dice']:>7.4f} "
                      f"{s['mean']:>9.4f} {s['median']:>7.4f} {s['p10']:>7.4f}  {shown}")
         searched = [r for r in rows if not selection.is_refit(r["params"])]

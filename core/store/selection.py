@@ -18,6 +18,14 @@ def is_refit(params: Mapping[str, Any] | None) -> bool:
     return bool(params) and params.get(REFIT_OF) is not None  # type: ignore[union-attr]
 
 
+def chosen_as(params: Mapping[str, Any] | None) -> str:
+    """How a result was chosen, for tables: "refit of trial 15, an ensemble of 2" or "best by val dice"."""
+    if not is_refit(params):
+        return "best by val dice"
+    members = int(params.get("members") or 1)  # type: ignore[union-attr]  (absent before ensembles)
+    return f"refit of trial {params[REFIT_OF]}" + (f", an ensemble of {members}" if members > 1 else "")  # type: ignore[index]
+
+
 def rank(row: Mapping[str, Any]) -> tuple[bool, float, int]:
     """Larger is better: refit first, then validation dice, then the earlier trial."""
     val = row.get("val_dice")
