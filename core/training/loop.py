@@ -272,9 +272,11 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
     sees exactly the batches an uninterrupted one would. An ensemble's batch is one batch per
     member, concatenated: each member sees its own order and augmentation (core/models/ensemble.py).
     """
-    if cfg.members > 1:
-        loaders = [_train_loader(data, indices, replace(cfg, members=1, seed=_member_seed(cfg.seed, m)), device,
-                                 torch.Generator()) for m in range(cfg.members)]
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    if cfg.members > 1:  # the workers shared out between the members' loaders
+        loaders = [_train_loader(data, indices, replace(cfg, members=1, seed=_member_seed(cfg.seed, m),
+                                                        num_workers=workers // cfg.members), device, torch.Generator())
+                   for m in range(cfg.members)]
 
         def ensemble_epoch(k: int) -> Iterator:
             for batches in zip(*(epoch(k) for epoch, _ in loaders)):
@@ -292,7 +294,6 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
     # steps and fights torch's OpenMP threads for the same cores, which a busy machine punishes
     # (benchmarks/train_throughput.py --ablations measures it). Small images need no threads.
     cv2.setNumThreads(0)
-    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     loader = torch.utils.data.DataLoader(
         _Split(data, indices, augment), batch_size=cfg.batch_size, shuffle=True, drop_last=len(indices) > cfg.batch_size,
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=generator)
