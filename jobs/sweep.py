@@ -67,6 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 REFIT_SHARE = 0.5      # of each architecture's budget, kept for the refit
 AUTO_WIDTHS = (1.0, 0.5, 0.25)  # --width auto: the first whose epochs the budget can afford enough of
 AUTO_MIN_EPOCHS = 150  # epochs of training an architecture's budget must afford at that width, per refit member
+ENSEMBLE_MIN_WIDTH = 0.5  # refit members never narrow --width auto below this (unet lost more at 0.25 than they gained)
 REFIT_MAX_FACTOR = 8   # a refit trains at most this many times a search trial's full length
 REFIT_MIN_FACTOR = 4   # and each member of an ensemble refit at least this many times
 
@@ -204,10 +205,12 @@ class Worker:
 
     def width_of(self, arch: str) -> float:
         """--width, or for 'auto' the width this study chose when it started (kept for every worker
-        and rerun): the widest of AUTO_WIDTHS at which the architecture's budget affords
-        AUTO_MIN_EPOCHS epochs per member of the refit's ensemble (--refit-members), by the measured
-        time of a training step on this machine. Past about 100 epochs on a small training set one
-        network stops improving, and a second network gains more than more width (README,
+        and rerun): the widest of AUTO_WIDTHS, down to ENSEMBLE_MIN_WIDTH, at which the
+        architecture's budget affords AUTO_MIN_EPOCHS epochs per member of the refit's ensemble
+        (--refit-members), else the widest that affords them for one network, by the measured time
+        of a training step on this machine. Past about 100 epochs on a small training set one
+        network stops improving, and a second one gains more than full width does for
+        resnet34_unet; for unet a quarter width cost more than a second member gained (README,
         "Ensembles past a single network's ceiling")."""
         if self.args.width != "auto":
             return float(self.args.width)
@@ -216,11 +219,15 @@ class Worker:
             return float(study.user_attrs["width"])
         a = self.args
         batches = max(1, len(self.data.indices("train")) // a.batch_size)
-        for width in AUTO_WIDTHS:
-            probe = TrainConfig(arch=arch, width=width, image_size=a.image_size, batch_size=a.batch_size,
-                                device=a.device, amp=a.amp)
-            epoch_s = 1.25 * batches * step_seconds(probe)  # + validation and data loading
-            if self.budget.seconds / epoch_s >= AUTO_MIN_EPOCHS * a.refit_members:
+        epoch_seconds: dict[float, float] = {}
+        candidates = [(w, a.refit_members) for w in AUTO_WIDTHS if w >= ENSEMBLE_MIN_WIDTH and a.refit_members > 1]
+        for width, members in [*candidates, *((w, 1) for w in AUTO_WIDTHS)]:
+            if width not in epoch_seconds:
+                probe = TrainConfig(arch=arch, width=width, image_size=a.image_size, batch_size=a.batch_size,
+                                    device=a.device, amp=a.amp)
+                epoch_seconds[width] = 1.25 * batches * step_seconds(probe)  # + validation and data loading
+            epoch_s = epoch_seconds[width]
+            if self.budget.seconds / epoch_s >= AUTO_MIN_EPOCHS * members:
                 break
         tqdm.write(f"{PROG}: {arch} width {width:g} (an epoch takes about {epoch_s:.1f} s here; "
                    f"the budget affords {self.budget.seconds / epoch_s:.0f})")

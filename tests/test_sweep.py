@@ -305,11 +305,15 @@ def test_auto_width_takes_the_widest_the_budget_trains_long_enough_and_keeps_it(
     assert {r["params"]["width"] for r in Store(db_url, read_only=True).study_trials("t/unet")} == {0.5}
 
 
-@pytest.mark.parametrize("members, width", [(1, 0.5), (2, 0.25)])
-def test_auto_width_leaves_room_for_each_member_of_the_refits_ensemble(sweep_data: Path, db_url: str, monkeypatch,
-                                                                       members: int, width: float) -> None:
+@pytest.mark.parametrize("epochs_at, members, width", [
+    ({1.0: 200, 0.5: 500, 0.25: 1000}, 1, 1.0),
+    ({1.0: 200, 0.5: 500, 0.25: 1000}, 2, 0.5),   # half width leaves room for two members
+    ({1.0: 20, 0.5: 200, 0.25: 1000}, 2, 0.5),    # but members never push it below half: one network
+])
+def test_auto_width_leaves_room_for_each_member_of_the_refits_ensemble_down_to_half_width(
+        sweep_data: Path, db_url: str, monkeypatch, epochs_at: dict, members: int, width: float) -> None:
     batches = len(prepare_dataset(sweep_data, 32, log=lambda _: None).indices("train")) // 8
-    epochs_at = {1.0: 20, 0.5: 200, 0.25: 1000}  # epochs the 250 s budget affords at each width
+    # epochs_at: epochs the 250 s budget affords at each width
     monkeypatch.setattr(sweep_job, "step_seconds", lambda cfg: 250 / epochs_at[cfg.width] / (1.25 * batches))
     args = argv(sweep_data, db_url, 1, "--refit-share", "0", "--refit-members", str(members))
     args[args.index("--width") + 1] = "auto"
