@@ -396,8 +396,7 @@ class Worker:
                     trial.report(value, epoch)  # one configuration, one curve, for the rung comparisons
         pausing = refit_of is None and self.args.pruner == "asha"
         if refit_of is not None:
-            self.notes[(arch, trial.number)] = (f"refit of trial {refit_of}, {epochs} epochs"
-                                                + (f", ensemble of {cfg.members}" if cfg.members > 1 else ""))
+            self.notes[(arch, trial.number)] = f"{selection.chosen_as(cfg.params() | extra)}, {epochs} epochs"
         elif resume_of is not None:
             self.notes[(arch, trial.number)] = f"promoted: trial {config} continues from epoch {resume_at}"
 
