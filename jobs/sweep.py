@@ -374,8 +374,13 @@ class Worker:
         if not budget.fits(trial.number, trials, self.args.trials):
             trial.set_user_attr(budget.SURPLUS, True)
             raise SurplusTrial()
-        p = suggest(trial, self.args.space_def)
         refit_of, resume_of = me.user_attrs.get(budget.REFIT_OF), me.user_attrs.get(budget.RESUME_OF)
+        if refit_of is None and self.budget.search_left(self.spent(arch)) <= 0:
+            # Planning and asking are two steps: another worker spent the search's time in between
+            # (and may have queued the refit already). Trained, this trial would outlive the search.
+            trial.set_user_attr(budget.SURPLUS, True)
+            raise SurplusTrial()
+        p = suggest(trial, self.args.space_def)
         config = resume_of if resume_of is not None else trial.number
         epochs = int(me.user_attrs.get(REFIT_EPOCHS, self.ladder.epochs))
         cfg = self.config(arch, p, epochs, members=int(me.user_attrs.get(REFIT_MEMBERS, 1)))

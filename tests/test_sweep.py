@@ -175,6 +175,29 @@ def test_the_time_budget_ends_the_search_within_one_epoch_and_the_refit_gets_the
     assert queries.best_trials(Store(db_url, read_only=True), "t")["number"].tolist() == [refit[0].number]
 
 
+def test_a_trial_asked_after_another_worker_ended_the_search_is_dropped_untrained(
+        sweep_data: Path, db_url: str, epoch_clock, monkeypatch) -> None:
+    # Another worker's trial spends the rest of the search between this worker's plan and its ask.
+    others = {"seconds": 0.0, "asked": None}
+    spent, plan = sweep_job.Worker.spent, sweep_job.Worker.plan
+    monkeypatch.setattr(sweep_job.Worker, "spent", lambda self, arch: spent(self, arch) + others["seconds"])
+
+    def plan_then_another_worker_finishes(self, arch: str) -> bool:
+        queued = plan(self, arch)
+        trials = self.trials(arch)
+        if queued and others["asked"] is None and all(t.state.is_finished() for t in trials):  # a new configuration
+            others["seconds"], others["asked"] = self.budget.search_left(self.spent(arch)), len(trials)
+        return queued
+    monkeypatch.setattr(sweep_job.Worker, "plan", plan_then_another_worker_finishes)
+    assert sweep_job.main(argv(sweep_data, db_url, 50, "--timeout", "24", "--min-epochs", "1", "--epochs", "3")) == 0
+    trials, late = study(db_url).get_trials(), others["asked"]
+    assert late is not None and others["seconds"] > 0
+    assert trials[late].user_attrs.get(budget.SURPLUS) and not trials[late].intermediate_values
+    assert [t.number for t in trials if budget.REFIT_OF in t.user_attrs] == [late + 1]
+    rows = Store(db_url, read_only=True).study_trials("t/unet")
+    assert sorted(r["number"] for r in rows) == [*range(late), late + 1]  # nothing trains beside the refit
+
+
 def test_a_refit_slower_than_planned_stops_at_the_budget_and_is_still_the_result(
         sweep_data: Path, db_url: str, epoch_clock, monkeypatch) -> None:
     def spent(self, arch: str) -> float:  # the refit's epochs cost twice the pace it was planned at
