@@ -86,6 +86,7 @@ class PausedAtRung(StopTraining, optuna.TrialPruned):
 
 REFIT_EPOCHS = "refit_epochs"  # user attribute of a queued refit: how long it trains
 REFIT_MEMBERS = "refit_members"  # user attribute of a queued refit: how many networks it trains (an ensemble)
+REFIT_INIT = "refit_init"  # user attribute of a queued refit: [trial, file] whose weights it starts from, if any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -294,8 +295,11 @@ class Worker:
             return False
         first = next(t for t in trials if t.number == best.number)
         members, epochs = self.refit_plan(arch, best)
-        self.studies[arch].enqueue_trial(first.params, user_attrs={
-            budget.REFIT_OF: best.number, REFIT_EPOCHS: epochs, REFIT_MEMBERS: members})
+        attrs = {budget.REFIT_OF: best.number, REFIT_EPOCHS: epochs, REFIT_MEMBERS: members}
+        start = self.refit_start(arch, best, members, epochs)
+        if start is not None:
+            attrs[REFIT_INIT] = list(start)
+        self.studies[arch].enqueue_trial(first.params, user_attrs=attrs)
         return True
 
     def refit_plan(self, arch: str, best: schedule.Config) -> tuple[int, int]:
@@ -311,6 +315,27 @@ class Worker:
             if members == 1 or epochs >= REFIT_MIN_FACTOR * self.ladder.epochs:
                 return members, min(epochs, cap)
         raise AssertionError("unreachable: one member always fits")
+
+    def refit_start(self, arch: str, best: schedule.Config, members: int, epochs: int) -> tuple[int, str] | None:
+        """(trial, file) whose weights a short refit starts from, or None to start from fresh ones.
+
+        A refit the budget cannot give REFIT_MIN_FACTOR times a search trial's length would barely
+        out-train the search trial it repeats, so it starts from the weights that configuration's
+        search training ended with, under a fresh warm-up and cosine: the search's epochs are not
+        thrown away (README, "Short refits start from the search's weights", has the measurement).
+        A longer refit, and an ensemble, start fresh: members must differ, and that regime is
+        where fresh refits were measured to pay.
+        """
+        if members > 1 or epochs >= REFIT_MIN_FACTOR * self.ladder.epochs:
+            return None
+        last = max(t.number for t in self.trials(arch) if not t.user_attrs.get(budget.SURPLUS)
+                   and budget.REFIT_OF not in t.user_attrs and t.user_attrs.get(budget.RESUME_OF, t.number) == best.number)
+        if best.paused_with_state:
+            return last, str(self.state_path(arch, best.number))
+        row = next((r for r in self.store.study_trials(self.studies[arch].study_name) if r["number"] == last), None)
+        if row is not None and row["state"] == "complete" and row["checkpoint"] and Path(row["checkpoint"]).is_file():
+            return last, row["checkpoint"]
+        return None  # its weights were not kept (--keep-checkpoints none, or pruned by the median rule)
 
     def pace(self, arch: str, config: int) -> float:
         """Seconds per epoch a configuration took in the search, its evaluations included."""
@@ -385,9 +410,12 @@ class Worker:
         epochs = int(me.user_attrs.get(REFIT_EPOCHS, self.ladder.epochs))
         cfg = self.config(arch, p, epochs, members=int(me.user_attrs.get(REFIT_MEMBERS, 1)))
         extra: dict[str, Any] = {"min_epochs": self.ladder.rungs[0]} if refit_of is None else {}
-        resume_from = continues = None
+        resume_from = continues = init_from = None
         if refit_of is not None:
             extra[selection.REFIT_OF] = refit_of
+            start = me.user_attrs.get(REFIT_INIT)
+            if start is not None and Path(start[1]).is_file():  # gone only if removed by hand: then fresh weights
+                init_from, extra[selection.INIT_FROM] = Path(start[1]), int(start[0])
         if resume_of is not None:
             resume_at = int(me.user_attrs[budget.RESUME_AT])
             paused = max((t for t in trials if t.number < trial.number and t.state == TrialState.PRUNED
@@ -428,7 +456,7 @@ class Worker:
                                 study=study.study_name, number=trial.number, on_epoch=on_epoch,
                                 checkpoint_path=ckpt, progress=False, log=tqdm.write, extra_params=extra,
                                 pause_to=self.state_path(arch, config) if pausing else None,
-                                resume_from=resume_from, continues=continues)
+                                resume_from=resume_from, init_from=init_from, continues=continues)
         except optuna.TrialPruned as exc:
             seen = study.get_trials(deepcopy=False)[trial.number].intermediate_values
             note = f"paused at epoch {max(seen) + 1}" if isinstance(exc, PausedAtRung) else None

@@ -2,8 +2,9 @@
 from core.store.selection import best_trial, chosen_as
 
 
-def test_chosen_as_names_the_refit_and_its_ensemble() -> None:
+def test_chosen_as_names_the_refit_its_ensemble_and_the_weights_it_started_from() -> None:
     assert chosen_as({"refit_of": 15, "members": 2}) == "refit of trial 15, an ensemble of 2"
+    assert chosen_as({"refit_of": 1, "members": 1, "init_from": 11}) == "refit of trial 1, from trial 11's weights"
     assert chosen_as({"refit_of": 3, "members": 1}) == "refit of trial 3"
     assert chosen_as({"refit_of": 3}) == "refit of trial 3"  # stored before ensembles existed
     assert chosen_as({"lr": 1e-3}) == chosen_as(None) == "best by val dice"

@@ -235,6 +235,37 @@ def test_the_refit_trains_as_many_ensemble_members_as_its_budget_affords_at_full
     build_model("unet", width=0.125, members=2).load_state_dict(weights)  # the checkpoint holds both members
 
 
+@pytest.mark.parametrize("timeout, warm", [(24, True), (100, False)])
+def test_a_refit_too_short_to_out_train_its_search_starts_from_the_weights_its_search_ended_with(
+        sweep_data: Path, db_url: str, epoch_clock, monkeypatch, timeout: int, warm: bool) -> None:
+    handed = {}
+
+    def spy(*args, **kwargs):
+        if kwargs["init_from"] is not None:
+            handed[kwargs["number"]] = (kwargs["init_from"], kwargs["init_from"].is_file())
+        return run_trial(*args, **kwargs)
+    run_trial = sweep_job.run_trial
+    monkeypatch.setattr(sweep_job, "run_trial", spy)
+    assert sweep_job.main(argv(sweep_data, db_url, 50, "--timeout", str(timeout), "--min-epochs", "1",
+                               "--epochs", "3")) == 0
+    trials = study(db_url).get_trials()
+    refit = next(t for t in trials if budget.REFIT_OF in t.user_attrs)
+    row = next(r for r in Store(db_url, read_only=True).study_trials("t/unet") if r["number"] == refit.number)
+    # 24 s leaves the refit under 4 x 3 epochs; 100 s affords it its cap of 8 x 3
+    assert (refit.user_attrs[sweep_job.REFIT_EPOCHS] < sweep_job.REFIT_MIN_FACTOR * 3) is warm
+    if not warm:
+        assert sweep_job.REFIT_INIT not in refit.user_attrs and "init_from" not in row["params"] and not handed
+        return
+    config = refit.user_attrs[budget.REFIT_OF]
+    source, path = refit.user_attrs[sweep_job.REFIT_INIT]
+    own = [t.number for t in trials if budget.REFIT_OF not in t.user_attrs and not t.user_attrs.get(budget.SURPLUS)
+           and t.user_attrs.get(budget.RESUME_OF, t.number) == config]
+    assert source == max(own)  # where that configuration's search training ended
+    assert Path(path).name in (f"trial-{source}.pt", f"config-{config}.pt")  # its checkpoint, or its paused state
+    assert handed == {refit.number: (Path(path), True)}
+    assert row["params"]["init_from"] == source and row["state"] == "complete"
+
+
 def test_the_quick_presets_refit_is_one_network_when_the_budget_affords_no_second(
         sweep_data: Path, db_url: str, epoch_clock) -> None:
     assert sweep_job.main(argv(sweep_data, db_url, 50, "--timeout", "24", "--min-epochs", "1", "--epochs", "3")) == 0

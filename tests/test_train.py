@@ -191,3 +191,22 @@ def test_a_paused_run_resumes_exactly_where_it_stopped(tiny_synthetic, tmp_path:
     assert [s.lr for s in resumed] == pytest.approx([s.lr for s in straight[2:]])
     assert [s.train_loss for s in resumed] == pytest.approx([s.train_loss for s in straight[2:]], rel=1e-5)
     assert [s.val_dice for s in resumed] == pytest.approx([s.val_dice for s in straight[2:]], abs=1e-6)
+
+
+@pytest.mark.parametrize("saved_as", ["checkpoint", "paused state"])
+def test_a_warm_restart_starts_from_saved_weights_with_a_fresh_optimizer_and_schedule(
+        tiny_synthetic, tmp_path: Path, saved_as: str) -> None:
+    trained = fit(small(epochs=3), tiny_synthetic, progress=False).model
+    path = tmp_path / "weights.pt"
+    if saved_as == "checkpoint":
+        train.save_checkpoint(path, trained, small())
+    else:
+        train._save_train_state(path, trained, torch.optim.SGD(trained.parameters(), lr=0.1), next_epoch=3, step=18)
+    still = small(epochs=2, lr=1e-12, weight_decay=0.0)  # a learning rate that moves nothing
+    warm = fit(still, tiny_synthetic, progress=False, init_from=path)
+    fresh = fit(still, tiny_synthetic, progress=False)
+    assert [s.epoch for s in warm.history] == [0, 1]  # the whole schedule, not a resumption at epoch 3
+    assert warm.history[-1].lr == pytest.approx(fresh.history[-1].lr)
+    convs = [k for k, v in trained.state_dict().items() if v.ndim == 4]
+    assert all(torch.allclose(warm.model.state_dict()[k], trained.state_dict()[k], atol=1e-6) for k in convs)
+    assert not any(torch.allclose(fresh.model.state_dict()[k], trained.state_dict()[k], atol=1e-3) for k in convs)

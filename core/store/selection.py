@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 
 REFIT_OF = "refit_of"        # params key: the trial number whose configuration a refit trains again
 RESUMED_FROM = "resumed_from"  # params key: the trial a promoted configuration continues
+INIT_FROM = "init_from"      # params key: the trial whose trained weights a refit started from
 
 
 def is_refit(params: Mapping[str, Any] | None) -> bool:
@@ -19,11 +20,14 @@ def is_refit(params: Mapping[str, Any] | None) -> bool:
 
 
 def chosen_as(params: Mapping[str, Any] | None) -> str:
-    """How a result was chosen, for tables: "refit of trial 15, an ensemble of 2" or "best by val dice"."""
+    """How a result was chosen, for tables: "refit of trial 15, an ensemble of 2", "refit of trial 3,
+    from trial 9's weights" or "best by val dice"."""
     if not is_refit(params):
         return "best by val dice"
     members = int(params.get("members") or 1)  # type: ignore[union-attr]  (absent before ensembles)
-    return f"refit of trial {params[REFIT_OF]}" + (f", an ensemble of {members}" if members > 1 else "")  # type: ignore[index]
+    start = params.get(INIT_FROM)  # type: ignore[union-attr]
+    return (f"refit of trial {params[REFIT_OF]}" + (f", an ensemble of {members}" if members > 1 else "")  # type: ignore[index]
+            + (f", from trial {start}'s weights" if start is not None else ""))
 
 
 def rank(row: Mapping[str, Any]) -> tuple[bool, float, int]:

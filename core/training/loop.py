@@ -369,7 +369,8 @@ def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
 
 def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats], None] | None = None,
         progress: bool = True, pause_to: str | os.PathLike[str] | None = None,
-        resume_from: str | os.PathLike[str] | None = None) -> FitResult:
+        resume_from: str | os.PathLike[str] | None = None,
+        init_from: str | os.PathLike[str] | None = None) -> FitResult:
     """Train `cfg.arch` on the train split, validate each epoch, return the weights `cfg.keep` names.
 
     "last" is the end of the warm-up + cosine schedule, whose learning rate has decayed to 1%
@@ -381,8 +382,10 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     normally; a `StopTraining` one first saves a
     resumable state to `pause_to`, when given. `resume_from` continues such a state: same
     learning-rate schedule (over cfg.epochs), same data order, the epochs after the pause
-    only ("best" weights are tracked from the resumed epoch on). A non-finite loss stops
-    training and is reported in `FitResult.diverged`, not raised.
+    only ("best" weights are tracked from the resumed epoch on). `init_from` starts from the
+    weights of a checkpoint or paused state instead of fresh ones, with a fresh optimizer and
+    the whole schedule: a warm restart. A non-finite loss stops training and is reported in
+    `FitResult.diverged`, not raised.
     """
     if cfg.keep not in KEEP:
         raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}")
@@ -409,6 +412,8 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
     step, first_epoch = 0, 0
     if resume_from is not None:
         first_epoch, step = _load_train_state(resume_from, model, optimizer, device)
+    elif init_from is not None:
+        load_weights(init_from, model, device)
     for epoch in range(first_epoch, cfg.epochs):
         model.train()
         started = time.perf_counter()
@@ -530,6 +535,12 @@ def _load_train_state(path: str | os.PathLike[str], model: nn.Module, optimizer:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["next_epoch"]), int(state["step"])
+
+
+def load_weights(path: str | os.PathLike[str], model: nn.Module, device: torch.device) -> None:
+    """Load the weights of a checkpoint (`save_checkpoint`) or of a paused run's state into `model`."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["state_dict"] if "state_dict" in state else state["model"])
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:

@@ -107,14 +107,15 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
               study: str, number: int, on_epoch: Callable[[EpochStats], None] | None = None,
               checkpoint_path: Path | None = None, progress: bool = True,
               log: Callable[[str], None] = print, extra_params: dict[str, Any] | None = None,
-              pause_to: Path | None = None, resume_from: Path | None = None,
+              pause_to: Path | None = None, resume_from: Path | None = None, init_from: Path | None = None,
               continues: tuple[int, int] | None = None) -> TrialOutcome:
     """Train `cfg`, record each epoch, then evaluate the kept weights (`cfg.keep`) on every test image.
 
     An `on_epoch` that raises optuna.TrialPruned ends the trial as 'pruned' (curves kept) and
     re-raises (a StopTraining one also leaves a resumable state at `pause_to`); a non-finite
     loss ends it as 'failed' with the reason; any other exception ends it as 'failed' with the
-    message and re-raises. `resume_from` continues a paused state; `continues` is (store id of
+    message and re-raises. `resume_from` continues a paused state, `init_from` starts afresh from
+    a checkpoint's or paused state's weights (fit's warm restart); `continues` is (store id of
     the trial it paused in, epochs it had done): that curve becomes this trial's first epochs.
     `extra_params` are recorded beside the config's own (e.g. which trial a refit repeats).
     """
@@ -164,7 +165,8 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         # The heartbeat covers evaluation and the closing write too: on a large test set they take
         # long enough that a silent trial would be taken for a dead worker's and retried.
         with Heartbeat(store, trial_id):
-            result = fit(cfg, data, on_epoch=record, progress=progress, pause_to=pause_to, resume_from=resume_from)
+            result = fit(cfg, data, on_epoch=record, progress=progress, pause_to=pause_to, resume_from=resume_from,
+                         init_from=init_from)
             return evaluate(result)
     except optuna.TrialPruned:
         if not closed:
