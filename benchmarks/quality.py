@@ -66,7 +66,7 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
 
     cmd = [sys.executable, "-m", "jobs.sweep", "--data", "oxford-pets", "--data-root", str(root), "--archs", arch,
            "--timeout", f"{seconds:g}", "--image-size", str(size), "--db", db, "--name", name,
-           "--keep-checkpoints", "none", "--no-progress",
+           "--no-progress",  # checkpoints as by default: a short refit starts from its search's saved weights
            # the reference's threads, not a count of the SegSweep processes that happen to be running here
            "--threads", str(torch.get_num_threads()), *extra]
     started = time.perf_counter()
@@ -85,7 +85,8 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
                 # which configuration the sweep chose: a miss is often a choice made on few validation images
                 chose=f"trial {params.get('refit_of', int(best['number']))}: lr {params['lr']:.2g}, "
                       f"dice weight {params['dice_weight']:.2f}, width {params['width']:g}"
-                      + (f", an ensemble of {params['members']}" if params.get("members", 1) > 1 else ""),
+                      + (f", an ensemble of {params['members']}" if params.get("members", 1) > 1 else "")
+                      + (f", from trial {params['init_from']}'s weights" if "init_from" in params else ""),
                 trials=len([t for t in trials if not t.user_attrs.get(budget.SURPLUS)]), epochs=epochs,
                 trial_seconds=store.trial_seconds(f"{name}/{arch}"), wall=wall,
                 lines=[line for line in run.stdout.splitlines() if line.strip()])
