@@ -59,7 +59,7 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
     """Run jobs.sweep for one architecture; its selected trial, how much it trained, and its wall time."""
     import torch
 
-    from core.store import queries
+    from core.store import queries, selection
     from core.store.db import Store
     from core.store.optuna_storage import load_study
     from jobs import budget
@@ -83,10 +83,8 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
     return dict(test_dice=float(best["test_dice"]), val_dice=float(best["val_dice"]), number=int(best["number"]),
                 epochs_run=int(best["epochs_run"]), refit="refit_of" in params, configs=len(search),
                 # which configuration the sweep chose: a miss is often a choice made on few validation images
-                chose=f"trial {params.get('refit_of', int(best['number']))}: lr {params['lr']:.2g}, "
-                      f"dice weight {params['dice_weight']:.2f}, width {params['width']:g}"
-                      + (f", an ensemble of {params['members']}" if params.get("members", 1) > 1 else "")
-                      + (f", from trial {params['init_from']}'s weights" if "init_from" in params else ""),
+                chose=f"trial {int(best['number'])} ({selection.chosen_as(params)}): lr {params['lr']:.2g}, "
+                      f"dice weight {params['dice_weight']:.2f}, width {params['width']:g}",
                 trials=len([t for t in trials if not t.user_attrs.get(budget.SURPLUS)]), epochs=epochs,
                 trial_seconds=store.trial_seconds(f"{name}/{arch}"), wall=wall,
                 lines=[line for line in run.stdout.splitlines() if line.strip()])
