@@ -74,7 +74,8 @@ def show_best(ctx: ui.Context) -> None:
     st.dataframe(table, hide_index=True, column_config=TABLE_FORMATS)
     st.caption("Each architecture's result is the refit (its best configuration by validation dice, trained "
                "again for the rest of the budget, as an ensemble of networks where the budget trains more than one "
-               "long enough) once it is complete, else its trial with the highest validation "
+               "long enough, or from its search's weights where the budget is short) once it is complete, else its "
+               "trial with the highest validation "
                "dice. Test dice, the mean over test images, chooses nothing.")
 
 
