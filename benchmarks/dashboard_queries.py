@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import func, select
 
     from core.store import queries
-    from core.store.db import SCHEMA_VERSION, Store, image_results, images, trials
+    from core.store.db import Store
+    from core.store.schema import SCHEMA_VERSION, image_results, images, trials
     from core.store.queries import ImageFilter
     from dashboard import stats
 

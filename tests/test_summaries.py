@@ -14,7 +14,8 @@ from sqlalchemy import select, text, update
 from core.metrics import ImageDiagnostics
 from core.store import queries as q
 from core.store import summaries
-from core.store.db import ImageResults, Store, make_engine, sweep_image_windows, sweep_images
+from core.store.db import ImageResults, Store, make_engine
+from core.store.schema import sweep_image_windows, sweep_images
 from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fixture)
 
 METRICS = ("dice", "dice_no_border", "iou", "fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95",

@@ -18,7 +18,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from sqlalchemy import Column, Integer, MetaData, Table, Text, insert, select, text
 from sqlalchemy.engine import Engine
 
-from core.store.db import make_engine, normalize_url
+from core.store.engine import make_engine, normalize_url
 
 _meta = MetaData()
 journal = Table(

@@ -28,17 +28,8 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from core.metrics import FAILURE_MODES, NOT_COMPUTED
 from core.store import selection, summaries
-from core.store.db import (
-    MODE_COLUMNS,
-    Store,
-    datasets,
-    epochs,
-    image_results,
-    images,
-    masks,
-    sweep_images,
-    trials,
-)
+from core.store.db import Store
+from core.store.schema import MODE_COLUMNS, datasets, epochs, image_results, images, masks, sweep_images, trials
 
 Source = Store | Engine | Connection
 V1_METRICS = ("dice", "dice_no_border", "iou")

@@ -28,7 +28,7 @@ from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from core.metrics import NOT_COMPUTED
-from core.store import db as st
+from core.store import schema as st
 
 WINDOW = 16                   # values kept around each median
 _LEFT = (WINDOW - 2) // 2     # of them below the lower median rank when a window is (re)built

@@ -28,8 +28,10 @@ from sqlalchemy.engine import Connection
 
 from core.data.layout import pet_mask, trimap_path
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
-from core.store import db as st
+from core.store import schema as st
 from core.store import summaries
+from core.store.engine import display_url
+from core.store.mask_png import decode_mask
 
 V2_COLUMNS = (*DIAGNOSTICS, "failure_mode")
 
@@ -50,7 +52,7 @@ class UpgradeReport:
     results: int = 0         # per-image results they summarise
 
     def summary(self, url: str) -> str:
-        head = (f"upgraded results store {st.display_url(url)} from schema version {self.from_version} to "
+        head = (f"upgraded results store {display_url(url)} from schema version {self.from_version} to "
                 f"{st.SCHEMA_VERSION} in place: ")
         built = (f"per-image summaries of {self.sweeps} sweep{'s' if self.sweeps != 1 else ''} built "
                  f"({self.summarised} images, from {self.results} per-image results)")
@@ -119,7 +121,7 @@ def _backfill(conn: Connection, report: UpgradeReport, log: Callable[[str], None
                     truths[key] = eval_truth(root, name, width, height, int(size))
                 truth = truths[key]
                 try:
-                    pred = st.decode_mask(bytes(png))
+                    pred = decode_mask(bytes(png))
                 except Exception:
                     pred, reason = None, "unreadable mask"
                 if truth is None:

@@ -1,0 +1,192 @@
+"""The results schema: every table, column and index of the store, and its version.
+
+This is a public interface (documented in README.md): the jobs write it, the dashboard reads it, and
+users query it directly. Change it only by adding, and bump SCHEMA_VERSION when you do; the upgrade
+(core.store.upgrade) brings older stores to it in place. This module imports nothing of the store's
+own, so every other store module can import it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from core.metrics import DIAGNOSTICS, FAILURE_MODES, NOT_COMPUTED, ImageDiagnostics, failure_modes
+
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # the dashboard reads a v1 or v2 store as it is; writers upgrade it first
+TRIAL_STATES = ("running", "complete", "pruned", "failed")
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+datasets = Table(
+    "datasets", metadata,
+    Column("name", String(255), primary_key=True),  # "<source>/<root folder>"
+    Column("source", String(32), nullable=False),    # oxford-pets | synthetic
+    Column("root", Text, nullable=False),            # where the images were read from
+    Column("created_at", DateTime, nullable=False),
+)
+
+trials = Table(
+    "trials", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sweep", String(255), nullable=False, index=True),
+    Column("study", String(255), nullable=False),
+    Column("arch", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("val_dice", Float),
+    Column("test_dice", Float),
+    Column("epochs_run", Integer, nullable=False, default=0),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("device", String(64), nullable=False),
+    Column("dataset", String(255), nullable=False),
+    Column("image_size", Integer, nullable=False),
+    Column("error", Text),
+    Column("checkpoint", Text),
+    Column("heartbeat_at", DateTime),  # refreshed while a worker runs the trial
+    UniqueConstraint("study", "number", name="uq_trials_study_number"),
+)
+
+epochs = Table(
+    "epochs", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    Column("train_loss", Float),
+    Column("val_loss", Float),
+    Column("train_dice", Float),
+    Column("val_dice", Float),
+    Column("lr", Float),
+    Column("seconds", Float),
+    Column("images_per_s", Float),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(255), ForeignKey("datasets.name"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("split", String(8), nullable=False),
+    Column("breed", String(128), nullable=False),
+    Column("species", String(8), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("brightness", Float, nullable=False),
+    Column("fg_fraction", Float, nullable=False),
+    UniqueConstraint("dataset", "name", name="uq_images_dataset_name"),
+)
+
+image_results = Table(
+    "image_results", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("dice", Float, nullable=False),
+    Column("iou", Float, nullable=False),
+    Column("dice_no_border", Float, nullable=False),
+    # v2: why the image fails (core.metrics); NULL = not computed (a v1 row whose dataset was unreachable
+    # at the upgrade, or entropy, which a stored 1-bit mask cannot give)
+    Column("fp_area", Float),
+    Column("fn_area", Float),
+    Column("precision", Float),
+    Column("recall", Float),
+    Column("boundary_iou", Float),
+    Column("hd95", Float),
+    Column("fp_blobs", Integer),
+    Column("pet_missed", Boolean),
+    Column("entropy", Float),
+    Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed'
+    Index("ix_image_results_trial_dice", "trial_id", "dice"),  # worst images of a trial
+    Index("ix_image_results_trial_mode", "trial_id", "failure_mode"),  # v2: failure-mode shares and filters
+    Index("ix_image_results_image", "image_id"),               # all results of one image
+)
+
+masks = Table(
+    "masks", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("png", LargeBinary, nullable=False),  # predicted mask at evaluation size, 1-bit PNG
+)
+
+Index("ix_trials_study_state", trials.c.study, trials.c.state)
+
+# v3: per sweep and image, a summary of the sweep's complete trials, kept up to date by finish_trial in the
+# transaction that closes a trial (core.store.summaries), so the sweep-wide ranking reads one row per image
+# instead of every per-image result
+SUMMARY_METRICS = ("dice", "dice_no_border", "iou", *(d for d in DIAGNOSTICS if d != "pet_missed"))
+SUMMARY_STATS = ("median", "mean", "min", "max", "trials")
+MODE_COLUMNS = {mode: "n_" + mode.replace(" ", "_") for mode in (*FAILURE_MODES, NOT_COMPUTED)}
+
+sweep_images = Table(
+    "sweep_images", metadata,
+    Column("sweep", String(255), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("trials", Integer, nullable=False),        # complete trials of the sweep with a result for the image
+    Column("top_mode", String(24), nullable=False),   # its most common failure mode; ties go to the worse mode
+    *(Column(column, Integer, nullable=False) for column in MODE_COLUMNS.values()),  # trials per failure mode
+    # per metric: median, mean, min, max over the trials where it is not NULL, and how many those are
+    *(Column(f"{metric}_{stat}", Integer if stat == "trials" else Float, nullable=stat != "trials")
+      for metric in SUMMARY_METRICS for stat in SUMMARY_STATS),
+)
+
+sweep_image_windows = Table(
+    "sweep_image_windows", metadata,
+    Column("sweep", String(255), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    # what keeps sweep_images' medians exact as trials close: per metric the count, sum, min, max and the
+    # sorted values around the median (core.store.summaries.STATE, packed little-endian)
+    Column("state", LargeBinary, nullable=False),
+)
+SUMMARY_TABLES = (sweep_images, sweep_image_windows)
+
+
+def diagnostic_rows(dice: np.ndarray, diag: ImageDiagnostics | None, n: int) -> list[dict[str, Any]]:
+    """The v2 columns of n image_results rows: diagnostics (NaN -> NULL) and the failure mode.
+
+    Without diagnostics every value is NULL and the failure mode is 'not computed'.
+    """
+    if diag is None:
+        return [{**{name: None for name in DIAGNOSTICS}, "failure_mode": NOT_COMPUTED} for _ in range(n)]
+    modes = failure_modes(dice, diag.precision, diag.recall, diag.boundary_iou)
+    columns: dict[str, list[Any]] = {}
+    for name in DIAGNOSTICS:
+        values = getattr(diag, name)
+        if values is None:
+            columns[name] = [None] * n
+        elif name == "fp_blobs":
+            columns[name] = [int(v) for v in values]
+        elif name == "pet_missed":
+            columns[name] = [bool(v) for v in values]
+        else:
+            columns[name] = [None if v != v else float(v) for v in np.asarray(values, np.float64).tolist()]
+    return [{**{name: columns[name][k] for name in DIAGNOSTICS}, "failure_mode": str(modes[k])} for k in range(n)]
+
+
+def ensure_v2_indexes(engine_or_conn: Any) -> None:
+    """Create the v2 indexes of image_results where they are missing (the upgrade, or a v2 store that predates them)."""
+    for index in image_results.indexes:
+        if "failure_mode" in index.columns:
+            index.create(engine_or_conn, checkfirst=True)
