@@ -49,9 +49,9 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     and the per-image summaries equal to those computed from image_results."""
     assert dump_v1(v1.url) == before
     store = Store(v1.url, read_only=True)
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     with store.engine.connect() as conn:
-        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "3"
+        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "4"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("image_results")}
         assert indexes["ix_image_results_trial_mode"] == ["trial_id", "failure_mode"]
@@ -60,7 +60,7 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     n_rows = len(before["image_results"])
     assert len(messages) == 1 and f"{n_rows} per-image results of {len(v1.trial_ids)} trials backfilled" in messages[0]
     assert "0 not computed" in messages[0] and "entropy is not computed" in messages[0]
-    assert "from schema version 1 to 3 in place" in messages[0]
+    assert "from schema version 1 to 4 in place" in messages[0]
     assert f"per-image summaries of 1 sweep built ({len(v1.image_ids)} images, from {n_rows} per-image results)" \
         in messages[0]
     assert assert_summaries_match(v1.url) == len(v1.image_ids)
@@ -161,7 +161,7 @@ def test_the_upgrade_command_upgrades_once_then_has_nothing_to_do(pets64, tmp_pa
     v1 = build_v1_store(f"sqlite:///{tmp_path / 'old.db'}", pets64, n_trials=1)
     assert upgrade_job.main(["--db", str(tmp_path / "old.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 1 to 3 in place" in out and "per-image results by failure mode:" in out
+    assert "from schema version 1 to 4 in place" in out and "per-image results by failure mode:" in out
     assert upgrade_job.main(["--db", v1.url]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
@@ -173,10 +173,10 @@ def test_the_upgrade_command_on_a_missing_folder_is_one_line(tmp_path: Path, cap
     assert exit_.value.code == 1 and err.count("\n") == 1 and "does not exist" in err
 
 
-def test_a_new_store_is_version_3_with_the_diagnostic_columns_and_the_summary_tables(db_url: str) -> None:
+def test_a_new_store_is_version_4_with_the_diagnostic_columns_and_the_summary_tables(db_url: str) -> None:
     store = Store(db_url)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "3"
+        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "4"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         assert {"sweep_images", "sweep_image_windows"} <= set(inspect(conn).get_table_names())
     store.dispose()
@@ -188,10 +188,10 @@ def assert_upgraded_from_v2(url: str, before: dict[str, list[tuple]], messages: 
     """Every v2 row unchanged, version 3, one line, and the summaries equal to those computed from image_results."""
     assert dump_v2(url) == before
     store = Store(url, read_only=True)
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     store.dispose()
     results = sum(1 for r in before["image_results"] if r[0] in {t[0] for t in before["trials"] if t[5] == "complete"})
-    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 3 in place: "
+    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 4 in place: "
                         f"per-image summaries of 2 sweeps built ({images} images, from {results} per-image results)"]
     assert assert_summaries_match(url) == images
 
@@ -268,4 +268,28 @@ def test_the_upgrade_command_upgrades_a_v2_store(pets64, tmp_path: Path, capsys)
     build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
     assert upgrade_job.main(["--db", str(tmp_path / "v2.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 2 to 3 in place: per-image summaries of 2 sweeps built" in out
+    assert "from schema version 2 to 4 in place: per-image summaries of 2 sweeps built" in out
+
+
+# -- v3 -> v4 ---------------------------------------------------------------------------------------
+
+def test_a_v3_store_is_upgraded_in_place_row_for_row_with_the_v4_columns_and_tables(pets64, tmp_path: Path) -> None:
+    from tests.v3_store import V4_COLUMNS, V4_TABLES, build_v3_store, dump_v3
+
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    build_v3_store(url, pets64)
+    before = dump_v3(url)
+    assert len(before["trials"]) == 7 and len(before["sweep_images"]) == len(before["sweep_image_windows"]) > 0
+    assert Store(url, read_only=True).schema_version == 3  # a reader leaves it as it is
+    messages: list[str] = []
+    Store(url, log=messages.append).dispose()
+    assert len(messages) == 1 and "from schema version 3 to 4 in place" in messages[0]
+    assert dump_v3(url) == before
+    store = Store(url, read_only=True)
+    assert store.schema_version == 4
+    with store.engine.connect() as conn:
+        assert set(V4_TABLES) <= set(inspect(conn).get_table_names())
+        for table, columns in V4_COLUMNS.items():
+            assert set(columns) <= {c["name"] for c in inspect(conn).get_columns(table)}
+        assert conn.execute(text("SELECT count(*) FROM images WHERE group_name IS NOT NULL")).scalar() == 0
+    store.dispose()

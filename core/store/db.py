@@ -31,6 +31,7 @@ from core.store.engine import (  # noqa: F401 - the store's entry points stay im
 )
 from core.store.mask_png import decode_mask, encode_mask  # noqa: F401
 from core.store.schema import (  # noqa: F401
+    LAYOUTS,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     SUMMARY_TABLES,
@@ -147,25 +148,33 @@ class Store:
         self.engine.dispose()
 
     # -- writes ---------------------------------------------------------------
-    def register_dataset(self, name: str, source: str, root: str | Path, infos: Iterable[Any]) -> dict[str, int]:
-        """Record a dataset and its images (idempotent); returns image name -> image id."""
-        infos = list(infos)
-        try:
-            return self._register_dataset(name, source, root, infos)
-        except IntegrityError:  # a concurrent worker registered the same rows first
-            return self._register_dataset(name, source, root, infos)
+    def register_dataset(self, name: str, source: str, root: str | Path, infos: Iterable[Any],
+                         layout: str | None = None) -> dict[str, int]:
+        """Record a dataset and its images (idempotent); returns image name -> image id.
 
-    def _register_dataset(self, name: str, source: str, root: str | Path, infos: list[Any]) -> dict[str, int]:
+        `infos` are core.data ImageInfo-like records; their `group` (if any) becomes images.group_name.
+        """
+        infos = list(infos)
+        layout = layout or (source if source in LAYOUTS else None)
+        try:
+            return self._register_dataset(name, source, root, infos, layout)
+        except IntegrityError:  # a concurrent worker registered the same rows first
+            return self._register_dataset(name, source, root, infos, layout)
+
+    def _register_dataset(self, name: str, source: str, root: str | Path, infos: list[Any],
+                          layout: str | None) -> dict[str, int]:
         with self.engine.begin() as conn:
             if conn.execute(select(datasets.c.name).where(datasets.c.name == name)).first() is None:
                 conn.execute(insert(datasets).values(name=name, source=source, root=str(Path(root).resolve()),
-                                                     created_at=_now()))
+                                                     created_at=_now(), layout=layout))
             else:
-                conn.execute(update(datasets).where(datasets.c.name == name).values(root=str(Path(root).resolve())))
+                conn.execute(update(datasets).where(datasets.c.name == name)
+                             .values(root=str(Path(root).resolve()), layout=layout))
             known = dict(conn.execute(select(images.c.name, images.c.id).where(images.c.dataset == name)).all())
             new_rows = [
                 dict(dataset=name, name=i.name, split=i.split, breed=i.breed, species=i.species, width=int(i.width),
-                     height=int(i.height), brightness=float(i.brightness), fg_fraction=float(i.fg_fraction))
+                     height=int(i.height), brightness=float(i.brightness), fg_fraction=float(i.fg_fraction),
+                     group_name=getattr(i, "group", None) or None)
                 for i in infos if i.name not in known
             ]
             if new_rows:

@@ -29,8 +29,10 @@ from sqlalchemy import (
 
 from core.metrics import DIAGNOSTICS, FAILURE_MODES, NOT_COMPUTED, ImageDiagnostics, failure_modes
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # the dashboard reads a v1 or v2 store as it is; writers upgrade it first
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # the dashboard reads an older store as it is; writers upgrade it first
+LAYOUTS = ("oxford-pets", "synthetic", "paired-folders", "nnunet", "two-folders")  # datasets.layout
+REVIEW_MARKS = ("label error", "hard image", "fine")  # reviews.mark
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
 metadata = MetaData()
@@ -44,9 +46,10 @@ schema_info = Table(
 datasets = Table(
     "datasets", metadata,
     Column("name", String(255), primary_key=True),  # "<source>/<root folder>"
-    Column("source", String(32), nullable=False),    # oxford-pets | synthetic
+    Column("source", String(32), nullable=False),    # oxford-pets | synthetic | folder (the user's own)
     Column("root", Text, nullable=False),            # where the images were read from
     Column("created_at", DateTime, nullable=False),
+    Column("layout", String(32)),                    # v4: how it was read, one of LAYOUTS; NULL before v4
 )
 
 trials = Table(
@@ -97,6 +100,9 @@ images = Table(
     Column("height", Integer, nullable=False),
     Column("brightness", Float, nullable=False),
     Column("fg_fraction", Float, nullable=False),
+    # v4: the image's group: a class folder (benign/, malignant/), or the part of its name --group-by names
+    # (a patient, video or scene); NULL = no group
+    Column("group_name", String(255)),
     UniqueConstraint("dataset", "name", name="uq_images_dataset_name"),
 )
 
@@ -150,6 +156,13 @@ sweep_images = Table(
     # per metric: median, mean, min, max over the trials where it is not NULL, and how many those are
     *(Column(f"{metric}_{stat}", Integer if stat == "trials" else Float, nullable=stat != "trials")
       for metric in SUMMARY_METRICS for stat in SUMMARY_STATS),
+    # v4: how likely the image's mask is wrong rather than the image hard (core.labels; higher = more suspect),
+    # from the votes of the sweep's complete trials' masks against the truth as scored; NULL with fewer than
+    # core.labels.MIN_TRIALS trials or without a stored truth
+    Column("label_suspicion", Float),
+    Column("consensus_dice", Float),   # dice of the models' majority mask against the given mask
+    Column("agreement", Float),        # how unanimous the models are (1 = every model the same mask)
+    Column("contradiction", Float),    # share of the mask/consensus area where the models agree against the mask
 )
 
 sweep_image_windows = Table(
@@ -160,7 +173,35 @@ sweep_image_windows = Table(
     # sorted values around the median (core.store.summaries.STATE, packed little-endian)
     Column("state", LargeBinary, nullable=False),
 )
-SUMMARY_TABLES = (sweep_images, sweep_image_windows)
+sweep_image_votes = Table(
+    "sweep_image_votes", metadata,
+    Column("sweep", String(255), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    # v4: per pixel, how many of the sweep's complete trials predicted foreground (core.labels.VOTES, zlib)
+    Column("trials", Integer, nullable=False),
+    Column("votes", LargeBinary, nullable=False),
+)
+SUMMARY_TABLES = (sweep_images, sweep_image_windows, sweep_image_votes)
+
+truth_masks = Table(
+    "truth_masks", metadata,
+    # v4: each image's ground truth exactly as the evaluation scored it at an image size (1-bit PNG,
+    # core.store.mask_png): what the label-suspicion score compares against and the gallery overlays
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("image_size", Integer, primary_key=True),
+    Column("png", LargeBinary, nullable=False),
+)
+
+reviews = Table(
+    "reviews", metadata,
+    # v4: a person's review mark on an image, the dashboard's only write; kept per dataset and image name,
+    # so it outlives sweeps and re-registrations
+    Column("dataset", String(255), primary_key=True),
+    Column("image", String(255), primary_key=True),
+    Column("mark", String(16), nullable=False),  # one of REVIEW_MARKS
+    Column("note", Text),
+    Column("marked_at", DateTime, nullable=False),
+)
 
 
 def diagnostic_rows(dice: np.ndarray, diag: ImageDiagnostics | None, n: int) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Schema v1 or v2 -> v3, in place.
+"""Schema v1, v2 or v3 -> v4, in place.
 
 v1 -> v2: new nullable columns on image_results, backfilled from the stored masks. A v1 store holds every
 complete trial's predicted masks (1-bit PNGs at the evaluation size) and the dataset root its images came
@@ -9,9 +9,12 @@ failure_mode 'not computed'.
 
 v2 -> v3: the per-image summaries of every sweep (core.store.summaries), built from image_results.
 
+v3 -> v4: new nullable columns (each dataset's layout, each image's group, the label-suspicion parts of the
+summaries) and new tables (truth masks, mask votes, review marks); the summaries are rebuilt with them.
+
 Everything (columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
 disk leaves the old store as it was. Two workers upgrading at once: the first takes the write lock with
-its UPDATE of schema_version, the second waits and then finds version 3 and does nothing.
+its UPDATE of schema_version, the second waits and then finds the current version and does nothing.
 """
 from __future__ import annotations
 
@@ -78,15 +81,24 @@ def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.
     return pet_mask(np.asarray(im.resize((size, size), Image.Resampling.NEAREST)))
 
 
-def _add_columns(conn: Connection) -> None:
-    present = {c["name"] for c in inspect(conn).get_columns("image_results")}
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Add every column the schema has and an existing table lacks (all added columns are nullable);
+    returns them as "table.column". The one way a version grows a table in place."""
+    inspector = inspect(conn)
     quote = conn.dialect.identifier_preparer.quote
-    for name in V2_COLUMNS:
-        if name in present:
+    added = []
+    for table in st.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
             continue
-        column = st.image_results.c[name]
-        conn.execute(text(f"ALTER TABLE image_results ADD COLUMN {quote(name)} "
-                          f"{column.type.compile(dialect=conn.dialect)}"))
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            assert column.nullable, f"{table.name}.{column.name}: a column added in place must be nullable"
+            conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                              f"{column.type.compile(dialect=conn.dialect)}"))
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def _backfill(conn: Connection, report: UpgradeReport, log: Callable[[str], None]) -> None:
@@ -163,8 +175,8 @@ def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> Upgra
             break
     else:
         return report
+    add_missing_columns(conn)
     if report.from_version == 1:
-        _add_columns(conn)
         st.ensure_v2_indexes(conn)
         _backfill(conn, report, log)
     report.sweeps, report.summarised, report.results = summaries.build(conn)
