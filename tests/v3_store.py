@@ -14,7 +14,7 @@ from core.store.schema import SUMMARY_METRICS, SUMMARY_STATS, MODE_COLUMNS
 from tests.v2_store import V2_TABLES, V2Store, build_v2_store
 
 V4_TABLES = ("truth_masks", "reviews", "sweep_image_votes")
-V4_COLUMNS = {"datasets": ("layout",), "images": ("group_name",),
+V4_COLUMNS = {"datasets": ("layout",), "images": ("group_name", "path"),
               "sweep_images": ("label_suspicion", "consensus_dice", "agreement", "contradiction")}
 V3_SUMMARY_COLUMNS = ("sweep", "image_id", "trials", "top_mode", *MODE_COLUMNS.values(),
                       *(f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS))

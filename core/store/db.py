@@ -152,7 +152,8 @@ class Store:
                          layout: str | None = None) -> dict[str, int]:
         """Record a dataset and its images (idempotent); returns image name -> image id.
 
-        `infos` are core.data ImageInfo-like records; their `group` (if any) becomes images.group_name.
+        `infos` are core.data ImageInfo-like records; their `group` and `path` (if any) become images.group_name
+        and images.path.
         """
         infos = list(infos)
         layout = layout or (source if source in LAYOUTS else None)
@@ -174,7 +175,7 @@ class Store:
             new_rows = [
                 dict(dataset=name, name=i.name, split=i.split, breed=i.breed, species=i.species, width=int(i.width),
                      height=int(i.height), brightness=float(i.brightness), fg_fraction=float(i.fg_fraction),
-                     group_name=getattr(i, "group", None) or None)
+                     group_name=getattr(i, "group", None) or None, path=getattr(i, "path", None) or None)
                 for i in infos if i.name not in known
             ]
             if new_rows:

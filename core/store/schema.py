@@ -103,6 +103,9 @@ images = Table(
     # v4: the image's group: a class folder (benign/, malignant/), or the part of its name --group-by names
     # (a patient, video or scene); NULL = no group
     Column("group_name", String(255)),
+    # v4: the image file relative to the dataset root, '/'-separated; NULL = the layout's own rule
+    # (Oxford-IIIT Pet and synthetic: images/NAME.jpg)
+    Column("path", Text),
     UniqueConstraint("dataset", "name", name="uq_images_dataset_name"),
 )
 
