@@ -190,12 +190,23 @@ def _database_picker() -> str:
     return normalize_url(st.session_state["results_db"])
 
 
-def _explain(kind: str, message: str, url: str) -> None:
+def _explain(kind: str, message: str, url: str, *, taken: bool = False) -> None:
+    """`message`, then how to create a store; `taken`: the file at `url` is no store, so the command
+    names a new file beside it (never that one: a sweep must not be pointed at someone's file)."""
     path = sqlite_path(url) if url.startswith("sqlite") else None
-    db = str(path) if path else url
+    db = str(fresh_path(path) if path and taken else path or url)
     getattr(st, kind)(message)
     st.info(CREATE_HELP.format(db=db))
     st.stop()
+
+
+def fresh_path(taken: Path) -> Path:
+    """A file name beside `taken` that nothing uses yet: results.db, else results-2.db, ..."""
+    for n in range(1, 1000):
+        candidate = taken.with_name("results.db" if n == 1 else f"results-{n}.db")
+        if not candidate.exists():
+            return candidate
+    raise AssertionError(f"no free results-N.db beside {taken}")
 
 
 def _open_or_explain(url: str) -> Store:
@@ -210,7 +221,7 @@ def _open_or_explain(url: str) -> Store:
     except SchemaVersionError as exc:
         _explain("error", str(exc), url)
     except StoreError as exc:
-        _explain("error", str(exc).splitlines()[0], url)
+        _explain("error", str(exc).splitlines()[0], url, taken=path is not None)
     raise AssertionError("unreachable")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
@@ -73,14 +74,25 @@ def open_job(prog: str, args: argparse.Namespace, image_size: int,
         return store, data, register(store, data)
 
 
-def dashboard_command(url: str) -> str:
-    """The command that opens the dashboard on the store at `url`; a password stays out of it
-    (job output ends up in logs), with a word saying so."""
+def dashboard_command(url: str, python: str | None = None, cwd: Path | None = None) -> str:
+    """The command that opens the dashboard on the store at `url`, run by this job's own interpreter
+    (`python`, default sys.executable): README's install puts streamlit in .venv/bin, not on PATH.
+    A password stays out of it (job output ends up in logs), with a word saying so."""
+    run = f"{interpreter(python or sys.executable, cwd or Path.cwd())} -m streamlit run dashboard/Home.py"
     path = sqlite_path(url)
     if path:
-        return f"RESULTS_DB='{path}' streamlit run dashboard/Home.py"
+        return f"RESULTS_DB={shlex.quote(str(path))} {run}"
     hidden = "  (password hidden: put yours in place of ***)" if make_url(normalize_url(url)).password else ""
-    return f"RESULTS_DB='{display_url(url)}' streamlit run dashboard/Home.py{hidden}"
+    return f"RESULTS_DB={shlex.quote(display_url(url))} {run}{hidden}"
+
+
+def interpreter(python: str, cwd: Path) -> str:
+    """`python` as typed from `cwd`: relative when inside it (.venv/bin/python), else absolute, quoted
+    for the shell. Never resolved: a virtualenv's python is a symlink, and its target lacks the venv."""
+    path = Path(os.path.abspath(python))
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(os.path.abspath(cwd))
+    return shlex.quote(str(path))
 
 
 def positive_float(text: str) -> float:

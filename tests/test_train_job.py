@@ -109,16 +109,3 @@ def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tm
     # a v2 trial: every image has its diagnostics, entropy included, and a failure mode from the rule
     assert {mode for mode, *_ in diag} <= {"ok", "boundary", "missed pet", "background leak", "empty prediction"}
     assert all(0 <= e <= 1 and 0 <= b <= 1 and h >= 0 for _, e, b, h in diag)
-
-
-@pytest.mark.parametrize("url, shown", [
-    ("sqlite:////runs/results.db", "RESULTS_DB='/runs/results.db' streamlit run dashboard/Home.py"),
-    ("postgresql+psycopg://me:s3cret@db.lan/sweeps",
-     "RESULTS_DB='postgresql+psycopg://me:***@db.lan/sweeps' streamlit run dashboard/Home.py"
-     "  (password hidden: put yours in place of ***)"),
-    ("postgresql+psycopg://me@db.lan/sweeps", "RESULTS_DB='postgresql+psycopg://me@db.lan/sweeps' streamlit run dashboard/Home.py"),
-])
-def test_the_closing_dashboard_command_never_prints_a_password(url: str, shown: str) -> None:
-    from jobs.cli import dashboard_command
-
-    assert dashboard_command(url) == shown
