@@ -46,6 +46,7 @@ from core.store.schema import (  # noqa: F401
     metadata,
     schema_info,
     trials,
+    truth_masks,
 )
 from core.store.upgrade import upgrade
 
@@ -238,10 +239,34 @@ class Store:
             if result_rows:
                 conn.execute(insert(image_results), result_rows)
                 if state == "complete":  # the sweep's per-image summaries, in this transaction: never out of step
-                    summaries.add_trial(conn, trial_id, result_rows)
+                    summaries.add_trial(conn, trial_id, result_rows, results.masks)
             if mask_rows:
                 conn.execute(insert(masks), mask_rows)
         return test_dice
+
+    def record_truths(self, image_ids: Sequence[int], image_size: int, masks: Sequence[np.ndarray]) -> None:
+        """Store each image's ground truth exactly as scored at `image_size` (truth_masks), once: an image and
+        size stored already keeps its row, also when another worker writes the same one at once. The suspect-
+        label score compares the models' votes against it (core.store.suspicion)."""
+        ids = [int(i) for i in image_ids]
+        with self.engine.connect() as conn:
+            known = set(conn.execute(select(truth_masks.c.image_id).where(truth_masks.c.image_size == int(image_size),
+                                                                         truth_masks.c.image_id.in_(ids))).scalars())
+        rows = [dict(image_id=i, image_size=int(image_size), png=encode_mask(m))
+                for i, m in zip(ids, masks) if i not in known]
+        if not rows:
+            return
+        stmt = insert(truth_masks)
+        if self.engine.dialect.name == "sqlite":
+            stmt = stmt.prefix_with("OR IGNORE")
+        elif self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            stmt = pg_insert(truth_masks).on_conflict_do_nothing()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(stmt, rows)
+        except IntegrityError:  # another database: a concurrent writer stored some of them first
+            self.record_truths(ids, image_size, masks)
 
     def set_checkpoint(self, trial_id: int, path: str | None) -> None:
         """Record where a trial's weights are, or that they were removed (None)."""

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from core.metrics import NOT_COMPUTED
 from core.store import schema as st
+from core.store import suspicion
 
 WINDOW = 16                   # values kept around each median
 _LEFT = (WINDOW - 2) // 2     # of them below the lower median rank when a window is (re)built
@@ -163,9 +164,11 @@ def _add(m: np.ndarray, v: np.ndarray) -> np.ndarray:
     return has & ((lo < 0) | (hi >= held))
 
 
-def add_trial(conn: Connection, trial_id: int, rows: Sequence[dict[str, Any]]) -> int:
-    """Add a trial closing as complete (its image_results rows, already inserted in this transaction) to
-    its sweep's per-image summaries; returns how many images had to be recomputed from image_results."""
+def add_trial(conn: Connection, trial_id: int, rows: Sequence[dict[str, Any]],
+              masks: Sequence[np.ndarray] | None = None) -> int:
+    """Add a trial closing as complete (its image_results rows, already inserted in this transaction, and its
+    predicted masks aligned with them, if any) to its sweep's per-image summaries and mask votes
+    (core.store.suspicion); returns how many images had to be recomputed from image_results."""
     if not rows:
         return 0
     sweep = conn.execute(select(st.trials.c.sweep).where(st.trials.c.id == int(trial_id))).scalar_one()
@@ -188,6 +191,8 @@ def add_trial(conn: Connection, trial_id: int, rows: Sequence[dict[str, Any]]) -
         fresh_ids, fresh, _ = _from_results(conn, sweep, ids[where])
         state[where] = fresh[np.searchsorted(fresh_ids, ids[where])]  # every one has this trial's row at least
     _write(conn, sweep, ids, state, existing)
+    if masks is not None:
+        suspicion.add_trial(conn, sweep, ids.tolist(), masks)
     return int(lost.sum())
 
 
@@ -261,6 +266,7 @@ def rebuild(conn: Connection, sweep: str) -> tuple[int, int]:
     for table in st.SUMMARY_TABLES:
         conn.execute(delete(table).where(table.c.sweep == sweep))
     _write(conn, sweep, ids, state, np.zeros(len(ids), dtype=bool))
+    suspicion.rebuild(conn, sweep)
     return len(ids), n_results
 
 

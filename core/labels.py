@@ -1,0 +1,97 @@
+"""Which labels look wrong: the suspect-label score of an image from its models' votes and its mask.
+
+A sweep trains many models; every complete trial stores its predicted mask of every test image. Per
+image, V counts per pixel how many of the T trials predicted foreground, and M is the given mask (the
+truth exactly as scored). From p = V / T:
+
+* consensus_dice  dice of the majority mask K = (p >= 1/2) against M (1 when both are empty);
+* agreement       how unanimous the models are: mean of |2p - 1| over the pixels that any model or the
+                  mask calls foreground (1 = every model the same mask, 0 = a coin toss everywhere);
+* contradiction   the area where the models are near-unanimous (p >= CONFIDENT or p <= 1 - CONFIDENT)
+                  and the majority disagrees with M, divided by |K u M| (0 when both are empty);
+* label_suspicion = contradiction x agreement.
+
+Why it separates a wrong mask from a hard image: a wrong mask (erased, grown, shrunk, shifted, another
+image's) leaves the models, which learnt from the many right masks, agreeing with each other about an
+area the mask gets wrong: that area is unanimous (it counts in contradiction) and the models agree
+(agreement near 1). A hard image splits the models: where they err they err differently, so the
+pixels against the mask are contested (p between the bounds, not counted) and agreement falls; the
+product stays low. An image every model gets right has little unanimous area against its mask. All
+empty (mask and every prediction) scores 0. Fewer than MIN_TRIALS votes (a vote of one or two models is
+no consensus), or no stored truth: NULL (NaN here).
+
+The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
+trial adds its masks without reading the earlier ones again.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_TRIALS = 3        # fewer complete trials with a mask: no score
+CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the models vote the same way
+VOTES = np.dtype("<u2")  # per-pixel vote counts as stored (sweep_image_votes.votes), after a (height, width) header
+_HEADER = struct.Struct("<HH")
+
+
+@dataclass
+class LabelParts:
+    """The suspect-label score and its parts for N images, aligned by position; NaN = not computed."""
+
+    label_suspicion: np.ndarray
+    consensus_dice: np.ndarray
+    agreement: np.ndarray
+    contradiction: np.ndarray
+
+
+def encode_votes(votes: np.ndarray) -> bytes:
+    """Per-pixel vote counts (H, W) as stored: a (height, width) header, then little-endian uint16 counts, zlib."""
+    votes = np.asarray(votes)
+    if votes.ndim != 2 or votes.size == 0:
+        raise ValueError(f"votes must be a non-empty 2-D array, got shape {votes.shape}")
+    if votes.min() < 0 or votes.max() > np.iinfo(VOTES).max:
+        raise ValueError("vote counts must lie in 0..65535")
+    return _HEADER.pack(*votes.shape) + zlib.compress(votes.astype(VOTES).tobytes(), 1)
+
+
+def decode_votes(blob: bytes) -> np.ndarray:
+    """Inverse of encode_votes: (H, W) int64 counts."""
+    height, width = _HEADER.unpack_from(blob)
+    return np.frombuffer(zlib.decompress(blob[_HEADER.size:]), dtype=VOTES).reshape(height, width).astype(np.int64)
+
+
+def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray) -> LabelParts:
+    """The score and its parts of N images: votes (N, H, W) counts, trials (N,) or one count, truth (N, H, W) bool.
+
+    Images with fewer than MIN_TRIALS trials get NaN throughout.
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    truth = np.asarray(truth, dtype=bool)
+    if votes.ndim == 2:
+        votes, truth = votes[None], truth[None]
+    if votes.shape != truth.shape:
+        raise ValueError(f"votes {votes.shape} and truth {truth.shape} differ in shape")
+    n = votes.shape[0]
+    t = np.broadcast_to(np.asarray(trials, dtype=np.float64), (n,))
+    p = votes / np.maximum(t, 1)[:, None, None]
+    axes = (1, 2)
+    consensus = p >= 0.5
+    both = np.count_nonzero(consensus & truth, axis=axes)
+    sizes = np.count_nonzero(consensus, axis=axes) + np.count_nonzero(truth, axis=axes)
+    union = np.count_nonzero(consensus | truth, axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(sizes > 0, 2 * both / sizes, 1.0)
+        region = (votes > 0) | truth
+        certainty = np.abs(2 * p - 1)
+        inside = np.count_nonzero(region, axis=axes)
+        agreement = np.where(inside > 0, (certainty * region).sum(axis=axes) / inside, 1.0)
+        unanimous = (p >= CONFIDENT) | (p <= 1 - CONFIDENT)
+        against = np.count_nonzero(unanimous & (consensus != truth), axis=axes)
+        contradiction = np.where(union > 0, against / union, 0.0)
+    suspicion = contradiction * agreement
+    few = t < MIN_TRIALS
+    nan = lambda a: np.where(few, np.nan, a).astype(np.float64)  # noqa: E731
+    return LabelParts(nan(suspicion), nan(dice), nan(agreement), nan(contradiction))

@@ -1,0 +1,211 @@
+"""The suspect-label score in the store: mask votes and sweep_images' label columns, kept up to date.
+
+Closing a trial as complete adds its predicted masks to the votes of its sweep (sweep_image_votes, one
+row of per-pixel counts per image) and recomputes the label columns of sweep_images (label_suspicion,
+consensus_dice, agreement, contradiction; core.labels) for its test images, in the transaction that
+closes it (core.store.summaries.add_trial calls `add_trial`, under the sweep's lock). That costs one
+read and write of each test image's votes and truth: no earlier trial's masks are read again.
+`rebuild` recomputes a sweep's votes from every stored mask (the upgrade, summaries.rebuild).
+
+Votes are kept at one image size per image: the size of the first mask counted (a sweep evaluates at
+one size); masks of another size are left out of the votes. The truth compared against is
+truth_masks at that size; without one the label columns stay NULL.
+
+The read side (`suspects`, `consensus`, `truth`, `available`) takes a Store, Engine or Connection like
+core.store.queries and only SELECTs.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, bindparam, case, inspect, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from core.labels import LabelParts, decode_votes, encode_votes, label_parts
+from core.store import schema as st
+from core.store.mask_png import decode_mask
+
+LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
+SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "dice_median", "trials")
+
+
+# -- reads ---------------------------------------------------------------------------------------------
+
+Source = Any  # a core.store.db.Store (its .engine), an Engine or a Connection; not imported: db imports this module
+
+
+@contextmanager
+def _connect(source: Source) -> Iterator[Connection]:
+    if isinstance(source, Connection):
+        yield source
+        return
+    engine: Engine = source if isinstance(source, Engine) else source.engine
+    with engine.connect() as conn:
+        yield conn
+
+
+def available(source: Source) -> bool:
+    """Whether the store holds the label-suspicion tables and columns (schema v4 or later)."""
+    with _connect(source) as conn:
+        inspector = inspect(conn)
+        if not all(inspector.has_table(t.name) for t in (st.sweep_images, st.sweep_image_votes, st.truth_masks)):
+            return False
+        return "label_suspicion" in {c["name"] for c in inspector.get_columns(st.sweep_images.name)}
+
+
+def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFrame:
+    """The sweep's test images, most suspect label first (NULL scores last, then worst median dice)."""
+    s, i = st.sweep_images, st.images
+    stmt = (select(s.c.image_id, i.c.name, i.c.path, i.c.group_name, i.c.split, *(s.c[c] for c in LABEL_COLUMNS),
+                   s.c.dice_median, s.c.trials)
+            .join_from(s, i, i.c.id == s.c.image_id)
+            .where(s.c.sweep == sweep)
+            .order_by(case((s.c.label_suspicion.is_(None), 1), else_=0), s.c.label_suspicion.desc(),
+                      s.c.dice_median, s.c.image_id))
+    if limit is not None:
+        stmt = stmt.limit(int(limit))
+    with _connect(source) as conn:
+        result = conn.execute(stmt)
+        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    for column in (*LABEL_COLUMNS, "dice_median"):
+        frame[column] = frame[column].astype(np.float64)
+    return frame
+
+
+def consensus(source: Source, sweep: str, image_id: int) -> np.ndarray | None:
+    """The models' vote share per pixel of one image, (S, S) float in [0, 1]; None if no votes are stored."""
+    v = st.sweep_image_votes
+    with _connect(source) as conn:
+        row = conn.execute(select(v.c.trials, v.c.votes).where(v.c.sweep == sweep, v.c.image_id == int(image_id))).first()
+    if row is None or not row.trials:
+        return None
+    return decode_votes(bytes(row.votes)) / float(row.trials)
+
+
+def truth(source: Source, image_id: int, image_size: int) -> np.ndarray | None:
+    """An image's ground truth exactly as scored at `image_size`, (S, S) bool; None if not stored."""
+    t = st.truth_masks
+    with _connect(source) as conn:
+        png = conn.execute(select(t.c.png).where(t.c.image_id == int(image_id), t.c.image_size == int(image_size))
+                           ).scalar()
+    return None if png is None else decode_mask(bytes(png))
+
+
+# -- upkeep --------------------------------------------------------------------------------------------
+
+def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    """Stored truths of (image id, size) pairs that have one."""
+    t = st.truth_masks
+    found: dict[tuple[int, int], np.ndarray] = {}
+    for size in sorted({s for _, s in keys}):
+        ids = sorted({int(i) for i, s2 in keys if s2 == size})
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(select(t.c.image_id, t.c.png)
+                                .where(t.c.image_size == size, t.c.image_id.in_(ids[start:start + 500])))
+            for image_id, png in rows:
+                found[(int(image_id), size)] = decode_mask(bytes(png))
+    return found
+
+
+def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> None:
+    """Recompute and write the label columns of sweep_images for these images from their votes."""
+    truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
+    values: dict[str, list[Any]] = {c: [None] * len(ids) for c in LABEL_COLUMNS}
+    scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for k in scored:
+        by_shape.setdefault(votes[k].shape, []).append(k)
+    for group in by_shape.values():
+        parts: LabelParts = label_parts(np.stack([votes[k] for k in group]), np.array([trials[k] for k in group]),
+                                        np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]))
+        for c in LABEL_COLUMNS:
+            for k, value in zip(group, getattr(parts, c).tolist()):
+                values[c][k] = None if value != value else float(value)
+    s = st.sweep_images
+    stmt = (update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
+            .values({c: bindparam(c) for c in LABEL_COLUMNS}))
+    conn.execute(stmt, [{"key_image": i, **{c: values[c][k] for c in LABEL_COLUMNS}} for k, i in enumerate(ids)])
+
+
+def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray]) -> int:
+    """Add a complete trial's predicted masks to its sweep's votes and rescore those images; returns how many
+    masks were counted. Call under the sweep's summaries lock, after sweep_images has rows for the images."""
+    v = st.sweep_image_votes
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        return 0
+    stored: dict[int, tuple[int, bytes]] = {}
+    for start in range(0, len(ids), 500):
+        for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
+                                              .where(v.c.sweep == sweep, v.c.image_id.in_(ids[start:start + 500]))):
+            stored[int(image_id)] = (int(n), bytes(blob))
+    new_rows, old_rows = [], []
+    counted_ids, counted_votes, counted_trials = [], [], []
+    for image_id, mask in zip(ids, masks):
+        mask = np.asarray(mask).astype(bool)
+        if image_id in stored:
+            n, blob = stored[image_id]
+            votes = decode_votes(blob)
+            if votes.shape != mask.shape:
+                continue
+            votes = votes + mask
+            old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes)})
+        else:
+            n, votes = 0, mask.astype(np.int64)
+            new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(votes)})
+        counted_ids.append(image_id)
+        counted_votes.append(votes)
+        counted_trials.append(n + 1)
+    if new_rows:
+        conn.execute(insert(v), new_rows)
+    if old_rows:
+        conn.execute(update(v).where(v.c.sweep == sweep, v.c.image_id == bindparam("key_image"))
+                     .values(trials=bindparam("trials"), votes=bindparam("votes")), old_rows)
+    if counted_ids:
+        _write_parts(conn, sweep, counted_ids, counted_votes, counted_trials)
+    return len(counted_ids)
+
+
+def rebuild(conn: Connection, sweep: str) -> int:
+    """Recompute a sweep's votes from every stored mask of its complete trials (in the order they closed) and
+    its sweep_images label columns; sweep_image_votes must hold no rows of the sweep. Returns masks counted."""
+    m, t = st.masks, st.trials
+    stmt = (select(m.c.image_id, m.c.png).join_from(m, t, t.c.id == m.c.trial_id)
+            .join(st.sweep_images, and_(st.sweep_images.c.sweep == t.c.sweep,
+                                        st.sweep_images.c.image_id == m.c.image_id))
+            .where(t.c.sweep == sweep, t.c.state == "complete")
+            .order_by(t.c.finished_at, t.c.id))
+    votes: dict[int, np.ndarray] = {}
+    trials: dict[int, int] = {}
+    counted = 0
+    result = conn.execute(stmt)
+    try:
+        while rows := result.fetchmany(2000):
+            for image_id, png in rows:
+                try:
+                    mask = decode_mask(bytes(png))
+                except Exception:  # an unreadable mask counts as no vote
+                    continue
+                image_id = int(image_id)
+                if image_id not in votes:
+                    votes[image_id], trials[image_id] = mask.astype(np.int64), 1
+                elif votes[image_id].shape == mask.shape:
+                    votes[image_id] += mask
+                    trials[image_id] += 1
+                else:
+                    continue
+                counted += 1
+    finally:
+        result.close()
+    if not votes:
+        return 0
+    ids = sorted(votes)
+    conn.execute(insert(st.sweep_image_votes), [{"sweep": sweep, "image_id": i, "trials": trials[i],
+                                                 "votes": encode_votes(votes[i])} for i in ids])
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        _write_parts(conn, sweep, part, [votes[i] for i in part], [trials[i] for i in part])
+    return counted
