@@ -14,7 +14,11 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from core.data.augment import AugmentConfig
+from core.data.check import DataCheck, summary_lines
 from core.data.dataset import DataError, PreparedDataset
+from core.data.folder_dataset import UnusableData
+from core.data.masks import parse_foreground
+from core.data.splits import compile_group_by
 from core.data.download import DownloadError
 from core.data.sources import DATA_CHOICES, load_data
 from core.models import available_models
@@ -66,12 +70,36 @@ def one_line_errors(prog: str, db: str, *more: type[Exception]) -> Iterator[None
 
 def open_job(prog: str, args: argparse.Namespace, image_size: int,
              **load: Any) -> tuple[Store, PreparedDataset, dict[str, int]]:
-    """A job's start: the store of --db, the data of --data/--data-root at `image_size` (`load`: more
-    load_data options), and its images registered (image name -> id); a problem is one line, exit 1."""
+    """A job's start: the store of --db, the data of --data/--data-root (or --images/--masks) at
+    `image_size` (`load`: more load_data options), and its images registered (image name -> id); a
+    user's folder prints its data check first (the lines jobs.check_data prints); a problem is one
+    line, exit 1."""
     with one_line_errors(prog, args.db):
         store = Store(args.db)
-        data = load_data(args.data, args.data_root, image_size, seed=args.seed, **load)
+        data = load_job_data(prog, args, image_size, **load)
         return store, data, register(store, data)
+
+
+def load_job_data(prog: str, args: argparse.Namespace, image_size: int, **load: Any) -> PreparedDataset:
+    """The data the folder flags name, its check printed (`prog: ...` lines) when it is a user's folder."""
+    try:
+        data = load_data(args.data, args.data_root, image_size, seed=args.seed, **folder_options(args), **load)
+    except UnusableData as exc:
+        print_check(prog, exc.check)
+        raise
+    if data.check is not None:
+        print_check(prog, data.check)
+    return data
+
+
+def folder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """load_data's options for a user's folder, from the flags (absent on a Namespace built by hand)."""
+    return {k: getattr(args, k, None) for k in ("images", "masks", "foreground", "group_by")}
+
+
+def print_check(prog: str, check: DataCheck) -> None:
+    for line in summary_lines(check):
+        print(f"{prog}: {line}")
 
 
 def dashboard_command(url: str, python: str | None = None, cwd: Path | None = None) -> str:
@@ -172,11 +200,26 @@ def arch_name(text: str) -> str:
     return text
 
 
+def add_folder_args(g: argparse._ActionsContainer) -> None:
+    """Which data: --data, --data-root, or --images/--masks, and how a user's masks and splits are read."""
+    g.add_argument("--data", choices=DATA_CHOICES, default="auto",
+                   help="auto: the folder of --data-root (or --images/--masks) when given, else Oxford-IIIT Pet if "
+                        "present or downloadable, else the synthetic set")
+    g.add_argument("--data-root", default=None,
+                   help="your folder of images and masks (images/ + masks/, by split or group folders; nnU-Net "
+                        "raw), or Oxford-IIIT Pet's layout; recognised by itself")
+    g.add_argument("--images", default=None, help="a folder of images, with --masks: its masks, anywhere")
+    g.add_argument("--masks", default=None, help="the folder of masks for --images")
+    g.add_argument("--foreground", type=foreground_values, default=None,
+                   help="mask values that are foreground, e.g. 255 or 1,2 (default: every non-zero value)")
+    g.add_argument("--group-by", type=group_pattern, default=None,
+                   help="regular expression naming the part of a file name that identifies a patient, video or "
+                        "scene (first capture group, else the whole match): all its images land in one split")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and store")
-    g.add_argument("--data", choices=DATA_CHOICES, default="auto",
-                   help="auto: Oxford-IIIT Pet if present or downloadable, else the synthetic set")
-    g.add_argument("--data-root", default=None, help="a folder in the official Oxford-IIIT Pet layout")
+    add_folder_args(g)
     g.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL or SQLite file path (default %(default)s)")
     g.add_argument("--device", type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="mixed precision")
@@ -185,8 +228,33 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def foreground_values(text: str) -> tuple[int, ...]:
+    try:
+        return parse_foreground(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def group_pattern(text: str) -> str:
+    try:
+        compile_group_by(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def check_data_root(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--data-root must exist, unless the synthetic set is to be generated there."""
+    """--data-root must exist, unless the synthetic set is to be generated there; --images and --masks
+    go together, exist, and replace --data-root."""
+    images, masks = getattr(args, "images", None), getattr(args, "masks", None)
+    if images is not None or masks is not None:
+        if images is None or masks is None:
+            p.error("--images and --masks go together: give both folders")
+        if args.data_root is not None or args.data not in ("auto", "folder"):
+            p.error("--images/--masks name the data themselves: leave out --data-root and --data")
+        for flag, folder in (("--images", images), ("--masks", masks)):
+            if not Path(folder).expanduser().is_dir():
+                p.error(f"{flag} {folder} is not a folder")
     if args.data_root is not None and args.data != "synthetic" and not Path(args.data_root).expanduser().exists():
         p.error(f"--data-root {args.data_root} does not exist")
 

@@ -16,6 +16,12 @@ Real files are messy, so what can be converted is converted and the rest is skip
 
 Decoding is the slow part, so the resized arrays are cached (uncompressed .npz, written
 atomically) under a key of the root, size and a fingerprint of every file involved.
+
+Every image, of any size and aspect ratio, is resized to image_size x image_size (bilinear) and its
+mask the same way (nearest): squashed, not cropped or padded, so the whole frame is seen; training,
+evaluation, the stored masks and the dashboard's overlays all use these arrays.
+A user's own folder (core/data/folder_dataset.py) becomes the same PreparedDataset, its binary
+masks written as trimap values 1 (foreground) and 2 (background) with no border band.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from core.data.check import DataCheck
 from core.data.layout import (  # noqa: F401 - the trimap values stay importable from here too
     SPLIT_LISTS,
     TEST_LIST,
@@ -48,7 +55,7 @@ from core.data.layout import (  # noqa: F401 - the trimap values stay importable
 )
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: layout, groups, paths and the data check ride along
 SPECIES_NAMES = {1: "cat", 2: "dog"}
 SYNTHETIC_MARKER = "SYNTHETIC.md"  # written last by the synthetic generator: a complete synthetic root
 
@@ -69,6 +76,8 @@ class ImageInfo:
     height: int
     brightness: float
     fg_fraction: float
+    group: str | None = None  # a group folder or --group-by key (a patient, video, class); None = none
+    path: str | None = None  # the image file below the root, '/'-separated; None = the layout's rule (images/NAME.jpg)
 
 
 @dataclass(eq=False)  # arrays make field-wise == meaningless
@@ -82,10 +91,15 @@ class PreparedDataset:
     images: np.ndarray
     trimaps: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    layout: str = ""  # one of core.store.schema.LAYOUTS; "" = the source's own (oxford-pets, synthetic)
+    check: DataCheck | None = None  # what reading a user's folder found (None for Oxford-IIIT Pet and synthetic)
+
+    def __post_init__(self) -> None:
+        self.layout = self.layout or self.source
 
     @property
     def name(self) -> str:
-        """Key of this dataset in the results store, e.g. "oxford-pets/oxford-pets-sample"."""
+        """Key of this dataset in the results store, e.g. "oxford-pets/oxford-pets-sample", "folder/busi"."""
         return f"{self.source}/{self.root.name}"
 
     @cached_property
@@ -180,7 +194,9 @@ def _read_split_files(root: Path) -> tuple[list[_Entry], list[tuple[str, str]], 
 
 
 @dataclass
-class _Decoded:
+class Decoded:
+    """One image and its trimap at the training size, with what was measured on the full-size files."""
+
     image: np.ndarray  # (S, S, 3) uint8
     trimap: np.ndarray  # (S, S) uint8
     width: int
@@ -189,7 +205,7 @@ class _Decoded:
     fg_fraction: float
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def open_rgb(path: Path) -> Image.Image:
     """Fully decode an image file (whatever its real format) as RGB; raises on truncation."""
     with Image.open(path) as im:
         im.load()  # forces the decode, so truncated files raise here
@@ -223,19 +239,25 @@ def _open_trimap(path: Path) -> np.ndarray | str:
     return arr.astype(np.uint8)
 
 
-def _decode_pair(root: Path, name: str, image_size: int) -> _Decoded | tuple[str, str]:
+def _decode_pair(root: Path, name: str, image_size: int) -> Decoded | tuple[str, str]:
     """Decode, measure and resize one image and its trimap; returns (path, reason) on failure."""
     image_at, trimap_at = image_rel(name), trimap_rel(name)
     if not (root / image_at).is_file():
         return image_at, "missing image"
     try:
-        image = _open_rgb(root / image_at)
+        image = open_rgb(root / image_at)
     except Exception:
         return image_at, "truncated or unreadable"
     trimap = _open_trimap(root / trimap_at)
     if isinstance(trimap, str):
         return trimap_at, trimap
 
+    return decoded(image, trimap, image_size)
+
+
+def decoded(image: Image.Image, trimap: np.ndarray, image_size: int) -> Decoded:
+    """Measure a full-size RGB image and its trimap, then bring both to image_size x image_size:
+    the trimap to the image's size first if it differs, then image bilinear, trimap nearest."""
     width, height = image.size
     brightness = float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)  # L = ITU-R 601 luma
     fg_fraction = float(np.mean(pet_mask(trimap)))
@@ -243,7 +265,7 @@ def _decode_pair(root: Path, name: str, image_size: int) -> _Decoded | tuple[str
     if trimap_im.size != image.size:
         trimap_im = trimap_im.resize(image.size, Image.Resampling.NEAREST)
     size = (image_size, image_size)
-    return _Decoded(
+    return Decoded(
         image=np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8),  # antialiased
         trimap=np.asarray(trimap_im.resize(size, Image.Resampling.NEAREST), dtype=np.uint8),
         width=width,
@@ -269,7 +291,7 @@ def _fingerprint(root: Path, entries: list[_Entry], split_bytes: bytes) -> str:
     return h.hexdigest()
 
 
-def _cache_name(root: Path, image_size: int, source: str, fingerprint: str) -> tuple[str, str]:
+def cache_name(root: Path, image_size: int, source: str, fingerprint: str) -> tuple[str, str]:
     """(file name, stem prefix shared by every version of this root and size)."""
     base = [CACHE_VERSION, str(root), image_size, source]
     prefix = hashlib.sha1(json.dumps(base).encode()).hexdigest()[:16]
@@ -277,7 +299,8 @@ def _cache_name(root: Path, image_size: int, source: str, fingerprint: str) -> t
     return f"{prefix}-{key}.npz", prefix
 
 
-def _load_cache(path: Path, root: Path, source: str, image_size: int) -> PreparedDataset | None:
+def load_cache(path: Path, root: Path, source: str, image_size: int) -> PreparedDataset | None:
+    """The dataset cached at `path`, or None when there is none or it is unreadable or stale."""
     if not path.is_file():
         return None
     try:
@@ -286,17 +309,20 @@ def _load_cache(path: Path, root: Path, source: str, image_size: int) -> Prepare
             images, trimaps = npz["images"], npz["trimaps"]
         infos = [ImageInfo(**d) for d in meta["infos"]]
         skipped = [(p, r) for p, r in meta["skipped"]]
+        check = DataCheck.from_dict(meta["check"]) if meta.get("check") else None
+        layout = str(meta.get("layout", ""))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
         return None  # unreadable or stale cache: rebuild it
     if len(infos) != len(images) or images.shape[1:] != (image_size, image_size, 3):
         return None
-    return PreparedDataset(root, source, image_size, infos, images, trimaps, skipped)
+    return PreparedDataset(root, source, image_size, infos, images, trimaps, skipped, layout, check)
 
 
-def _write_cache(path: Path, ds: PreparedDataset, prefix: str) -> None:
+def write_cache(path: Path, ds: PreparedDataset, prefix: str) -> None:
     """Write arrays and metadata to `path` atomically (temp file + os.replace); drop stale versions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"infos": [asdict(i) for i in ds.infos], "skipped": ds.skipped}).encode()
+    meta = json.dumps({"infos": [asdict(i) for i in ds.infos], "skipped": ds.skipped, "layout": ds.layout,
+                       "check": ds.check.as_dict() if ds.check else None}).encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -309,6 +335,23 @@ def _write_cache(path: Path, ds: PreparedDataset, prefix: str) -> None:
     for stale in path.parent.glob(f"{prefix}-*.npz"):  # same root and size, older files
         if stale != path:
             stale.unlink(missing_ok=True)
+
+
+def cached(cache_dir: Path | None, root: Path, image_size: int, source: str, fingerprint: str,
+           build: Callable[[], PreparedDataset], log: Callable[[str], None], variant: str = "") -> PreparedDataset:
+    """The dataset from the cache (cache_dir, default cache_root()/"prepared") when its fingerprint
+    matches, else `build()` written there; a cache that cannot be written is a warning, not an error.
+    `variant` tells apart datasets read from one root in different ways (a layout, two folders)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "prepared"
+    filename, prefix = cache_name(root, image_size, f"{source}:{variant}" if variant else source, fingerprint)
+    ds = load_cache(cache_dir / filename, root, source, image_size)
+    if ds is None:
+        ds = build()
+        try:
+            write_cache(cache_dir / filename, ds, prefix)
+        except OSError as exc:
+            log(f"warning: cannot write the dataset cache in {cache_dir} ({exc.strerror or exc}); continuing without it")
+    return ds
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -342,16 +385,8 @@ def prepare_dataset(
     source = detect_source(root)
     entries, line_skips, listed, split_bytes = _read_split_files(root)
 
-    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "prepared"
-    filename, prefix = _cache_name(root, image_size, source, _fingerprint(root, entries, split_bytes))
-    cache_path = cache_dir / filename
-    ds = _load_cache(cache_path, root, source, image_size)
-    if ds is None:
-        ds = _decode_all(root, source, image_size, entries, line_skips)
-        try:
-            _write_cache(cache_path, ds, prefix)
-        except OSError as exc:
-            log(f"warning: cannot write the dataset cache in {cache_dir} ({exc.strerror or exc}); continuing without it")
+    ds = cached(cache_dir, root, image_size, source, _fingerprint(root, entries, split_bytes),
+                lambda: _decode_all(root, source, image_size, entries, line_skips), log)
 
     if ds.skipped:
         log(_format_skipped(ds.skipped, listed))
@@ -371,7 +406,7 @@ def _decode_all(
     trimaps: list[np.ndarray] = []
     skipped = list(skipped)
     for entry, result in zip(entries, results):
-        if not isinstance(result, _Decoded):
+        if not isinstance(result, Decoded):
             skipped.append(result)
             continue
         infos.append(

@@ -100,7 +100,7 @@ def register(store: Store, data: PreparedDataset) -> dict[str, int]:
     """A job's first writes: the dataset and its images (image name -> id), and runs that a
     killed job left running closed as failed (core/training/abandoned.py)."""
     close_abandoned_runs(store, STALE_AFTER_S)
-    return store.register_dataset(data.name, data.source, data.root, data.infos)
+    return store.register_dataset(data.name, data.source, data.root, data.infos, layout=data.layout)
 
 
 def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: dict[str, int], *, sweep: str,

@@ -1,0 +1,174 @@
+"""Read a user's folder of images and binary masks into a PreparedDataset, with its data check.
+
+The folder's pairs (core/data/folders.py, core/data/nnunet.py) are decoded like the pets'
+(core/data/dataset.py: any image mode, squashed to image_size x image_size) and their masks
+(core/data/masks.py) written as trimap values 1 = foreground, 2 = background, with no border
+band, so training, evaluation and the store read them as they read pets. Several masks of one
+image are united; a mask of another size than its image is resized to it (nearest) and counted.
+An image whose file or any of whose masks cannot be read is skipped and named in the check.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from core.data.check import DataCheck
+from core.data.dataset import DataError, ImageInfo, PreparedDataset, Decoded, cached, decoded, open_rgb
+from core.data.folders import Pair, Scan, stem
+from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET
+from core.data.masks import read_mask
+from core.data.splits import assign_splits, compile_group_by, group_key
+
+SOURCE = "folder"  # datasets.source of a user's own data
+
+
+class UnusableData(DataError):
+    """The folder was read but cannot be trained on; `check` says what was found."""
+
+    def __init__(self, message: str, check: DataCheck):
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass
+class _Read:
+    """One pair decoded, or the files that stopped it."""
+
+    decoded: Decoded | None = None
+    kinds: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    unreadable: list[list[str]] = field(default_factory=list)
+
+
+def _read_pair(root: Path, pair: Pair, image_size: int, foreground: tuple[int, ...] | None) -> _Read:
+    out = _Read()
+    try:
+        image = open_rgb(root / pair.image)
+    except Exception:
+        out.unreadable.append([pair.image, "truncated or unreadable image"])
+        return out
+    union = np.zeros((image.height, image.width), dtype=bool)
+    for rel in pair.masks:
+        mask = read_mask(root / rel, foreground)
+        if isinstance(mask, str):
+            out.unreadable.append([rel, mask])
+            continue
+        out.kinds.append(mask.described)
+        fg = mask.foreground
+        if fg.shape != union.shape:
+            out.resized.append(rel)
+            fg = np.asarray(Image.fromarray(fg).resize(image.size, Image.Resampling.NEAREST), dtype=bool)
+        union |= fg
+    if not out.unreadable:
+        trimap = np.where(union, TRIMAP_PET, TRIMAP_BACKGROUND).astype(np.uint8)
+        out.decoded = decoded(image, trimap, image_size)
+    return out
+
+
+def _fingerprint(scan: Scan, foreground: tuple[int, ...] | None, group_by: str | None) -> str:
+    """Every file read (size, mtime), the pairing, and the options that change the result."""
+    h = hashlib.sha1(json.dumps([scan.layout, foreground, group_by, scan.images_without_mask,
+                                 scan.masks_without_image, scan.ignored, scan.notes, dict(scan.suffixes)]).encode())
+    h.update(scan.extra)
+    for pair in scan.pairs:
+        h.update(json.dumps([pair.name, pair.folder_split, pair.group]).encode())
+        for rel in (pair.image, *pair.masks):
+            try:
+                st = (scan.root / rel).stat()
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{rel}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def _foreground_words(given: tuple[int, ...] | None, scan: Scan) -> str:
+    if given is not None:
+        return f"values {','.join(map(str, given))} (--foreground)"
+    if scan.foreground is not None:
+        return f"labels {','.join(map(str, scan.foreground))} (every label but background, dataset.json)"
+    return "non-zero"
+
+
+def prepare_folder(scan: Scan, image_size: int, *, foreground: tuple[int, ...] | None = None,
+                   group_by: str | None = None, cache_dir: Path | None = None,
+                   log: Callable[[str], None] = print) -> PreparedDataset:
+    """Decode a scanned folder at image_size x image_size (cached like the pets), with its check.
+
+    Raises UnusableData (a DataError, one line, with the check) when it cannot be trained on.
+    """
+    try:
+        pattern = compile_group_by(group_by) if group_by else None
+    except ValueError as exc:
+        raise DataError(f"--group-by: {exc}") from None
+    keys = [group_key(stem(pair.image.rsplit("/", 1)[-1]), pattern) for pair in scan.pairs]
+    try:
+        plan = assign_splits([p.folder_split for p in scan.pairs], [k or p.name for k, p in zip(keys, scan.pairs)])
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    fg = foreground if foreground is not None else scan.foreground
+    variant = f"{scan.layout}:{fg}:{group_by}"
+
+    def build() -> PreparedDataset:
+        return _decode_all(scan, image_size, fg, plan.splits, keys, plan.notes, group_by,
+                           _foreground_words(foreground, scan))
+
+    ds = cached(cache_dir, scan.root, image_size, SOURCE, _fingerprint(scan, fg, group_by), build, log, variant)
+    assert ds.check is not None
+    problem = ds.check.problem()
+    if problem:
+        raise UnusableData(problem, ds.check)
+    return ds
+
+
+def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None, splits: list[str],
+                keys: list[str | None], notes: list[str], group_by: str | None, fg_words: str) -> PreparedDataset:
+    """Decode every pair on a thread pool (PIL releases the GIL), keeping the scan's order."""
+    workers = max(1, min(os.cpu_count() or 1, len(scan.pairs)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reads = list(pool.map(lambda p: _read_pair(scan.root, p, image_size, foreground), scan.pairs))
+    check = DataCheck(layout=scan.layout, root=str(scan.root), image_size=image_size, pairs=len(scan.pairs),
+                      images_without_mask=scan.images_without_mask, masks_without_image=scan.masks_without_image,
+                      suffixes=dict(scan.suffixes), foreground=fg_words, ignored=scan.ignored,
+                      notes=notes + scan.notes, group_by=group_by)
+    infos: list[ImageInfo] = []
+    images: list[np.ndarray] = []
+    trimaps: list[np.ndarray] = []
+    kinds: Counter[str] = Counter()
+    for pair, read, split, key in zip(scan.pairs, reads, splits, keys):
+        kinds.update(read.kinds)
+        check.resized += read.resized
+        check.unreadable += read.unreadable
+        check.united += len(pair.masks) > 1
+        if read.decoded is None:
+            continue
+        d = read.decoded
+        group = pair.group or key
+        infos.append(ImageInfo(name=pair.name, split=split, breed="", species="", width=d.width, height=d.height,
+                               brightness=d.brightness, fg_fraction=d.fg_fraction, group=group, path=pair.image))
+        images.append(d.image)
+        trimaps.append(d.trimap)
+    check.mask_kinds = dict(kinds)
+    check.empty = sum(1 for i in infos if i.fg_fraction == 0)
+    check.splits = dict(Counter(i.split for i in infos))
+    check.groups = dict(Counter(i.group for i in infos if i.group))
+    if infos:
+        check.sizes = [[min(i.width for i in infos), min(i.height for i in infos),
+                        max(i.width for i in infos), max(i.height for i in infos)]]
+    if group_by is not None:
+        check.group_keys = len({k for k in keys if k})
+        check.unmatched_group_by = sum(1 for k in keys if not k)
+    s = image_size
+    return PreparedDataset(
+        root=scan.root, source=SOURCE, image_size=image_size, infos=infos,
+        images=np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
+        trimaps=np.stack(trimaps) if trimaps else np.zeros((0, s, s), np.uint8),
+        skipped=[(f, why) for f, why in check.unreadable], layout=scan.layout, check=check)

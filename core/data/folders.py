@@ -1,0 +1,223 @@
+"""Find the image/mask pairs of a user's folder: paired folders, or two folders given apart.
+
+Paired folders: anywhere under the root (a few levels deep), a folder holding an image folder
+(`images`, `imgs`, `image`) beside a mask folder (`masks`, `mask`, `labels`, `label`, `gt`,
+`ground_truth`, `annotations`; any case). Folders on the way to it, or below the image folder,
+named train/val/valid/test are the image's split; any other such folder (`benign/images`) is its
+group. A mask is named after its image's stem plus a suffix detected from the files (`_mask`,
+`_seg`, `-gt`, or none: the commonest one wins); `NAME_mask_1.png` beside `NAME_mask.png` is a
+second mask of the same image, and the two are united.
+
+An image's name in the store is its path below the root without the image folder and extension
+(`benign/benign (3)`), so it depends on the file alone and is unique in the dataset.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.data.splits import SPLIT_FOLDERS
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SUPPORTED = "png, jpg/jpeg, tif/tiff, bmp"
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm")
+IMAGE_FOLDERS = ("images", "imgs", "image")
+MASK_FOLDERS = ("masks", "mask", "labels", "label", "gt", "ground_truth", "annotations")
+MAX_DEPTH = 4  # how deep below the root image/mask folders are looked for
+
+
+class LayoutError(ValueError):
+    """The folder cannot be read as any supported layout; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask files (paths relative to the root, '/'-separated)."""
+
+    name: str
+    image: str
+    masks: tuple[str, ...]
+    folder_split: str | None  # from a split folder, None when none
+    group: str | None  # from a group folder, None when none
+
+
+@dataclass
+class Scan:
+    """What a folder holds, before any file is decoded."""
+
+    layout: str
+    root: Path
+    pairs: list[Pair] = field(default_factory=list)
+    images_without_mask: list[str] = field(default_factory=list)
+    masks_without_image: list[str] = field(default_factory=list)
+    suffixes: Counter[str] = field(default_factory=Counter)  # mask suffix -> images paired with it
+    ignored: list[str] = field(default_factory=list)  # files that are not images we read
+    notes: list[str] = field(default_factory=list)
+    foreground: tuple[int, ...] | None = None  # the layout's own foreground values (nnU-Net labels), None = non-zero
+    extra: bytes = b""  # layout files that change the result (dataset.json), for the cache key
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def is_volume(name: str) -> bool:
+    return name.lower().endswith(VOLUME_EXTENSIONS)
+
+
+def stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
+
+
+def volume_error(where: Path, files: list[str]) -> LayoutError:
+    return LayoutError(f"{where} holds volumes ({files[0]}{' ...' if len(files) > 1 else ''}); SegSweep reads 2-D "
+                       f"images ({SUPPORTED}) with 2-D masks: export slices or frames to one of those")
+
+
+def classify(parts: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(split, group) of the folders on an image's way from the root: split folders by name, the rest a group."""
+    split = None
+    group: list[str] = []
+    for part in parts:
+        if part.lower() in SPLIT_FOLDERS:
+            split = SPLIT_FOLDERS[part.lower()]
+        else:
+            group.append(part)
+    return split, "/".join(group) or None
+
+
+# --------------------------------------------------------------------------- pairing by name
+
+
+_MULTI = r"[_\- ]\(?\d{1,3}\)?"  # the index of a second, third ... mask: _1, -2, " (3)"
+
+
+def _image_of(mask_stem: str, image_stems: set[str]) -> tuple[str, str] | None:
+    """(image stem, suffix) for the longest image stem the mask stem starts with at a word boundary."""
+    if mask_stem in image_stems:
+        return mask_stem, ""
+    for i in range(len(mask_stem) - 1, 0, -1):
+        if not mask_stem[i].isalnum() and mask_stem[:i] in image_stems:
+            return mask_stem[:i], mask_stem[i:]
+    return None
+
+
+def pair_by_name(image_files: list[str], mask_files: list[str]) -> tuple[dict[str, list[str]], list[str], list[str], str]:
+    """Pair one folder's images with another's masks by name.
+
+    Returns (image file -> its mask files, images without a mask, masks without an image, the
+    detected suffix). The suffix is the commonest one the masks add to an image stem; masks that
+    add it plus an index (`_mask_1`) are further masks of the same image.
+    """
+    by_stem: dict[str, str] = {}
+    for f in sorted(image_files):
+        by_stem.setdefault(stem(f), f)
+    found = {m: _image_of(stem(m), set(by_stem)) for m in mask_files}
+    counts = Counter(hit[1] for hit in found.values() if hit and not re.fullmatch(_MULTI, hit[1]))
+    suffix = max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))[0] if counts else ""
+    extra = re.compile(re.escape(suffix) + _MULTI)
+    paired: dict[str, list[str]] = {}
+    lone_masks: list[str] = []
+    for m in sorted(mask_files):
+        hit = found[m]
+        if hit and (hit[1] == suffix or extra.fullmatch(hit[1])):
+            paired.setdefault(by_stem[hit[0]], []).append(m)
+        else:
+            lone_masks.append(m)
+    for masks in paired.values():
+        masks.sort(key=lambda m: (len(m), m))  # NAME_mask before NAME_mask_1
+    lone_images = [f for f in sorted(image_files) if f not in paired]
+    return paired, lone_images, lone_masks, suffix
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _files(folder: Path) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Image files per subfolder (relative, '' = the folder itself), other files, volume files; hidden ones skipped."""
+    images: dict[str, list[str]] = {}
+    other: list[str] = []
+    volumes: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        sub = Path(dirpath).relative_to(folder).as_posix()
+        sub = "" if sub == "." else sub
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            if is_image(f):
+                images.setdefault(sub, []).append(f)
+            elif is_volume(f):
+                volumes.append(f"{sub}/{f}".lstrip("/"))
+            else:
+                other.append(f"{sub}/{f}".lstrip("/"))
+    return images, other, volumes
+
+
+def _pair_folders(scan: Scan, image_dir: Path, mask_dir: Path, parts: tuple[str, ...]) -> None:
+    """Add the pairs of one image folder and its mask folder (and their same-named subfolders) to `scan`."""
+    root = scan.root
+    images, other, volumes = _files(image_dir)
+    masks, mask_other, mask_volumes = _files(mask_dir)
+    if volumes or mask_volumes:
+        raise volume_error(image_dir if volumes else mask_dir, volumes or mask_volumes)
+    rel = lambda folder, sub, f: (folder / sub / f).relative_to(root).as_posix()  # noqa: E731
+    scan.ignored += [rel(image_dir, "", f) for f in other] + [rel(mask_dir, "", f) for f in mask_other]
+    for sub in sorted(set(images) | set(masks)):
+        paired, lone_images, lone_masks, suffix = pair_by_name(images.get(sub, []), masks.get(sub, []))
+        sub_parts = tuple(p for p in sub.split("/") if p)
+        split, group = classify(parts + sub_parts)
+        for image, mask_files in paired.items():
+            scan.pairs.append(Pair(name="/".join(parts + sub_parts + (stem(image),)), image=rel(image_dir, sub, image),
+                                   masks=tuple(rel(mask_dir, sub, m) for m in mask_files),
+                                   folder_split=split, group=group))
+        if paired:
+            scan.suffixes[suffix] += len(paired)
+        scan.images_without_mask += [rel(image_dir, sub, f) for f in lone_images]
+        scan.masks_without_image += [rel(mask_dir, sub, m) for m in lone_masks]
+
+
+def _named(children: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {c.lower(): c for c in children}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def scan_paired_folders(root: Path) -> Scan:
+    """Every image folder beside a mask folder under `root`, paired by name."""
+    scan = Scan("paired-folders", root)
+    sites = 0
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        parts = here.relative_to(root).parts
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if len(parts) >= MAX_DEPTH:
+            dirnames[:] = []
+            continue
+        image_dir, mask_dir = _named(dirnames, IMAGE_FOLDERS), _named(dirnames, MASK_FOLDERS)
+        if image_dir and mask_dir:
+            sites += 1
+            _pair_folders(scan, here / image_dir, here / mask_dir, parts)
+            dirnames[:] = [d for d in dirnames if d not in (image_dir, mask_dir)]
+    if not sites:
+        raise LayoutError(_no_layout(root))
+    return scan
+
+
+def scan_two_folders(images: Path, masks: Path) -> Scan:
+    """--images DIR --masks DIR: the root is their common parent, the names are the images' paths below DIR."""
+    root = Path(os.path.commonpath([images, masks]))
+    if root in (images, masks):  # one inside the other: names stay relative to a folder above both
+        root = root.parent
+    scan = Scan("two-folders", root)
+    _pair_folders(scan, images, masks, ())
+    return scan
+
+
+def _no_layout(root: Path) -> str:
+    children = sorted(c.name for c in root.iterdir() if c.is_dir() and not c.name.startswith(".")) if root.is_dir() else []
+    seen = f" (it has {', '.join(children[:6])}{' ...' if len(children) > 6 else ''})" if children else ""
+    return (f"no image folder beside a mask folder in {root}{seen}; expected e.g. images/ + masks/ (or imgs, "
+            f"image + mask, labels, gt, ...), nnU-Net's imagesTr/ + labelsTr/, or give --images DIR --masks DIR")
