@@ -16,6 +16,7 @@ SORTS = {  # label -> (column, ascending)
     "trial number": ("trial", True),
 }
 PARAM_COLUMNS = ("lr", "dice_weight", "aug_hflip", "aug_rotate", "aug_brightness", "aug_contrast")
+ABOUT = {"synthetic": " — synthetic images, not Oxford-IIIT Pet", "folder": " — your own images"}
 TABLE_FORMATS = {
     "val dice": st.column_config.NumberColumn(format="%.4f"),
     "test dice": st.column_config.NumberColumn(format="%.4f"),
@@ -43,6 +44,11 @@ def trials_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def layout(info: dict) -> str:
+    """How the user's own folder was read (datasets.layout, v4), e.g. ' (paired-folders layout)'."""
+    return f" ({info['layout']} layout)" if info["source"] == "folder" and info.get("layout") else ""
+
+
 def show_dataset(ctx: ui.Context) -> None:
     names = ctx.trials["dataset"].unique().tolist()
     for name in names:
@@ -51,8 +57,10 @@ def show_dataset(ctx: ui.Context) -> None:
             st.markdown(f"**Dataset** `{name}` (not registered in this database)")
             continue
         splits = " · ".join(f"{k} {v}" for k, v in sorted(info["splits"].items()))
-        synthetic = " — synthetic images, not Oxford-IIIT Pet" if info["source"] == "synthetic" else ""
-        st.markdown(f"**Dataset** `{name}`{synthetic}  \nimages: {splits}  \nroot: `{info['root']}`")
+        groups = " · ".join(f"{k} {v}" for k, v in info["groups"].items())
+        groups = f"  \ngroups: {groups}" if groups else ""
+        st.markdown(f"**Dataset** `{name}`{ABOUT.get(info['source'], '')}{layout(info)}  \nimages: {splits}{groups}  \n"
+                    f"root: `{info['root']}`")
     sizes = sorted(ctx.trials["image_size"].unique())
     devices = sorted(ctx.trials["device"].unique())
     st.caption(f"Evaluated at {', '.join(f'{s} px' for s in sizes)} · device {', '.join(devices)}")

@@ -4,11 +4,18 @@ and the guidance shown instead of a traceback when there is nothing (readable) t
 The database is opened once per URL as a read-only `core.store.db.Store` (SQLite `mode=ro`), the
 same module the jobs write through. Queries are cached for a few seconds only, so a sweep that
 is still running shows up as it goes.
+
+The one write is a person's review mark on an image (core.store.reviews), made only when they click
+a mark, through its own engine. A dashboard started read-only (`SEGSWEEP_READ_ONLY=1`, or
+`streamlit run dashboard/Home.py -- --read-only`) never writes: it shows marks but no mark buttons.
 """
 from __future__ import annotations
 
 import datetime as dt
+import importlib
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -18,16 +25,18 @@ import plotly.express as px
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.store import queries, selection
+from core.store import queries, reviews, selection
 from core.store.db import (
     SchemaVersionError,
     Store,
     StoreError,
     decode_mask,
+    make_engine,
     normalize_url,
     sqlite_path,
 )
 from dashboard import images
+from dashboard.wording import Wording, wording_of
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_TTL_S = 5
@@ -40,8 +49,10 @@ METRIC_LABELS = {  # every per-image metric the pages can show, in menu order
     "boundary_iou": "Boundary IoU", "hd95": "HD95 (px)", "fp_blobs": "false-positive blobs",
     "entropy": "mean entropy (bits)",
 }
-MODE_COLORS = {"ok": "#4daf4a", "boundary": "#984ea3", "missed pet": "#56b4e9", "background leak": "#e69f00",
-               "empty prediction": "#d62728", "not computed": "#bbbbbb"}
+MODE_COLORS = {"ok": "#4daf4a", "boundary": "#984ea3", "missed pet": "#56b4e9", "missed object": "#56b4e9",
+               "background leak": "#e69f00", "empty prediction": "#d62728", "not computed": "#bbbbbb"}
+READ_ONLY_ENV = "SEGSWEEP_READ_ONLY"
+READ_ONLY_FLAG = "--read-only"
 UPGRADE_HELP = ("This results store has schema version 1: it holds dice, border-aware dice and IoU per image, but not "
                 "why each image fails (failure modes, precision and recall, Boundary IoU, HD95, false-positive blobs, "
                 "entropy). The dashboard never writes; upgrade the store in place (its old trials are backfilled from "
@@ -68,15 +79,36 @@ def open_store(url: str) -> Store:
     return Store(url, read_only=True)
 
 
+def _reader(name: str) -> Callable[..., Any]:
+    """core.store.queries.<name>, or core.store.<module>.<function> for a dotted name ("suspicion.suspects")."""
+    if "." in name:
+        module, function = name.split(".", 1)
+        return getattr(importlib.import_module(f"core.store.{module}"), function)
+    return getattr(queries, name)
+
+
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=1024)
 def cached_query(name: str, url: str, *args: Any, **kwargs: Any) -> Any:
-    """core.store.queries.<name>(store, *args, **kwargs), cached for a few seconds."""
-    return getattr(queries, name)(open_store(url), *args, **kwargs)
+    """core.store.queries.<name>(store, *args, **kwargs) (or a dotted core.store reader), cached for a few seconds."""
+    return _reader(name)(open_store(url), *args, **kwargs)
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=64)
 def _cached_per_version(name: str, url: str, version: Any, *args: Any, **kwargs: Any) -> Any:
-    return getattr(queries, name)(open_store(url), *args, **kwargs)
+    return _reader(name)(open_store(url), *args, **kwargs)
+
+
+def started_read_only() -> bool:
+    """Whether the dashboard was started read-only: SEGSWEEP_READ_ONLY=1 (or true/yes), or `-- --read-only`
+    after the script on the streamlit command line. Then nothing is ever written, review marks included."""
+    env = os.environ.get(READ_ONLY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return env or READ_ONLY_FLAG in sys.argv[1:]
+
+
+@st.cache_resource(show_spinner=False)
+def _review_engine(url: str) -> Any:
+    """The engine review marks are written through: its own, writable, used only on a person's click."""
+    return make_engine(url)
 
 
 @dataclass
@@ -88,11 +120,25 @@ class Context:
     sweeps: pd.DataFrame
     trials: pd.DataFrame
     diagnostics: bool = True  # the store has the v2 per-image diagnostics (a v1 store read as it is has not)
+    kinds: dict[str, dict[str, Any]] | None = None  # the sweep's datasets: name -> source, layout, root
+
+    @property
+    def words(self) -> Wording:
+        """Pet words on pet data, neutral ones on the user's own images (dashboard.wording)."""
+        datasets = self.trials["dataset"].unique().tolist() if len(self.trials) else []
+        kinds = self.kinds or {}
+        return wording_of((kinds.get(d) or {}).get("source") for d in datasets)
+
+    @property
+    def pets(self) -> bool:
+        """The sweep's data is pet data: breeds, species and a trimap whose border band border-aware dice leaves out."""
+        return self.words.pets
 
     @property
     def metrics(self) -> list[str]:
-        """The per-image metrics this store holds, in menu order."""
-        return list(METRIC_LABELS) if self.diagnostics else list(queries.V1_METRICS)
+        """The per-image metrics this store holds, in menu order (border-aware dice only where there is a border)."""
+        shown = list(METRIC_LABELS) if self.diagnostics else list(queries.V1_METRICS)
+        return shown if self.pets else [m for m in shown if m != "dice_no_border"]
 
     def upgrade_note(self) -> None:
         """On a v1 store: what is missing and the command that upgrades it."""
@@ -105,10 +151,24 @@ class Context:
 
     def sweep_aggregate(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """A query over every complete trial of the sweep (seconds on huge stores): cached until
-        a trial completes rather than for a few seconds."""
+        a trial completes or someone marks an image, rather than for a few seconds."""
         done = self.complete()
-        version = (self.sweep, len(done), str(done["finished_at"].max()) if len(done) else "")
+        version = (self.sweep, len(done), str(done["finished_at"].max()) if len(done) else "",
+                   self.query("reviews_version"))
         return _cached_per_version(name, self.url, version, *args, **kwargs)
+
+    @property
+    def can_mark(self) -> bool:
+        """Whether mark buttons are shown: the store keeps review marks (v4) and the dashboard was not
+        started read-only."""
+        return not started_read_only() and bool(self.query("has_reviews"))
+
+    def marks(self, dataset: str) -> dict[str, tuple[str, str]]:
+        """The dataset's review marks: image name -> (mark, note); none on a store without the reviews table."""
+        if not self.query("has_reviews"):
+            return {}
+        found = self.query("reviews.marks", dataset)
+        return {r.image: (r.mark, r.note or "") for r in found.itertuples()}
 
     @property
     def archs(self) -> list[str]:
@@ -258,9 +318,11 @@ def page(title: str, icon: str) -> Context:
         _explain("warning", f"The database `{url}` holds no results yet (no trial recorded).", url)
     sweep = _sweep_picker(url, sweeps)
     trials = cached_query("sweep_trials", url, sweep)
-    st.sidebar.caption(f"Reading `{url}` read-only; data refreshes every {CACHE_TTL_S} s.")
+    writes = "started read-only: nothing is written" if started_read_only() else \
+        "the only write is a review mark, on your click"
+    st.sidebar.caption(f"Reading `{url}`; data refreshes every {CACHE_TTL_S} s; {writes}.")
     return Context(url=url, sweep=sweep, sweeps=sweeps, trials=trials,
-                   diagnostics=bool(cached_query("has_diagnostics", url)))
+                   diagnostics=bool(cached_query("has_diagnostics", url)), kinds=cached_query("dataset_kinds", url))
 
 
 def run(title: str, icon: str, render: Callable[[Context], None]) -> None:
@@ -277,21 +339,84 @@ def _one_line(exc: BaseException) -> str:
     return (str(orig or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def pager(total: int, size: int, signature: Any, what: str, key: str = "gallery_page") -> int:
+    """How many images match, and the page number input (1-based, session key `key`), reset to 1 when the
+    filters (`signature`) change."""
+    if total == 0:
+        st.info("No image matches the filters.")
+        return 1
+    pages = max(1, math.ceil(total / size))
+    if st.session_state.get(f"_{key}_signature") != signature:
+        st.session_state[f"_{key}_signature"] = signature
+        st.session_state[key] = 1
+    if st.session_state.get(key, 1) > pages:
+        st.session_state[key] = pages
+    text, box = st.columns([4, 1], vertical_alignment="bottom")
+    with box:
+        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=key))
+    start = (page - 1) * size + 1
+    text.markdown(f"**{total} images match** · showing {start}–{min(total, start + size - 1)} {what}")
+    return page
+
+
 # -- pictures ------------------------------------------------------------------------------
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def _panels(root: str | None, name: str, eval_size: int, display: int,
-            pngs: tuple[bytes | None, ...]) -> images.Panels:
+def _panels(files: images.ImageFiles, eval_size: int, display: int, pngs: tuple[bytes | None, ...]) -> images.Panels:
     preds = [decode_mask(p) if p is not None else None for p in pngs]
-    return images.make_panels(root, name, eval_size, display, preds)
+    return images.make_panels(files, eval_size, display, preds)
 
 
-def panels(ctx: Context, dataset: str, name: str, eval_size: int, pngs: Iterable[bytes | None],
-           display: int = 192) -> images.Panels:
-    """Photo, ground truth and overlays of one image, read from its dataset's recorded root only."""
-    root = ctx.query("dataset_roots").get(dataset)
-    return _panels(root, name, int(eval_size), max(int(display), int(eval_size)), tuple(pngs))
+def image_files(ctx: Context, image: Any, eval_size: int) -> images.ImageFiles:
+    """Where an image's pictures are (a store row with dataset, name, image id and, v4, path): its dataset's
+    recorded root, its file, and its ground truth as scored at `eval_size` where the store keeps it."""
+    get = image.get if isinstance(image, dict) else lambda k, d=None: getattr(image, k, d)
+    dataset, name = get("dataset"), get("name")
+    kind = (ctx.kinds or {}).get(dataset) or {}
+    image_id = get("image_id", get("id"))
+    truth = ctx.query("truth_pngs", (int(image_id),), int(eval_size)).get(int(image_id)) if image_id is not None else None
+    path = get("path")
+    return images.image_files(kind.get("root"), name, path if isinstance(path, str) else None,
+                              wording_of([kind.get("source")]).pets, truth)
 
 
-def legend() -> None:
-    st.markdown(images.legend_html(), unsafe_allow_html=True)
+def panels(ctx: Context, image: Any, eval_size: int, pngs: Iterable[bytes | None], display: int = 192) -> images.Panels:
+    """Photo, ground truth and overlays of one image (see image_files), read from its dataset's recorded root only."""
+    files = image_files(ctx, image, eval_size)
+    return _panels(files, int(eval_size), max(int(display), int(eval_size)), tuple(pngs))
+
+
+def legend(ctx: Context) -> None:
+    st.markdown(images.legend_html(ctx.words.thing, trimap=ctx.pets), unsafe_allow_html=True)
+
+
+# -- review marks ------------------------------------------------------------------------------
+
+def mark_line(mark: tuple[str, str] | None) -> str:
+    """A card's review line: 'review: **label error** — note', or 'review: not marked yet'."""
+    if mark is None:
+        return "review: not marked yet"
+    verdict, note = mark
+    return f"review: **{verdict}**" + (f" — {note}" if note else "")
+
+
+def save_mark(url: str, dataset: str, image: str, mark: str | None, note: str | None) -> None:
+    """Write one review mark (None clears it): the dashboard's only write, made on a person's click; refused when
+    the dashboard was started read-only. The caches are cleared so every card and filter shows it at once."""
+    if started_read_only():
+        st.session_state["_mark_error"] = "The dashboard was started read-only: the mark was not saved."
+        return
+    try:
+        reviews.mark(_review_engine(url), dataset, image, mark, note)
+    except (StoreError, SQLAlchemyError, ValueError) as exc:
+        st.session_state["_mark_error"] = f"The mark was not saved: {_one_line(exc)}"
+        return
+    cached_query.clear()
+    _cached_per_version.clear()
+
+
+def mark_error() -> None:
+    """Show (once) why the last mark was not saved."""
+    message = st.session_state.pop("_mark_error", None)
+    if message:
+        st.error(message)

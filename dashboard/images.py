@@ -4,8 +4,11 @@ Files are read only from the dataset root recorded in the store: a name that res
 outside that root (``..``, an absolute path, a symlink pointing elsewhere) is refused and
 never opened. A missing or unreadable file becomes a grey placeholder with a short note.
 
-Error classes are computed at the evaluation size (the stored mask's size, where the dice was
-measured) and then enlarged onto a sharper copy of the photo for display.
+The ground truth is the one the evaluation scored, where the store keeps it (schema v4
+truth_masks), so an overlay never differs from what was measured; an older store's is rebuilt
+from the Oxford-IIIT Pet trimap. Error classes are computed at the evaluation size (the stored
+mask's size, where the dice was measured) and then enlarged onto a sharper copy of the photo for
+display. Photos are squashed to a square, as the models saw them.
 """
 from __future__ import annotations
 
@@ -15,21 +18,38 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_BORDER, image_rel, pet_mask, trimap_rel
+from core.data.layout import TRIMAP_BORDER, image_rel, pet_mask, trimap_rel
+from core.store.mask_png import decode_mask
 
 REFUSED = "refused: outside dataset root"
 
 # Overlay colours (RGB), chosen to stay distinct under the common colour-vision deficiencies.
-FP_COLOR = (230, 159, 0)    # orange: predicted pet where the ground truth is background
-FN_COLOR = (86, 180, 233)   # sky blue: pet the model missed
-TP_COLOR = (255, 255, 255)  # white tint: pet found
+FP_COLOR = (230, 159, 0)    # orange: predicted foreground where the ground truth is background
+FN_COLOR = (86, 180, 233)   # sky blue: foreground the model missed
+TP_COLOR = (255, 255, 255)  # white tint: foreground found
 ALPHA = {"tp": 0.35, "fp": 0.7, "fn": 0.7}
-LEGEND = (
-    ("false positive: predicted pet, really background", FP_COLOR),
-    ("false negative: pet the model missed", FN_COLOR),
-    ("correct pet (white tint)", TP_COLOR),
+LEGEND = (  # {thing}: "pet" on pet data, "object" on the user's own (dashboard.wording)
+    ("false positive: predicted {thing}, really background", FP_COLOR),
+    ("false negative: {thing} the model missed", FN_COLOR),
+    ("correct {thing} (white tint)", TP_COLOR),
 )
 TRUTH_SHADES = {"pet": 255, "border": 140, "background": 0}
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Where one image's pictures come from: its file, and its ground truth as scored or its trimap."""
+
+    root: str | None             # the dataset root the store recorded (None: not recorded)
+    image: str                   # the image file relative to root ('/'-separated)
+    trimap: str | None = None    # Oxford-IIIT Pet and synthetic: the trimap relative to root
+    truth_png: bytes | None = None  # v4: the ground truth exactly as scored at the evaluation size (1-bit PNG)
+
+
+def image_files(root: str | None, name: str, path: str | None, pets: bool, truth_png: bytes | None = None) -> ImageFiles:
+    """An image's files from its store row: images.path where recorded (the user's own folders), else the pet
+    layout's images/NAME.jpg; a trimap only on pet data."""
+    return ImageFiles(root, path or image_rel(name), trimap_rel(name) if pets else None, truth_png)
 
 
 @dataclass
@@ -64,21 +84,30 @@ def _open(root: str | Path, relative: str) -> tuple[Image.Image | None, str | No
         return None, f"unreadable: {relative}"
 
 
-def load_photo(root: str | Path, name: str, size: int) -> Loaded:
-    """The image as (size, size, 3) uint8 RGB, squashed to a square as the models saw it."""
-    im, note = _open(root, image_rel(name))
+def _rgb(im: Image.Image) -> Image.Image:
+    """Any mode as 8-bit RGB; 16-bit and float images (microscopy, medical TIFFs) stretched to their own range."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        im = Image.fromarray(((arr - lo) / (hi - lo) * 255 if hi > lo else arr * 0).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def load_photo(root: str | Path, relative: str, size: int) -> Loaded:
+    """The image file at root/relative as (size, size, 3) uint8 RGB, squashed to a square as the models saw it."""
+    im, note = _open(root, relative)
     if im is None:
         return Loaded(None, note)
     try:
-        rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        rgb = _rgb(im).resize((size, size), Image.Resampling.BILINEAR)
     except Exception:
-        return Loaded(None, f"unreadable: {image_rel(name)}")
+        return Loaded(None, f"unreadable: {relative}")
     return Loaded(np.asarray(rgb, dtype=np.uint8))
 
 
-def load_trimap(root: str | Path, name: str, size: int) -> Loaded:
-    """The trimap (core.data.layout's values) as (size, size) uint8, nearest-neighbour resized."""
-    im, note = _open(root, trimap_rel(name))
+def load_trimap(root: str | Path, relative: str, size: int) -> Loaded:
+    """The trimap at root/relative (core.data.layout's values) as (size, size) uint8, nearest-neighbour resized."""
+    im, note = _open(root, relative)
     if im is None:
         return Loaded(None, note)
     arr = np.asarray(im)
@@ -108,12 +137,27 @@ def _enlarge(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
 
 
-def truth_panel(trimap: np.ndarray, size: int) -> np.ndarray:
-    """Ground truth as grey levels: pet white, border band grey, background black."""
-    shades = np.full(trimap.shape, TRUTH_SHADES["pet"], np.uint8)
-    shades[trimap == TRIMAP_BACKGROUND] = TRUTH_SHADES["background"]
-    shades[trimap == TRIMAP_BORDER] = TRUTH_SHADES["border"]
+def truth_panel(truth: np.ndarray, size: int, trimap: np.ndarray | None = None) -> np.ndarray:
+    """Ground truth as grey levels: foreground white, background black, and where a trimap of the same size is
+    given its border band grey (the outline border-aware dice leaves out)."""
+    shades = np.where(truth.astype(bool), TRUTH_SHADES["pet"], TRUTH_SHADES["background"]).astype(np.uint8)
+    if trimap is not None and trimap.shape == truth.shape:
+        shades[trimap == TRIMAP_BORDER] = TRUTH_SHADES["border"]
     big = np.asarray(Image.fromarray(shades).resize((size, size), Image.Resampling.NEAREST))
+    return np.repeat(big[..., None], 3, axis=2)
+
+
+def fit(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool mask at (size, size): nearest-neighbour, as the evaluation resizes masks."""
+    if mask.shape == (size, size):
+        return mask.astype(bool)
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
+
+
+def vote_panel(share: np.ndarray, size: int) -> np.ndarray:
+    """The models' vote share per pixel as grey levels: white = every model says foreground, black = none."""
+    grey = np.clip(np.asarray(share, np.float64) * 255 + 0.5, 0, 255).astype(np.uint8)
+    big = np.asarray(Image.fromarray(grey).resize((size, size), Image.Resampling.NEAREST))
     return np.repeat(big[..., None], 3, axis=2)
 
 
@@ -153,46 +197,52 @@ class Panels:
     notes: list[str]
 
 
-def make_panels(root: str | Path | None, name: str, eval_size: int, display: int,
-                preds: list[np.ndarray | None]) -> Panels:
-    """Photo, ground truth and one overlay per predicted mask (None: no mask stored) for an image."""
+def make_panels(files: ImageFiles, eval_size: int, display: int, preds: list[np.ndarray | None]) -> Panels:
+    """Photo, ground truth and one overlay per predicted mask (None: no mask stored) for an image.
+
+    The truth is files.truth_png (as scored) where stored, else the trimap's pet mask; the trimap, where the
+    data has one, also shades its border band grey.
+    """
     notes: list[str] = []
-    if root is None:
-        photo = trimap = Loaded(None, "dataset root not recorded")
-    else:
-        photo = load_photo(root, name, display)
-        trimap = load_trimap(root, name, eval_size)
-    for loaded in (photo, trimap):
+    missing = Loaded(None, "dataset root not recorded")
+    photo = load_photo(files.root, files.image, display) if files.root is not None else missing
+    trimap = Loaded(None)
+    if files.trimap is not None:
+        trimap = load_trimap(files.root, files.trimap, eval_size) if files.root is not None else missing
+    truth = None
+    if files.truth_png is not None:
+        truth = fit(decode_mask(files.truth_png), eval_size)
+    elif trimap.array is not None:
+        truth = pet_mask(trimap.array)
+    for loaded in (photo, trimap if truth is None else Loaded(None)):
         if loaded.note and loaded.note not in notes:
             notes.append(loaded.note)
-    truth = None if trimap.array is None else pet_mask(trimap.array)
     overlays = []
     for pred in preds:
         if pred is None:
             overlays.append(placeholder(display, "no mask stored"))
             continue
-        if pred.shape != (eval_size, eval_size):
-            pred = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(
-                (eval_size, eval_size), Image.Resampling.NEAREST)) > 127
-        overlays.append(overlay(photo.array, truth, pred, display))
+        overlays.append(overlay(photo.array, truth, fit(pred, eval_size), display))
     return Panels(
         photo=photo.array if photo.array is not None else placeholder(display, photo.note or "no image"),
-        truth=truth_panel(trimap.array, display) if trimap.array is not None
-        else placeholder(display, trimap.note or "no ground truth"),
+        truth=truth_panel(truth, display, trimap.array) if truth is not None
+        else placeholder(display, trimap.note or "no ground truth stored"),
         predictions=overlays,
         notes=notes,
     )
 
 
-def legend_html() -> str:
-    """The overlay colours as a one-line HTML legend (kept next to the gallery)."""
+def legend_html(thing: str = "pet", trimap: bool = True, title: str = "Prediction overlay") -> str:
+    """The overlay colours as a one-line HTML legend (kept next to the gallery), naming what the masks mark
+    (`thing`), and the trimap's border band only where the data has a trimap."""
     def swatch(color: tuple[int, int, int]) -> str:
         return (f"<span style='display:inline-block;width:0.9em;height:0.9em;background:rgb{color};"
                 f"border:1px solid #888;vertical-align:middle;margin:0 0.3em 0 0.8em'></span>")
 
-    items = "".join(f"{swatch(c)}{text}" for text, c in LEGEND)
-    truth = f"ground truth: white pet, grey border band (trimap {TRIMAP_BORDER}), black background"
-    return f"<div style='font-size:0.9em'><b>Prediction overlay:</b>{items}<br><b>{truth}</b></div>"
+    items = "".join(f"{swatch(c)}{text.format(thing=thing)}" for text, c in LEGEND)
+    band = f", grey border band (trimap {TRIMAP_BORDER})" if trimap else ""
+    truth = f"ground truth as scored: white {thing}{band}, black background"
+    return f"<div style='font-size:0.9em'><b>{title}:</b>{items}<br><b>{truth}</b></div>"
 
 
 def strip(panels: list[np.ndarray], gap: int = 6) -> np.ndarray:

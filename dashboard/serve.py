@@ -27,6 +27,7 @@ PAGES = {  # page -> URL path (file-based pages: the file name without the numbe
     "distributions": "Dice_distributions",
     "hardest": "Hardest_images",
     "insights": "Sweep_insights",
+    "suspects": "Suspect_labels",
 }
 
 

@@ -29,6 +29,7 @@ PAGES = {
     "distributions": "pages/2_Dice_distributions.py",
     "hardest": "pages/3_Hardest_images.py",
     "insights": "pages/4_Sweep_insights.py",
+    "suspects": "pages/5_Suspect_labels.py",
 }
 ODD = "odd"  # a one-trial sweep whose images are missing, outside the root, or fine
 
@@ -380,9 +381,9 @@ def test_paths_escaping_the_dataset_root_are_refused(tmp_path) -> None:
     (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
     assert images.resolve_inside(root, "images/../../secret.jpg") is None
     assert images.resolve_inside(root, "/etc/passwd") is None
-    assert images.load_photo(root, "link", 8).note == images.REFUSED
-    assert images.load_photo(root, "../../secret", 8).note == images.REFUSED
-    assert images.load_photo(root, "absent", 8).note == "missing: images/absent.jpg"
+    assert images.load_photo(root, "images/link.jpg", 8).note == images.REFUSED
+    assert images.load_photo(root, "images/../../secret.jpg", 8).note == images.REFUSED
+    assert images.load_photo(root, "images/absent.jpg", 8).note == "missing: images/absent.jpg"
 
 
 def test_odd_image_files_are_read_as_rgb_and_unreadable_ones_get_a_note(tmp_path) -> None:
@@ -390,9 +391,9 @@ def test_odd_image_files_are_read_as_rgb_and_unreadable_ones_get_a_note(tmp_path
     Image.new("CMYK", (10, 6), (0, 255, 0, 0)).save(tmp_path / "images" / "cmyk.jpg", "JPEG")
     Image.new("L", (10, 6), 128).save(tmp_path / "images" / "gray.jpg", "PNG")  # a PNG named .jpg
     (tmp_path / "images" / "broken.jpg").write_bytes(b"not an image")
-    assert images.load_photo(tmp_path, "cmyk", 16).array.shape == (16, 16, 3)
-    assert images.load_photo(tmp_path, "gray", 16).array[0, 0].tolist() == [128, 128, 128]
-    assert images.load_photo(tmp_path, "broken", 16).note == "unreadable: images/broken.jpg"
+    assert images.load_photo(tmp_path, "images/cmyk.jpg", 16).array.shape == (16, 16, 3)
+    assert images.load_photo(tmp_path, "images/gray.jpg", 16).array[0, 0].tolist() == [128, 128, 128]
+    assert images.load_photo(tmp_path, "images/broken.jpg", 16).note == "unreadable: images/broken.jpg"
 
 
 def test_overlay_colours_false_positives_and_false_negatives_distinctly() -> None:
@@ -409,7 +410,8 @@ def test_overlay_colours_false_positives_and_false_negatives_distinctly() -> Non
 
 
 def test_panels_fall_back_to_placeholders_with_notes(tmp_path) -> None:
-    p = images.make_panels(tmp_path, "nobody", 8, 32, [np.ones((8, 8), bool), None])
+    p = images.make_panels(images.image_files(str(tmp_path), "nobody", None, pets=True), 8, 32,
+                           [np.ones((8, 8), bool), None])
     assert p.photo.shape == p.truth.shape == (32, 32, 3) and len(p.predictions) == 2
     assert p.notes == ["missing: images/nobody.jpg", "missing: annotations/trimaps/nobody.png"]
     assert images.strip([p.photo, p.truth, *p.predictions]).shape == (32, 4 * 32 + 3 * 6, 3)

@@ -11,6 +11,10 @@ Speed matters on large stores (a million `image_results` rows): the per-trial qu
 `ix_image_results_image`. The sweep-wide ranking (`image_medians`) reads the per-image summaries
 that closing a trial keeps up to date (schema v3); only on an older store does it read every row of
 the sweep (a median needs them).
+
+Older stores (v1-v3) are read as they are: a column a later version added (images.group_name and
+path, datasets.layout, sweep_images' label-suspicion parts) reads as NULL there, and a table it
+added (reviews, truth_masks) as empty.
 """
 from __future__ import annotations
 
@@ -22,14 +26,26 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, case, distinct, false, func, inspect, select
+from sqlalchemy import String, Table, and_, case, distinct, exists, false, func, inspect, literal, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
 from core.metrics import FAILURE_MODES, NOT_COMPUTED
 from core.store import selection, summaries
 from core.store.db import Store
-from core.store.schema import MODE_COLUMNS, datasets, epochs, image_results, images, masks, sweep_images, trials
+from core.store.schema import (
+    MODE_COLUMNS,
+    REVIEW_MARKS,
+    datasets,
+    epochs,
+    image_results,
+    images,
+    masks,
+    reviews,
+    sweep_images,
+    trials,
+    truth_masks,
+)
 
 Source = Store | Engine | Connection
 V1_METRICS = ("dice", "dice_no_border", "iou")
@@ -39,7 +55,14 @@ METRICS = V1_METRICS + V2_METRICS
 LOWER_IS_BETTER = frozenset({"fp_area", "fn_area", "hd95", "fp_blobs", "entropy"})  # worst = highest
 UNIT_RANGE = frozenset(METRICS) - {"hd95", "fp_blobs"}  # metrics in [0, 1]
 V2_COLUMNS = (*V2_METRICS, "pet_missed", "failure_mode")
-IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "height", "brightness", "fg_fraction")
+IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "height", "brightness", "fg_fraction",
+                 "group_name", "path")  # the last two: v4, NULL on older stores
+NO_GROUP = "(no group)"  # ImageFilter.groups' name for images without a group, where others have one
+UNMARKED = "unmarked"    # ImageFilter.marks' name for images nobody has marked
+# "Hard for every model" leaves out likely label errors on request: a label_suspicion at or above this
+# (core.labels: contradiction x agreement, so e.g. models 90% unanimous against a third of the mask/consensus
+# area), or a person's 'label error' mark; a 'hard image' or 'fine' mark keeps the image whatever its score
+LIKELY_LABEL_ERROR = 0.3
 TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
                  "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
 
@@ -97,6 +120,21 @@ def _v2(conn: Connection) -> list[ColumnElement]:
 
 def _ids(values: Iterable[Any]) -> list[int]:
     return [int(v) for v in values]
+
+
+def _has_column(conn: Connection, table: Table, column: str) -> bool:
+    """Whether this store's `table` has `column` (an older store lacks the later versions' columns)."""
+    return column in {c["name"] for c in inspect(conn).get_columns(table.name)}
+
+
+def _columns(conn: Connection, table: Table, names: Iterable[str]) -> list[ColumnElement]:
+    """table's columns by name; a column this store predates reads as NULL under its name."""
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    return [table.c[n] if n in present else literal(None, String).label(n) for n in names]
+
+
+def _has_table(conn: Connection, table: Table) -> bool:
+    return inspect(conn).has_table(table.name)
 
 
 # -- sweeps and trials ----------------------------------------------------------------------
@@ -166,18 +204,31 @@ def running_progress(src: Source, sweep: str) -> pd.DataFrame:
 def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:
     """A dataset's source, root and creation time with its image count per split, or None."""
     with _connect(src) as conn:
-        row = conn.execute(select(datasets).where(datasets.c.name == name)).mappings().first()
+        row = conn.execute(select(*_columns(conn, datasets, [c.name for c in datasets.c]))
+                           .where(datasets.c.name == name)).mappings().first()
         if row is None:
             return None
         splits = dict(conn.execute(select(images.c.split, func.count()).where(images.c.dataset == name)
                                    .group_by(images.c.split)).all())
-    return {**dict(row), "splits": {k: int(v) for k, v in splits.items()}}
+        group = _columns(conn, images, ["group_name"])[0]
+        groups = dict(conn.execute(select(group, func.count()).where(images.c.dataset == name, group.is_not(None))
+                                   .group_by(group)).all()) if _has_column(conn, images, "group_name") else {}
+    return {**dict(row), "splits": {k: int(v) for k, v in splits.items()},
+            "groups": {k: int(v) for k, v in sorted(groups.items())}}
 
 
 def dataset_roots(src: Source) -> dict[str, str]:
     """Dataset name -> the root folder its images were read from (the only place images are served from)."""
     with _connect(src) as conn:
         return {name: root for name, root in conn.execute(select(datasets.c.name, datasets.c.root)).all()}
+
+
+def dataset_kinds(src: Source) -> dict[str, dict[str, Any]]:
+    """Dataset name -> its source, layout (NULL before v4) and root: what tells a page whether the data has
+    pets (breeds, species, a trimap's border band) or is the user's own folder."""
+    with _connect(src) as conn:
+        stmt = select(*_columns(conn, datasets, ("name", "source", "layout", "root")))
+        return {r["name"]: dict(r) for r in conn.execute(stmt).mappings().all()}
 
 
 def epoch_curves(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
@@ -197,7 +248,8 @@ def image_scores(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
     with _connect(src) as conn:
         stmt = (select(image_results.c.trial_id, image_results.c.image_id, image_results.c.dice,
                        image_results.c.iou, image_results.c.dice_no_border, *_v2(conn),
-                       *(images.c[c] for c in ("name", "breed", "species", "split", "brightness", "fg_fraction")))
+                       *(images.c[c] for c in ("name", "breed", "species", "split", "brightness", "fg_fraction")),
+                       *_columns(conn, images, ["group_name"]))
                 .join_from(image_results, images, images.c.id == image_results.c.image_id)
                 .where(image_results.c.trial_id.in_(_ids(trial_ids)))
                 .order_by(image_results.c.trial_id, image_results.c.image_id))
@@ -210,7 +262,7 @@ def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
     with _connect(src) as conn:
         shown = METRICS + ("failure_mode",) if has_diagnostics(conn) else V1_METRICS
         stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
-                       *(a.c[m].label(f"{m}_a") for m in shown), *(b.c[m].label(f"{m}_b") for m in shown))
+                       *_columns(conn, images, ["group_name"]), *(a.c[m].label(f"{m}_a") for m in shown), *(b.c[m].label(f"{m}_b") for m in shown))
                 .join_from(a, b, b.c.image_id == a.c.image_id)
                 .join(images, images.c.id == a.c.image_id)
                 .where(a.c.trial_id == int(trial_a), b.c.trial_id == int(trial_b))
@@ -232,6 +284,10 @@ class ImageFilter:
     # failure modes (v2 stores); None: any. Per trial: the image's mode in that trial; over a sweep
     # (image_medians): its most common mode over the sweep's complete trials
     modes: tuple[str, ...] | None = None
+    groups: tuple[str, ...] | None = None  # v4 images.group_name; NO_GROUP names the images without one
+    marks: tuple[str, ...] | None = None   # v4 review marks (REVIEW_MARKS), UNMARKED for images nobody marked
+    # image_medians on a v4 store: leave out likely label errors (LIKELY_LABEL_ERROR, or marked 'label error')
+    skip_label_errors: bool = False
 
     def image_conditions(self) -> list[ColumnElement]:
         conds: list[ColumnElement] = []
@@ -241,16 +297,38 @@ class ImageFilter:
         for column, bounds in (("brightness", self.brightness), ("fg_fraction", self.fg_fraction)):
             if bounds is not None:
                 conds.append(images.c[column].between(float(bounds[0]), float(bounds[1])))
+        if self.groups is not None:
+            named = [g for g in self.groups if g != NO_GROUP]
+            either = [images.c.group_name.in_(named)] if named else []
+            if NO_GROUP in self.groups:
+                either.append(images.c.group_name.is_(None))
+            conds.append(or_(*either) if either else false())
+        if self.marks is not None:
+            conds.append(marked(self.marks))
         return conds
 
     def score_is_filtered(self) -> bool:
         return tuple(self.score) != (0.0, 1.0)
 
 
-def _trial_images(trial_id: int, flt: ImageFilter, v2: list[ColumnElement]) -> Select:
+def marked(marks: Sequence[str]) -> ColumnElement:
+    """Images whose review mark (v4 reviews, by dataset and name) is one of `marks`; UNMARKED: nobody marked it."""
+    named = [m for m in marks if m != UNMARKED]
+    review = select(reviews.c.image).where(reviews.c.dataset == images.c.dataset, reviews.c.image == images.c.name)
+    either = [exists(review.where(reviews.c.mark.in_(named)))] if named else []
+    if UNMARKED in marks:
+        either.append(~exists(review))
+    return or_(*either) if either else false()
+
+
+def _image_columns(conn: Connection) -> list[ColumnElement]:
+    return _columns(conn, images, IMAGE_COLUMNS)
+
+
+def _trial_images(trial_id: int, flt: ImageFilter, v2: list[ColumnElement], image_cols: list[ColumnElement]) -> Select:
     m = _metric("dice" if flt.metric == "failure_mode" else flt.metric)
     stmt = (select(image_results.c.image_id, image_results.c.dice, image_results.c.iou,
-                   image_results.c.dice_no_border, *v2, *(images.c[c] for c in IMAGE_COLUMNS))
+                   image_results.c.dice_no_border, *v2, *image_cols)
             .join_from(image_results, images, images.c.id == image_results.c.image_id)
             .where(image_results.c.trial_id == int(trial_id), *flt.image_conditions()))
     if flt.score_is_filtered():
@@ -272,7 +350,7 @@ def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(),
                    offset: int = 0) -> pd.DataFrame:
     """A trial's images matching the filter, worst first by flt.metric (not-computed last), one page of them."""
     with _connect(src) as conn:
-        stmt = (_trial_images(trial_id, flt, _check_v2(conn, flt))
+        stmt = (_trial_images(trial_id, flt, _check_v2(conn, flt), _image_columns(conn))
                 .order_by(*_worst_first(flt.metric), image_results.c.image_id).limit(int(limit)).offset(int(offset)))
         return _frame(conn, stmt)
 
@@ -281,7 +359,7 @@ def count_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter()) -
     """How many of a trial's images match the filter (the gallery's total)."""
     with _connect(src) as conn:
         _check_v2(conn, flt)
-        sub = _trial_images(trial_id, flt, []).subquery()
+        sub = _trial_images(trial_id, flt, [], [images.c.id]).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
 
@@ -292,7 +370,7 @@ MODE_SUMMARY_COLUMNS = ["mode", "mode_trials", "evaluated"]  # with the v2 diagn
 def has_summaries(src: Source) -> bool:
     """True when the store keeps per-image summaries of each sweep (schema v3: sweep_images)."""
     with _connect(src) as conn:
-        return inspect(conn).has_table(sweep_images.name)
+        return _has_table(conn, sweep_images)
 
 
 def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> pd.DataFrame:
@@ -301,10 +379,12 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
     an error metric) first; flt.score filters on the median. Not-computed (NULL) values are left out.
     With the v2 diagnostics also the image's most common failure mode over those trials (`mode`, ties
     going to the worse mode), in how many of them (`mode_trials`) of how many (`evaluated`);
-    flt.modes then keeps the images whose most common mode is one of them.
+    flt.modes then keeps the images whose most common mode is one of them. On a v4 store also each
+    image's `label_suspicion` (NULL before), and flt.skip_label_errors leaves out likely label errors
+    (likely_label_error).
 
     Reads the sweep's per-image summaries (sweep_images, one row per image) where the store has them,
-    else every per-image result of the sweep (image_medians_from_results).
+    else every per-image result of the sweep (image_medians_from_results; no label suspicion there).
     """
     _metric(flt.metric)
     with _connect(src) as conn:
@@ -316,7 +396,8 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
         stmt = (select(s.c.image_id, median.label("median"), s.c[f"{flt.metric}_mean"].label("mean"),
                        s.c[f"{flt.metric}_min"].label("min"), s.c[f"{flt.metric}_max"].label("max"),
                        s.c[f"{flt.metric}_trials"].label("trials"), s.c.top_mode.label("mode"),
-                       mode_trials.label("mode_trials"), s.c.trials.label("evaluated"))
+                       mode_trials.label("mode_trials"), s.c.trials.label("evaluated"),
+                       *_columns(conn, s, ["label_suspicion"]))
                 .where(s.c.sweep == sweep, s.c[f"{flt.metric}_trials"] > 0))
         conds = flt.image_conditions()
         if conds:
@@ -325,9 +406,20 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
             stmt = stmt.where(median.between(float(flt.score[0]), float(flt.score[1])))
         if flt.modes is not None:
             stmt = stmt.where(s.c.top_mode.in_(list(flt.modes)) if flt.modes else false())
+        if flt.skip_label_errors and _has_column(conn, s, "label_suspicion"):
+            stmt = stmt.where(~likely_label_error(s.c.image_id, s.c.label_suspicion))
         worst = median.desc() if flt.metric in LOWER_IS_BETTER else median.asc()
         out = _frame(conn, stmt.order_by(worst, s.c.image_id))
     return out if len(out) else pd.DataFrame(columns=MEDIAN_COLUMNS + MODE_SUMMARY_COLUMNS)
+
+
+def likely_label_error(image_id: ColumnElement, suspicion: ColumnElement) -> ColumnElement:
+    """True for an image a person marked 'label error', or whose label suspicion is at least LIKELY_LABEL_ERROR
+    unless a person marked it 'hard image' or 'fine' (a review overrides the score). v4 stores only."""
+    def of(marks: tuple[str, ...]) -> ColumnElement:
+        return image_id.in_(select(images.c.id).where(marked(marks)))
+    return or_(of(("label error",)), and_(func.coalesce(suspicion, 0.0) >= LIKELY_LABEL_ERROR,
+                                          ~of(("hard image", "fine"))))
 
 
 def image_medians_from_results(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> pd.DataFrame:
@@ -415,8 +507,9 @@ def sweep_top_modes(src: Source, sweep: str) -> list[str]:
 def images_by_id(src: Source, image_ids: Sequence[int]) -> pd.DataFrame:
     """Attributes of the given images, in the order given."""
     ids = _ids(image_ids)
-    stmt = select(images.c.id.label("image_id"), *(images.c[c] for c in IMAGE_COLUMNS)).where(images.c.id.in_(ids))
-    found = _frame(src, stmt).set_index("image_id")
+    with _connect(src) as conn:
+        stmt = select(images.c.id.label("image_id"), *_image_columns(conn)).where(images.c.id.in_(ids))
+        found = _frame(conn, stmt).set_index("image_id")
     return found.reindex([i for i in ids if i in found.index]).reset_index()
 
 
@@ -428,12 +521,26 @@ def hard_for_every_model(src: Source, sweep: str, flt: ImageFilter = ImageFilter
 
 
 def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
-    """Values the explorer's filters can take over the images these trials evaluated."""
+    """Values the explorer's filters can take over the images these trials evaluated.
+
+    Breeds and species leave out '' (the user's own data has none: no empty filter); groups list the
+    named groups, with NO_GROUP when some images have none beside others that have one; marks are the
+    review marks and UNMARKED on a store that keeps them (v4), else none.
+    """
     evaluated = select(image_results.c.image_id).where(image_results.c.trial_id.in_(_ids(trial_ids)))
     where = images.c.id.in_(evaluated)
     with _connect(src) as conn:
-        def values(column: str) -> list[str]:
-            return sorted(conn.execute(select(images.c[column]).where(where).distinct()).scalars())
+        def values(column: ColumnElement) -> list[str]:
+            return sorted(conn.execute(select(column).where(where, column.is_not(None), column != "")
+                                       .distinct()).scalars())
+
+        groups: list[str] = []
+        if _has_column(conn, images, "group_name"):
+            groups = values(images.c.group_name)
+            if groups and conn.execute(select(images.c.id).where(where, images.c.group_name.is_(None))
+                                       .limit(1)).first() is not None:
+                groups.append(NO_GROUP)
+        marks = [UNMARKED, *REVIEW_MARKS] if _has_table(conn, reviews) else []
 
         lo_b, hi_b, lo_f, hi_f = conn.execute(select(
             func.min(images.c.brightness), func.max(images.c.brightness),
@@ -443,15 +550,16 @@ def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
             found = set(conn.execute(select(image_results.c.failure_mode).distinct()
                                      .where(image_results.c.trial_id.in_(_ids(trial_ids)))).scalars())
             modes = [m for m in FAILURE_MODES + (NOT_COMPUTED,) if m in found]
-        return {"breeds": values("breed"), "species": values("species"), "splits": values("split"),
-                "brightness": (lo_b, hi_b), "fg_fraction": (lo_f, hi_f), "modes": modes}
+        return {"breeds": values(images.c.breed), "species": values(images.c.species), "splits": values(images.c.split),
+                "brightness": (lo_b, hi_b), "fg_fraction": (lo_f, hi_f), "modes": modes, "groups": groups,
+                "marks": marks}
 
 
 def image_row(src: Source, image_id: int) -> dict[str, Any] | None:
     """One image's attributes with its dataset's root folder."""
-    stmt = (select(images, datasets.c.root).join_from(images, datasets, datasets.c.name == images.c.dataset)
-            .where(images.c.id == int(image_id)))
     with _connect(src) as conn:
+        stmt = (select(images.c.id, *_image_columns(conn), datasets.c.root)
+                .join_from(images, datasets, datasets.c.name == images.c.dataset).where(images.c.id == int(image_id)))
         row = conn.execute(stmt).mappings().first()
     return dict(row) if row else None
 
@@ -478,6 +586,40 @@ def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -
         masks.c.trial_id.in_(_ids(trial_ids)), masks.c.image_id.in_(_ids(image_ids)))
     with _connect(src) as conn:
         return {(int(t), int(i)): bytes(png) for t, i, png in conn.execute(stmt).all()}
+
+
+def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int) -> dict[int, bytes]:
+    """The ground truth exactly as scored at `image_size` (v4 truth_masks, 1-bit PNGs) by image id, for the
+    given images that have one; empty on an older store (the gallery then rebuilds it from the trimap)."""
+    if not image_ids:
+        return {}
+    stmt = select(truth_masks.c.image_id, truth_masks.c.png).where(
+        truth_masks.c.image_id.in_(_ids(image_ids)), truth_masks.c.image_size == int(image_size))
+    with _connect(src) as conn:
+        if not _has_table(conn, truth_masks):
+            return {}
+        return {int(i): bytes(png) for i, png in conn.execute(stmt).all()}
+
+
+def has_reviews(src: Source) -> bool:
+    """True when the store keeps review marks (schema v4: reviews)."""
+    with _connect(src) as conn:
+        return _has_table(conn, reviews)
+
+
+def has_label_suspicion(src: Source) -> bool:
+    """True when the sweep summaries carry the suspect-label score (schema v4: sweep_images.label_suspicion)."""
+    with _connect(src) as conn:
+        return _has_table(conn, sweep_images) and _has_column(conn, sweep_images, "label_suspicion")
+
+
+def reviews_version(src: Source) -> tuple[int, str]:
+    """(marks, latest marked_at): changes whenever a person marks an image; (0, '') without the reviews table."""
+    with _connect(src) as conn:
+        if not _has_table(conn, reviews):
+            return 0, ""
+        n, last = conn.execute(select(func.count(), func.max(reviews.c.marked_at))).one()
+    return int(n or 0), str(last or "")
 
 
 # -- failure modes ---------------------------------------------------------------------------

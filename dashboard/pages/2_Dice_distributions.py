@@ -1,11 +1,13 @@
 """Dice distributions: how each trial's per-image test dice (or any other per-image metric) spreads,
-a paired A/B comparison, the failure modes per architecture, and whether a model knows when it fails."""
+a paired A/B comparison, the failure modes per architecture, and whether a model knows when it fails.
+On the user's own data with groups (images.group_name) the distributions and the comparison can be
+narrowed to some of them."""
 
 import pandas as pd
 import streamlit as st
 
 from core.metrics import FAILURE_MODES, NOT_COMPUTED
-from core.store.queries import LOWER_IS_BETTER
+from core.store.queries import LOWER_IS_BETTER, NO_GROUP
 from dashboard import charts, stats
 from dashboard import common as ui
 
@@ -19,13 +21,32 @@ def pick_metric(ctx: ui.Context) -> str:
         metric = st.selectbox("Metric", choices, format_func=ui.METRIC_LABELS.get, key="dist_metric",
                               help="Every per-image metric of the store; see README, 'Per-image metrics'. "
                                    "For error metrics (areas, HD95, blobs, entropy) the worst values are the highest.")
+    if not ctx.pets:  # no trimap, no border band: border-aware dice would only repeat dice
+        return metric
     border_aware = st.toggle("Border-aware dice (ignore the trimap's border band)", key="border_aware",
                              disabled=metric != "dice",
                              help="dice_no_border: pixels of the ambiguous outline band (trimap 3) are left out.")
     return "dice_no_border" if border_aware and metric == "dice" else metric
 
 
-def distributions(ctx: ui.Context, metric: str) -> None:
+def pick_groups(ctx: ui.Context) -> tuple[str, ...] | None:
+    """The groups to show (pills, every group at first); None when the images have no groups or all are in."""
+    groups = ctx.query("filter_options", tuple(int(i) for i in ctx.complete()["id"]))["groups"]
+    if not groups:
+        return None
+    chosen = st.pills("Group", groups, selection_mode="multi", default=groups, key=f"dist_groups::{ctx.url}::{ctx.sweep}",
+                      help="images.group_name: the folder or name part the images were grouped by.")
+    return None if set(chosen) == set(groups) else tuple(chosen)
+
+
+def in_groups(frame: pd.DataFrame, groups: tuple[str, ...] | None) -> pd.DataFrame:
+    """The rows of images in `groups` (NO_GROUP: images without one); all rows for None."""
+    if groups is None or "group_name" not in frame:
+        return frame
+    return frame[frame["group_name"].fillna(NO_GROUP).isin(groups)]
+
+
+def distributions(ctx: ui.Context, metric: str, groups: tuple[str, ...] | None) -> None:
     complete = ctx.complete()
     best_ids = [int(i) for i in ctx.best()["id"]]
     names = ui.labels(complete, best_ids)
@@ -35,9 +56,9 @@ def distributions(ctx: ui.Context, metric: str) -> None:
     if not chosen:
         st.info("Choose at least one trial.")
         return
-    scores = ctx.query("image_scores", tuple(int(i) for i in chosen))
+    scores = in_groups(ctx.query("image_scores", tuple(int(i) for i in chosen)), groups)
     if scores.empty:
-        st.info("The chosen trials have no per-image results.")
+        st.info("The chosen trials have no per-image results" + (" in the chosen groups." if groups is not None else "."))
         return
     label_of = {int(r.id): ui.trial_label(r.arch, r.number) for r in complete.itertuples()}
     scores["label"] = scores["trial_id"].map(label_of)
@@ -65,7 +86,7 @@ def distributions(ctx: ui.Context, metric: str) -> None:
         st.plotly_chart(charts.ecdf(scores, metric, colors), key="ecdf", config={"displaylogo": False})
 
 
-def paired(ctx: ui.Context, metric: str) -> None:
+def paired(ctx: ui.Context, metric: str, groups: tuple[str, ...] | None) -> None:
     st.subheader("Paired comparison, image by image")
     complete = ctx.complete()
     best = ctx.best()
@@ -84,6 +105,7 @@ def paired(ctx: ui.Context, metric: str) -> None:
     pairs = ctx.paired(a, b)
     if pairs is None:
         return
+    pairs = in_groups(pairs, groups)
     pairs = pairs[pairs[f"{metric}_a"].notna() & pairs[f"{metric}_b"].notna()]
     if pairs.empty:
         st.info(f"No image has {ui.METRIC_LABELS[metric]} in both trials (not computed).")
@@ -105,7 +127,9 @@ def paired(ctx: ui.Context, metric: str) -> None:
     disagree = pairs.assign(**{"A": pairs[f"{metric}_a"], "B": pairs[f"{metric}_b"], "B − A": diff}) \
         .reindex(diff.abs().sort_values(ascending=False).index).head(DISAGREE_ROWS)
     right.markdown(f"**Where they disagree most** ({ui.METRIC_LABELS[metric]})")
-    right.dataframe(disagree[["name", "species", "A", "B", "B − A"]].round(4), hide_index=True)
+    about = ["species"] if ctx.pets else ["group_name"] if disagree["group_name"].notna().any() else []
+    right.dataframe(disagree[["name", *about, "A", "B", "B − A"]].rename(columns={"group_name": "group"}).round(4),
+                    hide_index=True)
     right.caption("Open an image in **Hardest images** → *Across all trials* to see both predictions.")
 
 
@@ -130,7 +154,8 @@ def failure_modes(ctx: ui.Context) -> None:
         rows[f"{arch} · sweep ({n} trials)"] = of_arch.groupby("failure_mode")["images"].sum()
     table = pd.DataFrame(rows).T.fillna(0)
     order = [m for m in (*FAILURE_MODES, NOT_COMPUTED) if m in table.columns]
-    shares = table[order].div(table.sum(axis=1), axis=0)
+    shares = table[order].div(table.sum(axis=1), axis=0).rename(columns=ctx.words.mode)
+    order = ctx.words.modes(order)
     st.plotly_chart(charts.failure_mode_bars(shares, ui.MODE_COLORS), key="failure_modes",
                     config={"displaylogo": False})
     shown = shares.assign(images=table.sum(axis=1).astype(int)).rename_axis("trials").reset_index()
@@ -138,10 +163,11 @@ def failure_modes(ctx: ui.Context) -> None:
         m: st.column_config.NumberColumn(m, format="percent") for m in order})
     st.caption("One mode per image, by the rule in README (*Failure modes*): `empty prediction`, then `ok` "
                "(dice ≥ 0.9 and Boundary IoU ≥ 0.4), `boundary` (precision and recall ≥ 0.8), else the larger "
-               "error: `missed pet` or `background leak`. *Sweep* pools every complete trial of the architecture.")
+               f"error: `{ctx.words.mode('missed pet')}` or `background leak`. *Sweep* pools every complete trial "
+               "of the architecture.")
 
 
-def confidence(ctx: ui.Context) -> None:
+def confidence(ctx: ui.Context, groups: tuple[str, ...] | None) -> None:
     """Does a model know when it fails? Per image, mean entropy against dice, and Spearman's rho per trial."""
     st.subheader("Confidence against dice")
     complete = ctx.complete()
@@ -149,7 +175,7 @@ def confidence(ctx: ui.Context) -> None:
     names = ui.labels(complete, best_ids)
     chosen = st.multiselect("Trials", list(names), default=best_ids, format_func=names.get,
                             key=f"conf_trials::{ctx.url}::{ctx.sweep}")
-    scores = ctx.query("image_scores", tuple(int(i) for i in chosen)) if chosen else pd.DataFrame()
+    scores = in_groups(ctx.query("image_scores", tuple(int(i) for i in chosen)), groups) if chosen else pd.DataFrame()
     if scores.empty or "entropy" not in scores or scores["entropy"].isna().all():
         st.info("No entropy for the chosen trials: it is recorded at evaluation from the model's probabilities, "
                 "so trials upgraded from schema version 1 have none.")
@@ -176,11 +202,12 @@ def render(ctx: ui.Context) -> None:
         return
     ctx.upgrade_note()
     metric = pick_metric(ctx)
-    distributions(ctx, metric)
-    paired(ctx, metric)
+    groups = pick_groups(ctx)
+    distributions(ctx, metric, groups)
+    paired(ctx, metric, groups)
     if ctx.diagnostics:
         failure_modes(ctx)
-        confidence(ctx)
+        confidence(ctx, groups)
 
 
 ui.run("Dice distributions", "📊", render)

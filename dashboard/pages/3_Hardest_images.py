@@ -2,25 +2,30 @@
 
 Each example shows the image, its ground truth and the prediction overlaid with false positives
 and false negatives in their own colours, worst first, a page at a time. The filters in the
-sidebar narrow the images down in SQL (see core.store.queries.hardest_images).
+sidebar narrow the images down in SQL (see core.store.queries.hardest_images): by score, failure mode,
+group (the user's own folders), review mark, split, brightness and size, and on pet data by breed and
+species. Every card shows the image's review mark, where the store keeps them.
 """
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
 
 from core.store.db import sqlite_path
-from core.store.queries import UNIT_RANGE, ImageFilter
+from core.store.queries import LIKELY_LABEL_ERROR, UNIT_RANGE, ImageFilter
 from dashboard import common as ui
 from dashboard import images
+from dashboard.wording import Wording
 
 VIEWS = ("Worst images of one trial", "Hard for every model", "Compare two trials")
 SCORES = ui.METRIC_LABELS
 PAGE_SIZES = (6, 12, 24)
 PANEL_PX = 180
 MOST_COMMON = "Most common failure mode"  # the every-model view's mode filter, over the sweep's complete trials
+SKIP_LABEL_ERRORS = "Leave out likely label errors"
+MANY_GROUPS = 8  # more groups than this: a multiselect instead of pills
 
 
 def _range(label: str, bounds: tuple[float, float], key: str, fmt: str, help: str) -> tuple[float, float] | None:
@@ -34,14 +39,16 @@ def _range(label: str, bounds: tuple[float, float], key: str, fmt: str, help: st
     return None if tuple(chosen) == (lo, hi) else (float(chosen[0]), float(chosen[1]))
 
 
-def _subset(label: str, options: list[str], key: str, widget: str) -> tuple[str, ...] | None:
-    """Pills (few options) or a multiselect (many); None (no filter) while every option is in."""
+def _subset(label: str, options: list[str], key: str, widget: str,
+            shown: Callable[[str], str] = str) -> tuple[str, ...] | None:
+    """Pills (few options) or a multiselect (many), each option worded by `shown`; None (no filter) while every
+    option is in."""
     if not options:
         return None
     if widget == "pills":
-        chosen = st.sidebar.pills(label, options, selection_mode="multi", default=options, key=key)
+        chosen = st.sidebar.pills(label, options, selection_mode="multi", default=options, key=key, format_func=shown)
         return None if set(chosen) == set(options) else tuple(chosen)
-    chosen = st.sidebar.multiselect(label, options, key=key, placeholder="all")
+    chosen = st.sidebar.multiselect(label, options, key=key, placeholder="all", format_func=shown)
     return tuple(chosen) or None
 
 
@@ -66,55 +73,54 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
     metric = st.sidebar.selectbox("Rank by (worst first)", ranks, format_func=lambda m: SCORES.get(m, "failure mode"),
                                   key=f"score::{scope}::{view == VIEWS[0]}",  # the views offer different ranks
                                   help="Worst first: lowest for scores, highest for error metrics (areas, HD95, "
-                                       "blobs, entropy); by failure mode: empty prediction, missed pet, background "
-                                       "leak, boundary, ok, each worst dice first. Not-computed values come last.")
+                                       f"blobs, entropy); by failure mode: empty prediction, {ctx.words.mode('missed pet')}, "
+                                       "background leak, boundary, ok, each worst dice first. Not-computed values "
+                                       "come last.")
     score_label = ("median " if view == VIEWS[1] else "") + SCORES.get(metric, "failure mode")
     score = (0.0, 1.0)
     if metric in UNIT_RANGE:
         score = st.sidebar.slider(f"{score_label} range", 0.0, 1.0, (0.0, 1.0), step=0.01, key=f"range::{scope}")
     evaluated = tuple(int(i) for i in best["id"]) or tuple(int(i) for i in complete["id"])
     options = ctx.query("filter_options", (int(trial_id),) if trial_id is not None else evaluated)
+    words = ctx.words
     modes = None
     if view == VIEWS[0] and options.get("modes"):
-        modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills")
+        modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills", words.mode)
     if view == VIEWS[1] and ctx.diagnostics:
         top = ctx.sweep_aggregate("sweep_top_modes", ctx.sweep)
-        modes = _subset(MOST_COMMON, top, f"topmode::{scope}::{','.join(top)}", "pills") if top else None
+        modes = _subset(MOST_COMMON, top, f"topmode::{scope}::{','.join(top)}", "pills", words.mode) if top else None
+    skip = False
+    if view == VIEWS[1] and ctx.query("has_label_suspicion"):
+        skip = st.sidebar.toggle(SKIP_LABEL_ERRORS, key=f"skip_errors::{scope}",
+                                 help=f"Leaves out images whose mask is more likely wrong than the image hard: label "
+                                      f"suspicion {LIKELY_LABEL_ERROR} or more (see Suspect labels), or marked "
+                                      "'label error'; a 'hard image' or 'fine' mark keeps an image whatever its score.")
+    groups = _subset("Group", options.get("groups", []), f"group::{scope}",
+                     "pills" if len(options.get("groups", [])) <= MANY_GROUPS else "multiselect")
+    marks = _subset("Review mark", options.get("marks", []), f"marks::{scope}", "pills")
     breeds = _subset("Breed", options["breeds"], f"breed::{scope}", "multiselect")
     species = _subset("Species", options["species"], f"species::{scope}", "pills")
     splits = _subset("Split", options["splits"], f"split::{scope}", "pills")
     brightness = _range("Brightness (mean luma)", options["brightness"], f"bright::{scope}", "%.2f",
                         "0 = black, 1 = white, measured on the original image")
-    fg = _range("Pet size (share of pixels)", options["fg_fraction"], f"fg::{scope}", "%.2f",
-                "fg_fraction: pet and border pixels over all pixels of the ground truth")
+    fg = _range(f"{words.thing.capitalize()} size (share of pixels)", options["fg_fraction"], f"fg::{scope}", "%.2f",
+                "fg_fraction: pet and border pixels over all pixels of the ground truth" if words.pets
+                else "fg_fraction: foreground pixels over all pixels of the mask")
     size = st.sidebar.selectbox("Images per page", PAGE_SIZES, index=1, key="page_size")
     flt = ImageFilter(metric=metric, score=(float(score[0]), float(score[1])), breeds=breeds, species=species,
-                      splits=splits, brightness=brightness, fg_fraction=fg, modes=modes)
+                      splits=splits, brightness=brightness, fg_fraction=fg, modes=modes, groups=groups, marks=marks,
+                      skip_label_errors=skip)
     return trial_id, flt, size
 
 
-def pager(total: int, size: int, signature: Any, what: str) -> int:
-    """How many images match, and the page number input (1-based), reset to 1 when the filters change."""
-    if total == 0:
-        st.info("No image matches the filters.")
-        return 1
-    pages = max(1, math.ceil(total / size))
-    if st.session_state.get("_gallery_signature") != signature:
-        st.session_state["_gallery_signature"] = signature
-        st.session_state["gallery_page"] = 1
-    if st.session_state.get("gallery_page", 1) > pages:
-        st.session_state["gallery_page"] = pages
-    text, box = st.columns([4, 1], vertical_alignment="bottom")
-    with box:
-        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="gallery_page"))
-    start = (page - 1) * size + 1
-    text.markdown(f"**{total} images match** · showing {start}–{min(total, start + size - 1)} {what}")
-    return page
-
-
-def describe(row: Any) -> str:
-    return (f"{row.breed} · {row.species} · {row.split} · brightness {row.brightness:.2f} · "
-            f"pet {row.fg_fraction:.0%} of the image")
+def describe(row: Any, words: Wording) -> str:
+    """A card's attributes: group (where it has one), breed and species (pet data), split, brightness, size."""
+    group = getattr(row, "group_name", None)
+    parts = [f"group {group}"] if isinstance(group, str) and group else []
+    if words.pets:
+        parts += [row.breed, row.species]
+    parts += [row.split, f"brightness {row.brightness:.2f}", f"{words.thing} {row.fg_fraction:.0%} of the image"]
+    return " · ".join(parts)
 
 
 def value(x: Any, digits: int = 3) -> str:
@@ -122,15 +128,21 @@ def value(x: Any, digits: int = 3) -> str:
     return "not computed" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def diagnosis(row: Any) -> str:
+def diagnosis(row: Any, words: Wording) -> str:
     """The caption naming an image's failure mode and the diagnostics behind it."""
     if getattr(row, "failure_mode", None) in (None, "not computed"):
         return "failure mode: not computed (results upgraded from schema version 1 whose dataset was not reachable)"
     blobs = int(row.fp_blobs)
-    return (f"failure mode: {row.failure_mode} · precision {row.precision:.2f} · recall {row.recall:.2f} · "
+    missed = f" · largest {words.thing} part missed" if row.pet_missed else ""
+    return (f"failure mode: {words.mode(row.failure_mode)} · precision {row.precision:.2f} · recall {row.recall:.2f} · "
             f"Boundary IoU {row.boundary_iou:.2f} · HD95 {row.hd95:.1f} px · {blobs} false-positive "
-            f"blob{'s' if blobs != 1 else ''}{' · largest pet part missed' if row.pet_missed else ''} · "
-            f"entropy {value(row.entropy, 2)}")
+            f"blob{'s' if blobs != 1 else ''}{missed} · entropy {value(row.entropy, 2)}")
+
+
+def review(ctx: ui.Context, row: Any) -> None:
+    """The card's review mark, where the store keeps marks."""
+    if ctx.query("has_reviews"):
+        st.caption(ui.mark_line(ctx.marks(row.dataset).get(row.name)))
 
 
 def inspect(image_id: int) -> None:
@@ -148,22 +160,23 @@ def show_across_trials(ctx: ui.Context, image_id: int) -> None:
             head.info("That image has no result in this sweep.")
             return
         head.subheader(f"{info['name']} across every architecture and trial")
-        st.caption(describe(pd.Series(info)))
+        st.caption(describe(pd.Series(info), ctx.words))
         pngs = ctx.query("mask_pngs", tuple(int(t) for t in rows["trial_id"]), (int(image_id),))
         size = int(rows["image_size"].max())
-        first = ui.panels(ctx, info["dataset"], info["name"], size, [])
+        first = ui.panels(ctx, info, size, [])
         st.image([first.photo, first.truth], caption=["image", "ground truth"], width=PANEL_PX)
         for note in first.notes:
             st.caption(f"⚠ {note}")
         for arch, group in rows.groupby("arch", sort=True):
             st.markdown(f"**{arch}**")
             for eval_size, same in group.groupby("image_size"):
-                p = ui.panels(ctx, info["dataset"], info["name"], int(eval_size),
-                              [pngs.get((int(t), int(image_id))) for t in same["trial_id"]])
+                p = ui.panels(ctx, info, int(eval_size), [pngs.get((int(t), int(image_id))) for t in same["trial_id"]])
                 st.image(p.predictions, width=PANEL_PX - 40, caption=[
                     f"#{r.number} {r.state}: dice {r.dice:.3f}" for r in same.itertuples()])
         extra = [c for c in ("failure_mode", "precision", "recall", "boundary_iou", "hd95", "entropy") if c in rows]
-        table = rows[["arch", "number", "state", "val_dice", "dice", "dice_no_border", "iou", *extra]].rename(
+        border = ["dice_no_border"] if ctx.pets else []
+        rows = rows.assign(failure_mode=rows["failure_mode"].map(ctx.words.mode)) if "failure_mode" in rows else rows
+        table = rows[["arch", "number", "state", "val_dice", "dice", *border, "iou", *extra]].rename(
             columns={"number": "trial", "val_dice": "trial val dice", "dice_no_border": "border-aware dice",
                      "failure_mode": "failure mode", "boundary_iou": "Boundary IoU"})
         st.dataframe(table.round(4), hide_index=True)
@@ -174,7 +187,7 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
     total = ctx.query("count_images", trial_id, flt)
     label = ui.trial_label(trial["arch"], trial["number"])
     order = "by failure mode, worst first" if flt.metric == "failure_mode" else f"worst {SCORES[flt.metric]} first"
-    page = pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, {order}")
+    page = ui.pager(total, size, (ctx.sweep, trial_id, flt, size), f"of {label}, {order}")
     rows = ctx.query("hardest_images", trial_id, flt, limit=size, offset=(page - 1) * size)
     if rows.empty:
         return
@@ -182,17 +195,18 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
     cols = st.columns(2)
     for i, row in enumerate(rows.itertuples()):
         rank = (page - 1) * size + i + 1
-        p = ui.panels(ctx, row.dataset, row.name, int(trial["image_size"]), [pngs.get((trial_id, int(row.image_id)))])
+        p = ui.panels(ctx, row, int(trial["image_size"]), [pngs.get((trial_id, int(row.image_id)))])
         with cols[i % 2].container(border=True):
-            mode = f" · **{row.failure_mode}**" if hasattr(row, "failure_mode") else ""
+            mode = f" · **{ctx.words.mode(row.failure_mode)}**" if hasattr(row, "failure_mode") else ""
             shown = "dice" if flt.metric == "failure_mode" else flt.metric
             st.markdown(f"**{rank}. {row.name}** — {SCORES[shown]} **{value(getattr(row, shown))}**{mode}")
             st.image(images.strip([p.photo, p.truth, p.predictions[0]]), width="stretch",
                      caption=f"image | ground truth | prediction of {label}")
-            st.caption(f"{describe(row)} · dice {row.dice:.3f} · border-aware {row.dice_no_border:.3f} · "
-                       f"IoU {row.iou:.3f}")
+            border = f" · border-aware {row.dice_no_border:.3f}" if ctx.pets else ""
+            st.caption(f"{describe(row, ctx.words)} · dice {row.dice:.3f}{border} · IoU {row.iou:.3f}")
             if hasattr(row, "failure_mode"):
-                st.caption(diagnosis(row))
+                st.caption(diagnosis(row, ctx.words))
+            review(ctx, row)
             for note in p.notes:
                 st.caption(f"⚠ {note}")
             st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
@@ -208,7 +222,7 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
         st.caption("This store predates the per-image summaries (schema version 3), so this ranking reads every "
                    "per-image result of the sweep: seconds on large stores. `python -m jobs.upgrade --db "
                    f"{path or ctx.url}` adds them in place (the dashboard never writes).")
-    page = pager(len(ranked), size, (ctx.sweep, "every", flt, size),
+    page = ui.pager(len(ranked), size, (ctx.sweep, "every", flt, size),
                  f"ranked by median {SCORES[flt.metric]} over the sweep's {n_complete} complete trials, hardest first")
     rows = ranked.iloc[(page - 1) * size:page * size]
     if rows.empty:
@@ -221,7 +235,7 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
     eval_size = int(best["image_size"].max())
     for i, row in enumerate(rows.itertuples()):
         rank = (page - 1) * size + i + 1
-        p = ui.panels(ctx, row.dataset, row.name, eval_size, [pngs.get((t, int(row.image_id))) for t in best_ids])
+        p = ui.panels(ctx, row, eval_size, [pngs.get((t, int(row.image_id))) for t in best_ids])
         captions = []
         for b in best.itertuples():
             key = (int(b.id), int(row.image_id))
@@ -232,9 +246,15 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
                         f"{row.trials} trials (mean {row.mean:.3f}, worst {row.min:.3f}, best {row.max:.3f})")
             st.image(images.strip([p.photo, p.truth, *p.predictions]), width="content",
                      caption=" | ".join(["image", "ground truth", *captions]))
-            st.caption(describe(row))
+            st.caption(describe(row, ctx.words))
             if hasattr(row, "mode"):
-                st.caption(f"most common failure mode: {row.mode}, in {row.mode_trials} of {row.evaluated} trials")
+                st.caption(f"most common failure mode: {ctx.words.mode(row.mode)}, in {row.mode_trials} of "
+                           f"{row.evaluated} trials")
+            suspicion = getattr(row, "label_suspicion", None)
+            if suspicion is not None and not pd.isna(suspicion):
+                likely = " (likely a label error)" if suspicion >= LIKELY_LABEL_ERROR else ""
+                st.caption(f"label suspicion {suspicion:.2f}{likely}: see Suspect labels")
+            review(ctx, row)
             for note in p.notes:
                 st.caption(f"⚠ {note}")
             st.button("Across all trials", key=f"inspect_{row.image_id}", on_click=inspect, args=(row.image_id,))
@@ -266,11 +286,10 @@ def compare_two_trials(ctx: ui.Context, scope: str) -> None:
     trials = ctx.trials.set_index("id")
     size = int(max(trials.loc[a, "image_size"], trials.loc[b, "image_size"]))
     pngs = ctx.query("mask_pngs", (int(a), int(b)), (int(image_id),))
-    ui.legend()
+    ui.legend(ctx)
     shown = []
     for t in (a, b):
-        p = ui.panels(ctx, info["dataset"], info["name"], int(trials.loc[t, "image_size"]), [pngs.get((int(t), int(image_id)))],
-                      display=size)
+        p = ui.panels(ctx, info, int(trials.loc[t, "image_size"]), [pngs.get((int(t), int(image_id)))], display=size)
         shown.append(p)
     with st.container(border=True):
         st.markdown(f"**{info['name']}** under **A: {names[a]}** and **B: {names[b]}**")
@@ -279,12 +298,13 @@ def compare_two_trials(ctx: ui.Context, scope: str) -> None:
         for note in shown[0].notes:
             st.caption(f"⚠ {note}")
         metrics = [m for m in ctx.metrics if f"{m}_a" in row] + (["failure_mode"] if "failure_mode_a" in row else [])
-        cell = lambda x: x if isinstance(x, str) else value(x if x is None else float(x), 4)  # noqa: E731
+        cell = lambda x: ctx.words.mode(x) if isinstance(x, str) else value(x if x is None else float(x), 4)  # noqa: E731
         table = pd.DataFrame({"metric": [SCORES.get(m, "failure mode") for m in metrics],
                               "A": [cell(row[f"{m}_a"]) for m in metrics], "B": [cell(row[f"{m}_b"]) for m in metrics]})
         st.dataframe(table, hide_index=True)
         if "failure_mode_a" in row:
-            st.caption(f"failure mode: A {row['failure_mode_a']} · B {row['failure_mode_b']}")
+            st.caption(f"failure mode: A {ctx.words.mode(row['failure_mode_a'])} · "
+                       f"B {ctx.words.mode(row['failure_mode_b'])}")
 
 
 def render(ctx: ui.Context) -> None:
@@ -298,7 +318,7 @@ def render(ctx: ui.Context) -> None:
         compare_two_trials(ctx, scope)
         return
     trial_id, flt, size = filters(ctx, view, scope)
-    ui.legend()
+    ui.legend(ctx)
     if "inspect_image" in st.session_state:
         show_across_trials(ctx, st.session_state["inspect_image"])
     if view == VIEWS[0]:

@@ -1,7 +1,7 @@
 """Sweep insights: Optuna's own plots per architecture, and which hyperparameters lift the worst images.
 
 The study is read from the same database through core.store.optuna_storage (read-only). The mean
-dice can hide a trial that does well on easy pets and badly on hard ones, so each
+dice can hide a trial that does well on easy images and badly on hard ones, so each
 hyperparameter is also set against the trial's tail: the mean of its worst 10% images or its
 10th percentile.
 """
@@ -70,7 +70,7 @@ def tail_insights(ctx: ui.Context, arch: str) -> None:
     st.subheader("Hyperparameters vs the hardest images")
     c1, c2 = st.columns(2)
     tail = c1.radio("Tail score", list(TAILS), format_func=TAILS.get, horizontal=True, key="tail_kind")
-    border = c2.toggle("Border-aware dice", key="tail_border")
+    border = ctx.pets and c2.toggle("Border-aware dice", key="tail_border")  # a trimap's border band: pet data only
     metric = "dice_no_border" if border else "dice"
     scores = ctx.sweep_aggregate("trial_tail_scores", ctx.sweep, metric)
     scores = scores[scores["arch"] == arch]
@@ -110,7 +110,8 @@ def failure_insights(ctx: ui.Context, arch: str) -> None:
     if shares.empty or not modes:
         st.info("No complete trial with failure modes for this architecture yet.")
         return
-    shares = shares.reset_index(drop=True)
+    shares = shares.reset_index(drop=True).rename(columns=ctx.words.mode)
+    modes = ctx.words.modes(modes)
     params = pd.DataFrame([p or {} for p in shares["params"]], index=shares.index)
     varying = [c for c in params.columns if c not in SKIP_PARAMS and pd.api.types.is_numeric_dtype(params[c])
                and not pd.api.types.is_bool_dtype(params[c]) and params[c].nunique(dropna=True) > 1]
@@ -129,7 +130,8 @@ def failure_insights(ctx: ui.Context, arch: str) -> None:
         st.dataframe(corr.round(3), hide_index=True)
         st.caption(f"Spearman ρ between each hyperparameter and each trial's share of images per failure mode, over "
                    f"{len(table)} complete trials of {arch} (empty below 3 trials). A knob with negative ρ for "
-                   "`missed pet` and positive for `background leak` trades one failure for the other.")
+                   f"`{ctx.words.mode('missed pet')}` and positive for `background leak` trades one failure for the "
+                   "other.")
     shown = table[["number", "val_dice", "images", *modes, *varying]].rename(
         columns={"number": "trial", "val_dice": "val dice"}).sort_values(mode)
     st.dataframe(shown.round(3), hide_index=True,

@@ -1,0 +1,153 @@
+"""Suspect labels: the sweep's test images whose mask is more likely wrong than the image hard, for review.
+
+Ranked by sweep_images.label_suspicion (core.labels: high when the sweep's models agree with each other,
+confidently, against the mask; low when they disagree among themselves). Each card shows the image, its
+mask exactly as scored, the models' consensus (per pixel, the share of models voting foreground) and the
+consensus against the mask, with the score's parts. A person marks an image 'label error', 'hard image'
+or 'fine', with an optional note: the dashboard's only write, made on that click (never when started
+read-only); the marks download as CSV (name, path, mark, note, score) for relabelling in another tool.
+"""
+
+import re
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.store.db import encode_mask, sqlite_path
+from core.store.queries import LIKELY_LABEL_ERROR, NO_GROUP, UNMARKED
+from core.store.schema import REVIEW_MARKS
+from dashboard import common as ui
+from dashboard import images
+
+PAGE_SIZES = (6, 12, 24)
+PANEL_PX = 170
+NOT_SCORED = ("not scored: the score needs at least 3 complete trials with a mask of the image and its truth as "
+              "scored (recorded by evaluations since schema version 4)")
+
+
+def ranked(ctx: ui.Context) -> pd.DataFrame:
+    """The sweep's test images, most suspect first (core.store.suspicion.suspects), with dataset and review mark."""
+    frame = ctx.sweep_aggregate("suspicion.suspects", ctx.sweep)
+    if frame.empty:
+        return frame.assign(dataset=[], mark=[], note=[])
+    datasets = ctx.query("images_by_id", tuple(int(i) for i in frame["image_id"]))[["image_id", "dataset"]]
+    frame = frame.merge(datasets, on="image_id", how="left")
+    marks = {d: ctx.marks(d) for d in frame["dataset"].dropna().unique()}
+    found = [marks.get(d, {}).get(n) for d, n in zip(frame["dataset"], frame["name"])]
+    return frame.assign(mark=[m[0] if m else UNMARKED for m in found], note=[m[1] if m else "" for m in found])
+
+
+def filters(ctx: ui.Context, frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The sidebar's group and review-mark filters applied; returns the rows kept and the page size."""
+    st.sidebar.header("Filters")
+    groups = sorted(g for g in frame["group_name"].dropna().unique())
+    if groups:
+        options = groups + ([NO_GROUP] if frame["group_name"].isna().any() else [])
+        chosen = st.sidebar.pills("Group", options, selection_mode="multi", default=options,
+                                  key=f"suspect_groups::{ctx.url}::{ctx.sweep}")
+        frame = frame[frame["group_name"].fillna(NO_GROUP).isin(chosen)]
+    marks = [UNMARKED, *REVIEW_MARKS]
+    chosen = st.sidebar.pills("Review mark", marks, selection_mode="multi", default=marks,
+                              key=f"suspect_marks::{ctx.url}::{ctx.sweep}")
+    frame = frame[frame["mark"].isin(chosen)]
+    size = st.sidebar.selectbox("Images per page", PAGE_SIZES, index=0, key="suspect_page_size")
+    return frame, size
+
+
+def export(ctx: ui.Context, datasets: list[str]) -> None:
+    """One CSV download of the review marks per dataset of the sweep (a read: offered read-only too)."""
+    for dataset in datasets:
+        marked = len(ctx.marks(dataset))
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-") or "dataset"
+        st.download_button(f"Download the review marks as CSV ({marked} marked{f' in {dataset}' if len(datasets) > 1 else ''})",
+                           data=ctx.query("reviews.export_csv", dataset, ctx.sweep), file_name=f"review-marks-{slug}.csv",
+                           mime="text/csv", key=f"export::{dataset}", disabled=not marked,
+                           help="Columns name, path (relative to the dataset root), mark, note, score (this sweep's "
+                                "label suspicion): for relabelling in another tool.")
+
+
+def _click(url: str, dataset: str, name: str, mark: str | None, note_key: str) -> None:
+    ui.save_mark(url, dataset, name, mark, st.session_state.get(note_key))
+
+
+def mark_controls(ctx: ui.Context, row: Any) -> None:
+    """A note and one button per mark (and 'clear'): a click writes the mark. Not shown when read-only."""
+    if not ctx.can_mark:
+        return
+    key = f"{row.dataset}::{row.name}"
+    note_key = f"note::{key}"
+    if note_key not in st.session_state:
+        st.session_state[note_key] = row.note
+    note, *buttons = st.columns([3, 1, 1, 1, 1], vertical_alignment="bottom")
+    note.text_input("Note", key=note_key, placeholder="note (optional)", label_visibility="collapsed")
+    for column, mark in zip(buttons, (*REVIEW_MARKS, None)):
+        column.button(mark or "clear", key=f"mark::{key}::{mark}", on_click=_click,
+                      args=(ctx.url, row.dataset, row.name, mark, note_key), width="stretch",
+                      type="primary" if mark is not None and mark == row.mark else "secondary",
+                      disabled=mark is None and row.mark == UNMARKED)
+
+
+def parts(row: Any) -> str:
+    """The score's parts as a caption."""
+    if pd.isna(row.label_suspicion):
+        return NOT_SCORED
+    group = f"group {row.group_name} · " if isinstance(row.group_name, str) else ""
+    return (f"{group}{row.split} · consensus dice {row.consensus_dice:.2f} · agreement {row.agreement:.2f} · "
+            f"contradiction {row.contradiction:.2f} · median dice {ui.fmt(row.dice_median, 2)} over "
+            f"{int(row.trials)} trials")
+
+
+def card(ctx: ui.Context, rank: int, row: Any, size: int) -> None:
+    """Image | mask as scored | consensus votes | consensus against the mask, the score's parts, the review."""
+    share = ctx.query("suspicion.consensus", ctx.sweep, int(row.image_id))
+    eval_size = int(share.shape[0]) if share is not None else size
+    majority = [encode_mask(share >= 0.5)] if share is not None and share.ndim == 2 and share.size else [None]
+    p = ui.panels(ctx, row, eval_size, majority, display=PANEL_PX)
+    votes = images.vote_panel(share, PANEL_PX) if share is not None else images.placeholder(PANEL_PX, "no votes stored")
+    with st.container(border=True):
+        score = "not scored" if pd.isna(row.label_suspicion) else f"**{row.label_suspicion:.3f}**"
+        likely = " · likely a label error" if not pd.isna(row.label_suspicion) and \
+            row.label_suspicion >= LIKELY_LABEL_ERROR else ""
+        st.markdown(f"**{rank}. {row.name}** — label suspicion {score}{likely}")
+        st.image(images.strip([p.photo, p.truth, votes, p.predictions[0]]), width="content",
+                 caption="image | mask as scored | consensus (white: every model says foreground) | "
+                         "consensus against the mask")
+        st.caption(parts(row))
+        st.caption(ui.mark_line(None if row.mark == UNMARKED else (row.mark, row.note)))
+        for note in p.notes:
+            st.caption(f"⚠ {note}")
+        mark_controls(ctx, row)
+
+
+def render(ctx: ui.Context) -> None:
+    if not ctx.query("suspicion.available"):
+        path = sqlite_path(ctx.url) if ctx.url.startswith("sqlite") else None
+        st.info("This store predates the suspect-label score and review marks (schema version 4). The dashboard never "
+                f"upgrades it; `python -m jobs.upgrade --db {path or ctx.url}` does, in place, then reload.")
+        return
+    ui.mark_error()
+    frame = ranked(ctx)
+    if frame.empty:
+        st.info("No complete trial has per-image results in this sweep yet: images are ranked once trials finish.")
+        return
+    st.caption(f"Images whose models agree with each other, confidently, yet not with the mask come first: likely "
+               f"label errors (label suspicion ≥ {LIKELY_LABEL_ERROR}). Images the models disagree on are hard rather "
+               "than mislabelled and score low. Score = contradiction × agreement; see README, 'Suspect labels'.")
+    export(ctx, sorted(frame["dataset"].dropna().unique()))
+    if ui.started_read_only():
+        st.caption("Started read-only: marks are shown, not written.")
+    st.markdown(images.legend_html(ctx.words.thing, trimap=False, title="Consensus against the mask"),
+                unsafe_allow_html=True)
+    frame, size = filters(ctx, frame)
+    page = ui.pager(len(frame), size, (ctx.sweep, hash(tuple(frame["image_id"])), size),
+                    "most suspect first", key="suspect_page")
+    rows = frame.iloc[(page - 1) * size:page * size]
+    eval_size = int(ctx.complete()["image_size"].max()) if len(ctx.complete()) else 64
+    for i, row in enumerate(rows.itertuples()):
+        card(ctx, (page - 1) * size + i + 1, row, eval_size)
+    if frame["label_suspicion"].isna().all() and len(frame):
+        st.info(NOT_SCORED[0].upper() + NOT_SCORED[1:] + ".")
+
+
+ui.run("Suspect labels", "🏷️", render)
