@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 from tqdm.auto import tqdm
 
@@ -43,12 +43,8 @@ from core.store.db import (
 from core.store import selection
 from core.store.optuna_storage import optuna_storage
 from core.training.loop import EndTraining, StopTraining, TrainConfig, step_seconds
-from core.training.trial import (
-    HEARTBEAT_S,
-    STALE_AFTER_S,
-    TrialOutcome,
-    run_trial,
-)
+from core.training import trial as liveness  # HEARTBEAT_S, STALE_AFTER_S: read when used, so tests may change them
+from core.training.trial import TrialOutcome, run_trial
 from jobs import budget, cli, lifecycle, schedule
 from jobs.search_space import SpaceError, load_space, starting_points, suggest
 
@@ -65,11 +61,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                  refit_members=1, synthetic_images=4000, compile=True),
 }
 REFIT_SHARE = 0.5      # of each architecture's budget, kept for the refit
-AUTO_WIDTHS = (1.0, 0.5, 0.25)  # --width auto: the first whose epochs the budget can afford enough of
-AUTO_MIN_EPOCHS = 150  # epochs of training an architecture's budget must afford at that width, per refit member
-ENSEMBLE_MIN_WIDTH = 0.5  # refit members never narrow --width auto below this (unet lost more at 0.25 than they gained)
-REFIT_MAX_FACTOR = 8   # a refit trains at most this many times a search trial's full length
-REFIT_MIN_FACTOR = 4   # and each member of an ensemble refit at least this many times
 
 
 class SurplusTrial(Exception):
@@ -82,11 +73,6 @@ class TrialFailed(Exception):
 
 class PausedAtRung(StopTraining, optuna.TrialPruned):
     """Successive halving stopped the trial at a rung; its state is kept for a later promotion."""
-
-
-REFIT_EPOCHS = "refit_epochs"  # user attribute of a queued refit: how long it trains
-REFIT_MEMBERS = "refit_members"  # user attribute of a queued refit: how many networks it trains (an ensemble)
-REFIT_INIT = "refit_init"  # user attribute of a queued refit: [trial, file] whose weights it starts from, if any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,7 +184,7 @@ class Worker:
                                             args.seed, make_pruner(args.pruner, args.epochs), args.trials)
         self.checkpoint_dir = checkpoint_root(args.db) / args.name
         self.ladder = schedule.Ladder.geometric(args.min_epochs, args.epochs)
-        self.budget = schedule.Budget(args.timeout / len(args.archs), args.refit_share)
+        self.budget = budget.Budget(args.timeout / len(args.archs), args.refit_share, args.trials)
         self.widths = {arch: self.width_of(arch) for arch in args.archs}
         self.outcomes: list[tuple[str, int, TrialOutcome]] = []
         self.notes: dict[tuple[str, int], str] = {}  # what a trial was queued for, shown in its line
@@ -206,13 +192,7 @@ class Worker:
 
     def width_of(self, arch: str) -> float:
         """--width, or for 'auto' the width this study chose when it started (kept for every worker
-        and rerun): the widest of AUTO_WIDTHS, down to ENSEMBLE_MIN_WIDTH, at which the
-        architecture's budget affords AUTO_MIN_EPOCHS epochs per member of the refit's ensemble
-        (--refit-members), else the widest that affords them for one network, by the measured time
-        of a training step on this machine. Past about 100 epochs on a small training set one
-        network stops improving, and a second one gains more than full width does for
-        resnet34_unet; for unet a quarter width cost more than a second member gained (README,
-        "Ensembles past a single network's ceiling")."""
+        and rerun; jobs.schedule.auto_width chooses it by the measured time of a training step here)."""
         if self.args.width != "auto":
             return float(self.args.width)
         study = self.studies[arch]
@@ -220,24 +200,21 @@ class Worker:
             return float(study.user_attrs["width"])
         a = self.args
         batches = max(1, len(self.data.indices("train")) // a.batch_size)
-        epoch_seconds: dict[float, float] = {}
-        candidates = [(w, a.refit_members) for w in AUTO_WIDTHS if w >= ENSEMBLE_MIN_WIDTH and a.refit_members > 1]
-        for width, members in [*candidates, *((w, 1) for w in AUTO_WIDTHS)]:
-            if width not in epoch_seconds:
-                probe = TrainConfig(arch=arch, width=width, image_size=a.image_size, batch_size=a.batch_size,
-                                    device=a.device, amp=a.amp)
-                epoch_seconds[width] = 1.25 * batches * step_seconds(probe)  # + validation and data loading
-            epoch_s = epoch_seconds[width]
-            if self.budget.seconds / epoch_s >= AUTO_MIN_EPOCHS * members:
-                break
+
+        def epoch_seconds(width: float) -> float:
+            probe = TrainConfig(arch=arch, width=width, image_size=a.image_size, batch_size=a.batch_size,
+                                device=a.device, amp=a.amp)
+            return 1.25 * batches * step_seconds(probe)  # + validation and data loading
+
+        width, epoch_s = schedule.auto_width(self.budget.seconds, a.refit_members, epoch_seconds)
         tqdm.write(f"{PROG}: {arch} width {width:g} (an epoch takes about {epoch_s:.1f} s here; "
                    f"the budget affords {self.budget.seconds / epoch_s:.0f})")
         study.set_user_attr("width", width)
         return width
 
-    # what the studies hold
-    def trials(self, arch: str) -> list[FrozenTrial]:
-        return self.studies[arch].get_trials(deepcopy=False)
+    # what the studies and the disk hold, as plain data for jobs.schedule
+    def trials(self, arch: str) -> list[budget.Trial]:
+        return [budget.Trial.of(t) for t in self.studies[arch].get_trials(deepcopy=False)]
 
     def spent(self, arch: str) -> float:
         """Seconds this architecture's trials have used, every worker's together."""
@@ -247,107 +224,47 @@ class Worker:
         """Where a paused configuration's resumable state waits for a promotion."""
         return self.checkpoint_dir / arch / "paused" / f"config-{config}.pt"
 
+    def paused(self, arch: str) -> set[int]:
+        """The configurations whose resumable state is on disk."""
+        return {int(p.stem.removeprefix("config-")) for p in self.state_path(arch, 0).parent.glob("config-*.pt")}
+
     def configs(self, arch: str) -> list[schedule.Config]:
-        """The sampled configurations, each across its first trial and its continuations."""
-        out: dict[int, schedule.Config] = {}
-        last_state: dict[int, TrialState] = {}
-        for t in self.trials(arch):
-            if t.user_attrs.get(budget.SURPLUS) or budget.REFIT_OF in t.user_attrs:
-                continue
-            root = t.user_attrs.get(budget.RESUME_OF, t.number)
-            c = out.setdefault(root, schedule.Config(root))
-            c.values.update(t.intermediate_values)
-            c.running |= t.state in (TrialState.RUNNING, TrialState.WAITING)
-            last_state[root] = t.state
-        for c in out.values():
-            c.paused_with_state = (not c.running and last_state[c.number] == TrialState.PRUNED
-                                   and self.state_path(arch, c.number).exists())
-        return list(out.values())
+        return schedule.configs(self.trials(arch), self.paused(arch))
 
     def plan(self, arch: str) -> bool:
-        """Queue what this architecture needs next; False when there is nothing for this worker to run.
-
-        In order: anything already queued (the baseline, retries, promotions, the refit); a
-        promotion that successive halving says is due; a new configuration while the search part
-        of the budget and --trials last; then, once no search trial is running anywhere, the refit.
-        """
+        """Queue what jobs.schedule.next_step says this architecture needs next; False when there
+        is nothing for this worker to run."""
         trials = self.trials(arch)
-        live = [t for t in trials if not t.user_attrs.get(budget.SURPLUS)]
-        if any(t.state == TrialState.WAITING for t in live):
-            return True
-        if any(budget.REFIT_OF in t.user_attrs for t in live):
-            return False  # the refit is done, running elsewhere, or failed for good
-        configs = self.configs(arch)
-        searching = self.budget.search_left(self.spent(arch)) > 0
-        if searching and self.args.pruner == "asha":
-            due = schedule.promotion(self.ladder, configs)
-            if due is not None:
-                first = next(t for t in trials if t.number == due.number)
-                self.studies[arch].enqueue_trial(first.params, user_attrs={
-                    budget.RESUME_OF: due.number, budget.RESUME_AT: due.epochs_done})
-                return True
-        if searching and budget.remaining(trials, self.args.trials) > 0:
-            return True
-        if any(c.running for c in configs):
-            return False  # another worker's search trial may still change which configuration is best
-        best = schedule.best(self.ladder, configs)
-        if best is None or self.args.refit_share <= 0:
-            return False
-        first = next(t for t in trials if t.number == best.number)
-        members, epochs = self.refit_plan(arch, best)
-        attrs = {budget.REFIT_OF: best.number, REFIT_EPOCHS: epochs, REFIT_MEMBERS: members}
-        start = self.refit_start(arch, best, members, epochs)
-        if start is not None:
-            attrs[REFIT_INIT] = list(start)
+        step = schedule.next_step(trials, self.ladder, self.budget, self.spent(arch), self.paused(arch),
+                                  asha=self.args.pruner == "asha")
+        if step is None or step.kind == "queued":
+            return step is not None
+        config = step.config
+        assert config is not None
+        first = next(t for t in trials if t.number == config.number)
+        if step.kind == "promote":
+            attrs = {budget.RESUME_OF: config.number, budget.RESUME_AT: config.epochs_done}
+        else:
+            attrs = self.refit_attrs(arch, trials, config)
         self.studies[arch].enqueue_trial(first.params, user_attrs=attrs)
         return True
 
-    def refit_plan(self, arch: str, best: schedule.Config) -> tuple[int, int]:
-        """(members, epochs) of the refit: the most members, up to --refit-members, that the rest of
-        the budget trains for REFIT_MIN_FACTOR times a search trial's full length each at the
-        configuration's measured pace (one epoch's time kept for the test evaluation); then as many
-        epochs as the budget allows them, longer than the search trained it, and at most
-        REFIT_MAX_FACTOR times a search trial's full length."""
-        pace, spent, at_least = self.pace(arch, best.number), self.spent(arch), best.epochs_done + 1
-        cap = max(at_least, REFIT_MAX_FACTOR * self.ladder.epochs)
-        for members in range(self.args.refit_members, 0, -1):
-            epochs = self.budget.refit_epochs(spent, pace * members, at_least=at_least, evaluation_s=pace * members)
-            if members == 1 or epochs >= REFIT_MIN_FACTOR * self.ladder.epochs:
-                return members, min(epochs, cap)
-        raise AssertionError("unreachable: one member always fits")
-
-    def refit_start(self, arch: str, best: schedule.Config, members: int, epochs: int) -> tuple[int, str] | None:
-        """(trial, file) whose weights a short refit starts from, or None to start from fresh ones.
-
-        A refit the budget cannot give REFIT_MIN_FACTOR times a search trial's length would barely
-        out-train the search trial it repeats, so it starts from the weights that configuration's
-        search training ended with, under a fresh warm-up and cosine: the search's epochs are not
-        thrown away (README, "Short refits start from the search's weights", has the measurement).
-        A longer refit, and an ensemble, start fresh: members must differ, and that regime is
-        where fresh refits were measured to pay.
-        """
-        if members > 1 or epochs >= REFIT_MIN_FACTOR * self.ladder.epochs:
-            return None
-        last = max(t.number for t in self.trials(arch) if not t.user_attrs.get(budget.SURPLUS)
-                   and budget.REFIT_OF not in t.user_attrs and t.user_attrs.get(budget.RESUME_OF, t.number) == best.number)
-        if best.paused_with_state:
-            return last, str(self.state_path(arch, best.number))
+    def refit_attrs(self, arch: str, trials: list[budget.Trial], config: schedule.Config) -> dict[str, Any]:
+        """The queued refit's marks: its length and members (schedule.refit_plan) and the weights
+        it starts from (schedule.refit_start), from the store's record of where the search ended."""
+        members, epochs = schedule.refit_plan(self.budget, self.spent(arch), schedule.pace(trials, config.number),
+                                              config.epochs_done + 1, self.ladder, self.args.refit_members)
+        last = schedule.last_trial(trials, config.number)
         row = next((r for r in self.store.study_trials(self.studies[arch].study_name) if r["number"] == last), None)
-        if row is not None and row["state"] == "complete" and row["checkpoint"] and Path(row["checkpoint"]).is_file():
-            return last, row["checkpoint"]
-        return None  # its weights were not kept (--keep-checkpoints none, or pruned by the median rule)
-
-    def pace(self, arch: str, config: int) -> float:
-        """Seconds per epoch a configuration took in the search, its evaluations included."""
-        mine = [t for t in self.trials(arch) if t.user_attrs.get(budget.RESUME_OF, t.number) == config
-                and t.datetime_complete is not None and t.datetime_start is not None]
-        seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in mine)
-        trained = sum(len(t.intermediate_values) - t.user_attrs.get(budget.RESUME_AT, 0) for t in mine)
-        return seconds / trained if trained > 0 else 0.0
+        kept = row is not None and row["state"] == "complete" and row["checkpoint"] and Path(row["checkpoint"]).is_file()
+        start = schedule.refit_start(self.ladder, members, epochs, config, last, str(self.state_path(arch, config.number)),
+                                     row["checkpoint"] if kept else None)  # type: ignore[index]
+        attrs = {budget.REFIT_OF: config.number, budget.REFIT_EPOCHS: epochs, budget.REFIT_MEMBERS: members}
+        return attrs if start is None else {**attrs, budget.REFIT_INIT: list(start)}
 
     def sync(self, arch: str) -> None:
         """Optuna's view of the study made to agree with the store (jobs/lifecycle.py), lost trials queued again."""
-        lost, told = lifecycle.sync(self.studies[arch], self.store, STALE_AFTER_S, dataset=self.data.name,
+        lost, told = lifecycle.sync(self.studies[arch], self.store, liveness.STALE_AFTER_S, dataset=self.data.name,
                                     image_size=self.args.image_size)
         for number in lost:
             self.remove_checkpoint(arch, number)
@@ -394,32 +311,26 @@ class Worker:
     def objective(self, arch: str, trial: optuna.Trial) -> float:
         """Train one configuration: a new one, a promoted one continuing, or the refit."""
         study = self.studies[arch]
-        trials = study.get_trials(deepcopy=False)
+        trials = self.trials(arch)
         me = next(t for t in trials if t.number == trial.number)
-        if not budget.fits(trial.number, trials, self.args.trials):
+        if not schedule.admitted(trial.number, trials, self.budget, self.spent(arch)):
             trial.set_user_attr(budget.SURPLUS, True)
             raise SurplusTrial()
         refit_of, resume_of = me.user_attrs.get(budget.REFIT_OF), me.user_attrs.get(budget.RESUME_OF)
-        if refit_of is None and self.budget.search_left(self.spent(arch)) <= 0:
-            # Planning and asking are two steps: another worker spent the search's time in between
-            # (and may have queued the refit already). Trained, this trial would outlive the search.
-            trial.set_user_attr(budget.SURPLUS, True)
-            raise SurplusTrial()
         p = suggest(trial, self.args.space_def)
-        config = resume_of if resume_of is not None else trial.number
-        epochs = int(me.user_attrs.get(REFIT_EPOCHS, self.ladder.epochs))
-        cfg = self.config(arch, p, epochs, members=int(me.user_attrs.get(REFIT_MEMBERS, 1)))
+        config = schedule.root(me)
+        epochs = int(me.user_attrs.get(budget.REFIT_EPOCHS, self.ladder.epochs))
+        cfg = self.config(arch, p, epochs, members=int(me.user_attrs.get(budget.REFIT_MEMBERS, 1)))
         extra: dict[str, Any] = {"min_epochs": self.ladder.rungs[0]} if refit_of is None else {}
         resume_from = continues = init_from = None
         if refit_of is not None:
             extra[selection.REFIT_OF] = refit_of
-            start = me.user_attrs.get(REFIT_INIT)
+            start = me.user_attrs.get(budget.REFIT_INIT)
             if start is not None and Path(start[1]).is_file():  # gone only if removed by hand: then fresh weights
                 init_from, extra[selection.INIT_FROM] = Path(start[1]), int(start[0])
         if resume_of is not None:
             resume_at = int(me.user_attrs[budget.RESUME_AT])
-            paused = max((t for t in trials if t.number < trial.number and t.state == TrialState.PRUNED
-                          and t.user_attrs.get(budget.RESUME_OF, t.number) == config), key=lambda t: t.number)
+            paused = schedule.paused_trial(trials, trial.number, config)
             extra[selection.RESUMED_FROM] = paused.number
             resume_from = self.state_path(arch, config)
             continues = next(((r["id"], resume_at) for r in self.store.study_trials(study.study_name)
@@ -435,14 +346,14 @@ class Worker:
 
         def on_epoch(stats) -> None:
             trial.report(stats.val_dice, stats.epoch)
-            if stats.epoch + 1 >= cfg.epochs:
+            verdict = schedule.after_epoch(self.budget, self.spent(arch), refit=refit_of is not None,
+                                           epochs_done=stats.epoch + 1, epochs=cfg.epochs, epoch_seconds=stats.seconds)
+            if verdict == "end":
+                raise EndTraining()
+            if verdict == "stop":
+                raise optuna.TrialPruned()
+            if verdict == "last" or refit_of is not None:
                 return
-            if refit_of is not None:
-                if self.budget.left(self.spent(arch)) < stats.seconds:
-                    raise EndTraining()  # slower than the pace it was planned at: stop at the budget
-                return
-            if self.budget.search_left(self.spent(arch)) <= 0:
-                raise optuna.TrialPruned()  # the search's time is up: the refit gets the rest
             if trial.should_prune():
                 raise optuna.TrialPruned()
             if pausing and self.ladder.rung_at(stats.epoch + 1) is not None \
@@ -488,13 +399,15 @@ class Worker:
                            compile=a.compile, seed=a.seed)
 
     def prune_checkpoints(self, arch: str) -> None:
-        """--keep-checkpoints best: only the architecture's result (core.store.selection) keeps its file."""
+        """--keep-checkpoints best: only the files schedule.kept_checkpoints names stay: the
+        architecture's result and, until the refit has run, the weights it may start from."""
         if self.args.keep_checkpoints != "best":
             return
         rows = self.store.study_trials(self.studies[arch].study_name)
-        best = selection.best_trial(rows)
+        source = schedule.refit_source(self.trials(arch), self.ladder, self.budget, self.paused(arch))
+        kept = schedule.kept_checkpoints(rows, source)
         for r in rows:
-            if best is not None and r["id"] != best["id"] and r["checkpoint"]:
+            if kept and r["id"] not in kept and r["checkpoint"]:
                 Path(r["checkpoint"]).unlink(missing_ok=True)
                 self.store.set_checkpoint(r["id"], None)
 
@@ -526,11 +439,11 @@ class Worker:
             # always completes the sweep.
             if self.unproven_running():
                 waiting_since = waiting_since or time.monotonic()
-                if not said and time.monotonic() - waiting_since > 2 * HEARTBEAT_S:
+                if not said and time.monotonic() - waiting_since > 2 * liveness.HEARTBEAT_S:
                     tqdm.write(f"{PROG}: a running trial's heartbeat is silent (its worker probably died); "
-                               f"it is retried here once silent for {STALE_AFTER_S:g} s")
+                               f"it is retried here once silent for {liveness.STALE_AFTER_S:g} s")
                     said = True
-                time.sleep(min(2.0, HEARTBEAT_S / 2))
+                time.sleep(min(2.0, liveness.HEARTBEAT_S / 2))
                 continue
             break
         bar.close()
