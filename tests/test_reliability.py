@@ -34,6 +34,7 @@ from sqlalchemy import func, select, update
 from core.store import db as st
 from core.store.optuna_storage import load_study, optuna_storage
 from core.store.db import ImageResults, Store
+from core.training import trial as trial_module
 from core.training.abandoned import abandoned_error
 from core.data.synthetic import SYNTHETIC_MARKER, generate_synthetic
 from jobs import budget, lifecycle
@@ -85,6 +86,13 @@ def sweep_argv(root: Path, db: str, trials: int, *extra: str, epochs: int = 2, d
 
 def train_argv(root: Path, db: str, *extra: str, data: str = "oxford-pets") -> list[str]:
     return ["--data", data, "--data-root", str(root), "--db", db, "--arch", "unet", "--epochs", "1", *TINY, *extra]
+
+
+def quick_liveness(monkeypatch: pytest.MonkeyPatch, heartbeat_s: float, stale_after_s: float) -> None:
+    """In-process jobs beat every `heartbeat_s` and take a trial silent for `stale_after_s` for dead
+    (core.training.trial's settings, read when used, as SEGSWEEP_HEARTBEAT_S / _STALE_AFTER_S set them)."""
+    monkeypatch.setattr(trial_module, "HEARTBEAT_S", heartbeat_s)
+    monkeypatch.setattr(trial_module, "STALE_AFTER_S", stale_after_s)
 
 
 def one_line_error(err: str, prog: str, *fragments: str) -> str:
@@ -275,8 +283,7 @@ def _kill_scenario_first_run(url: str, data_root: Path, capsys) -> tuple[optuna.
 
 def rerun_right_after_a_kill(url: str, data_root: Path, monkeypatch, capsys) -> None:
     """Shared with tests/test_postgres.py: the same code path on any database."""
-    monkeypatch.setattr(sweep_job, "HEARTBEAT_S", 0.5)
-    monkeypatch.setattr(sweep_job, "STALE_AFTER_S", 1.5)
+    quick_liveness(monkeypatch, heartbeat_s=0.5, stale_after_s=1.5)
     study, store, first = _kill_scenario_first_run(url, data_root, capsys)
     dead = study.ask()  # the killed worker's Optuna trial stays RUNNING ...
     dead_id = store.start_trial(sweep="t", study=STUDY, arch="unet", number=dead.number, params=first["params"],
@@ -302,8 +309,7 @@ def rerun_after_a_kill_before_the_row(url: str, data_root: Path, monkeypatch, ca
     """Shared with tests/test_postgres.py: a worker killed after Optuna created its trial but before
     it wrote the trial's store row. Optuna's journal says RUNNING, and no heartbeat exists to go
     stale; the next run must record the loss, retry the trial and spend the budget exactly."""
-    monkeypatch.setattr(sweep_job, "HEARTBEAT_S", 0.5)
-    monkeypatch.setattr(sweep_job, "STALE_AFTER_S", 1.5)
+    quick_liveness(monkeypatch, heartbeat_s=0.5, stale_after_s=1.5)
     study, store, first = _kill_scenario_first_run(url, data_root, capsys)
     dead = study.ask()  # RUNNING in the journal; the worker died before anything reached the store
     store.dispose()
@@ -327,7 +333,7 @@ def test_a_worker_killed_before_writing_its_trial_row_is_retried_and_the_budget_
 
 def test_a_worker_killed_after_recording_but_before_telling_optuna_is_synced(
         data_root: Path, db_url: str, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sweep_job, "STALE_AFTER_S", 1.0)
+    quick_liveness(monkeypatch, heartbeat_s=0.25, stale_after_s=1.0)
     study, store, first = _kill_scenario_first_run(db_url, data_root, capsys)
     orphan = study.ask()
     trial_id = store.start_trial(sweep="t", study=STUDY, arch="unet", number=orphan.number, params=first["params"],
@@ -353,6 +359,21 @@ def _test_image_ids(store: Store, dataset: str) -> list[int]:
     with store.engine.connect() as conn:
         return list(conn.execute(select(st.images.c.id).where(st.images.c.dataset == dataset,
                                                                st.images.c.split == "test")).scalars())
+
+
+def test_a_changed_heartbeat_period_takes_effect_in_the_next_trial(monkeypatch) -> None:
+    class Beats:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def beat(self, trial_id: int) -> None:
+            self.count += 1
+
+    quick_liveness(monkeypatch, heartbeat_s=0.02, stale_after_s=1.0)
+    store = Beats()
+    with trial_module.Heartbeat(store, 1) as heartbeat:  # type: ignore[arg-type]
+        time.sleep(0.3)
+    assert heartbeat.interval_s == 0.02 and store.count >= 5  # at the import-time 5 s it would be 0
 
 
 # -- a single run killed in the middle --------------------------------------------------------
@@ -429,8 +450,6 @@ def test_a_sigkilled_single_run_is_closed_as_failed_by_the_next_job(data_root: P
 
 def test_a_sweep_also_closes_a_dead_single_run_and_keeps_its_own_dead_trial_for_retry(
         data_root: Path, db_copy: Path, monkeypatch, capsys) -> None:
-    from core.training import trial as trial_module
-
     url = f"sqlite:///{db_copy}"
     store = Store(url)
     [first] = store.study_trials("before/unet")

@@ -75,8 +75,10 @@ class TrialOutcome:
 class Heartbeat:
     """Refreshes a running trial's heartbeat from a background thread while training."""
 
-    def __init__(self, store: Store, trial_id: int, interval_s: float = HEARTBEAT_S):
-        self.store, self.trial_id, self.interval_s = store, trial_id, interval_s
+    def __init__(self, store: Store, trial_id: int, interval_s: float | None = None):
+        # HEARTBEAT_S read now, not bound at import: a test (or caller) that changes it takes effect
+        self.store, self.trial_id = store, trial_id
+        self.interval_s = HEARTBEAT_S if interval_s is None else interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
 
