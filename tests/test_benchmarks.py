@@ -273,12 +273,21 @@ def test_quality_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, capsys) 
     assert info.value.code == 2 and "is not a dataset folder" in capsys.readouterr().err
 
 
-def test_eval_diagnostics_compares_the_evaluation_with_and_without(pets_root: Path, capsys) -> None:
-    code = eval_diagnostics.main(["--width", "0.125", "--image-size", "64", "--images", "4", "--batch-size", "4",
-                                  "--rounds", "1", "--data", str(pets_root), "--report-only"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert re.search(r"^RATIO \(predict \+ diagnostics on pet-shaped masks\) / predict = \d+\.\d+x", out, re.MULTILINE)
+def test_eval_diagnostics_judges_the_evaluations_cost_with_diagnostics_and_exits_1_on_a_miss(
+        pets_root: Path, monkeypatch, capsys) -> None:
+    argv = ["--width", "0.125", "--image-size", "64", "--images", "4", "--batch-size", "4", "--rounds", "1",
+            "--data", str(pets_root)]
+    monkeypatch.setattr(eval_diagnostics, "TARGET", math.inf)
+    code, out = run(eval_diagnostics.main, argv, capsys)
+    assert code == 0 and out.endswith("done: all 1 targets met\n")
+    ratio = re.search(r"^RATIO \(predict \+ diagnostics on pet-shaped masks\) / predict = (\d+\.\d+)x", out, re.MULTILINE)
+    assert ratio and float(ratio[1]) > 1.0  # predict's time plus the diagnostics' own: never below predict alone
     for name in ("predict", "predict \\+ diagnostics", "diagnostics alone"):
         assert re.search(rf"^   {name} +\d+\.\d+ s  \( *\d+\.\d ms per image\)$", out, re.MULTILINE), name
-    assert len(VERDICT.findall(out)) == 1
+    assert [m[0] for m in VERDICT.findall(out)] == ["PASS"]
+
+    monkeypatch.setattr(eval_diagnostics, "TARGET", 1.0)  # diagnostics may add nothing at all: a miss
+    code, out = run(eval_diagnostics.main, argv, capsys)
+    assert code == 1 and [m[0] for m in VERDICT.findall(out)] == ["MISS"]
+    assert re.search(r"^MISS  test evaluation with diagnostics at 64 px, relative to without: [\d.]+x "
+                     r"\(target <= 1x; short by a factor [\d.]+\)$", out, re.MULTILINE), out

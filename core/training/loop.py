@@ -362,6 +362,8 @@ def build_step(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | 
     return model, optimizer, train_step
 
 
+@torch.inference_mode(False)  # also when asked from inside predict's inference mode (its layout choice)
+@torch.enable_grad()
 def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
     """Seconds one training step of `cfg` takes here (median of `steps`, after a warm-up step),
     on random batches: what a budget can afford, known before anything is trained."""
