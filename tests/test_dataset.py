@@ -13,6 +13,7 @@ from PIL import Image
 
 import core.data.dataset as dataset
 from core.data.dataset import DataError, ImageInfo, PreparedDataset, breed_of, detect_source, prepare_dataset, split_of
+from tests.conftest import sample_root
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oxford-pets-sample"
 
@@ -64,9 +65,7 @@ class _Log(list):
 
 @pytest.fixture(scope="module")
 def data_sample64(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
-    if not SAMPLE.is_dir():
-        pytest.fail(f"the real sample dataset is missing at {SAMPLE}")
-    return prepare_dataset(SAMPLE, 64, cache_dir=tmp_path_factory.mktemp("prepared"), log=_Log())
+    return prepare_dataset(sample_root("oxford-pets-sample"), 64, cache_dir=tmp_path_factory.mktemp("prepared"), log=_Log())
 
 
 # --------------------------------------------------------------------------- the real sample
