@@ -222,6 +222,19 @@ def test_second_call_decodes_nothing_and_returns_the_same_arrays(tmp_path: Path,
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]  # no temp files left
 
 
+def test_pets_keep_their_layout_and_no_group_or_path_through_the_cache(tmp_path: Path) -> None:
+    root = _tiny(tmp_path / "ds")
+    for _ in range(2):  # decoded, then from the cache
+        d = prepare_dataset(root, 8, cache_dir=tmp_path / "cache", log=_Log())
+        assert d.layout == "oxford-pets" and d.check is None
+        assert all(i.group is None and i.path is None for i in d.infos)
+
+
+def test_a_dataset_built_by_hand_takes_its_sources_layout() -> None:
+    d = PreparedDataset(Path("x"), "synthetic", 8, [], np.zeros((0, 8, 8, 3), np.uint8), np.zeros((0, 8, 8), np.uint8))
+    assert d.layout == "synthetic"
+
+
 def test_cache_is_rebuilt_when_a_file_or_the_size_changes(tmp_path: Path, monkeypatch) -> None:
     root = _tiny(tmp_path / "ds")
     prepare_dataset(root, 8, cache_dir=tmp_path / "cache", log=_Log())

@@ -13,6 +13,7 @@ import core.data.folder_dataset as folder_dataset
 from core.data.check import summary_lines
 from core.data.dataset import DataError, PreparedDataset
 from core.data.folder_dataset import UnusableData
+from core.data.masks import format_foreground, parse_foreground
 from core.data.sources import detect_layout, load_data
 from core.data.splits import hash_split
 
@@ -47,12 +48,12 @@ def _expected(mask: np.ndarray) -> np.ndarray:
 
 
 def _write_pairs(root: Path, lesions, mask_as=lambda m: Image.fromarray(m.astype(np.uint8) * 255), suffix="_mask",
-                 images="images", masks="masks", ext=".png") -> None:
+                 images="images", masks="masks", ext=".png", mask_ext=".png") -> None:
     (root / images).mkdir(parents=True, exist_ok=True)
     (root / masks).mkdir(parents=True, exist_ok=True)
     for name, image, mask in lesions:
         image.save(root / images / f"{name}{ext}")
-        mask_as(mask).save(root / masks / f"{name}{suffix}.png")
+        mask_as(mask).save(root / masks / f"{name}{suffix}{mask_ext}")
 
 
 def _by_name(ds: PreparedDataset) -> dict[str, int]:
@@ -111,6 +112,26 @@ def test_palette_masks_take_their_foreground_from_the_values_named(tmp_path: Pat
     assert all(np.array_equal(ds.masks[at[n]], _expected(m)) for n, _, m in lesions)
     with pytest.raises(UnusableData, match=r"every mask .* is empty .*check --foreground"):
         _load(tmp_path / "set", foreground=(7,))
+
+
+def test_jpeg_saved_masks_get_a_note_and_a_foreground_range_thresholds_them(tmp_path: Path, lesions) -> None:
+    _write_pairs(tmp_path / "set", lesions, mask_ext=".jpg")
+    loose = _load(tmp_path / "set")
+    assert any(n.startswith("12 masks hold more than 8 values") for n in loose.check.notes)
+    ds = _load(tmp_path / "set", foreground=parse_foreground("128-255"))
+    assert ds.check.foreground == "values 128-255 (--foreground)" and not any("more than" in n for n in ds.check.notes)
+    at = _by_name(ds)
+    agree = np.mean([np.mean(ds.masks[at[n]] == _expected(m)) for n, _, m in lesions])
+    assert agree > 0.99 and ds.masks.sum() < loose.masks.sum()
+
+
+def test_foreground_values_parse_and_print_as_typed() -> None:
+    assert parse_foreground("255") == (255,) and parse_foreground("1, 2") == (1, 2)
+    assert format_foreground(parse_foreground("128-255")) == "128-255"
+    assert format_foreground(parse_foreground("1,2,5")) == "1,2,5"
+    for bad in ("white", "3-1", "", "1,,2"):
+        with pytest.raises(ValueError, match="expected whole mask values"):
+            parse_foreground(bad)
 
 
 def test_several_masks_of_one_image_are_united(tmp_path: Path, lesions) -> None:

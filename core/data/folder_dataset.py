@@ -25,7 +25,7 @@ from core.data.check import DataCheck
 from core.data.dataset import DataError, ImageInfo, PreparedDataset, Decoded, cached, decoded, open_rgb
 from core.data.folders import Pair, Scan, stem
 from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET
-from core.data.masks import read_mask
+from core.data.masks import SOFT_VALUES, format_foreground, read_mask
 from core.data.splits import assign_splits, compile_group_by, group_key
 
 SOURCE = "folder"  # datasets.source of a user's own data
@@ -45,6 +45,7 @@ class _Read:
 
     decoded: Decoded | None = None
     kinds: list[str] = field(default_factory=list)
+    soft: int = 0  # masks with more than SOFT_VALUES values
     resized: list[str] = field(default_factory=list)
     unreadable: list[list[str]] = field(default_factory=list)
 
@@ -63,6 +64,7 @@ def _read_pair(root: Path, pair: Pair, image_size: int, foreground: tuple[int, .
             out.unreadable.append([rel, mask])
             continue
         out.kinds.append(mask.described)
+        out.soft += len(mask.values) > SOFT_VALUES
         fg = mask.foreground
         if fg.shape != union.shape:
             out.resized.append(rel)
@@ -92,9 +94,9 @@ def _fingerprint(scan: Scan, foreground: tuple[int, ...] | None, group_by: str |
 
 def _foreground_words(given: tuple[int, ...] | None, scan: Scan) -> str:
     if given is not None:
-        return f"values {','.join(map(str, given))} (--foreground)"
+        return f"values {format_foreground(given)} (--foreground)"
     if scan.foreground is not None:
-        return f"labels {','.join(map(str, scan.foreground))} (every label but background, dataset.json)"
+        return f"labels {format_foreground(scan.foreground)} (every label but background, dataset.json)"
     return "non-zero"
 
 
@@ -157,6 +159,10 @@ def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None,
         images.append(d.image)
         trimaps.append(d.trimap)
     check.mask_kinds = dict(kinds)
+    soft = sum(read.soft for read in reads)
+    if soft and foreground is None:
+        check.notes.append(f"{soft} masks hold more than {SOFT_VALUES} values, as soft or JPEG-saved masks do; every "
+                           f"non-zero value counts as foreground: give e.g. --foreground 128-255 to threshold them")
     check.empty = sum(1 for i in infos if i.fg_fraction == 0)
     check.splits = dict(Counter(i.split for i in infos))
     check.groups = dict(Counter(i.group for i in infos if i.group))

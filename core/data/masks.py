@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MAX_LISTED_VALUES = 8  # a value set longer than this is summarised ("{0..255}, 37 values")
+MAX_LISTED_VALUES = 8  # a value set longer than this is summarised ("{0..255} (37 values)")
+SOFT_VALUES = 8  # a gray mask with more values than this looks soft or JPEG-saved, not binary
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,26 @@ def format_values(values: tuple[int, ...]) -> str:
 
 
 def parse_foreground(text: str) -> tuple[int, ...]:
-    """"255" or "1,2" -> (255,) or (1, 2); ValueError with a one-line message otherwise."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise ValueError(f"expected whole mask values separated by commas (e.g. 255 or 1,2), got {text!r}")
-    return tuple(sorted({int(p) for p in parts}))
+    """"255", "1,2" or "128-255" -> the foreground values; ValueError with a one-line message otherwise."""
+    values: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
+            raise ValueError(f"expected whole mask values or ranges separated by commas (e.g. 255, 1,2 or "
+                             f"128-255), got {text!r}")
+        values.update(range(int(low), int(high if dash else low) + 1))
+    return tuple(sorted(values))
+
+
+def format_foreground(values: tuple[int, ...]) -> str:
+    """Foreground values as typed: "255", "1,2", "128-255"."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}-{b}" for a, b in runs)
 
 
 def read_mask(path: Path, foreground: tuple[int, ...] | None = None) -> MaskRead | str:
