@@ -78,7 +78,7 @@ def test_0_255_masks_with_a_seg_suffix_pair_by_name_and_read_as_binary(tmp_path:
 
 
 def test_0_1_masks_without_a_suffix_and_an_explicit_foreground(tmp_path: Path, lesions) -> None:
-    _write_pairs(tmp_path / "set", lesions, suffix="", masks="GT", mask_as=lambda m: Image.fromarray(m.astype(np.uint8)))
+    _write_pairs(tmp_path / "set", lesions, suffix="", masks="Ground Truth", mask_as=lambda m: Image.fromarray(m.astype(np.uint8)))
     ds = _load(tmp_path / "set", foreground=(1,))
     assert ds.check.suffixes == {"": 12} and ds.check.mask_kinds == {"grayscale {0,1}": 12}
     assert ds.check.foreground == "values 1 (--foreground)"

@@ -1,8 +1,8 @@
 """Find the image/mask pairs of a user's folder: paired folders, or two folders given apart.
 
 Paired folders: anywhere under the root (a few levels deep), a folder holding an image folder
-(`images`, `imgs`, `image`) beside a mask folder (`masks`, `mask`, `labels`, `label`, `gt`,
-`ground_truth`, `annotations`; any case). Folders on the way to it, or below the image folder,
+(`images`, `imgs`, `image`, `img`) beside a mask folder (`masks`, `mask`, `labels`, `label`, `gt`,
+`ground_truth`, `annotations`, `segmentations`; any case, `Ground Truth` too). Folders on the way to it, or below the image folder,
 named train/val/valid/test are the image's split; any other such folder (`benign/images`) is its
 group. A mask is named after its image's stem plus a suffix detected from the files (`_mask`,
 `_seg`, `-gt`, or none: the commonest one wins); `NAME_mask_1.png` beside `NAME_mask.png` is a
@@ -24,8 +24,9 @@ from core.data.splits import SPLIT_FOLDERS
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SUPPORTED = "png, jpg/jpeg, tif/tiff, bmp"
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm")
-IMAGE_FOLDERS = ("images", "imgs", "image")
-MASK_FOLDERS = ("masks", "mask", "labels", "label", "gt", "ground_truth", "annotations")
+IMAGE_FOLDERS = ("images", "imgs", "image", "img")
+MASK_FOLDERS = ("masks", "mask", "labels", "label", "gt", "ground_truth", "annotations", "segmentations")
+# folder names match in any case and with or without spaces, '_' or '-': "Ground Truth" is ground_truth
 MAX_DEPTH = 4  # how deep below the root image/mask folders are looked for
 
 
@@ -180,9 +181,14 @@ def _pair_folders(scan: Scan, image_dir: Path, mask_dir: Path, parts: tuple[str,
         scan.masks_without_image += [rel(mask_dir, sub, m) for m in lone_masks]
 
 
+def _folder_key(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
 def _named(children: list[str], names: tuple[str, ...]) -> str | None:
-    lower = {c.lower(): c for c in children}
-    return next((lower[n] for n in names if n in lower), None)
+    """The child folder called one of `names` (the first name that matches), None when none is."""
+    keys = {_folder_key(c): c for c in children}
+    return next((keys[_folder_key(n)] for n in names if _folder_key(n) in keys), None)
 
 
 def scan_paired_folders(root: Path) -> Scan:
