@@ -7,7 +7,12 @@ trials with worse hyperparameters. Scores are measured on those masks, so every 
 store matches the mask stored beside it. One Optuna study per architecture, with the same
 trials, lives in the same database, as a real sweep leaves it.
 
-    python -m dashboard.demo_store --db demo.db --data /path/to/oxford-pets-like-folder
+`build_folder_sweep` adds a second sweep over the user's own kind of data: the same images written
+as a paired-folders dataset with two groups (site-a/, site-b/; names with spaces and parentheses,
+non-square files), some of whose masks are wrong on purpose (erased, shifted, another image's). The
+store records the truth as scored, so the suspect-label score (core.labels) ranks those first.
+
+    python -m dashboard.demo_store --db demo.db --data /path/to/oxford-pets-like-folder --folder /tmp/folder-demo
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import torch
 from core.data.augment import AugmentConfig
 from core.data.dataset import PreparedDataset, prepare_dataset
 from core.metrics import mask_diagnostics, mask_scores
+from PIL import Image
+
 from core.store.db import ImageResults, Store, normalize_url
 from core.store.optuna_storage import optuna_storage
 from core.training.loop import TrainConfig
@@ -102,26 +109,15 @@ def _curves(rng: np.random.Generator, quality: float, n: int) -> list[dict[str, 
     return rows
 
 
-def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px",
-                     archs: tuple[str, ...] = ("unet", "resnet34_unet"), image_size: int = 64, seed: int = 0,
-                     running: bool = True, data: PreparedDataset | None = None) -> DemoStore:
-    """Write a demo sweep into `db` (URL or path) over the dataset at `data_root`; returns what it wrote."""
-    rng = np.random.default_rng(seed)
-    data = data or prepare_dataset(data_root, image_size, log=lambda _msg: None)
-    store = Store(db)
-    ids = store.register_dataset(data.name, data.source, data.root, data.infos)
-    test = data.indices("test")
-    demo = DemoStore(url=store.url, sweep=sweep, archs=tuple(archs), dataset=data.name, root=data.root,
-                     image_ids=ids, test_images=[data.infos[i].name for i in test])
-    truths = data.masks[test].astype(bool)
-    trimaps = data.trimaps[test]
-    fg = np.array([data.infos[i].fg_fraction for i in test])
-    dark = np.array([data.infos[i].brightness for i in test])
-    hardness = 0.5 * np.clip(0.25 - fg, 0, None) / 0.25 + 0.3 * np.clip(0.35 - dark, 0, None) / 0.35 \
-        + rng.uniform(0, 0.35, len(test))  # per image, shared by every model
+def _record_trials(store: Store, demo: DemoStore, sweep: str, archs: tuple[str, ...], dataset: str, image_size: int,
+                   rng: np.random.Generator, running: bool, image_ids: list[int], real: np.ndarray, scored: np.ndarray,
+                   trimaps: np.ndarray | None, hardness: np.ndarray) -> None:
+    """Every trial of a sweep, per architecture STATES (the last one running when `running`), with its Optuna
+    study: predictions damage the `real` masks, scores measure them against the masks as `scored` (the same
+    unless a label is wrong on purpose)."""
+    n = len(image_ids)
     distributions = {name: optuna.distributions.FloatDistribution(lo, hi, log=log)
                      for name, (lo, hi, log) in SEARCH.items()}
-
     storage = optuna_storage(store.url, engine=store.engine)
     for a, arch in enumerate(archs):
         study = optuna.create_study(storage=storage, study_name=f"{sweep}/{arch}", direction="maximize",
@@ -134,7 +130,7 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
             p = cfg.params()
             quality = _quality(arch, p)
             tid = store.start_trial(sweep=sweep, study=f"{sweep}/{arch}", arch=arch, number=number, params=p,
-                                    device="cpu", dataset=data.name, image_size=image_size)
+                                    device="cpu", dataset=dataset, image_size=image_size)
             demo.trial_ids[arch].append(tid)
             demo.states[tid] = state
             n_epochs = {"complete": 8, "pruned": 3, "failed": 2, "running": 4}[state]
@@ -145,18 +141,18 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
             if state == "complete":
                 # small pets suffer more with little Dice in the loss: the tail, not the mean, moves
                 error = np.clip((1 - quality) * (0.8 + 4.5 * hardness ** 1.5) * (1.25 - 0.5 * p["dice_weight"])
-                                + rng.normal(0, 0.04, len(test)), 0, 1)
-                preds = [_predict(rng, t, float(err)) for t, err in zip(truths, error)]
-                scores = mask_scores(torch.from_numpy(np.stack(preds)), torch.from_numpy(truths),
-                                     torch.from_numpy(trimaps))
+                                + rng.normal(0, 0.04, n), 0, 1)
+                preds = [_predict(rng, t, float(err)) for t, err in zip(real, error)]
+                scores = mask_scores(torch.from_numpy(np.stack(preds)), torch.from_numpy(scored),
+                                     None if trimaps is None else torch.from_numpy(trimaps))
                 # diagnostics measured on the masks; the entropy (no probabilities here) is invented,
                 # higher where the mask is worse, as a model that knows when it fails would have it
-                diag = mask_diagnostics(np.stack(preds), truths)
-                noise = np.random.default_rng(tid).normal(0, 0.05, len(test))  # own stream: other draws unchanged
+                diag = mask_diagnostics(np.stack(preds), scored)
+                noise = np.random.default_rng(tid).normal(0, 0.05, n)  # own stream: other draws unchanged
                 dice = scores.dice.double().numpy()
                 diag.entropy = np.clip(0.05 + 0.6 * (1 - dice) + noise, 0.01, 1.0)
                 store.finish_trial(tid, state="complete", val_dice=best_val, results=ImageResults(
-                    np.array([ids[n] for n in demo.test_images]), dice, scores.iou.double().numpy(),
+                    np.array(image_ids), dice, scores.iou.double().numpy(),
                     scores.dice_no_border.double().numpy(), masks=preds, diagnostics=diag))
             elif state == "pruned":
                 store.finish_trial(tid, state="pruned", val_dice=best_val)
@@ -169,6 +165,124 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
                 params=drawn, distributions=distributions,
                 value=best_val if state == "complete" else None, state=optuna_state,
                 intermediate_values={e: r["val_dice"] for e, r in enumerate(curve)}))
+
+
+def _hardness(rng: np.random.Generator, fg: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """Per image, how hard it is for every model: small and dark subjects, plus chance."""
+    return 0.5 * np.clip(0.25 - fg, 0, None) / 0.25 + 0.3 * np.clip(0.35 - dark, 0, None) / 0.35 \
+        + rng.uniform(0, 0.35, len(fg))
+
+
+def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px",
+                     archs: tuple[str, ...] = ("unet", "resnet34_unet"), image_size: int = 64, seed: int = 0,
+                     running: bool = True, data: PreparedDataset | None = None) -> DemoStore:
+    """Write a demo sweep into `db` (URL or path) over the dataset at `data_root`; returns what it wrote."""
+    rng = np.random.default_rng(seed)
+    data = data or prepare_dataset(data_root, image_size, log=lambda _msg: None)
+    store = Store(db)
+    ids = store.register_dataset(data.name, data.source, data.root, data.infos)
+    test = data.indices("test")
+    demo = DemoStore(url=store.url, sweep=sweep, archs=tuple(archs), dataset=data.name, root=data.root,
+                     image_ids=ids, test_images=[data.infos[i].name for i in test])
+    truths = data.masks[test].astype(bool)
+    store.record_truths([ids[n] for n in demo.test_images], image_size, truths)
+    trimaps = data.trimaps[test]
+    fg = np.array([data.infos[i].fg_fraction for i in test])
+    dark = np.array([data.infos[i].brightness for i in test])
+    hardness = _hardness(rng, fg, dark)  # per image, shared by every model
+    _record_trials(store, demo, sweep, tuple(archs), data.name, image_size, rng, running,
+                   [ids[n] for n in demo.test_images], truths, truths, trimaps, hardness)
+    store.dispose()
+    return demo
+
+
+@dataclass
+class FolderInfo:
+    """An image of the demo's own-folder dataset, as the folder loaders record it (group and path)."""
+
+    name: str
+    split: str
+    width: int
+    height: int
+    brightness: float
+    fg_fraction: float
+    group: str
+    path: str
+    breed: str = ""    # the user's own data has no breeds or species
+    species: str = ""
+
+
+@dataclass
+class FolderDemo(DemoStore):
+    groups: dict[str, str] = field(default_factory=dict)   # image name -> group
+    planted: dict[str, str] = field(default_factory=dict)  # image name -> how its mask was made wrong
+    hard: list[str] = field(default_factory=list)           # test images every model finds hard (right masks)
+
+
+GROUPS = ("site-a", "site-b")
+PLANTED = ("erased", "shifted", "swapped")  # wrong masks, on the first test images of the folder dataset
+FILE_SIZE = (96, 64)  # width, height of the written files: not square, as the user's often are
+
+
+def _wrong(kind: str, mask: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """A mask made wrong as a careless labeller would: erased, shifted by a quarter, or another image's."""
+    if kind == "erased":
+        return np.zeros_like(mask)
+    if kind == "shifted":
+        return np.roll(mask, mask.shape[1] // 4, axis=1) & ~mask | np.roll(mask, mask.shape[0] // 4, axis=0) & ~mask
+    return other.copy()
+
+
+def build_folder_sweep(db: str, out: str | Path, data: PreparedDataset, *, sweep: str = "demo-folder",
+                       archs: tuple[str, ...] = ("unet", "resnet34_unet"), image_size: int = 64,
+                       seed: int = 1) -> FolderDemo:
+    """Write `data`'s images as the user's own paired-folders dataset under `out` (GROUPS/images, GROUPS/masks;
+    a few test masks wrong on purpose, PLANTED) and a complete sweep over it into `db`."""
+    rng = np.random.default_rng(seed)
+    out = Path(out).resolve()
+    test = set(data.indices("test").tolist())
+    infos, real, names = [], [], []
+    counters = {g: 0 for g in GROUPS}
+    for k, info in enumerate(data.infos):
+        group = GROUPS[k % len(GROUPS)]
+        counters[group] += 1
+        name = f"{group} ({counters[group]})"
+        path = f"{group}/images/{name}.png"
+        infos.append(FolderInfo(name=name, split="test" if k in test else "train", width=FILE_SIZE[0],
+                                height=FILE_SIZE[1], brightness=info.brightness, fg_fraction=info.fg_fraction,
+                                group=group, path=path))
+        names.append(name)
+        real.append(data.masks[k].astype(bool))
+    test_pos = sorted(test)
+    planted = {names[k]: kind for k, kind in zip(test_pos, PLANTED)}
+    scored = {}
+    for j, k in enumerate(test_pos):
+        kind = planted.get(names[k])
+        scored[k] = _wrong(kind, real[k], real[test_pos[(j + 5) % len(test_pos)]]) if kind else real[k]
+    for k, info in enumerate(infos):  # the files as the user has them: the wrong masks are what they labelled
+        (out / info.group / "images").mkdir(parents=True, exist_ok=True)
+        (out / info.group / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.images[k]).resize(FILE_SIZE, Image.Resampling.BILINEAR).save(out / info.path)
+        mask = scored.get(k, real[k]).astype(np.uint8) * 255
+        Image.fromarray(mask).resize(FILE_SIZE, Image.Resampling.NEAREST).save(
+            out / info.group / "masks" / f"{info.name}_mask.png")
+    store = Store(db)
+    dataset = f"folder/{out.name}"
+    ids = store.register_dataset(dataset, "folder", out, infos, layout="paired-folders")
+    test_names = [names[k] for k in test_pos]
+    demo = FolderDemo(url=store.url, sweep=sweep, archs=tuple(archs), dataset=dataset, root=out, image_ids=ids,
+                      test_images=test_names, groups={i.name: i.group for i in infos}, planted=planted)
+    truths = np.stack([scored[k] for k in test_pos])
+    store.record_truths([ids[n] for n in test_names], image_size, truths)
+    fg = np.array([infos[k].fg_fraction for k in test_pos])
+    dark = np.array([infos[k].brightness for k in test_pos])
+    hardness = _hardness(rng, fg, dark)
+    hardness[[j for j, n in enumerate(test_names) if n in planted]] = 0.0  # easy images, only their masks wrong
+    hard = [j for j in np.argsort(-hardness).tolist() if test_names[j] not in planted][:2]
+    hardness[hard] += 0.6  # every model errs here, each its own way: hard, not mislabelled
+    demo.hard = [test_names[j] for j in hard]
+    _record_trials(store, demo, sweep, tuple(archs), dataset, image_size, rng, False,
+                   [ids[n] for n in test_names], np.stack([real[k] for k in test_pos]), truths, None, hardness)
     store.dispose()
     return demo
 
@@ -179,8 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="dataset folder in the Oxford-IIIT Pet layout")
     p.add_argument("--sweep", default="demo-64px")
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--folder", type=Path, default=None,
+                   help="also write the images as the user's own paired-folders dataset here (a few masks wrong on "
+                        "purpose) and a second sweep over it, demo-folder")
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.folder is not None:  # first: the pet sweep stays the most recent, the one the dashboard opens
+        data = prepare_dataset(args.data, args.image_size, log=lambda _msg: None)
+        folder = build_folder_sweep(normalize_url(args.db), args.folder, data, image_size=args.image_size)
+        print(f"demo sweep {folder.sweep!r} on {folder.dataset} ({len(folder.test_images)} test images, wrong masks: "
+              f"{', '.join(folder.planted)}) -> {folder.url}")
     demo = build_demo_store(normalize_url(args.db), args.data, sweep=args.sweep, image_size=args.image_size)
     print(f"demo sweep {demo.sweep!r} on {demo.dataset} ({len(demo.test_images)} test images) -> {demo.url}")
     return 0

@@ -20,7 +20,7 @@ from core.store.optuna_storage import optuna_storage
 from core.store.db import ImageResults, Store
 from core.data.synthetic import generate_synthetic
 from dashboard import images, stats
-from dashboard.demo_store import DemoStore, build_demo_store
+from dashboard.demo_store import DemoStore, FolderDemo, build_demo_store, build_folder_sweep
 
 DASH = Path(__file__).resolve().parents[1] / "dashboard"
 PAGES = {
@@ -75,13 +75,30 @@ def _add_odd_sweep(demo: DemoStore, outside_dir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
+    """One store: sweep "demo-folder" over the user's own kind of folder (groups, a few wrong masks), then the
+    pet sweep "demo", then "odd" (so the pet sweeps stay the most recent)."""
+    from core.data.dataset import prepare_dataset
+
     base = tmp_path_factory.mktemp("dashboard")
     root = generate_synthetic(base / "data" / "synthetic", n_images=60, image_size=64, seed=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    demo = build_demo_store(f"sqlite:///{base / 'results.db'}", root, sweep="demo")
+    data = prepare_dataset(root, 64, log=lambda _m: None)
+    url = f"sqlite:///{base / 'results.db'}"
+    folder = build_folder_sweep(url, base / "data" / "folder-demo", data)
+    demo = build_demo_store(url, root, sweep="demo", data=data)
     _add_odd_sweep(demo, base / "outside")
-    return demo
+    return demo, folder
+
+
+@pytest.fixture(scope="module")
+def demo(built: tuple[DemoStore, FolderDemo]) -> DemoStore:
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def folder(built: tuple[DemoStore, FolderDemo]) -> FolderDemo:
+    return built[1]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +151,7 @@ def gallery_count(at: AppTest) -> int:
 
 def gallery_names(at: AppTest) -> list[str]:
     """Image names in rank order (the gallery fills two columns, so page order is not rank order)."""
-    ranked = [(int(m.group(1)), m.group(2)) for t in texts(at) if (m := re.match(r"\*\*(\d+)\. (\S+)\*\*", t))]
+    ranked = [(int(m.group(1)), m.group(2)) for t in texts(at) if (m := re.match(r"\*\*(\d+)\. (.+?)\*\*", t))]
     return [name for _, name in sorted(ranked)]
 
 
@@ -151,7 +168,8 @@ def test_home_shows_dataset_states_best_trials_and_the_trials_table(demo, facts,
     assert trials["val dice"].iloc[0] == max(t[4] for t in facts["trials"] if t[4] is not None)  # sorted, best first
     assert any("Sweep running:" in t and "1 trial(s) in progress" in t for t in texts(at))
     assert at.toggle[0].value is True  # auto-refresh is on while the sweep runs
-    assert [o for o in at.sidebar.selectbox[0].options][:2] == ["odd · 1 trials", "demo · 12 trials · 1 running"]
+    assert [o for o in at.sidebar.selectbox[0].options] == ["odd · 1 trials", "demo · 12 trials · 1 running",
+                                                            "demo-folder · 12 trials"]
 
 
 def test_home_trials_table_sorts_by_the_chosen_column(demo, facts, monkeypatch) -> None:
@@ -565,13 +583,20 @@ def pd_isna(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
+def _older_store(demo: DemoStore, factory: pytest.TempPathFactory, version: int):
+    """A genuine store of schema `version` (tests.v<version>_store) over the demo's images, and its file."""
+    import importlib
+
+    from core.data.dataset import prepare_dataset
+
+    build = getattr(importlib.import_module(f"tests.v{version}_store"), f"build_v{version}_store")
+    path = factory.mktemp(f"v{version}") / f"v{version}.db"
+    return build(f"sqlite:///{path}", prepare_dataset(demo.root, 64, log=lambda _m: None)), path
+
+
 @pytest.fixture(scope="module")
 def v1_store(demo: DemoStore, tmp_path_factory: pytest.TempPathFactory):
-    from core.data.dataset import prepare_dataset
-    from tests.v1_store import build_v1_store
-
-    path = tmp_path_factory.mktemp("v1") / "old.db"
-    return build_v1_store(f"sqlite:///{path}", prepare_dataset(demo.root, 64, log=lambda _m: None)), path
+    return _older_store(demo, tmp_path_factory, 1)
 
 
 @pytest.mark.parametrize("page", ["home", "distributions", "hardest", "insights"])
@@ -579,6 +604,7 @@ def test_a_v1_store_is_shown_as_it_is_with_the_command_that_upgrades_it(v1_store
     v1, path = v1_store
     before = path.read_bytes()
     at = app(page, monkeypatch, v1.url, sweep="old")
+    assert not at.error, [e.value for e in at.error]  # v4's columns are absent here, and not read
     notes = [i.value for i in at.info if "schema version 1" in i.value]
     assert len(notes) == 1 and f"python -m jobs.upgrade --db {path}" in notes[0]
     if page == "hardest":
@@ -639,11 +665,7 @@ def test_hard_for_every_model_filters_by_the_most_common_failure_mode(demo, monk
 
 @pytest.fixture(scope="module")
 def v2_store(demo: DemoStore, tmp_path_factory: pytest.TempPathFactory):
-    from core.data.dataset import prepare_dataset
-    from tests.v2_store import build_v2_store
-
-    path = tmp_path_factory.mktemp("v2") / "v2.db"
-    return build_v2_store(f"sqlite:///{path}", prepare_dataset(demo.root, 64, log=lambda _m: None)), path
+    return _older_store(demo, tmp_path_factory, 2)
 
 
 def test_a_v2_store_ranks_every_model_from_every_result_without_writing(v2_store, monkeypatch) -> None:
@@ -660,3 +682,238 @@ def test_a_v2_store_ranks_every_model_from_every_result_without_writing(v2_store
     widget(at.button_group, "Most common failure mode").set_value([chosen]).run()
     assert gallery_names(at) == [r[2] for r in ranking if r[3] == chosen][:12]
     assert path.read_bytes() == before  # the dashboard never writes
+
+
+# -- the user's own data: groups, words of their data, the truth as scored --------------------------------
+
+def _clear_caches() -> None:
+    """After writing marks behind the pages' back: the next run reads them, not a cached copy."""
+    from dashboard import common
+
+    common.cached_query.clear()
+    common._cached_per_version.clear()
+
+
+@pytest.fixture
+def marker(folder: FolderDemo):
+    """Writes review marks straight into the store (as another person's dashboard would); removes every mark after."""
+    from core.store import reviews
+    from core.store.db import make_engine
+
+    engine = make_engine(folder.url)
+
+    def mark(name: str, verdict: str | None, note: str | None = None) -> None:
+        reviews.mark(engine, folder.dataset, name, verdict, note)
+        _clear_caches()
+    yield mark
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM reviews"))
+    engine.dispose()
+    _clear_caches()
+
+
+def test_a_folder_dataset_shows_groups_and_its_own_words_not_pet_filters(folder, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, folder.url, sweep=folder.sweep)
+    labels = {w.label for w in [*at.button_group, *at.multiselect]}
+    assert "Group" in labels and not {"Breed", "Species"} & labels
+    assert widget(at.button_group, "Group").options == ["site-a", "site-b"]
+    assert "border-aware dice" not in widget(at.sidebar.selectbox, "Rank by (worst first)").options
+    assert widget(at.slider, "Object size (share of pixels)")
+    legend = next(m.value for m in at.markdown if "Prediction overlay" in m.value)
+    assert "object the model missed" in legend and "pet" not in legend and "border band" not in legend
+    described = [c.value for c in at.caption if " · test · " in c.value]
+    assert len(described) == 12 and all(c.startswith("group site-") for c in described)
+    assert not [c for c in described if "pet" in c or "border-aware" in c]
+    assert gallery_count(at) == len(folder.test_images)
+    assert not [c.value for c in at.caption if c.value.startswith("⚠")]  # every file found through images.path
+    pills = widget(at.button_group, "Failure mode")
+    assert "missed pet" not in pills.options
+
+
+def test_failure_modes_speak_of_objects_on_a_folder_dataset_while_the_store_keeps_its_values(folder, monkeypatch) -> None:
+    stored = {m for (m,) in _direct(folder, "SELECT DISTINCT failure_mode FROM image_results JOIN trials ON trials.id "
+                                            "= trial_id WHERE sweep = ?", folder.sweep)}
+    assert "missed pet" in stored
+    at = app("distributions", monkeypatch, folder.url, sweep=folder.sweep)
+    table = table_with(at, "trials")
+    assert "missed object" in table.columns and "missed pet" not in table.columns
+    assert {t["name"] for t in charts(at)[4]["data"]} <= {"ok", "boundary", "missed object", "background leak",
+                                                          "empty prediction"}
+    assert not [t for t in at.toggle if t.key == "border_aware"]  # no trimap, no border band
+    assert any("`missed object`" in c.value for c in at.caption)
+
+
+def test_pet_data_keeps_pet_words_the_border_toggle_and_has_no_group_filter(demo, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, demo.url, sweep="demo")
+    legend = next(m.value for m in at.markdown if "Prediction overlay" in m.value)
+    assert "pet the model missed" in legend and "grey border band" in legend
+    assert not [b for b in at.button_group if b.label == "Group"] and widget(at.slider, "Pet size (share of pixels)")
+    assert "border-aware dice" in widget(at.sidebar.selectbox, "Rank by (worst first)").options
+    at = app("distributions", monkeypatch, demo.url, sweep="demo")
+    assert at.toggle(key="border_aware") and not [b for b in at.button_group if b.label == "Group"]
+
+
+def test_the_group_filter_narrows_the_gallery_and_the_every_model_ranking(folder, monkeypatch) -> None:
+    at = app("hardest", monkeypatch, folder.url, sweep=folder.sweep)
+    site_b = {n for n in folder.test_images if folder.groups[n] == "site-b"}
+    widget(at.button_group, "Group").set_value(["site-b"]).run()
+    assert gallery_count(at) == len(site_b) < len(folder.test_images)
+    assert set(gallery_names(at)) == site_b  # 9 images: one page
+    at.radio(key="gallery_view").set_value("Hard for every model").run()
+    widget(at.button_group, "Group").set_value(["site-a"]).run()
+    assert gallery_count(at) == len(folder.test_images) - len(site_b)
+    assert not set(gallery_names(at)) & site_b
+
+
+def test_the_group_filter_narrows_the_distributions(folder, monkeypatch) -> None:
+    at = app("distributions", monkeypatch, folder.url, sweep=folder.sweep)
+    assert set(at.dataframe[0].value["images"]) == {len(folder.test_images)}
+    widget(at.button_group, "Group").set_value(["site-b"]).run()
+    site_b = [n for n in folder.test_images if folder.groups[n] == "site-b"]
+    assert set(at.dataframe[0].value["images"]) == {len(site_b)}
+    assert all(n.startswith("site-b") for n in table_with(at, "B − A")["name"])
+
+
+def test_overlays_use_the_truth_as_scored_not_a_rebuild_from_the_trimap(tmp_path) -> None:
+    from core.store.db import encode_mask
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    Image.fromarray(np.full((8, 8), 1, np.uint8)).save(tmp_path / "annotations" / "trimaps" / "a.png")  # all pet
+    scored = np.zeros((8, 8), bool)
+    scored[:, :4] = True  # what the evaluation scored: the left half
+    fp = [round(c * 0.7) for c in images.FP_COLOR]
+    p = images.make_panels(images.image_files(str(tmp_path), "a", None, True, encode_mask(scored)), 8, 8,
+                           [np.ones((8, 8), bool)])
+    assert p.truth[0, 0].tolist() == [255] * 3 and p.truth[0, 7].tolist() == [0] * 3
+    assert p.predictions[0][0, 7].tolist() == fp  # a false positive against the truth as scored
+    older = images.make_panels(images.image_files(str(tmp_path), "a", None, True), 8, 8, [np.ones((8, 8), bool)])
+    assert older.truth[0, 7].tolist() == [255] * 3 and older.predictions[0][0, 7].tolist() != fp  # the trimap's
+
+
+# -- suspect labels and the review queue ----------------------------------------------------------------
+
+def _suspects(folder: FolderDemo) -> list[tuple]:
+    """(name, score, consensus dice, agreement, contradiction, median dice, trials), most suspect first."""
+    return _direct(folder, "SELECT images.name, label_suspicion, consensus_dice, agreement, contradiction, dice_median, "
+                           "s.trials FROM sweep_images s JOIN images ON images.id = s.image_id WHERE s.sweep = ? "
+                           "ORDER BY label_suspicion IS NULL, label_suspicion DESC, dice_median, s.image_id", folder.sweep)
+
+
+def test_suspect_labels_rank_images_by_the_score_and_show_its_parts(folder, monkeypatch) -> None:
+    at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
+    expected = _suspects(folder)
+    assert gallery_count(at) == len(expected) == len(folder.test_images)
+    assert gallery_names(at) == [r[0] for r in expected[:6]] and len(at.image) == 6
+    assert set(gallery_names(at)[:3]) == set(folder.planted)  # the wrong masks first
+    ranks = [r[0] for r in expected]
+    assert all(ranks.index(h) > 2 for h in folder.hard)  # hard images, right masks: not suspects
+    name, score, cd, ag, co, md, n = expected[0]
+    assert f"**1. {name}** — label suspicion **{score:.3f}** · likely a label error" in texts(at)
+    parts = [c.value for c in at.caption if "consensus dice" in c.value]
+    assert parts[0] == (f"group {folder.groups[name]} · test · consensus dice {cd:.2f} · agreement {ag:.2f} · "
+                        f"contradiction {co:.2f} · median dice {md:.2f} over {n} trials")
+    assert [c.value for c in at.caption].count("review: not marked yet") == 6
+
+
+def test_a_click_marks_an_image_and_the_cards_and_filters_show_it(folder, marker, monkeypatch) -> None:
+    at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
+    first = gallery_names(at)[0]
+    key = f"{folder.dataset}::{first}"
+    at.text_input(key=f"note::{key}").set_value("mask shifted right").run()
+    at.button(key=f"mark::{key}::label error").click().run()
+    assert _direct(folder, "SELECT image, mark, note FROM reviews") == [(first, "label error", "mask shifted right")]
+    assert "review: **label error** — mask shifted right" in [c.value for c in at.caption]
+    assert at.get("download_button")[0].proto.label == "Download the review marks as CSV (1 marked)"
+    widget(at.button_group, "Review mark").set_value(["label error"]).run()
+    assert gallery_count(at) == 1 and gallery_names(at) == [first]
+    gallery = app("hardest", monkeypatch, folder.url, sweep=folder.sweep)
+    assert "review: **label error** — mask shifted right" in [c.value for c in gallery.caption]
+    widget(gallery.button_group, "Review mark").set_value(["label error"]).run()
+    assert gallery_count(gallery) == 1 and gallery_names(gallery) == [first]
+    widget(gallery.button_group, "Review mark").set_value(["unmarked"]).run()
+    assert gallery_count(gallery) == len(folder.test_images) - 1
+    widget(at.button_group, "Review mark").set_value(["unmarked", "label error"]).run()
+    at.button(key=f"mark::{key}::None").click().run()  # clear
+    assert _direct(folder, "SELECT count(*) FROM reviews") == [(0,)]
+
+
+def test_the_csv_download_holds_name_path_mark_note_and_score(folder, marker, monkeypatch) -> None:
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    served: list[tuple[bytes, str | None]] = []  # what the download button hands the browser
+    load = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if mimetype == "text/csv":
+            served.append((path_or_data, filename))
+        return load(self, path_or_data, mimetype, kind, filename)
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    name = sorted(folder.planted)[0]
+    marker(name, "label error", 'erased, "see" notes')
+    at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
+    assert at.get("download_button")[0].proto.label == "Download the review marks as CSV (1 marked)"
+    score = dict((r[0], r[1]) for r in _suspects(folder))[name]
+    data, filename = served[-1]
+    assert filename == "review-marks-folder-folder-demo.csv"
+    assert (data.decode() if isinstance(data, bytes) else data).splitlines() == [
+        "name,path,mark,note,score",
+        f'{name},{folder.groups[name]}/images/{name}.png,label error,"erased, ""see"" notes",{score:.6g}']
+
+
+def test_a_dashboard_started_read_only_shows_marks_but_no_buttons_and_writes_nothing(folder, marker, monkeypatch) -> None:
+    name = sorted(folder.planted)[0]
+    marker(name, "fine", "checked")
+    path = Path(folder.url.removeprefix("sqlite:///"))
+    files = [path, path.with_name(path.name + "-wal")]
+    before = [f.read_bytes() if f.exists() else None for f in files]
+    monkeypatch.setenv("SEGSWEEP_READ_ONLY", "1")
+    at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
+    assert not [b for b in at.button if (b.key or "").startswith("mark::")]
+    assert not [t for t in at.text_input if (t.key or "").startswith("note::")]
+    assert "review: **fine** — checked" in [c.value for c in at.caption]
+    assert "Started read-only: marks are shown, not written." in [c.value for c in at.caption]
+    assert any("started read-only: nothing is written" in c.value for c in at.sidebar.caption)
+    assert [f.read_bytes() if f.exists() else None for f in files] == before
+
+
+def test_hard_for_every_model_can_leave_out_likely_label_errors(folder, marker, monkeypatch) -> None:
+    from core.store.queries import LIKELY_LABEL_ERROR
+
+    at = app("hardest", monkeypatch, folder.url, sweep=folder.sweep)
+    at.radio(key="gallery_view").set_value("Hard for every model").run()
+    widget(at.sidebar.selectbox, "Images per page").set_value(24).run()
+    assert set(folder.planted) | set(folder.hard) <= set(gallery_names(at))
+    likely = {r[0] for r in _suspects(folder) if r[1] >= LIKELY_LABEL_ERROR}
+    assert likely == set(folder.planted)
+    at.toggle(key=f"skip_errors::{folder.url}::{folder.sweep}").set_value(True).run()
+    assert gallery_count(at) == len(folder.test_images) - len(likely)
+    assert not likely & set(gallery_names(at)) and set(folder.hard) <= set(gallery_names(at))
+    kept = sorted(likely)[0]
+    marker(kept, "hard image")  # a person's review overrides the score
+    at.run()
+    assert kept in gallery_names(at) and gallery_count(at) == len(folder.test_images) - len(likely) + 1
+
+
+@pytest.fixture(scope="module")
+def v3_store(demo: DemoStore, tmp_path_factory: pytest.TempPathFactory):
+    return _older_store(demo, tmp_path_factory, 3)
+
+
+def test_a_v3_store_is_read_without_the_v4_columns_and_offers_no_marks(v3_store, monkeypatch) -> None:
+    v3, path = v3_store
+    before = path.read_bytes()
+    at = app("suspects", monkeypatch, v3.url, sweep="old")
+    assert any("predates the suspect-label score" in i.value and f"jobs.upgrade --db {path}" in i.value
+               for i in at.info)
+    assert not at.button and not at.get("download_button")
+    at = app("hardest", monkeypatch, v3.url, sweep="old")
+    assert not [b for b in at.button_group if b.label in ("Review mark", "Group")]
+    assert not [c for c in at.caption if c.value.startswith("review:")]
+    at.button[0].click().run()  # one image across every trial: its row read without images.path
+    assert not at.error and any(s.value.endswith("across every architecture and trial") for s in at.subheader)
+    at.radio(key="gallery_view").set_value("Hard for every model").run()
+    assert not at.error and not [t for t in at.toggle if t.label == "Leave out likely label errors"]
+    assert not app("home", monkeypatch, v3.url, sweep="old").error
+    assert path.read_bytes() == before

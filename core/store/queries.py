@@ -59,10 +59,12 @@ IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "heigh
                  "group_name", "path")  # the last two: v4, NULL on older stores
 NO_GROUP = "(no group)"  # ImageFilter.groups' name for images without a group, where others have one
 UNMARKED = "unmarked"    # ImageFilter.marks' name for images nobody has marked
-# "Hard for every model" leaves out likely label errors on request: a label_suspicion at or above this
-# (core.labels: contradiction x agreement, so e.g. models 90% unanimous against a third of the mask/consensus
-# area), or a person's 'label error' mark; a 'hard image' or 'fine' mark keeps the image whatever its score
-LIKELY_LABEL_ERROR = 0.3
+# "Hard for every model" leaves out likely label errors on request: a label_suspicion at or above this, or a
+# person's 'label error' mark; a 'hard image' or 'fine' mark keeps the image whatever its score. The score is
+# core.labels' contradiction x agreement: a mask erased, shifted or swapped under models that agree scores
+# about 0.4-0.7 (models unanimous against half the mask/consensus area, agreement 0.8+), an image the models
+# contest about 0.05 (little unanimous area, agreement near 0.5); 0.2 lies between them
+LIKELY_LABEL_ERROR = 0.2
 TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
                  "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
 
