@@ -81,7 +81,7 @@ def test_0_1_masks_without_a_suffix_and_an_explicit_foreground(tmp_path: Path, l
     _write_pairs(tmp_path / "set", lesions, suffix="", masks="Ground Truth", mask_as=lambda m: Image.fromarray(m.astype(np.uint8)))
     ds = _load(tmp_path / "set", foreground=(1,))
     assert ds.check.suffixes == {"": 12} and ds.check.mask_kinds == {"grayscale {0,1}": 12}
-    assert ds.check.foreground == "values 1 (--foreground)"
+    assert ds.check.foreground == "values 1 (--foreground)" and ds.name == "folder/set [foreground 1]"
     at = _by_name(ds)
     assert all(np.array_equal(ds.masks[at[n]], _expected(m)) for n, _, m in lesions)
 
@@ -244,6 +244,13 @@ def test_split_folders_inside_the_image_and_mask_folders(tmp_path: Path, lesions
     assert ds.infos[0].name == f"test/{lesions[10][0]}"
 
 
+def test_split_folders_without_train_are_a_one_line_error(tmp_path: Path, lesions) -> None:
+    _write_pairs(tmp_path / "set" / "valid", lesions[:6])
+    _write_pairs(tmp_path / "set" / "test", lesions[6:])
+    with pytest.raises(DataError, match=r"the split folders hold no train images \(found test, val\)"):
+        _load(tmp_path / "set")
+
+
 def test_hash_splits_are_stable_when_files_are_added_or_removed(tmp_path: Path, lesions) -> None:
     root = tmp_path / "set"
     _write_pairs(root, lesions[:8])
@@ -270,6 +277,13 @@ def test_group_by_keeps_a_patients_images_in_one_split(tmp_path: Path, lesions) 
     assert set(by_patient) == {"0", "1", "2", "3"} and all(len(s) == 1 for s in by_patient.values())
     assert all(by_patient[p] == {hash_split(p)} for p in by_patient)
     assert ds.check.group_keys == 4 and ds.check.unmatched_group_by == 0
+    assert ds.name == r"folder/set [group-by patient(\d+)]"  # its splits are not the default reading's
+    (root / "test" / "images").mkdir(parents=True)  # patient 0 again, in a test folder
+    (root / "test" / "masks").mkdir()
+    lesions[0][1].save(root / "test" / "images" / "patient0_frame99.png")
+    Image.fromarray(lesions[0][2].astype(np.uint8) * 255).save(root / "test" / "masks" / "patient0_frame99.png")
+    ds = _load(root, group_by=r"patient(\d+)")
+    assert any(n.startswith("1 --group-by keys have images in several split folders (0)") for n in ds.check.notes)
     with pytest.raises(DataError, match="--group-by: not a regular expression"):
         _load(root, group_by="patient(")
 

@@ -93,14 +93,18 @@ class PreparedDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     layout: str = ""  # one of core.store.schema.LAYOUTS; "" = the source's own (oxford-pets, synthetic)
     check: DataCheck | None = None  # what reading a user's folder found (None for Oxford-IIIT Pet and synthetic)
+    variant: str = ""  # the reading options that change masks or splits ("group-by p(\\d+)"); "" = the defaults
 
     def __post_init__(self) -> None:
         self.layout = self.layout or self.source
 
     @property
     def name(self) -> str:
-        """Key of this dataset in the results store, e.g. "oxford-pets/oxford-pets-sample", "folder/busi"."""
-        return f"{self.source}/{self.root.name}"
+        """Key of this dataset in the results store, e.g. "oxford-pets/oxford-pets-sample", "folder/busi".
+
+        Reading options that change masks or splits are part of it ("folder/busi [foreground 255]"):
+        an image's stored split and foreground share are those of the options it was read with."""
+        return f"{self.source}/{self.root.name}" + (f" [{self.variant}]" if self.variant else "")
 
     @cached_property
     def masks(self) -> np.ndarray:

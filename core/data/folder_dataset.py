@@ -125,10 +125,21 @@ def prepare_folder(scan: Scan, image_size: int, *, foreground: tuple[int, ...] |
 
     ds = cached(cache_dir, scan.root, image_size, SOURCE, _fingerprint(scan, fg, group_by), build, log, variant)
     assert ds.check is not None
+    ds.variant = "; ".join(([f"foreground {format_foreground(foreground)}"] if foreground is not None else [])
+                           + ([f"group-by {group_by}"] if group_by else []))
     problem = ds.check.problem()
     if problem:
         raise UnusableData(problem, ds.check)
     return ds
+
+
+def _splits_of(keys: list[str | None], splits: list[str]) -> dict[str, set[str]]:
+    """--group-by key -> the splits its images are in."""
+    out: dict[str, set[str]] = {}
+    for key, split in zip(keys, splits):
+        if key:
+            out.setdefault(key, set()).add(split)
+    return out
 
 
 def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None, splits: list[str],
@@ -166,12 +177,18 @@ def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None,
     check.empty = sum(1 for i in infos if i.fg_fraction == 0)
     check.splits = dict(Counter(i.split for i in infos))
     check.groups = dict(Counter(i.group for i in infos if i.group))
+    if infos and not check.splits.get("val"):
+        check.notes.append("no val images: training validates on its train images")
     if infos:
         check.sizes = [[min(i.width for i in infos), min(i.height for i in infos),
                         max(i.width for i in infos), max(i.height for i in infos)]]
     if group_by is not None:
         check.group_keys = len({k for k in keys if k})
         check.unmatched_group_by = sum(1 for k in keys if not k)
+        spread = sorted(k for k, s in _splits_of(keys, splits).items() if len(s) > 1)
+        if spread:
+            check.notes.append(f"{len(spread)} --group-by keys have images in several split folders "
+                               f"({', '.join(spread[:3])}{', ...' if len(spread) > 3 else ''}): the folders' splits are kept")
     s = image_size
     return PreparedDataset(
         root=scan.root, source=SOURCE, image_size=image_size, infos=infos,

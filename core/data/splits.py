@@ -60,10 +60,10 @@ def assign_splits(folder_splits: list[str | None], keys: list[str]) -> SplitPlan
                          [f"no split folders: split by a hash of each name (or --group-by key), {HASH_RULE}"])
     notes = [f"split folders: {', '.join(s for s in SPLITS if s in given)}"]
     missing = [s for s in SPLITS if s not in given and s != "train"]
-    if "train" not in given:
+    if "train" not in given and None not in folder_splits:
         raise ValueError(f"the split folders hold no train images (found {', '.join(sorted(given))}); "
                          f"add a train/ folder or leave the split to SegSweep by removing the split folders")
-    for split in missing:
+    for split in missing if "train" in given else []:
         notes.append(f"no {split} folder: {split} is taken from train by a hash of each name "
                      f"({SHARES[split]} in 100)")
     out: list[str] = []
