@@ -344,6 +344,13 @@ def test_two_folders_anywhere(tmp_path: Path, lesions) -> None:
     assert ds.infos[0].path == f"a/frames/{lesions[0][0]}.png" and ds.infos[0].name == lesions[0][0]
 
 
+def test_two_folders_with_the_masks_inside_the_image_folder(tmp_path: Path, lesions) -> None:
+    _write_pairs(tmp_path / "polyps", lesions, images=".", masks="masks")
+    ds = load_data("auto", None, SIZE, log=_quiet, images=tmp_path / "polyps", masks=tmp_path / "polyps" / "masks")
+    assert ds.check.pairs == 12 and ds.check.images_without_mask == [] and ds.root == tmp_path.resolve()
+    assert ds.infos[0].path == f"polyps/{lesions[0][0]}.png"
+
+
 def test_a_folder_without_pairs_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "photos").mkdir()
     with pytest.raises(DataError) as info:

@@ -137,13 +137,14 @@ def pair_by_name(image_files: list[str], mask_files: list[str]) -> tuple[dict[st
 # --------------------------------------------------------------------------- listing
 
 
-def _files(folder: Path) -> tuple[dict[str, list[str]], list[str], list[str]]:
-    """Image files per subfolder (relative, '' = the folder itself), other files, volume files; hidden ones skipped."""
+def _files(folder: Path, beside: Path) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Image files per subfolder (relative, '' = the folder itself), other files, volume files; hidden
+    ones skipped, and `beside` (the other folder of the pair, which may sit inside this one) too."""
     images: dict[str, list[str]] = {}
     other: list[str] = []
     volumes: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != beside)
         sub = Path(dirpath).relative_to(folder).as_posix()
         sub = "" if sub == "." else sub
         for f in sorted(filenames):
@@ -161,11 +162,14 @@ def _files(folder: Path) -> tuple[dict[str, list[str]], list[str], list[str]]:
 def _pair_folders(scan: Scan, image_dir: Path, mask_dir: Path, parts: tuple[str, ...]) -> None:
     """Add the pairs of one image folder and its mask folder (and their same-named subfolders) to `scan`."""
     root = scan.root
-    images, other, volumes = _files(image_dir)
-    masks, mask_other, mask_volumes = _files(mask_dir)
+    images, other, volumes = _files(image_dir, mask_dir)
+    masks, mask_other, mask_volumes = _files(mask_dir, image_dir)
     if volumes or mask_volumes:
         raise volume_error(image_dir if volumes else mask_dir, volumes or mask_volumes)
-    rel = lambda folder, sub, f: (folder / sub / f).relative_to(root).as_posix()  # noqa: E731
+
+    def rel(folder: Path, sub: str, f: str) -> str:
+        return (folder / sub / f).relative_to(root).as_posix()
+
     scan.ignored += [rel(image_dir, "", f) for f in other] + [rel(mask_dir, "", f) for f in mask_other]
     for sub in sorted(set(images) | set(masks)):
         paired, lone_images, lone_masks, suffix = pair_by_name(images.get(sub, []), masks.get(sub, []))
