@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.store import queries as q
@@ -25,11 +26,14 @@ class Info:
     fg_fraction: float
     width: int = 100
     height: int = 80
+    group: str | None = None
 
 
-# 10 images: the first 8 are test images with results, the last 2 train images without.
+# 10 images: the first 8 are test images with results, the last 2 train images without; groups: images 0-2
+# "left", 3-5 "right", the rest none.
 INFOS = [Info(f"{'cat' if i % 2 else 'dog'}_{i}", "test" if i < 8 else "train", "persian" if i % 2 else "beagle",
-              "cat" if i % 2 else "dog", brightness=0.1 * (i + 1), fg_fraction=0.05 * (i + 1)) for i in range(10)]
+              "cat" if i % 2 else "dog", brightness=0.1 * (i + 1), fg_fraction=0.05 * (i + 1),
+              group="left" if i < 3 else "right" if i < 6 else None) for i in range(10)]
 # Per-trial dice of test images 0..7 (image i gets DICE[trial][i]).
 DICE = {
     ("unet", 0): [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
@@ -213,3 +217,83 @@ def test_queries_accept_an_engine_or_an_open_connection(ro: Store) -> None:
     with ro.engine.connect() as conn:
         assert q.has_results_tables(conn) and len(q.sweeps(conn)) == 2
     assert len(q.sweep_trials(ro.engine, "s")) == 5
+
+
+# -- the user's own data and the review queue (schema v4) ---------------------------------------------------
+
+def test_groups_filter_the_gallery_and_the_sweep_ranking(ro: Store, tiny: dict) -> None:
+    tid = tiny["trials"][("unet", 0)]
+    assert q.filter_options(ro, [tid])["groups"] == ["left", "right", q.NO_GROUP]  # images 6, 7 have none
+    assert q.hardest_images(ro, tid, q.ImageFilter(groups=("right",)))["name"].tolist() == ["cat_5", "dog_4", "cat_3"]
+    assert q.count_images(ro, tid, q.ImageFilter(groups=(q.NO_GROUP,))) == 2
+    assert q.count_images(ro, tid, q.ImageFilter(groups=("left", q.NO_GROUP))) == 5
+    assert q.count_images(ro, tid, q.ImageFilter(groups=())) == 0
+    ranked = q.hard_for_every_model(ro, "s", q.ImageFilter(groups=("left",)))
+    assert sorted(ranked["name"]) == ["cat_1", "dog_0", "dog_2"] and set(ranked["group_name"]) == {"left"}
+    scores = q.image_scores(ro, [tid]).set_index("name")
+    assert scores.loc["dog_0", "group_name"] == "left" and pd.isna(scores.loc["dog_6", "group_name"])
+
+
+def test_pet_filters_leave_out_the_empty_breed_and_species_of_the_users_own_data(tmp_path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    ids = store.register_dataset("folder/scans", "folder", tmp_path, [
+        Info("scan (1)", "test", "", "", 0.5, 0.1, group="benign"),
+        Info("scan (2)", "test", "", "", 0.5, 0.2, group="malignant")], layout="paired-folders")
+    tid = store.start_trial(sweep="f", study="f/unet", arch="unet", number=0, params={}, device="cpu",
+                            dataset="folder/scans", image_size=8)
+    d = np.array([0.5, 0.7])
+    store.finish_trial(tid, state="complete", val_dice=0.6, results=ImageResults(np.array(list(ids.values())), d, d, d))
+    options = q.filter_options(store, [tid])
+    assert options["breeds"] == [] and options["species"] == [] and options["groups"] == ["benign", "malignant"]
+    assert q.dataset_kinds(store)["folder/scans"]["layout"] == "paired-folders"
+    assert q.dataset_summary(store, "folder/scans")["groups"] == {"benign": 1, "malignant": 1}
+    store.dispose()
+
+
+def test_marks_and_likely_label_errors_filter_the_images(ro: Store, tiny: dict) -> None:
+    from sqlalchemy import text
+
+    from core.store import reviews
+
+    writer = Store(tiny["db"])
+    tid = tiny["trials"][("unet", 0)]
+    try:
+        assert q.filter_options(ro, [tid])["marks"] == [q.UNMARKED, "label error", "hard image", "fine"]
+        before = q.reviews_version(ro)
+        reviews.mark(writer, DATASET, "cat_7", "label error")
+        reviews.mark(writer, DATASET, "cat_5", "fine", "looked at it")
+        assert q.reviews_version(ro) != before
+        assert q.hardest_images(ro, tid, q.ImageFilter(marks=("label error",)))["name"].tolist() == ["cat_7"]
+        assert q.count_images(ro, tid, q.ImageFilter(marks=(q.UNMARKED,))) == 6
+        assert q.count_images(ro, tid, q.ImageFilter(marks=(q.UNMARKED, "fine"))) == 7
+        with writer.engine.begin() as conn:  # dog_6 and cat_5 look like label errors to the models
+            conn.execute(text("UPDATE sweep_images SET label_suspicion = CASE image_id WHEN :a THEN 0.6 WHEN :b "
+                              "THEN 0.5 ELSE 0.01 END WHERE sweep = 's'"), {"a": tiny["ids"]["dog_6"],
+                                                                              "b": tiny["ids"]["cat_5"]})
+        every = q.image_medians(ro, "s")
+        assert len(every) == 8 and sorted(every["label_suspicion"].round(2)) == [0.01] * 6 + [0.5, 0.6]
+        kept = q.hard_for_every_model(ro, "s", q.ImageFilter(skip_label_errors=True))["name"].tolist()
+        # dog_6 by its score, cat_7 by its mark; cat_5 scores high but a person marked it fine
+        assert len(kept) == 6 and {"dog_6", "cat_7"}.isdisjoint(kept) and "cat_5" in kept
+    finally:
+        with writer.engine.begin() as conn:
+            conn.execute(text("DELETE FROM reviews"))
+            conn.execute(text("UPDATE sweep_images SET label_suspicion = NULL"))
+        writer.dispose()
+
+
+def test_the_truth_as_scored_comes_back_by_image_at_its_size(ro: Store, tiny: dict) -> None:
+    from sqlalchemy import text
+
+    writer = Store(tiny["db"])
+    truth = np.zeros((8, 8), bool)
+    truth[2:5, 1:3] = True
+    try:
+        writer.record_truths([tiny["ids"]["dog_0"]], 8, [truth])
+        found = q.truth_pngs(ro, [tiny["ids"]["dog_0"], tiny["ids"]["cat_1"]], 8)
+        assert list(found) == [tiny["ids"]["dog_0"]] and (decode_mask(found[tiny["ids"]["dog_0"]]) == truth).all()
+        assert q.truth_pngs(ro, [tiny["ids"]["dog_0"]], 16) == {} and q.truth_pngs(ro, [], 8) == {}
+    finally:
+        with writer.engine.begin() as conn:
+            conn.execute(text("DELETE FROM truth_masks"))
+        writer.dispose()
