@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from jobs import budget, schedule
-from jobs.budget import REFIT_EPOCHS, REFIT_INIT, REFIT_OF, RESUME_AT, RESUME_OF, SURPLUS, Budget, Trial
+from jobs.budget import REFIT_EPOCHS, REFIT_OF, RESUME_AT, RESUME_OF, SURPLUS, Budget, Trial
 from jobs.schedule import Config, Ladder, best, goes_on, promotion, slots
 
 
@@ -177,6 +177,9 @@ def test_only_a_short_single_network_refit_starts_from_the_weights_its_search_en
     assert schedule.refit_start(ladder, 2, 11, trained, 4, "config-0.pt", "trial-4.pt") is None  # members must differ
 
 
+LADDER3 = Ladder((1, 3))
+
+
 def row(number: int, val: float, state: str = "complete", **params: object) -> dict:
     return dict(id=100 + number, number=number, state=state, val_dice=val, params=params, checkpoint=f"t{number}.pt")
 
@@ -194,9 +197,6 @@ def test_pruning_checkpoints_keeps_the_result_and_the_weights_the_refit_will_sta
     refit_done = [*rows, row(2, 0.8, refit_of=0)]  # the refit is the result now: its start is no longer needed
     assert schedule.kept_checkpoints(refit_done, 0) == {102}
     assert schedule.refit_source(trials, LADDER3, Budget(100, refit_share=0.0), set()) is None
-
-
-LADDER3 = Ladder((1, 3))
 
 
 @pytest.mark.parametrize("epochs_at, members, width", [
