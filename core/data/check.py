@@ -83,7 +83,7 @@ def summary_lines(c: DataCheck) -> list[str]:
              f"{len(c.images_without_mask)} images without a mask{_some(c.images_without_mask)}; "
              f"{len(c.masks_without_image)} masks without an image{_some(c.masks_without_image)}"]
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(c.mask_kinds.items(), key=lambda kv: -kv[1])) or "none read"
-    lines.append(f"masks: {kinds}; foreground = {c.foreground}; {c.united} images with several masks, united")
+    lines.append(f"mask files: {kinds}; foreground = {c.foreground}; {c.united} images with several masks, united")
     unreadable = [f"{f}: {why}" for f, why in c.unreadable]
     lines.append(f"masks resized to their image: {len(c.resized)}{_some(c.resized)}; empty masks "
                  f"(background only): {c.empty}; unreadable files: {len(c.unreadable)}{_some(unreadable)}")
