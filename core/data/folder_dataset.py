@@ -6,6 +6,7 @@ The folder's pairs (core/data/folders.py, core/data/nnunet.py) are decoded like 
 band, so training, evaluation and the store read them as they read pets. Several masks of one
 image are united; a mask of another size than its image is resized to it (nearest) and counted.
 An image whose file or any of whose masks cannot be read is skipped and named in the check.
+An image's group (images.group_name) is its group folder (benign/), else its --group-by key.
 """
 from __future__ import annotations
 
