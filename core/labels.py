@@ -1,7 +1,8 @@
-"""Which labels look wrong: the suspect-label score of an image from its models' votes and its mask.
+"""Which labels look wrong: the suspect-label score of an image from its models' votes, their certainty and its mask.
 
-A sweep trains many models; every complete trial stores its predicted mask of every test image. Per
-image, V counts per pixel how many of the T trials predicted foreground, and M is the given mask (the
+A sweep trains many models; every complete trial stores its predicted mask of every test image and the
+mean binary entropy of its probabilities there (image_results.entropy, bits: 0 sure .. 1 a coin toss).
+Per image, V counts per pixel how many of the T trials predicted foreground, and M is the given mask (the
 truth exactly as scored). From p = V / T:
 
 * consensus_dice  dice of the majority mask K = (p >= 1/2) against M (1 when both are empty);
@@ -9,16 +10,23 @@ truth exactly as scored). From p = V / T:
                   mask calls foreground (1 = every model the same mask, 0 = a coin toss everywhere);
 * contradiction   the area where the models are near-unanimous (p >= CONFIDENT or p <= 1 - CONFIDENT)
                   and the majority disagrees with M, divided by |K u M| (0 when both are empty);
-* label_suspicion = contradiction x agreement.
+* label_suspicion = contradiction x (1 - entropy), entropy the median over the trials of each one's mean
+                  binary entropy on the image (taken as 0 where no trial measured it, e.g. results written
+                  before schema v2).
 
 Why it separates a wrong mask from a hard image: a wrong mask (erased, grown, shrunk, shifted, another
-image's) leaves the models, which learnt from the many right masks, agreeing with each other about an
-area the mask gets wrong: that area is unanimous (it counts in contradiction) and the models agree
-(agreement near 1). A hard image splits the models: where they err they err differently, so the
-pixels against the mask are contested (p between the bounds, not counted) and agreement falls; the
-product stays low. An image every model gets right has little unanimous area against its mask. All
-empty (mask and every prediction) scores 0. Fewer than MIN_TRIALS votes (a vote of one or two models is
-no consensus), or no stored truth: NULL (NaN here).
+image's) leaves the models, which learnt from the many right masks, agreeing with each other, and sure of
+themselves, about an area the mask gets wrong: that area is unanimous (it counts in contradiction) and
+the entropy is low. A hard image splits the models (where they err they err differently: the pixels
+against the mask are contested, not counted) or leaves each of them unsure (high entropy): either way
+the product stays low. An image every model gets right has little unanimous area against its mask. All
+empty (mask and every prediction) scores 0. With fewer than MIN_TRIALS votes, or no stored truth: NULL
+(NaN here).
+
+Measured (benchmarks/label_errors.py, 10% of the test masks planted wrong, quick preset): agreement as
+a factor added nothing over contradiction, which counts unanimous pixels only; the models' entropy did
+(the per-image certainty that binary masks cannot show). The quick preset's sweep closes about two
+complete trials (its refits, one per architecture), so two models that agree already make a consensus.
 
 The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
 trial adds its masks without reading the earlier ones again.
@@ -31,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MIN_TRIALS = 3        # fewer complete trials with a mask: no score
+MIN_TRIALS = 2        # fewer complete trials with a mask: no score (one model is no consensus)
 CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the models vote the same way
 VOTES = np.dtype("<u2")  # per-pixel vote counts as stored (sweep_image_votes.votes), after a (height, width) header
 _HEADER = struct.Struct("<HH")
@@ -63,8 +71,10 @@ def decode_votes(blob: bytes) -> np.ndarray:
     return np.frombuffer(zlib.decompress(blob[_HEADER.size:]), dtype=VOTES).reshape(height, width).astype(np.int64)
 
 
-def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray) -> LabelParts:
-    """The score and its parts of N images: votes (N, H, W) counts, trials (N,) or one count, truth (N, H, W) bool.
+def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
+                entropy: np.ndarray | float | None = None) -> LabelParts:
+    """The score and its parts of N images: votes (N, H, W) counts, trials (N,) or one count, truth (N, H, W) bool,
+    entropy (N,) the models' median mean binary entropy per image in bits (None or NaN: not measured, taken as 0).
 
     Images with fewer than MIN_TRIALS trials get NaN throughout.
     """
@@ -91,7 +101,8 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray) 
         unanimous = (p >= CONFIDENT) | (p <= 1 - CONFIDENT)
         against = np.count_nonzero(unanimous & (consensus != truth), axis=axes)
         contradiction = np.where(union > 0, against / union, 0.0)
-    suspicion = contradiction * agreement
+    unsure = np.broadcast_to(np.asarray(np.nan if entropy is None else entropy, dtype=np.float64), (n,))
+    suspicion = contradiction * (1 - np.clip(np.nan_to_num(unsure, nan=0.0), 0.0, 1.0))
     few = t < MIN_TRIALS
     nan = lambda a: np.where(few, np.nan, a).astype(np.float64)  # noqa: E731
     return LabelParts(nan(suspicion), nan(dice), nan(agreement), nan(contradiction))

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import inspect, select, text
 
@@ -15,7 +16,7 @@ from core.data.dataset import PreparedDataset, prepare_dataset
 from core.metrics import NOT_COMPUTED, failure_modes, mask_diagnostics
 from core.store import db as st
 from core.store import summaries
-from core.store.db import Store
+from core.store.db import Store, decode_mask
 from jobs import upgrade as upgrade_job
 from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fixture)
 from tests.test_summaries import assert_summaries_match
@@ -190,9 +191,12 @@ def assert_upgraded_from_v2(url: str, before: dict[str, list[tuple]], messages: 
     store = Store(url, read_only=True)
     assert store.schema_version == 4
     store.dispose()
-    results = sum(1 for r in before["image_results"] if r[0] in {t[0] for t in before["trials"] if t[5] == "complete"})
+    complete = {t[0] for t in before["trials"] if t[5] == "complete"}
+    results = sum(1 for r in before["image_results"] if r[0] in complete)
+    truths = len({r[1] for r in before["image_results"] if r[0] in complete})  # one per image at the trials' size
     assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 4 in place: "
-                        f"per-image summaries of 2 sweeps built ({images} images, from {results} per-image results)"]
+                        f"per-image summaries of 2 sweeps built ({images} images, from {results} per-image results); "
+                        f"{truths} ground truths rebuilt from trimaps for the suspect-label score"]
     assert assert_summaries_match(url) == images
 
 
@@ -292,4 +296,69 @@ def test_a_v3_store_is_upgraded_in_place_row_for_row_with_the_v4_columns_and_tab
         for table, columns in V4_COLUMNS.items():
             assert set(columns) <= {c["name"] for c in inspect(conn).get_columns(table)}
         assert conn.execute(text("SELECT count(*) FROM images WHERE group_name IS NOT NULL")).scalar() == 0
+    store.dispose()
+
+
+def _entropy_medians(conn, sweep: str):
+    """sweep_images.entropy_median per image id: the models' certainty the score weighs."""
+    from core.store.schema import sweep_images as s
+
+    rows = conn.execute(select(s.c.image_id, s.c.entropy_median).where(s.c.sweep == sweep)).all()
+    return pd.Series({i: np.nan if e is None else e for i, e in rows}, dtype=float)
+
+
+def test_a_v3_store_gets_its_suspect_label_scores_from_its_masks_and_the_trimaps(pets64, tmp_path: Path) -> None:
+    from core.labels import label_parts
+    from core.store import suspicion
+    from tests.v3_store import build_v3_store
+
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    v3 = build_v3_store(url, pets64)
+    messages: list[str] = []
+    Store(url, log=messages.append).dispose()
+    assert f"{len(v3.image_ids)} ground truths rebuilt from trimaps" in messages[0]
+    store = Store(url, read_only=True)
+    test = pets64.indices("test")
+    with store.engine.connect() as conn:
+        for sweep in ("old", "other"):  # four complete trials, and one (too few votes for a score)
+            ranked = suspicion.suspects(conn, sweep).set_index("image_id")
+            ranked["entropy_median"] = _entropy_medians(conn, sweep).reindex(ranked.index)
+            for k, image_id in enumerate(v3.image_ids):
+                assert suspicion.truth(conn, image_id, 64).tolist() == pets64.masks[test[k]].astype(bool).tolist()
+                masks = conn.execute(select(st.masks.c.png).join(st.trials, st.trials.c.id == st.masks.c.trial_id)
+                                     .where(st.trials.c.sweep == sweep, st.trials.c.state == "complete",
+                                            st.masks.c.image_id == image_id)).scalars().all()
+                if image_id not in ranked.index:
+                    continue
+                row = ranked.loc[image_id]
+                votes = np.sum([decode_mask(bytes(m)) for m in masks], axis=0)
+                assert int(row["trials"]) >= len(masks)
+                if len(masks) < 2:
+                    assert np.isnan(row["label_suspicion"])
+                    continue
+                entropy = row["entropy_median"]
+                expected = label_parts(votes[None], len(masks), pets64.masks[test[k]][None].astype(bool),
+                                       np.array([entropy]))
+                assert row["label_suspicion"] == pytest.approx(float(expected.label_suspicion[0]))
+                assert row["consensus_dice"] == pytest.approx(float(expected.consensus_dice[0]))
+                np.testing.assert_allclose(suspicion.consensus(conn, sweep, image_id), votes / len(masks))
+        assert conn.execute(text("SELECT count(*) FROM sweep_images WHERE label_suspicion IS NOT NULL")).scalar() > 0
+    store.dispose()
+
+
+def test_a_v3_store_whose_dataset_root_is_gone_keeps_null_label_scores(pets64, tmp_path: Path) -> None:
+    from tests.v3_store import build_v3_store
+
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    build_v3_store(url, pets64)
+    engine = st.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE datasets SET root = :gone"), {"gone": str(tmp_path / "moved-away")})
+    engine.dispose()
+    Store(url, log=lambda _msg: None).dispose()
+    store = Store(url, read_only=True)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM truth_masks")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM sweep_image_votes")).scalar() > 0  # the votes are kept
+        assert conn.execute(text("SELECT count(*) FROM sweep_images WHERE label_suspicion IS NOT NULL")).scalar() == 0
     store.dispose()

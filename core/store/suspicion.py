@@ -110,9 +110,18 @@ def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int
     return found
 
 
+def _entropies(conn: Connection, sweep: str, ids: list[int]) -> dict[int, float]:
+    """sweep_images.entropy_median of these images (NaN where NULL)."""
+    s = st.sweep_images
+    rows = conn.execute(select(s.c.image_id, s.c.entropy_median).where(s.c.sweep == sweep, s.c.image_id.in_(ids)))
+    return {int(i): np.nan if e is None else float(e) for i, e in rows}
+
+
 def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> None:
-    """Recompute and write the label columns of sweep_images for these images from their votes."""
+    """Recompute and write the label columns of sweep_images for these images from their votes, their truths and
+    the models' entropy (the summaries' median, written before in this transaction)."""
     truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
+    entropy = _entropies(conn, sweep, ids)
     values: dict[str, list[Any]] = {c: [None] * len(ids) for c in LABEL_COLUMNS}
     scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -120,7 +129,8 @@ def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.nd
         by_shape.setdefault(votes[k].shape, []).append(k)
     for group in by_shape.values():
         parts: LabelParts = label_parts(np.stack([votes[k] for k in group]), np.array([trials[k] for k in group]),
-                                        np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]))
+                                        np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]),
+                                        np.array([entropy.get(ids[k], np.nan) for k in group]))
         for c in LABEL_COLUMNS:
             for k, value in zip(group, getattr(parts, c).tolist()):
                 values[c][k] = None if value != value else float(value)

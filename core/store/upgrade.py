@@ -10,7 +10,10 @@ failure_mode 'not computed'.
 v2 -> v3: the per-image summaries of every sweep (core.store.summaries), built from image_results.
 
 v3 -> v4: new nullable columns (each dataset's layout, each image's group, the label-suspicion parts of the
-summaries) and new tables (truth masks, mask votes, review marks); the summaries are rebuilt with them.
+summaries) and new tables (truth masks, mask votes, review marks); the truths as scored are rebuilt from the
+trimaps where the dataset root is reachable (Oxford-IIIT Pet and synthetic layouts), and the summaries are
+rebuilt with the mask votes of every stored mask, so the suspect-label score (core.labels) is computed where
+the masks and truths allow and stays NULL elsewhere.
 
 Everything (columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
 disk leaves the old store as it was. Two workers upgrading at once: the first takes the write lock with
@@ -26,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import and_, bindparam, inspect, select, text, update
+from sqlalchemy import and_, bindparam, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
 from core.data.layout import pet_mask, trimap_path
@@ -34,7 +37,7 @@ from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import schema as st
 from core.store import summaries
 from core.store.engine import display_url
-from core.store.mask_png import decode_mask
+from core.store.mask_png import decode_mask, encode_mask
 
 V2_COLUMNS = (*DIAGNOSTICS, "failure_mode")
 
@@ -53,12 +56,15 @@ class UpgradeReport:
     sweeps: int = 0          # sweeps summarised
     summarised: int = 0      # their (sweep, image) summaries
     results: int = 0         # per-image results they summarise
+    truths: int = 0          # truths as scored rebuilt from trimaps (v4), for the label-suspicion score
 
     def summary(self, url: str) -> str:
         head = (f"upgraded results store {display_url(url)} from schema version {self.from_version} to "
                 f"{st.SCHEMA_VERSION} in place: ")
         built = (f"per-image summaries of {self.sweeps} sweep{'s' if self.sweeps != 1 else ''} built "
                  f"({self.summarised} images, from {self.results} per-image results)")
+        if self.truths:
+            built += f"; {self.truths} ground truths rebuilt from trimaps for the suspect-label score"
         if self.from_version != 1:
             return head + built
         why = "; ".join(f"{n} {reason}" for reason, n in self.reasons.items())
@@ -159,6 +165,29 @@ def _backfill(conn: Connection, report: UpgradeReport, log: Callable[[str], None
             log(f"upgrading results store: {k + 1} of {len(done)} trials backfilled")
 
 
+def _record_truths(conn: Connection) -> int:
+    """The truth as scored of every image a complete trial stored a mask of, at that trial's size, rebuilt from
+    the dataset's trimaps (Oxford-IIIT Pet and synthetic layouts, root reachable); returns truths written.
+    Images without one keep NULL label-suspicion columns."""
+    t, m, i, d = st.trials, st.masks, st.images, st.datasets
+    wanted = conn.execute(
+        select(i.c.id, i.c.name, i.c.width, i.c.height, t.c.image_size, d.c.root).distinct()
+        .select_from(m.join(t, t.c.id == m.c.trial_id).join(i, i.c.id == m.c.image_id).join(d, d.c.name == i.c.dataset))
+        .where(t.c.state == "complete", d.c.source.in_(("oxford-pets", "synthetic")))).all()
+    known = {tuple(r) for r in conn.execute(select(st.truth_masks.c.image_id, st.truth_masks.c.image_size))}
+    rows = []
+    for image_id, name, width, height, size, root in wanted:
+        if (image_id, size) in known or not Path(root).is_dir():
+            continue
+        truth = eval_truth(Path(root), name, width, height, int(size))
+        if truth is not None:
+            rows.append({"image_id": image_id, "image_size": int(size), "png": encode_mask(truth)})
+            known.add((image_id, size))
+    if rows:
+        conn.execute(insert(st.truth_masks), rows)
+    return len(rows)
+
+
 def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> UpgradeReport:
     """Upgrade a v1 or v2 store to the current version inside the caller's transaction; a no-op if another
     worker already did."""
@@ -179,6 +208,10 @@ def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> Upgra
     if report.from_version == 1:
         st.ensure_v2_indexes(conn)
         _backfill(conn, report, log)
+    if report.from_version < 4:
+        for table in (st.truth_masks, st.sweep_image_votes):
+            table.create(conn, checkfirst=True)
+        report.truths = _record_truths(conn)
     report.sweeps, report.summarised, report.results = summaries.build(conn)
     report.upgraded = True
     return report

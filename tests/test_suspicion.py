@@ -1,0 +1,172 @@
+"""The suspect-label score in the store: votes and label columns kept up to date as trials close equal a
+rebuild from every stored mask; truths stored once; the dashboard's reads."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from core.labels import decode_votes, label_parts
+from core.metrics import mask_diagnostics
+from core.store import schema as st
+from core.store import summaries, suspicion
+from core.store.db import ImageResults, Store
+
+S = 24
+N = 6
+
+
+def _square(rng: np.random.Generator) -> np.ndarray:
+    mask = np.zeros((S, S), bool)
+    top, left, side = rng.integers(0, 8), rng.integers(0, 8), rng.integers(6, 14)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+@pytest.fixture
+def store(db_url: str, tmp_path: Path) -> Store:
+    store = Store(db_url)
+    infos = [SimpleNamespace(name=f"im{k}", split="test", breed="b", species="cat", width=S, height=S, brightness=0.5,
+                             fg_fraction=0.3) for k in range(N)]
+    store.ids = store.register_dataset("synthetic/t", "synthetic", tmp_path, infos)  # type: ignore[attr-defined]
+    yield store
+    store.dispose()
+
+
+def _ids(store: Store) -> np.ndarray:
+    return np.array([store.ids[f"im{k}"] for k in range(N)])  # type: ignore[attr-defined]
+
+
+def _close(store: Store, sweep: str, number: int, masks: np.ndarray | None, state: str = "complete",
+           images: slice = slice(None)) -> int:
+    tid = store.start_trial(sweep=sweep, study=f"{sweep}/unet", arch="unet", number=number, params={}, device="cpu",
+                            dataset="synthetic/t", image_size=S)
+    ids = _ids(store)[images]
+    dice = np.linspace(0.2, 0.9, len(ids))
+    diagnostics = None
+    if masks is not None:  # with the models' entropy per image, as an evaluation measures it
+        diagnostics = mask_diagnostics(masks[images], masks[images])
+        diagnostics.entropy = np.random.default_rng(number).uniform(0.05, 0.6, len(ids))
+    store.finish_trial(tid, state=state, val_dice=0.5, results=ImageResults(
+        ids, dice, dice, dice, masks=None if masks is None else masks[images], diagnostics=diagnostics))
+    return tid
+
+
+def _label_rows(store: Store, sweep: str) -> tuple[dict, dict]:
+    s, v = st.sweep_images, st.sweep_image_votes
+    with store.engine.connect() as conn:
+        labels = {r.image_id: tuple(r[1:]) for r in conn.execute(
+            select(s.c.image_id, *(s.c[c] for c in suspicion.LABEL_COLUMNS)).where(s.c.sweep == sweep))}
+        votes = {r.image_id: (r.trials, decode_votes(r.votes).tolist()) for r in conn.execute(
+            select(v.c.image_id, v.c.trials, v.c.votes).where(v.c.sweep == sweep))}
+    return labels, votes
+
+
+def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every_mask(store: Store) -> None:
+    rng = np.random.default_rng(1)
+    truths = np.stack([_square(rng) for _ in range(N)])
+    ids = _ids(store)
+    store.record_truths(ids[:-1], S, truths[:-1])  # the last image has no stored truth: no score
+    masks = []
+    for number in range(6):
+        pred = np.stack([_square(rng) for _ in range(N)])
+        pred[0] = truths[0]                       # every model agrees with the mask
+        pred[1] = np.roll(truths[1], 8, axis=1)   # every model agrees against the mask
+        masks.append(pred)
+        # trial 3 evaluates only some images, trial 4 stores no masks, trial 5 is pruned with nothing
+        _close(store, "s", number, None if number == 4 else pred, state="pruned" if number == 5 else "complete",
+               images=slice(0, 4) if number == 3 else slice(None))
+        if number == 0:  # one vote: no score yet
+            labels, votes = _label_rows(store, "s")
+            assert votes[int(ids[0])][0] == 1 and all(v[0] is None for v in labels.values())
+    _close(store, "other", 0, masks[0])  # another sweep's votes are its own
+    kept = _label_rows(store, "s")
+    with store.engine.begin() as conn:
+        summaries.rebuild(conn, "s")
+    assert _label_rows(store, "s") == kept
+
+    labels, votes = kept
+    counted = {k: [0, 1, 2, 3] if k < 4 else [0, 1, 2] for k in range(N)}
+    for k, image_id in enumerate(ids.tolist()):
+        expected = np.sum([masks[j][k] for j in counted[k]], axis=0)
+        assert votes[image_id] == (len(counted[k]), expected.tolist())
+        if k == N - 1:
+            assert labels[image_id] == (None, None, None, None)
+            continue
+        entropy = np.median([np.random.default_rng(j).uniform(0.05, 0.6, 4 if j == 3 else N)[k] for j in counted[k]])
+        parts = label_parts(expected[None], len(counted[k]), truths[k][None], np.array([entropy]))
+        assert labels[image_id] == pytest.approx(tuple(float(getattr(parts, c)[0]) for c in suspicion.LABEL_COLUMNS))
+    assert labels[int(ids[0])][0] == 0.0 and labels[int(ids[1])][0] > 0.3
+
+
+def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(store: Store) -> None:
+    rng = np.random.default_rng(2)
+    truths = np.stack([_square(rng) for _ in range(N)])
+    ids = _ids(store)
+    store.record_truths(ids[1:], S, truths[1:])  # im0 has no truth
+    for number in range(3):
+        pred = truths.copy()
+        pred[3] = False  # the models agree the object is not there: im3's mask is suspect
+        _close(store, "s", number, pred)
+    ranked = suspicion.suspects(store, "s")
+    assert list(ranked.columns) == list(suspicion.SUSPECT_COLUMNS)
+    assert ranked["name"].iloc[0] == "im3" and ranked["contradiction"].iloc[0] == 1.0
+    assert ranked["label_suspicion"].iloc[0] == pytest.approx(1 - _entropy(store, 3))
+    assert ranked["name"].iloc[-1] == "im0" and np.isnan(ranked["label_suspicion"].iloc[-1])
+    assert (ranked["trials"] == 3).all() and len(suspicion.suspects(store, "s", limit=2)) == 2
+    assert suspicion.consensus(store, "s", int(ids[3])).max() == 0.0
+    assert suspicion.consensus(store, "s", int(ids[2])).tolist() == truths[2].astype(float).tolist()
+    assert suspicion.consensus(store, "nope", int(ids[2])) is None
+    assert suspicion.truth(store, int(ids[2]), S).tolist() == truths[2].tolist()
+    assert suspicion.truth(store, int(ids[0]), S) is None and suspicion.truth(store, int(ids[2]), 64) is None
+    assert suspicion.available(store) and suspicion.available(store.engine)
+
+
+def _entropy(store: Store, k: int) -> float:
+    s = st.sweep_images
+    with store.engine.connect() as conn:
+        return float(conn.execute(select(s.c.entropy_median).where(s.c.image_id == int(_ids(store)[k]))).scalar())
+
+
+def test_truths_are_stored_once_even_when_two_workers_write_them_at_once(store: Store) -> None:
+    rng = np.random.default_rng(3)
+    first = np.stack([_square(rng) for _ in range(N)])
+    ids = _ids(store)
+    with ThreadPoolExecutor(3) as pool:  # three workers, each writing the same truths five times; errors re-raise
+        list(pool.map(lambda _: [store.record_truths(ids, S, first) for _ in range(5)], range(3)))
+    store.record_truths(ids, S, ~first)  # written already: the first truth stays
+    assert store.count(st.truth_masks) == N
+    assert all(suspicion.truth(store, int(i), S).tolist() == first[k].tolist() for k, i in enumerate(ids))
+
+
+def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_path: Path, monkeypatch) -> None:
+    from core.data.dataset import prepare_dataset
+    from core.data.synthetic import generate_synthetic
+    from core.models.registry import build_model
+    from core.training import trial
+    from core.training.loop import FitResult, TrainConfig
+
+    root = tmp_path / "syn"
+    generate_synthetic(root, n_images=24, image_size=32, seed=0)
+    data = prepare_dataset(root, 32, log=lambda _: None)
+    store = Store(db_url)
+    ids = trial.register(store, data)
+    cfg = TrainConfig(arch="unet", width=0.25, image_size=32, epochs=1, batch_size=8, device="cpu", num_workers=0,
+                      channels_last=False, amp="off")
+    # training is not what is tested: an untrained network, evaluated and recorded as run_trial does
+    monkeypatch.setattr(trial, "fit", lambda cfg, *a, **k: FitResult(build_model("unet", width=0.25), 0.5, 0, 1, [],
+                                                                    None, "cpu", "off"))
+    for number in range(3):
+        trial.run_trial(store, cfg, data, ids, sweep="s", study="s/unet", number=number, progress=False,
+                        log=lambda _: None)
+    test = data.indices("test")
+    for i in test:
+        image_id = ids[data.infos[i].name]
+        assert suspicion.truth(store, image_id, 32).tolist() == data.masks[i].astype(bool).tolist()
+    ranked = suspicion.suspects(store, "s")
+    assert len(ranked) == len(test) and ranked["label_suspicion"].notna().all() and (ranked["trials"] == 3).all()
+    store.dispose()
