@@ -100,6 +100,21 @@ def test_one_bit_and_rgb_masks_are_read_by_their_kind(tmp_path: Path, lesions) -
     assert all(np.array_equal(ds.masks[at[n]], _expected(m)) for n, _, m in lesions)
 
 
+def test_colour_masks_take_every_non_black_pixel_and_refuse_gray_values(tmp_path: Path, lesions) -> None:
+    def red(mask: np.ndarray) -> Image.Image:
+        rgb = np.zeros(mask.shape + (3,), np.uint8)
+        rgb[mask] = (200, 30, 30)
+        return Image.fromarray(rgb)
+    _write_pairs(tmp_path / "set", lesions, mask_as=red)
+    ds = _load(tmp_path / "set")
+    assert ds.check.mask_kinds == {"RGB colour": 12}
+    at = _by_name(ds)
+    assert all(np.array_equal(ds.masks[at[n]], _expected(m)) for n, _, m in lesions)
+    with pytest.raises(UnusableData, match=r"none of the 12 image/mask pairs .* could be read \(first: masks/.*: "
+                                           r"colour RGB mask: --foreground names gray values"):
+        _load(tmp_path / "set", foreground=(255,))
+
+
 def test_palette_masks_take_their_foreground_from_the_values_named(tmp_path: Path, lesions) -> None:
     def palette(mask: np.ndarray) -> Image.Image:
         im = Image.fromarray(np.where(mask, 2, 1).astype(np.uint8), mode="P")  # 1 = background label here

@@ -58,7 +58,8 @@ class DataCheck:
                    f"without an image: are the names paired?)" if self.images_without_mask or self.masks_without_image else ""
             return f"no image with a mask found in {self.root}{lone}"
         if self.usable == 0:
-            return f"none of the {self.pairs} image/mask pairs in {self.root} could be read"
+            first = f" (first: {self.unreadable[0][0]}: {self.unreadable[0][1]})" if self.unreadable else ""
+            return f"none of the {self.pairs} image/mask pairs in {self.root} could be read{first}"
         for split in ("train", "test"):
             if not self.splits.get(split):
                 return f"no usable {split} images in {self.root}"

@@ -30,7 +30,7 @@ class MaskRead:
     @property
     def described(self) -> str:
         """Kind and values in a few characters, e.g. "1-bit {0,1}", "grayscale {0,255}"."""
-        return f"{self.kind} {format_values(self.values)}" if self.values or self.kind != "RGB colour" else self.kind
+        return f"{self.kind} {format_values(self.values)}" if self.values else self.kind
 
 
 def format_values(values: tuple[int, ...]) -> str:
