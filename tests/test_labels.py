@@ -96,3 +96,68 @@ def test_votes_round_trip_through_their_stored_form():
     assert len(encode_votes(np.zeros((256, 256), int))) < 1000  # zlib: an unanimous image costs little
     with pytest.raises(ValueError):
         encode_votes(np.full((2, 2), 70000))
+
+
+# -- benchmarks/label_errors.py: its planting and its scoring, on tiny constructed cases -----------------
+
+def test_the_benchmark_plants_errors_of_the_sizes_it_promises():
+    from benchmarks.label_errors import grow, planted_mask, shift, shrink
+
+    pet = square(10, 10, 8)
+    assert 1.8 <= grow(pet).sum() / pet.sum() <= 2.6 and (grow(pet) & pet).sum() == pet.sum()
+    assert 0.3 <= shrink(pet).sum() / pet.sum() <= 0.6 and not (shrink(pet) & ~pet).any()
+    moved = shift(pet)
+    assert moved.sum() == pet.sum() and (moved & pet).sum() <= pet.sum() / 4
+    assert not planted_mask("erased", pet, pet).any()
+    other = np.zeros((2 * S, 2 * S), bool)
+    other[:S] = True
+    assert planted_mask("swapped", pet, other).tolist() == (np.arange(S)[:, None] < S // 2).repeat(S, 1).tolist()
+
+
+def test_the_benchmark_measures_auroc_and_precision_among_the_top_k():
+    from benchmarks.label_errors import auroc, precision_at_k
+
+    planted = np.array([True, True, False, False, False])
+    assert auroc(np.array([0.9, 0.8, 0.1, 0.2, 0.3]), planted) == 1.0
+    assert auroc(np.array([0.1, 0.2, 0.9, 0.8, 0.7]), planted) == 0.0
+    assert auroc(np.array([0.5, 0.5, 0.5, 0.5, 0.5]), planted) == 0.5  # ties count half
+    assert auroc(np.array([np.nan, 0.9, 0.1, 0.2, 0.3]), planted) == 0.5  # no score ranks last
+    assert precision_at_k(np.array([0.9, 0.1, 0.8, 0.2, 0.3]), planted, 2) == 0.5
+
+
+def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_url, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from benchmarks.label_errors import evaluate, report, store_scores
+    from core.store.db import ImageResults, Store
+
+    store = Store(db_url)
+    names = [f"im{k}" for k in range(10)]
+    infos = [SimpleNamespace(name=n, split="test", breed="b", species="cat", width=S, height=S, brightness=0.5,
+                             fg_fraction=0.3) for n in names]
+    ids = store.register_dataset("synthetic/b", "synthetic", tmp_path, infos)
+    image_ids = np.array([ids[n] for n in names])
+    truth = np.stack([square(8, 8, 16)] * 10)
+    truth[0] = False               # planted: erased
+    truth[1] = square(16, 16, 16)  # planted: shifted
+    store.record_truths(image_ids, S, truth)
+    rng = np.random.default_rng(0)
+    for number in range(3):
+        pred = np.stack([square(8, 8, 16)] * 10)
+        pred[5] = rng.random((S, S)) < 0.5  # a hard image: every model guesses differently
+        dice = np.where(np.arange(10) == 5, 0.1, 0.9)  # the hard image has the worst dice of all
+        store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
+                                             device="cpu", dataset="synthetic/b", image_size=S),
+                           state="complete", val_dice=0.5, results=ImageResults(image_ids, dice, dice, dice, masks=pred))
+    store.dispose()
+    scores = store_scores(db_url, "b", names)
+    scores["cleanlab soft-minimum"] = np.full(10, np.nan)  # not measured here: ranks everything alike
+    planted = {"im0": "erased", "im1": "shifted"}
+    rankings = evaluate(scores, np.array([n in planted for n in names]))
+    assert [r.name for r in rankings] == ["suspect-label score", "median dice", "cleanlab soft-minimum"]
+    assert rankings[0].auroc == 1.0 and rankings[0].precision == 1.0
+    assert rankings[1].auroc < 0.5 and rankings[2].auroc == 0.5
+    assert report("tiny", rankings, names, planted, 0.95) == [True, True, True]
+    out = capsys.readouterr().out
+    assert "PASS  tiny: suspect-label AUROC: 1 (target >= 0.95)" in out
+    assert "im0 erased 1/" in out and "/-" in out  # its ranks; no cleanlab score
