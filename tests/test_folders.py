@@ -366,6 +366,19 @@ def test_two_folders_with_the_masks_inside_the_image_folder(tmp_path: Path, lesi
     assert ds.infos[0].path == f"polyps/{lesions[0][0]}.png"
 
 
+def test_images_and_masks_side_by_side_as_busis_release_ships_them(tmp_path: Path, lesions) -> None:
+    root = tmp_path / "Dataset_BUSI_with_GT"
+    _write_pairs(root / "benign", lesions[:8], images=".", masks=".")
+    _write_pairs(root / "malignant", lesions[8:], images=".", masks=".")
+    (root / "malignant" / "scan_v2.png").write_bytes((root / "malignant" / f"{lesions[8][0]}.png").read_bytes())
+    ds = _load(root)
+    assert ds.layout == "paired-folders" and ds.check.pairs == 12 and ds.check.groups == {"benign": 8, "malignant": 4}
+    assert ds.check.images_without_mask == ["malignant/scan_v2.png"] and ds.check.suffixes == {"_mask": 12}
+    assert ds.infos[0].name == f"benign/{lesions[0][0]}" and ds.infos[0].path == f"benign/{lesions[0][0]}.png"
+    same = load_data("auto", None, SIZE, log=_quiet, images=root / "benign", masks=root / "benign")
+    assert same.check.pairs == 8 and same.check.masks_without_image == []
+
+
 def test_a_folder_without_pairs_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "photos").mkdir()
     with pytest.raises(DataError) as info:

@@ -8,6 +8,10 @@ group. A mask is named after its image's stem plus a suffix detected from the fi
 `_seg`, `-gt`, or none: the commonest one wins); `NAME_mask_1.png` beside `NAME_mask.png` is a
 second mask of the same image, and the two are united.
 
+With no such folders, a folder holding images and their masks side by side (`benign/x.png`,
+`benign/x_mask.png`, BUSI's release) is read the same way, a mask being a file named after another
+plus a suffix that says mask (`_mask`, `_seg`, `_gt`, `_label`, ...).
+
 An image's name in the store is its path below the root without the image folder and extension
 (`benign/benign (3)`), so it depends on the file alone and is unique in the dataset.
 """
@@ -96,14 +100,30 @@ def classify(parts: tuple[str, ...]) -> tuple[str | None, str | None]:
 _MULTI = r"[_\- ]\(?\d{1,3}\)?"  # the index of a second, third ... mask: _1, -2, " (3)"
 
 
-def _image_of(mask_stem: str, image_stems: set[str]) -> tuple[str, str] | None:
-    """(image stem, suffix) for the longest image stem the mask stem starts with at a word boundary."""
-    if mask_stem in image_stems:
+def _image_of(mask_stem: str, image_stems: set[str], exact: bool = True) -> tuple[str, str] | None:
+    """(image stem, suffix) for the longest image stem the mask stem starts with at a word boundary
+    (itself too, with suffix "", when `exact`)."""
+    if exact and mask_stem in image_stems:
         return mask_stem, ""
     for i in range(len(mask_stem) - 1, 0, -1):
         if not mask_stem[i].isalnum() and mask_stem[:i] in image_stems:
             return mask_stem[:i], mask_stem[i:]
     return None
+
+
+MASK_WORDS = re.compile(r"mask|seg|gt|label|anno|truth", re.IGNORECASE)  # what a mask suffix in an image folder says
+
+
+def split_mixed(files: list[str]) -> tuple[list[str], list[str]]:
+    """(images, masks) of one folder holding both, as BUSI's release does (`x.png`, `x_mask.png`): a mask
+    is named after another file's stem plus a suffix that says mask (_mask, _seg, _gt, _label, ...)."""
+    stems = {stem(f) for f in files}
+    masks = set()
+    for f in files:
+        hit = _image_of(stem(f), stems, exact=False)
+        if hit and MASK_WORDS.search(hit[1]):
+            masks.add(f)
+    return [f for f in files if f not in masks], sorted(masks)
 
 
 def pair_by_name(image_files: list[str], mask_files: list[str]) -> tuple[dict[str, list[str]], list[str], list[str], str]:
@@ -172,6 +192,8 @@ def _pair_folders(scan: Scan, image_dir: Path, mask_dir: Path, parts: tuple[str,
 
     scan.ignored += [rel(image_dir, "", f) for f in other] + [rel(mask_dir, "", f) for f in mask_other]
     for sub in sorted(set(images) | set(masks)):
+        if image_dir == mask_dir:  # one folder of both
+            images[sub], masks[sub] = split_mixed(images[sub])
         paired, lone_images, lone_masks, suffix = pair_by_name(images.get(sub, []), masks.get(sub, []))
         sub_parts = tuple(p for p in sub.split("/") if p)
         split, group = classify(parts + sub_parts)
@@ -212,7 +234,22 @@ def scan_paired_folders(root: Path) -> Scan:
             _pair_folders(scan, here / image_dir, here / mask_dir, parts)
             dirnames[:] = [d for d in dirnames if d not in (image_dir, mask_dir)]
     if not sites:
-        raise LayoutError(_no_layout(root))
+        return _scan_mixed_folders(scan)
+    return scan
+
+
+def _scan_mixed_folders(scan: Scan) -> Scan:
+    """The topmost folders under the root whose files are images and their masks side by side."""
+    for dirpath, dirnames, filenames in os.walk(scan.root):
+        here = Path(dirpath)
+        parts = here.relative_to(scan.root).parts
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if len(parts) < MAX_DEPTH else []
+        if split_mixed([f for f in filenames if is_image(f)])[1]:
+            _pair_folders(scan, here, here, parts)
+            dirnames[:] = []
+    if not scan.pairs:
+        raise LayoutError(_no_layout(scan.root))
+    scan.notes.append("images and masks side by side in one folder: a mask is an image's name plus a suffix saying mask")
     return scan
 
 
@@ -230,4 +267,5 @@ def _no_layout(root: Path) -> str:
     children = sorted(c.name for c in root.iterdir() if c.is_dir() and not c.name.startswith(".")) if root.is_dir() else []
     seen = f" (it has {', '.join(children[:6])}{' ...' if len(children) > 6 else ''})" if children else ""
     return (f"no image folder beside a mask folder in {root}{seen}; expected e.g. images/ + masks/ (or imgs, "
-            f"image + mask, labels, gt, ...), nnU-Net's imagesTr/ + labelsTr/, or give --images DIR --masks DIR")
+            f"image + mask, labels, gt, ...), images beside their masks (x.png + x_mask.png), nnU-Net's "
+            f"imagesTr/ + labelsTr/, or give --images DIR --masks DIR")
