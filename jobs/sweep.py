@@ -172,7 +172,12 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
 # -- one worker ----------------------------------------------------------------------
 
 class Worker:
-    """Runs trials of every architecture in turn until each has spent its budget and has its refit."""
+    """Runs trials of every architecture in turn until each has spent its budget and has its refit.
+
+    It asks Optuna, trains and records; every decision (what next, whether a trial may train or
+    goes on after an epoch, the refit's plan and start, which checkpoints stay) is jobs.schedule's,
+    asked with plain data gathered here (trial records, seconds spent, files on disk).
+    """
 
     def __init__(self, args: argparse.Namespace, store: Store, data: PreparedDataset, image_ids: dict[str, int]):
         self.args, self.store, self.data, self.image_ids = args, store, data, image_ids
