@@ -111,10 +111,10 @@ def _curves(rng: np.random.Generator, quality: float, n: int) -> list[dict[str, 
 
 def _record_trials(store: Store, demo: DemoStore, sweep: str, archs: tuple[str, ...], dataset: str, image_size: int,
                    rng: np.random.Generator, running: bool, image_ids: list[int], real: np.ndarray, scored: np.ndarray,
-                   trimaps: np.ndarray | None, hardness: np.ndarray) -> None:
+                   trimaps: np.ndarray | None, hardness: np.ndarray, ease: np.ndarray | None = None) -> None:
     """Every trial of a sweep, per architecture STATES (the last one running when `running`), with its Optuna
     study: predictions damage the `real` masks, scores measure them against the masks as `scored` (the same
-    unless a label is wrong on purpose)."""
+    unless a label is wrong on purpose); `ease` scales each image's damage down (1 = as hard as the rest)."""
     n = len(image_ids)
     distributions = {name: optuna.distributions.FloatDistribution(lo, hi, log=log)
                      for name, (lo, hi, log) in SEARCH.items()}
@@ -141,16 +141,19 @@ def _record_trials(store: Store, demo: DemoStore, sweep: str, archs: tuple[str, 
             if state == "complete":
                 # small pets suffer more with little Dice in the loss: the tail, not the mean, moves
                 error = np.clip((1 - quality) * (0.8 + 4.5 * hardness ** 1.5) * (1.25 - 0.5 * p["dice_weight"])
-                                + rng.normal(0, 0.04, n), 0, 1)
+                                + rng.normal(0, 0.04, n), 0, 1) * (1.0 if ease is None else ease)
                 preds = [_predict(rng, t, float(err)) for t, err in zip(real, error)]
                 scores = mask_scores(torch.from_numpy(np.stack(preds)), torch.from_numpy(scored),
                                      None if trimaps is None else torch.from_numpy(trimaps))
-                # diagnostics measured on the masks; the entropy (no probabilities here) is invented,
-                # higher where the mask is worse, as a model that knows when it fails would have it
+                # diagnostics measured on the masks; the entropy (no probabilities here) is invented, higher
+                # where the prediction is worse, as a model that knows when it fails would have it: worse against
+                # the real mask (a wrong label does not make the model unsure)
                 diag = mask_diagnostics(np.stack(preds), scored)
                 noise = np.random.default_rng(tid).normal(0, 0.05, n)  # own stream: other draws unchanged
                 dice = scores.dice.double().numpy()
-                diag.entropy = np.clip(0.05 + 0.6 * (1 - dice) + noise, 0.01, 1.0)
+                own = dice if real is scored else mask_scores(torch.from_numpy(np.stack(preds)),
+                                                              torch.from_numpy(real)).dice.double().numpy()
+                diag.entropy = np.clip(0.05 + 0.6 * (1 - own) + noise, 0.01, 1.0)
                 store.finish_trial(tid, state="complete", val_dice=best_val, results=ImageResults(
                     np.array(image_ids), dice, scores.iou.double().numpy(),
                     scores.dice_no_border.double().numpy(), masks=preds, diagnostics=diag))
@@ -229,7 +232,7 @@ def _wrong(kind: str, mask: np.ndarray, other: np.ndarray) -> np.ndarray:
     if kind == "erased":
         return np.zeros_like(mask)
     if kind == "shifted":
-        return np.roll(mask, mask.shape[1] // 4, axis=1) & ~mask | np.roll(mask, mask.shape[0] // 4, axis=0) & ~mask
+        return np.roll(mask, (mask.shape[0] // 4, mask.shape[1] // 4), axis=(0, 1))
     return other.copy()
 
 
@@ -277,12 +280,15 @@ def build_folder_sweep(db: str, out: str | Path, data: PreparedDataset, *, sweep
     fg = np.array([infos[k].fg_fraction for k in test_pos])
     dark = np.array([infos[k].brightness for k in test_pos])
     hardness = _hardness(rng, fg, dark)
-    hardness[[j for j, n in enumerate(test_names) if n in planted]] = 0.0  # easy images, only their masks wrong
+    wrong = [j for j, n in enumerate(test_names) if n in planted]
+    hardness[wrong] = 0.0  # easy images, only their masks are wrong: every model gets them right
+    ease = np.ones(len(test_names))
+    ease[wrong] = 0.3
     hard = [j for j in np.argsort(-hardness).tolist() if test_names[j] not in planted][:2]
     hardness[hard] += 0.6  # every model errs here, each its own way: hard, not mislabelled
     demo.hard = [test_names[j] for j in hard]
     _record_trials(store, demo, sweep, tuple(archs), dataset, image_size, rng, False,
-                   [ids[n] for n in test_names], np.stack([real[k] for k in test_pos]), truths, None, hardness)
+                   [ids[n] for n in test_names], np.stack([real[k] for k in test_pos]), truths, None, hardness, ease)
     store.dispose()
     return demo
 

@@ -11,8 +11,9 @@ import pytest
 
 from core.store.queries import ImageFilter, best_trials, count_images, filter_options, hardest_images
 from core.store.db import Store
+from core.store.suspicion import suspects
 from core.data.synthetic import generate_synthetic
-from dashboard.demo_store import DemoStore, build_demo_store
+from dashboard.demo_store import DemoStore, FolderDemo, build_demo_store, build_folder_sweep
 from dashboard.serve import CHROMIUM, PAGES, dashboard, launch_chromium, wait_until_idle
 from tests.conftest import require_system
 
@@ -20,19 +21,42 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
+    """One store: the user-folder sweep "demo-folder" (groups, wrong masks), then the pet sweep "demo"."""
+    from core.data.dataset import prepare_dataset
+
     base = tmp_path_factory.mktemp("browser")
     root = generate_synthetic(base / "synthetic", n_images=60, image_size=64, seed=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return build_demo_store(f"sqlite:///{base / 'results.db'}", root, sweep="demo")
+    data = prepare_dataset(root, 64, log=lambda _m: None)
+    folder = build_folder_sweep(f"sqlite:///{base / 'results.db'}", base / "folder-demo", data)
+    return build_demo_store(f"sqlite:///{base / 'results.db'}", root, sweep="demo", data=data), folder
 
 
-def _expected(demo: DemoStore, species: tuple[str, ...] | None) -> tuple[int, str]:
+@pytest.fixture(scope="module")
+def demo(built: tuple[DemoStore, FolderDemo]) -> DemoStore:
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def folder(built: tuple[DemoStore, FolderDemo]) -> FolderDemo:
+    return built[1]
+
+
+def _browser():
+    """Playwright's sync API, after skipping (or, in CI, failing) without the system Chromium."""
+    if not Path(CHROMIUM).exists():
+        require_system("chromium (/usr/bin/chromium)")
+    return pytest.importorskip("playwright.sync_api")
+
+
+def _expected(demo: DemoStore, species: tuple[str, ...] | None = None,
+              groups: tuple[str, ...] | None = None) -> tuple[int, str]:
     """(matching images, name of the worst) for the page's default trial, straight from the store."""
     store = Store(demo.url, read_only=True)
     try:
         trial = int(best_trials(store, demo.sweep).iloc[0]["id"])  # first arch by name, its best trial
-        flt = ImageFilter(species=species)
+        flt = ImageFilter(species=species, groups=groups)
         return count_images(store, trial, flt), hardest_images(store, trial, flt, limit=1)["name"].iloc[0]
     finally:
         store.dispose()
@@ -42,14 +66,12 @@ def _gallery_state(page) -> tuple[int, str]:
     """(the "N images match" count, the rank-1 image's name) as the browser shows them."""
     main = page.locator("[data-testid='stMain']")
     count = main.get_by_text(re.compile(r"^\d+ images match$")).first.inner_text()
-    first = main.get_by_text(re.compile(r"^1\. \S+$")).first.inner_text()
+    first = main.get_by_text(re.compile(r"^1\. .+$")).first.inner_text()
     return int(count.split()[0]), first.split(". ", 1)[1]
 
 
 def test_species_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> None:
-    if not Path(CHROMIUM).exists():
-        require_system("chromium (/usr/bin/chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = _browser()
     all_count, all_first = _expected(demo, None)
     dog_count, dog_first = _expected(demo, ("dog",))
     assert dog_count < all_count  # the filter must make a visible difference
@@ -80,9 +102,7 @@ def test_species_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> N
 
 
 def test_failure_mode_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> None:
-    if not Path(CHROMIUM).exists():
-        require_system("chromium (/usr/bin/chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = _browser()
     store = Store(demo.url, read_only=True)
     try:
         trial = int(best_trials(store, demo.sweep).iloc[0]["id"])
@@ -113,3 +133,66 @@ def test_failure_mode_filter_in_the_browser_changes_the_gallery(demo: DemoStore)
             assert named and all(c.split(" · ")[0].removeprefix("failure mode: ") in kept for c in named)
         finally:
             browser.close()
+
+
+def test_group_filter_in_the_browser_changes_the_gallery_of_a_users_folder(folder: FolderDemo) -> None:
+    sync_api = _browser()
+    all_count, all_first = _expected(folder)
+    b_count, b_first = _expected(folder, groups=("site-b",))
+    assert b_count < all_count
+
+    with dashboard(folder.url) as base, sync_api.sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{base}/{PAGES['hardest']}?sweep={folder.sweep}", wait_until="domcontentloaded")
+            page.get_by_text(f"{all_count} images match").first.wait_for()
+            assert _gallery_state(page) == (all_count, all_first)
+            sidebar = page.locator("[data-testid='stSidebar']")
+            assert not sidebar.get_by_text("Species", exact=True).count()  # no pet filters on the user's own data
+            sidebar.get_by_role("button", name="site-a", exact=True).click()  # group pills: drop site-a
+            page.get_by_text(f"{b_count} images match").first.wait_for()
+            sync_api.expect(page.get_by_text(f"1. {b_first}", exact=True)).to_have_count(1)
+            wait_until_idle(page, WAIT_MS)
+            assert _gallery_state(page) == (b_count, b_first)
+            captions = page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts()
+            described = [c for c in captions if " · test · " in c]
+            assert described and all(c.startswith("group site-b · ") for c in described)
+        finally:
+            browser.close()
+
+
+def test_marking_an_image_and_downloading_the_review_csv_in_the_browser(folder: FolderDemo, tmp_path: Path) -> None:
+    sync_api = _browser()
+    store = Store(folder.url, read_only=True)
+    try:
+        top = suspects(store, folder.sweep, limit=1).iloc[0]
+    finally:
+        store.dispose()
+
+    with dashboard(folder.url) as base, sync_api.sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200}, accept_downloads=True)
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{base}/{PAGES['suspects']}?sweep={folder.sweep}", wait_until="domcontentloaded")
+            page.get_by_text(f"1. {top['name']}", exact=True).wait_for()
+            wait_until_idle(page, WAIT_MS)
+            note = page.get_by_placeholder("note (optional)").first
+            note.fill("mask erased")
+            note.press("Enter")
+            wait_until_idle(page, WAIT_MS)
+            main = page.locator("[data-testid='stMain']")  # the sidebar's mark filter has a "label error" pill too
+            main.get_by_role("button", name="label error", exact=True).first.click()
+            page.get_by_text("review: label error — mask erased").first.wait_for()
+            wait_until_idle(page, WAIT_MS)
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download the review marks as CSV (1 marked)").click()
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+        finally:
+            browser.close()
+    assert saved.name == "review-marks-folder-folder-demo.csv"
+    assert saved.read_text().splitlines() == [
+        "name,path,mark,note,score", f"{top['name']},{top['path']},label error,mask erased,{top['label_suspicion']:.6g}"]

@@ -811,9 +811,13 @@ def test_suspect_labels_rank_images_by_the_score_and_show_its_parts(folder, monk
     assert all(ranks.index(h) > 2 for h in folder.hard)  # hard images, right masks: not suspects
     name, score, cd, ag, co, md, n = expected[0]
     assert f"**1. {name}** — label suspicion **{score:.3f}** · likely a label error" in texts(at)
-    parts = [c.value for c in at.caption if "consensus dice" in c.value]
-    assert parts[0] == (f"group {folder.groups[name]} · test · consensus dice {cd:.2f} · agreement {ag:.2f} · "
-                        f"contradiction {co:.2f} · median dice {md:.2f} over {n} trials")
+    parts = [c.value for c in at.caption if c.value.startswith("group ")]
+    entropy = np.median([e for (e,) in _direct(folder, "SELECT entropy FROM image_results JOIN trials ON trials.id = "
+                                                       "trial_id JOIN images ON images.id = image_id WHERE sweep = ? "
+                                                       "AND state = 'complete' AND images.name = ?", folder.sweep, name)])
+    assert score == pytest.approx(co * (1 - entropy))  # the score is its parts' product
+    assert parts[0] == (f"group {folder.groups[name]} · test · contradiction {co:.2f} × certainty {1 - entropy:.2f} · "
+                        f"consensus dice {cd:.2f} · agreement {ag:.2f} · median dice {md:.2f} over {n} trials")
     assert [c.value for c in at.caption].count("review: not marked yet") == 6
 
 

@@ -61,9 +61,9 @@ NO_GROUP = "(no group)"  # ImageFilter.groups' name for images without a group, 
 UNMARKED = "unmarked"    # ImageFilter.marks' name for images nobody has marked
 # "Hard for every model" leaves out likely label errors on request: a label_suspicion at or above this, or a
 # person's 'label error' mark; a 'hard image' or 'fine' mark keeps the image whatever its score. The score is
-# core.labels' contradiction x agreement: a mask erased, shifted or swapped under models that agree scores
-# about 0.4-0.7 (models unanimous against half the mask/consensus area, agreement 0.8+), an image the models
-# contest about 0.05 (little unanimous area, agreement near 0.5); 0.2 lies between them
+# core.labels' contradiction x certainty: a mask erased, shifted or swapped under models that agree scores
+# about 0.4-0.8 (models unanimous against half the mask/consensus area or more, and sure), an image the
+# models contest about 0.05 or less (little unanimous area, less certainty); 0.2 lies between them
 LIKELY_LABEL_ERROR = 0.2
 TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
                  "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")

@@ -1,7 +1,7 @@
 """Suspect labels: the sweep's test images whose mask is more likely wrong than the image hard, for review.
 
 Ranked by sweep_images.label_suspicion (core.labels: high when the sweep's models agree with each other,
-confidently, against the mask; low when they disagree among themselves). Each card shows the image, its
+and are sure, against the mask; low when they disagree among themselves or are unsure). Each card shows the image, its
 mask exactly as scored, the models' consensus (per pixel, the share of models voting foreground) and the
 consensus against the mask, with the score's parts. A person marks an image 'label error', 'hard image'
 or 'fine', with an optional note: the dashboard's only write, made on that click (never when started
@@ -14,25 +14,33 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.labels import MIN_TRIALS
 from core.store.db import encode_mask, sqlite_path
-from core.store.queries import LIKELY_LABEL_ERROR, NO_GROUP, UNMARKED
+from core.store.queries import LIKELY_LABEL_ERROR, NO_GROUP, UNMARKED, ImageFilter
 from core.store.schema import REVIEW_MARKS
 from dashboard import common as ui
 from dashboard import images
 
 PAGE_SIZES = (6, 12, 24)
 PANEL_PX = 170
-NOT_SCORED = ("not scored: the score needs at least 3 complete trials with a mask of the image and its truth as "
-              "scored (recorded by evaluations since schema version 4)")
+NOT_SCORED = (f"not scored: the score needs at least {MIN_TRIALS} complete trials with a mask of the image and its "
+              "truth as scored (recorded by evaluations since schema version 4)")
 
 
 def ranked(ctx: ui.Context) -> pd.DataFrame:
-    """The sweep's test images, most suspect first (core.store.suspicion.suspects), with dataset and review mark."""
+    """The sweep's test images, most suspect first (core.store.suspicion.suspects), with dataset, the models'
+    median entropy (the score's certainty is 1 minus it) and review mark."""
     frame = ctx.sweep_aggregate("suspicion.suspects", ctx.sweep)
     if frame.empty:
-        return frame.assign(dataset=[], mark=[], note=[])
+        return frame.assign(dataset=[], entropy=[], mark=[], note=[])
     datasets = ctx.query("images_by_id", tuple(int(i) for i in frame["image_id"]))[["image_id", "dataset"]]
     frame = frame.merge(datasets, on="image_id", how="left")
+    if ctx.diagnostics:
+        entropy = ctx.sweep_aggregate("image_medians", ctx.sweep, ImageFilter(metric="entropy"))
+        frame = frame.merge(entropy[["image_id", "median"]].rename(columns={"median": "entropy"}), on="image_id",
+                            how="left")
+    else:
+        frame = frame.assign(entropy=float("nan"))
     marks = {d: ctx.marks(d) for d in frame["dataset"].dropna().unique()}
     found = [marks.get(d, {}).get(n) for d, n in zip(frame["dataset"], frame["name"])]
     return frame.assign(mark=[m[0] if m else UNMARKED for m in found], note=[m[1] if m else "" for m in found])
@@ -93,9 +101,10 @@ def parts(row: Any) -> str:
     if pd.isna(row.label_suspicion):
         return NOT_SCORED
     group = f"group {row.group_name} · " if isinstance(row.group_name, str) else ""
-    return (f"{group}{row.split} · consensus dice {row.consensus_dice:.2f} · agreement {row.agreement:.2f} · "
-            f"contradiction {row.contradiction:.2f} · median dice {ui.fmt(row.dice_median, 2)} over "
-            f"{int(row.trials)} trials")
+    certainty = "–" if pd.isna(row.entropy) else f"{1 - min(max(row.entropy, 0.0), 1.0):.2f}"
+    return (f"{group}{row.split} · contradiction {row.contradiction:.2f} × certainty {certainty} · consensus dice "
+            f"{row.consensus_dice:.2f} · agreement {row.agreement:.2f} · median dice {ui.fmt(row.dice_median, 2)} "
+            f"over {int(row.trials)} trials")
 
 
 def card(ctx: ui.Context, rank: int, row: Any, size: int) -> None:
@@ -131,9 +140,11 @@ def render(ctx: ui.Context) -> None:
     if frame.empty:
         st.info("No complete trial has per-image results in this sweep yet: images are ranked once trials finish.")
         return
-    st.caption(f"Images whose models agree with each other, confidently, yet not with the mask come first: likely "
-               f"label errors (label suspicion ≥ {LIKELY_LABEL_ERROR}). Images the models disagree on are hard rather "
-               "than mislabelled and score low. Score = contradiction × agreement; see README, 'Suspect labels'.")
+    st.caption(f"Images whose models agree with each other, and are sure, yet not with the mask come first: likely "
+               f"label errors (label suspicion ≥ {LIKELY_LABEL_ERROR}). Images the models disagree on, or are unsure "
+               "about, are hard rather than mislabelled and score low. Score = contradiction (the share of mask and "
+               "consensus where the models unanimously contradict the mask) × certainty (1 − the models' median "
+               "entropy); consensus dice and agreement are shown beside it. See README, 'Suspect labels'.")
     export(ctx, sorted(frame["dataset"].dropna().unique()))
     if ui.started_read_only():
         st.caption("Started read-only: marks are shown, not written.")
