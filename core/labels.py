@@ -66,9 +66,9 @@ def encode_votes(votes: np.ndarray) -> bytes:
 
 
 def decode_votes(blob: bytes) -> np.ndarray:
-    """Inverse of encode_votes: (H, W) int64 counts."""
+    """Inverse of encode_votes: (H, W) int32 counts."""
     height, width = _HEADER.unpack_from(blob)
-    return np.frombuffer(zlib.decompress(blob[_HEADER.size:]), dtype=VOTES).reshape(height, width).astype(np.int64)
+    return np.frombuffer(zlib.decompress(blob[_HEADER.size:]), dtype=VOTES).reshape(height, width).astype(np.int32)
 
 
 def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,

@@ -164,7 +164,7 @@ def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Seq
             votes = votes + mask
             old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes)})
         else:
-            n, votes = 0, mask.astype(np.int64)
+            n, votes = 0, mask.astype(np.int32)
             new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(votes)})
         counted_ids.append(image_id)
         counted_votes.append(votes)
@@ -201,7 +201,7 @@ def rebuild(conn: Connection, sweep: str) -> int:
                     continue
                 image_id = int(image_id)
                 if image_id not in votes:
-                    votes[image_id], trials[image_id] = mask.astype(np.int64), 1
+                    votes[image_id], trials[image_id] = mask.astype(np.int32), 1
                 elif votes[image_id].shape == mask.shape:
                     votes[image_id] += mask
                     trials[image_id] += 1
