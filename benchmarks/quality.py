@@ -1,6 +1,7 @@
 """Quality per second: the sweep's selected model against the reports' plain loop, same data, same seconds.
 
     .venv/bin/python benchmarks/quality.py                         # shared sample, 300 s per architecture (~25 min)
+    .venv/bin/python benchmarks/quality.py --data ../shared/data/busi-sample   # a user's folder of images and masks
     .venv/bin/python benchmarks/quality.py --seconds 60 --archs unet --report-only
 
 For each architecture, on one machine, one after the other:
@@ -11,8 +12,10 @@ For each architecture, on one machine, one after the other:
 * sweep      `python -m jobs.sweep --archs ARCH --timeout N` on the same folder with its defaults;
              its selected model is the architecture's result in the store (the refit).
 
-Both are scored on the same test masks (the core reader's trimaps at the evaluation size); test
-images choose nothing in either. Also printed: the all-foreground floor (predicting "pet" everywhere),
+Any folder the jobs take works (`--data ../shared/data/busi-sample`); the reference then reads each
+sample's image and masks from that folder on every access, as the reports' Dataset did. Both are
+scored on the same test masks (the core reader's, at the evaluation size); test images choose nothing
+in either. Also printed: the all-foreground floor (predicting "pet" everywhere),
 trials and epochs each used, and the sweep's wall time (its --timeout counts trial seconds;
 start-up and data preparation come on top). PASS when the sweep beats the reference by --target.
 """
@@ -45,11 +48,16 @@ def all_foreground_dice(trimaps: np.ndarray) -> float:
     return float(mask_scores(torch.ones_like(truth), truth).dice.double().mean())
 
 
+def load(root: Path | str, size: int):
+    """The dataset at `root` as the jobs read it (any layout they take)."""
+    from core.data.sources import load_data
+
+    return load_data("auto", Path(root), size, log=lambda _: None)
+
+
 def reference(arch: str, root: str, seconds: float, size: int, seed: int = 0) -> ReferenceResult:
     """The plain loop for `seconds`, scored against the core reader's masks (run in a fresh process)."""
-    from core.data.dataset import prepare_dataset
-
-    data = prepare_dataset(Path(root), size, log=lambda _: None)
+    data = load(root, size)
     names = {s: [data.infos[i].name for i in data.indices(s)] for s in ("train", "val", "test")}
     return train_for(arch, Path(root), seconds, size, names["train"], names["val"], data.trimaps[data.indices("val")],
                      names["test"], data.trimaps[data.indices("test")], seed=seed)
@@ -64,7 +72,7 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
     from core.store.optuna_storage import load_study
     from jobs import budget
 
-    cmd = [sys.executable, "-m", "jobs.sweep", "--data", "oxford-pets", "--data-root", str(root), "--archs", arch,
+    cmd = [sys.executable, "-m", "jobs.sweep", "--data-root", str(root), "--archs", arch,
            "--timeout", f"{seconds:g}", "--image-size", str(size), "--db", db, "--name", name,
            "--no-progress",  # checkpoints as by default: a short refit starts from its search's saved weights
            # the reference's threads, not a count of the SegSweep processes that happen to be running here
@@ -92,7 +100,8 @@ def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, "quality.py")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a dataset folder in the official layout")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="a dataset folder the jobs take: Oxford-IIIT Pet's layout or your own images and masks")
     p.add_argument("--seconds", type=float, default=300.0, help="training seconds per architecture, for each side")
     p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--archs", default="unet,resnet34_unet")
@@ -105,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
                         "reference moves by ~0.03 with its seed (each repeat costs 2 x --seconds per architecture)")
     args = p.parse_args(argv)
     root = args.data.expanduser().resolve()
-    if not (root / "annotations").is_dir():
-        p.error(f"--data {root} is not a dataset folder (no annotations/)")
+    if not root.is_dir():
+        p.error(f"--data {root} is not a folder")
     header("quality per second: the sweep's selected model vs the reports' loop, same data and seconds", args)
 
-    from core.data.dataset import prepare_dataset
+    from core.data.dataset import DataError
 
-    data = prepare_dataset(root, args.image_size, log=lambda _: None)
+    try:
+        data = load(root, args.image_size)
+    except DataError as exc:
+        p.error(f"--data {root}: {exc}")
     floor = all_foreground_dice(data.trimaps[data.indices("test")])
     print(f"   {data.name}: {len(data.indices('train'))} train / {len(data.indices('val'))} val / "
           f"{len(data.indices('test'))} test images at {args.image_size} px; all-foreground floor {floor:.4f}")

@@ -12,7 +12,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,17 +23,61 @@ BCE_WEIGHT, DICE_WEIGHT = 0.3, 0.7
 BATCH_SIZE = 8
 
 
-class PetsDataset:
-    """The lab reports' Dataset: decode, resize and (when `train`) augment every sample on every access."""
+class PetFiles:
+    """The reports' reads of one sample: images/NAME.jpg and its trimap, decoded on every access."""
 
-    def __init__(self, root: Path, names: Sequence[str], size: int, train: bool = True):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __call__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        from PIL import Image
+
+        return (np.array(Image.open(image_path(self.root, name)).convert("RGB")),
+                np.array(Image.open(trimap_path(self.root, name))))
+
+
+class FolderFiles:
+    """The same reads from a user's folder: the image and its masks, united, as core.data reads them
+    (trimap values 1 = foreground, 2 = background), decoded on every access."""
+
+    def __init__(self, root: Path, foreground: tuple[int, ...] | None = None):
+        from core.data.sources import scan_folder
+
+        scan = scan_folder(root)
+        self.root, self.foreground = scan.root, foreground if foreground is not None else scan.foreground
+        self.pairs = {pair.name: pair for pair in scan.pairs}
+
+    def __call__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        from core.data.folder_dataset import read_pair
+
+        read = read_pair(self.root, self.pairs[name], self.foreground)
+        if read.image is None or read.trimap is None:
+            raise OSError(f"cannot read {name}: {read.unreadable}")
+        return np.array(read.image), read.trimap
+
+
+def sample_reader(root: Path) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
+    """How the reports' loop reads a sample of the dataset at `root`: its files, as that layout keeps them."""
+    from core.data.sources import detect_layout
+
+    return PetFiles(root) if detect_layout(Path(root)) in ("oxford-pets", "synthetic") else FolderFiles(root)
+
+
+class PetsDataset:
+    """The lab reports' Dataset: decode, resize and (when `train`) augment every sample on every access.
+
+    `root` is a dataset folder (its layout's reader: sample_reader) or a reader itself."""
+
+    def __init__(self, root: Path | Callable[[str], tuple[np.ndarray, np.ndarray]], names: Sequence[str], size: int,
+                 train: bool = True):
         import albumentations as A
         import cv2
         from albumentations.pytorch import ToTensorV2
 
         from core.training.loop import MEAN, STD
 
-        self.root, self.names = Path(root), list(names)
+        self.read = root if callable(root) else sample_reader(Path(root))
+        self.names = list(names)
         augment = [
             A.HorizontalFlip(p=0.5),
             A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=2, p=1.0),
@@ -45,11 +89,7 @@ class PetsDataset:
         return len(self.names)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        name = self.names[i]
-        image = np.array(Image.open(image_path(self.root, name)).convert("RGB"))
-        trimap = np.array(Image.open(trimap_path(self.root, name)))
+        image, trimap = self.read(self.names[i])
         out = self.transform(image=image, mask=trimap)
         mask = pet_mask(out["mask"]).float().unsqueeze(0)
         return out["image"], mask
@@ -90,7 +130,7 @@ class ReferenceResult:
     seconds: float
 
 
-def per_image_dice(model, root: Path, names: Sequence[str], trimaps: np.ndarray, size: int) -> np.ndarray:
+def per_image_dice(model, root: Path | Callable[[str], tuple[np.ndarray, np.ndarray]], names: Sequence[str], trimaps: np.ndarray, size: int) -> np.ndarray:
     """Dice of each image against `trimaps` (the shared ground truth), inputs prepared as the reports did."""
     import torch
 
@@ -117,6 +157,7 @@ def train_for(arch: str, root: Path, seconds: float, size: int, train: Sequence[
     import torch
 
     model, optimizer, criterion = reference_model(arch, width, seed)
+    root = sample_reader(root)  # scanned once; each sample is still decoded on every access
     loader = torch.utils.data.DataLoader(PetsDataset(root, train, size), batch_size=BATCH_SIZE, shuffle=True)
     started = time.perf_counter()
     best_val, best_epoch, best_state, epoch = -1.0, -1, None, 0

@@ -265,12 +265,32 @@ def test_quality_repeats_judge_the_mean_difference_over_seeds(monkeypatch, pets_
     assert "MISS  unet: sweep - reference test dice +0.0250 (target >= +0.0300; mean of 2 seeds)" in out
 
 
-def test_quality_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, capsys) -> None:
+def test_quality_refuses_a_folder_that_is_not_a_dataset_in_one_line(tmp_path: Path, capsys) -> None:
     from benchmarks import quality
 
+    (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(SystemExit) as info:
         quality.main(["--data", str(tmp_path)])
-    assert info.value.code == 2 and "is not a dataset folder" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and err.startswith(f"quality.py: error: --data {tmp_path}: ")
+
+
+def test_the_reports_loop_reads_a_users_folder_and_scores_every_test_image(busi_root: Path) -> None:
+    """quality.py on any folder the jobs take: the reference decodes the folder's own files per sample."""
+    from benchmarks.quality import load
+    from benchmarks.reference_loop import FolderFiles, sample_reader, train_for
+
+    data = load(busi_root, 32)
+    names = {s: [data.infos[i].name for i in data.indices(s)] for s in ("train", "val", "test")}
+    read = sample_reader(busi_root)
+    assert isinstance(read, FolderFiles)
+    image, trimap = read("benign/benign (25)")  # two mask files, united
+    assert image.ndim == 3 and image.shape[:2] == trimap.shape and set(np.unique(trimap)) == {1, 2}
+    result = train_for("unet", busi_root, 0.01, 32, names["train"][:8], names["val"][:4],
+                       data.trimaps[data.indices("val")][:4], names["test"], data.trimaps[data.indices("test")],
+                       width=0.125)
+    assert result.epochs == 1 and result.test_scores.shape == (len(names["test"]),) == (42,)
+    assert 0.0 <= result.test_dice <= 1.0
 
 
 def test_eval_diagnostics_judges_the_evaluations_cost_with_diagnostics_and_exits_1_on_a_miss(

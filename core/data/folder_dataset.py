@@ -44,14 +44,19 @@ class UnusableData(DataError):
 class _Read:
     """One pair decoded, or the files that stopped it."""
 
-    decoded: Decoded | None = None
+    decoded: Decoded | None = None   # at image_size
+    image: Image.Image | None = None  # at its own size
+    trimap: np.ndarray | None = None  # (H, W) uint8, 1 = foreground, 2 = background
     kinds: list[str] = field(default_factory=list)
     soft: int = 0  # masks with more than SOFT_VALUES values
     resized: list[str] = field(default_factory=list)
     unreadable: list[list[str]] = field(default_factory=list)
 
 
-def _read_pair(root: Path, pair: Pair, image_size: int, foreground: tuple[int, ...] | None) -> _Read:
+def read_pair(root: Path, pair: Pair, foreground: tuple[int, ...] | None) -> _Read:
+    """One pair at its own size: the image (RGB) and the union of its masks as trimap values 1/2, or
+    the files that stopped it. What the dataset decodes, and what a per-sample reader (the reports'
+    loop in benchmarks/) reads on every access."""
     out = _Read()
     try:
         image = open_rgb(root / pair.image)
@@ -72,8 +77,14 @@ def _read_pair(root: Path, pair: Pair, image_size: int, foreground: tuple[int, .
             fg = np.asarray(Image.fromarray(fg).resize(image.size, Image.Resampling.NEAREST), dtype=bool)
         union |= fg
     if not out.unreadable:
-        trimap = np.where(union, TRIMAP_PET, TRIMAP_BACKGROUND).astype(np.uint8)
-        out.decoded = decoded(image, trimap, image_size)
+        out.image, out.trimap = image, np.where(union, TRIMAP_PET, TRIMAP_BACKGROUND).astype(np.uint8)
+    return out
+
+
+def _read_pair(root: Path, pair: Pair, image_size: int, foreground: tuple[int, ...] | None) -> _Read:
+    out = read_pair(root, pair, foreground)
+    if out.image is not None and out.trimap is not None:
+        out.decoded = decoded(out.image, out.trimap, image_size)
     return out
 
 
