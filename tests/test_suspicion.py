@@ -47,10 +47,9 @@ def _close(store: Store, sweep: str, number: int, masks: np.ndarray | None, stat
                             dataset="synthetic/t", image_size=S)
     ids = _ids(store)[images]
     dice = np.linspace(0.2, 0.9, len(ids))
-    diagnostics = None
-    if masks is not None:  # with the models' entropy per image, as an evaluation measures it
-        diagnostics = mask_diagnostics(masks[images], masks[images])
-        diagnostics.entropy = np.random.default_rng(number).uniform(0.05, 0.6, len(ids))
+    shown = masks[images] if masks is not None else np.zeros((len(ids), S, S), bool)
+    diagnostics = mask_diagnostics(shown, shown)  # with the models' entropy per image, as an evaluation measures it
+    diagnostics.entropy = np.random.default_rng(number).uniform(0.05, 0.6, len(ids))
     store.finish_trial(tid, state=state, val_dice=0.5, results=ImageResults(
         ids, dice, dice, dice, masks=None if masks is None else masks[images], diagnostics=diagnostics))
     return tid
@@ -77,7 +76,8 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
         pred[0] = truths[0]                       # every model agrees with the mask
         pred[1] = np.roll(truths[1], 8, axis=1)   # every model agrees against the mask
         masks.append(pred)
-        # trial 3 evaluates only some images, trial 4 stores no masks, trial 5 is pruned with nothing
+        # trial 3 evaluates only some images, trial 4 stores no masks (its entropy moves the score), trial 5
+        # is pruned with nothing
         _close(store, "s", number, None if number == 4 else pred, state="pruned" if number == 5 else "complete",
                images=slice(0, 4) if number == 3 else slice(None))
         if number == 0:  # one vote: no score yet
@@ -97,7 +97,8 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
         if k == N - 1:
             assert labels[image_id] == (None, None, None, None)
             continue
-        entropy = np.median([np.random.default_rng(j).uniform(0.05, 0.6, 4 if j == 3 else N)[k] for j in counted[k]])
+        measured = [*counted[k], 4]  # trial 4 stored no masks, but its entropy counts in the median
+        entropy = np.median([np.random.default_rng(j).uniform(0.05, 0.6, 4 if j == 3 else N)[k] for j in measured])
         parts = label_parts(expected[None], len(counted[k]), truths[k][None], np.array([entropy]))
         assert labels[image_id] == pytest.approx(tuple(float(getattr(parts, c)[0]) for c in suspicion.LABEL_COLUMNS))
     assert labels[int(ids[0])][0] == 0.0 and labels[int(ids[1])][0] > 0.3

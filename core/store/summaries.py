@@ -15,6 +15,9 @@ to WINDOW values, on the side farther from the median. While a sweep has at most
 trials the window holds every value. Only when the median's ranks leave the window (after a run of
 values on one side of it) is that image's state recomputed from image_results, in the same
 transaction; `add_trial` returns how many images that took.
+
+The same transaction adds the trial's masks to the sweep's mask votes and rescores its images' labels
+(core.store.suspicion); `rebuild` refills the votes from every stored mask.
 """
 from __future__ import annotations
 
@@ -191,8 +194,7 @@ def add_trial(conn: Connection, trial_id: int, rows: Sequence[dict[str, Any]],
         fresh_ids, fresh, _ = _from_results(conn, sweep, ids[where])
         state[where] = fresh[np.searchsorted(fresh_ids, ids[where])]  # every one has this trial's row at least
     _write(conn, sweep, ids, state, existing)
-    if masks is not None:
-        suspicion.add_trial(conn, sweep, ids.tolist(), masks)
+    suspicion.add_trial(conn, sweep, ids.tolist(), masks)
     return int(lost.sum())
 
 

@@ -140,43 +140,40 @@ def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.nd
     conn.execute(stmt, [{"key_image": i, **{c: values[c][k] for c in LABEL_COLUMNS}} for k, i in enumerate(ids)])
 
 
-def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray]) -> int:
-    """Add a complete trial's predicted masks to its sweep's votes and rescore those images; returns how many
-    masks were counted. Call under the sweep's summaries lock, after sweep_images has rows for the images."""
+def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray] | None) -> int:
+    """Add a complete trial's predicted masks (None: it stored none) to its sweep's votes and rescore its images
+    (their entropy median moved with the trial too); returns how many masks were counted. Call under the
+    sweep's summaries lock, after the trial's summaries are written."""
     v = st.sweep_image_votes
     ids = [int(i) for i in image_ids]
     if not ids:
         return 0
-    stored: dict[int, tuple[int, bytes]] = {}
+    scored: dict[int, tuple[np.ndarray, int]] = {}
     for start in range(0, len(ids), 500):
         for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
                                               .where(v.c.sweep == sweep, v.c.image_id.in_(ids[start:start + 500]))):
-            stored[int(image_id)] = (int(n), bytes(blob))
+            scored[int(image_id)] = (decode_votes(bytes(blob)), int(n))
     new_rows, old_rows = [], []
-    counted_ids, counted_votes, counted_trials = [], [], []
-    for image_id, mask in zip(ids, masks):
+    for image_id, mask in zip(ids, masks if masks is not None else []):
         mask = np.asarray(mask).astype(bool)
-        if image_id in stored:
-            n, blob = stored[image_id]
-            votes = decode_votes(blob)
-            if votes.shape != mask.shape:
+        if image_id in scored:
+            votes, n = scored[image_id]
+            if votes.shape != mask.shape:  # votes are kept at the size of the first mask counted
                 continue
-            votes = votes + mask
-            old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes)})
+            scored[image_id] = (votes + mask, n + 1)
+            old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes + mask)})
         else:
-            n, votes = 0, mask.astype(np.int32)
-            new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(votes)})
-        counted_ids.append(image_id)
-        counted_votes.append(votes)
-        counted_trials.append(n + 1)
+            scored[image_id] = (mask.astype(np.int32), 1)
+            new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(mask)})
     if new_rows:
         conn.execute(insert(v), new_rows)
     if old_rows:
         conn.execute(update(v).where(v.c.sweep == sweep, v.c.image_id == bindparam("key_image"))
                      .values(trials=bindparam("trials"), votes=bindparam("votes")), old_rows)
-    if counted_ids:
-        _write_parts(conn, sweep, counted_ids, counted_votes, counted_trials)
-    return len(counted_ids)
+    if scored:
+        order = list(scored)
+        _write_parts(conn, sweep, order, [scored[i][0] for i in order], [scored[i][1] for i in order])
+    return len(new_rows) + len(old_rows)
 
 
 def rebuild(conn: Connection, sweep: str) -> int:
