@@ -293,6 +293,15 @@ def build_folder_sweep(db: str, out: str | Path, data: PreparedDataset, *, sweep
     return demo
 
 
+def build_demo_sweeps(db: str, data_root: str | Path, folder: str | Path, *, sweep: str = "demo-64px",
+                      image_size: int = 64) -> tuple[DemoStore, FolderDemo]:
+    """Both demo sweeps in `db`: the user-folder one written under `folder` first, then the pet one over
+    `data_root`, which so stays the most recent (the one the dashboard opens)."""
+    data = prepare_dataset(data_root, image_size, log=lambda _msg: None)
+    own = build_folder_sweep(db, folder, data, image_size=image_size)
+    return build_demo_store(db, data_root, sweep=sweep, image_size=image_size, data=data), own
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dashboard.demo_store", description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite path to write the demo sweep into")
@@ -304,12 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                         "purpose) and a second sweep over it, demo-folder")
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.folder is not None:  # first: the pet sweep stays the most recent, the one the dashboard opens
-        data = prepare_dataset(args.data, args.image_size, log=lambda _msg: None)
-        folder = build_folder_sweep(normalize_url(args.db), args.folder, data, image_size=args.image_size)
+    if args.folder is not None:
+        demo, folder = build_demo_sweeps(normalize_url(args.db), args.data, args.folder, sweep=args.sweep,
+                                         image_size=args.image_size)
         print(f"demo sweep {folder.sweep!r} on {folder.dataset} ({len(folder.test_images)} test images, wrong masks: "
               f"{', '.join(folder.planted)}) -> {folder.url}")
-    demo = build_demo_store(normalize_url(args.db), args.data, sweep=args.sweep, image_size=args.image_size)
+    else:
+        demo = build_demo_store(normalize_url(args.db), args.data, sweep=args.sweep, image_size=args.image_size)
     print(f"demo sweep {demo.sweep!r} on {demo.dataset} ({len(demo.test_images)} test images) -> {demo.url}")
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import optuna
 import pytest
@@ -13,7 +15,7 @@ from core.store.queries import ImageFilter, best_trials, count_images, filter_op
 from core.store.db import Store
 from core.store.suspicion import suspects
 from core.data.synthetic import generate_synthetic
-from dashboard.demo_store import DemoStore, FolderDemo, build_demo_store, build_folder_sweep
+from dashboard.demo_store import DemoStore, FolderDemo, build_demo_sweeps
 from dashboard.serve import CHROMIUM, PAGES, dashboard, launch_chromium, wait_until_idle
 from tests.conftest import require_system
 
@@ -23,14 +25,10 @@ WAIT_MS = 30_000
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
     """One store: the user-folder sweep "demo-folder" (groups, wrong masks), then the pet sweep "demo"."""
-    from core.data.dataset import prepare_dataset
-
     base = tmp_path_factory.mktemp("browser")
     root = generate_synthetic(base / "synthetic", n_images=60, image_size=64, seed=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = prepare_dataset(root, 64, log=lambda _m: None)
-    folder = build_folder_sweep(f"sqlite:///{base / 'results.db'}", base / "folder-demo", data)
-    return build_demo_store(f"sqlite:///{base / 'results.db'}", root, sweep="demo", data=data), folder
+    return build_demo_sweeps(f"sqlite:///{base / 'results.db'}", root, base / "folder-demo", sweep="demo")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +68,31 @@ def _gallery_state(page) -> tuple[int, str]:
     return int(count.split()[0]), first.split(". ", 1)[1]
 
 
+@contextmanager
+def _page(db_url: str, path: str, height: int = 1000, **options: Any) -> Iterator[Any]:
+    """A Chromium page on a dashboard served from `db_url`, opened at `path`; server and browser stop after."""
+    sync_api = _browser()
+    with dashboard(db_url) as base, sync_api.sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height}, **options)
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{base}/{path}", wait_until="domcontentloaded")
+            yield page
+        finally:
+            browser.close()
+
+
+def _drop_pill(page: Any, pill: str, expected: tuple[int, str]) -> list[str]:
+    """Click a sidebar pill off, wait until the gallery shows `expected` (count, rank-1 name); its captions."""
+    page.locator("[data-testid='stSidebar']").get_by_role("button", name=pill, exact=True).click()
+    page.get_by_text(f"{expected[0]} images match").first.wait_for()
+    _browser().expect(page.get_by_text(f"1. {expected[1]}", exact=True)).to_have_count(1)
+    wait_until_idle(page, WAIT_MS)
+    assert _gallery_state(page) == expected
+    return page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts()
+
+
 def test_species_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> None:
     sync_api = _browser()
     all_count, all_first = _expected(demo, None)
@@ -77,32 +100,17 @@ def test_species_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> N
     assert dog_count < all_count  # the filter must make a visible difference
 
     started = time.monotonic()
-    with dashboard(demo.url) as base, sync_api.sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{base}/{PAGES['hardest']}", wait_until="domcontentloaded")
-            page.get_by_text(f"{all_count} images match").first.wait_for()
-            assert _gallery_state(page) == (all_count, all_first)
-            sync_api.expect(page.locator("[data-testid='stMain'] [data-testid='stImage'] img")).to_have_count(12)
-
-            sidebar = page.locator("[data-testid='stSidebar']")
-            sidebar.get_by_role("button", name="cat", exact=True).click()  # species pills: drop the cats
-            page.get_by_text(f"{dog_count} images match").first.wait_for()
-            sync_api.expect(page.get_by_text(f"1. {dog_first}", exact=True)).to_have_count(1)
-            wait_until_idle(page, WAIT_MS)
-            assert _gallery_state(page) == (dog_count, dog_first)
-            captions = page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts()
-            described = [c for c in captions if " · test · " in c]
-            assert described and all(" · dog · " in c for c in described)
-        finally:
-            browser.close()
+    with _page(demo.url, PAGES["hardest"]) as page:
+        page.get_by_text(f"{all_count} images match").first.wait_for()
+        assert _gallery_state(page) == (all_count, all_first)
+        sync_api.expect(page.locator("[data-testid='stMain'] [data-testid='stImage'] img")).to_have_count(12)
+        captions = _drop_pill(page, "cat", (dog_count, dog_first))  # species pills: drop the cats
+        described = [c for c in captions if " · test · " in c]
+        assert described and all(" · dog · " in c for c in described)
     assert time.monotonic() - started < 60
 
 
 def test_failure_mode_filter_in_the_browser_changes_the_gallery(demo: DemoStore) -> None:
-    sync_api = _browser()
     store = Store(demo.url, read_only=True)
     try:
         trial = int(best_trials(store, demo.sweep).iloc[0]["id"])
@@ -115,84 +123,50 @@ def test_failure_mode_filter_in_the_browser_changes_the_gallery(demo: DemoStore)
         store.dispose()
     assert "ok" in modes and kept_count < all_count  # dropping `ok` must make a visible difference
 
-    with dashboard(demo.url) as base, sync_api.sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{base}/{PAGES['hardest']}", wait_until="domcontentloaded")
-            page.get_by_text(f"{all_count} images match").first.wait_for()
-            sidebar = page.locator("[data-testid='stSidebar']")
-            sidebar.get_by_role("button", name="ok", exact=True).click()  # failure-mode pills: drop `ok`
-            page.get_by_text(f"{kept_count} images match").first.wait_for()
-            sync_api.expect(page.get_by_text(f"1. {kept_first}", exact=True)).to_have_count(1)
-            wait_until_idle(page, WAIT_MS)
-            assert _gallery_state(page) == (kept_count, kept_first)
-            captions = page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts()
-            named = [c for c in captions if c.startswith("failure mode: ")]
-            assert named and all(c.split(" · ")[0].removeprefix("failure mode: ") in kept for c in named)
-        finally:
-            browser.close()
+    with _page(demo.url, PAGES["hardest"]) as page:
+        page.get_by_text(f"{all_count} images match").first.wait_for()
+        captions = _drop_pill(page, "ok", (kept_count, kept_first))  # failure-mode pills: drop `ok`
+        named = [c for c in captions if c.startswith("failure mode: ")]
+        assert named and all(c.split(" · ")[0].removeprefix("failure mode: ") in kept for c in named)
 
 
 def test_group_filter_in_the_browser_changes_the_gallery_of_a_users_folder(folder: FolderDemo) -> None:
-    sync_api = _browser()
     all_count, all_first = _expected(folder)
     b_count, b_first = _expected(folder, groups=("site-b",))
     assert b_count < all_count
 
-    with dashboard(folder.url) as base, sync_api.sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{base}/{PAGES['hardest']}?sweep={folder.sweep}", wait_until="domcontentloaded")
-            page.get_by_text(f"{all_count} images match").first.wait_for()
-            assert _gallery_state(page) == (all_count, all_first)
-            sidebar = page.locator("[data-testid='stSidebar']")
-            assert not sidebar.get_by_text("Species", exact=True).count()  # no pet filters on the user's own data
-            sidebar.get_by_role("button", name="site-a", exact=True).click()  # group pills: drop site-a
-            page.get_by_text(f"{b_count} images match").first.wait_for()
-            sync_api.expect(page.get_by_text(f"1. {b_first}", exact=True)).to_have_count(1)
-            wait_until_idle(page, WAIT_MS)
-            assert _gallery_state(page) == (b_count, b_first)
-            captions = page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts()
-            described = [c for c in captions if " · test · " in c]
-            assert described and all(c.startswith("group site-b · ") for c in described)
-        finally:
-            browser.close()
+    with _page(folder.url, f"{PAGES['hardest']}?sweep={folder.sweep}") as page:
+        page.get_by_text(f"{all_count} images match").first.wait_for()
+        assert _gallery_state(page) == (all_count, all_first)
+        sidebar = page.locator("[data-testid='stSidebar']")
+        assert not sidebar.get_by_text("Species", exact=True).count()  # no pet filters on the user's own data
+        captions = _drop_pill(page, "site-a", (b_count, b_first))  # group pills: drop site-a
+        described = [c for c in captions if " · test · " in c]
+        assert described and all(c.startswith("group site-b · ") for c in described)
 
 
 def test_marking_an_image_and_downloading_the_review_csv_in_the_browser(folder: FolderDemo, tmp_path: Path) -> None:
-    sync_api = _browser()
     store = Store(folder.url, read_only=True)
     try:
         top = suspects(store, folder.sweep, limit=1).iloc[0]
     finally:
         store.dispose()
 
-    with dashboard(folder.url) as base, sync_api.sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200}, accept_downloads=True)
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{base}/{PAGES['suspects']}?sweep={folder.sweep}", wait_until="domcontentloaded")
-            page.get_by_text(f"1. {top['name']}", exact=True).wait_for()
-            wait_until_idle(page, WAIT_MS)
-            note = page.get_by_placeholder("note (optional)").first
-            note.fill("mask erased")
-            note.press("Enter")
-            wait_until_idle(page, WAIT_MS)
-            main = page.locator("[data-testid='stMain']")  # the sidebar's mark filter has a "label error" pill too
-            main.get_by_role("button", name="label error", exact=True).first.click()
-            page.get_by_text("review: label error — mask erased").first.wait_for()
-            wait_until_idle(page, WAIT_MS)
-            with page.expect_download() as download:
-                page.get_by_role("button", name="Download the review marks as CSV (1 marked)").click()
-            saved = tmp_path / download.value.suggested_filename
-            download.value.save_as(saved)
-        finally:
-            browser.close()
+    with _page(folder.url, f"{PAGES['suspects']}?sweep={folder.sweep}", 1200, accept_downloads=True) as page:
+        page.get_by_text(f"1. {top['name']}", exact=True).wait_for()
+        wait_until_idle(page, WAIT_MS)
+        note = page.get_by_placeholder("note (optional)").first
+        note.fill("mask erased")
+        note.press("Enter")
+        wait_until_idle(page, WAIT_MS)
+        main = page.locator("[data-testid='stMain']")  # the sidebar's mark filter has a "label error" pill too
+        main.get_by_role("button", name="label error", exact=True).first.click()
+        page.get_by_text("review: label error — mask erased").first.wait_for()
+        wait_until_idle(page, WAIT_MS)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download the review marks as CSV (1 marked)").click()
+        saved = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved)
     assert saved.name == "review-marks-folder-folder-demo.csv"
     assert saved.read_text().splitlines() == [
         "name,path,mark,note,score", f"{top['name']},{top['path']},label error,mask erased,{top['label_suspicion']:.6g}"]

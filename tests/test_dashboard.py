@@ -20,7 +20,7 @@ from core.store.optuna_storage import optuna_storage
 from core.store.db import ImageResults, Store
 from core.data.synthetic import generate_synthetic
 from dashboard import images, stats
-from dashboard.demo_store import DemoStore, FolderDemo, build_demo_store, build_folder_sweep
+from dashboard.demo_store import DemoStore, FolderDemo, build_demo_sweeps
 
 DASH = Path(__file__).resolve().parents[1] / "dashboard"
 PAGES = {
@@ -78,15 +78,11 @@ def _add_odd_sweep(demo: DemoStore, outside_dir: Path) -> dict[str, int]:
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
     """One store: sweep "demo-folder" over the user's own kind of folder (groups, a few wrong masks), then the
     pet sweep "demo", then "odd" (so the pet sweeps stay the most recent)."""
-    from core.data.dataset import prepare_dataset
-
     base = tmp_path_factory.mktemp("dashboard")
     root = generate_synthetic(base / "data" / "synthetic", n_images=60, image_size=64, seed=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = prepare_dataset(root, 64, log=lambda _m: None)
-    url = f"sqlite:///{base / 'results.db'}"
-    folder = build_folder_sweep(url, base / "data" / "folder-demo", data)
-    demo = build_demo_store(url, root, sweep="demo", data=data)
+    demo, folder = build_demo_sweeps(f"sqlite:///{base / 'results.db'}", root, base / "data" / "folder-demo",
+                                     sweep="demo")
     _add_odd_sweep(demo, base / "outside")
     return demo, folder
 
