@@ -65,7 +65,10 @@ def _label_rows(store: Store, sweep: str) -> tuple[dict, dict]:
     return labels, votes
 
 
-def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every_mask(store: Store) -> None:
+@pytest.mark.parametrize("chunk", [suspicion.CHUNK, 4], ids=["one chunk", "chunks of 4 images"])
+def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every_mask(store: Store, chunk: int,
+                                                                                      monkeypatch) -> None:
+    monkeypatch.setattr(suspicion, "CHUNK", chunk)
     rng = np.random.default_rng(1)
     truths = np.stack([_square(rng) for _ in range(N)])
     ids = _ids(store)

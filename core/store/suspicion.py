@@ -2,10 +2,12 @@
 
 Closing a trial as complete adds its predicted masks to the votes of its sweep (sweep_image_votes, one
 row of per-pixel counts per image) and recomputes the label columns of sweep_images (label_suspicion,
-consensus_dice, agreement, contradiction; core.labels) for its test images, in the transaction that
+consensus_dice, agreement, contradiction; core.labels) for its test images from their votes, truths and
+the models' entropy (sweep_images.entropy_median), in the transaction that
 closes it (core.store.summaries.add_trial calls `add_trial`, under the sweep's lock). That costs one
 read and write of each test image's votes and truth: no earlier trial's masks are read again.
-`rebuild` recomputes a sweep's votes from every stored mask (the upgrade, summaries.rebuild).
+`rebuild` recomputes a sweep's votes from every stored mask (the upgrade, summaries.rebuild). Both hold
+at most CHUNK images' votes in memory at a time.
 
 Votes are kept at one image size per image: the size of the first mask counted (a sweep evaluates at
 one size); masks of another size are left out of the votes. The truth compared against is
@@ -21,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, bindparam, case, inspect, insert, select, update
+from sqlalchemy import bindparam, case, inspect, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from core.labels import LabelParts, decode_votes, encode_votes, label_parts
@@ -29,6 +31,7 @@ from core.store import schema as st
 from core.store.mask_png import decode_mask
 
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
+CHUNK = 256  # images whose votes are held in memory at once (256 px: 64 MB)
 SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "dice_median", "trials")
 
 
@@ -144,15 +147,20 @@ def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Seq
     """Add a complete trial's predicted masks (None: it stored none) to its sweep's votes and rescore its images
     (their entropy median moved with the trial too); returns how many masks were counted. Call under the
     sweep's summaries lock, after the trial's summaries are written."""
-    v = st.sweep_image_votes
     ids = [int(i) for i in image_ids]
-    if not ids:
-        return 0
+    counted = 0
+    for start in range(0, len(ids), CHUNK):  # a bounded number of images' votes in memory at once
+        counted += _add_chunk(conn, sweep, ids[start:start + CHUNK],
+                              None if masks is None else masks[start:start + CHUNK])
+    return counted
+
+
+def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.ndarray] | None) -> int:
+    v = st.sweep_image_votes
     scored: dict[int, tuple[np.ndarray, int]] = {}
-    for start in range(0, len(ids), 500):
-        for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
-                                              .where(v.c.sweep == sweep, v.c.image_id.in_(ids[start:start + 500]))):
-            scored[int(image_id)] = (decode_votes(bytes(blob)), int(n))
+    for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
+                                          .where(v.c.sweep == sweep, v.c.image_id.in_(ids))):
+        scored[int(image_id)] = (decode_votes(bytes(blob)), int(n))
     new_rows, old_rows = [], []
     for image_id, mask in zip(ids, masks if masks is not None else []):
         mask = np.asarray(mask).astype(bool)
@@ -178,12 +186,17 @@ def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Seq
 
 def rebuild(conn: Connection, sweep: str) -> int:
     """Recompute a sweep's votes from every stored mask of its complete trials (in the order they closed) and
-    its sweep_images label columns; sweep_image_votes must hold no rows of the sweep. Returns masks counted."""
+    its sweep_images label columns; sweep_image_votes must hold no rows of the sweep, sweep_images its summaries.
+    Returns masks counted."""
+    s = st.sweep_images
+    ids = sorted(int(i) for i in conn.execute(select(s.c.image_id).where(s.c.sweep == sweep)).scalars())
+    return sum(_rebuild_chunk(conn, sweep, ids[start:start + CHUNK]) for start in range(0, len(ids), CHUNK))
+
+
+def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int]) -> int:
     m, t = st.masks, st.trials
     stmt = (select(m.c.image_id, m.c.png).join_from(m, t, t.c.id == m.c.trial_id)
-            .join(st.sweep_images, and_(st.sweep_images.c.sweep == t.c.sweep,
-                                        st.sweep_images.c.image_id == m.c.image_id))
-            .where(t.c.sweep == sweep, t.c.state == "complete")
+            .where(t.c.sweep == sweep, t.c.state == "complete", m.c.image_id.in_(ids))
             .order_by(t.c.finished_at, t.c.id))
     votes: dict[int, np.ndarray] = {}
     trials: dict[int, int] = {}
@@ -209,10 +222,8 @@ def rebuild(conn: Connection, sweep: str) -> int:
         result.close()
     if not votes:
         return 0
-    ids = sorted(votes)
+    done = sorted(votes)
     conn.execute(insert(st.sweep_image_votes), [{"sweep": sweep, "image_id": i, "trials": trials[i],
-                                                 "votes": encode_votes(votes[i])} for i in ids])
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
-        _write_parts(conn, sweep, part, [votes[i] for i in part], [trials[i] for i in part])
+                                                 "votes": encode_votes(votes[i])} for i in done])
+    _write_parts(conn, sweep, done, [votes[i] for i in done], [trials[i] for i in done])
     return counted
