@@ -724,6 +724,11 @@ def test_a_folder_dataset_shows_groups_and_its_own_words_not_pet_filters(folder,
     assert not [c.value for c in at.caption if c.value.startswith("⚠")]  # every file found through images.path
     pills = widget(at.button_group, "Failure mode")
     assert "missed pet" not in pills.options
+    at.button[0].click().run()  # one image across every trial
+    table = at.dataframe[0].value
+    assert "border-aware dice" not in table.columns and "missed pet" not in set(table["failure mode"])
+    assert not [t for t in app("insights", monkeypatch, folder.url, sweep=folder.sweep).toggle
+                if t.label == "Border-aware dice"]
 
 
 def test_failure_modes_speak_of_objects_on_a_folder_dataset_while_the_store_keeps_its_values(folder, monkeypatch) -> None:
@@ -811,8 +816,7 @@ def test_suspect_labels_rank_images_by_the_score_and_show_its_parts(folder, monk
     entropy = np.median([e for (e,) in _direct(folder, "SELECT entropy FROM image_results JOIN trials ON trials.id = "
                                                        "trial_id JOIN images ON images.id = image_id WHERE sweep = ? "
                                                        "AND state = 'complete' AND images.name = ?", folder.sweep, name)])
-    assert score == pytest.approx(co * (1 - entropy))  # the score is its parts' product
-    assert parts[0] == (f"group {folder.groups[name]} · test · contradiction {co:.2f} × certainty {1 - entropy:.2f} · "
+    assert parts[0] == (f"group {folder.groups[name]} · test · contradiction {co:.2f} · certainty {1 - entropy:.2f} · "
                         f"consensus dice {cd:.2f} · agreement {ag:.2f} · median dice {md:.2f} over {n} trials")
     assert [c.value for c in at.caption].count("review: not marked yet") == 6
 

@@ -102,7 +102,7 @@ def parts(row: Any) -> str:
         return NOT_SCORED
     group = f"group {row.group_name} · " if isinstance(row.group_name, str) else ""
     certainty = "–" if pd.isna(row.entropy) else f"{1 - min(max(row.entropy, 0.0), 1.0):.2f}"
-    return (f"{group}{row.split} · contradiction {row.contradiction:.2f} × certainty {certainty} · consensus dice "
+    return (f"{group}{row.split} · contradiction {row.contradiction:.2f} · certainty {certainty} · consensus dice "
             f"{row.consensus_dice:.2f} · agreement {row.agreement:.2f} · median dice {ui.fmt(row.dice_median, 2)} "
             f"over {int(row.trials)} trials")
 
@@ -142,13 +142,13 @@ def render(ctx: ui.Context) -> None:
         return
     st.caption(f"Images whose models agree with each other, and are sure, yet not with the mask come first: likely "
                f"label errors (label suspicion ≥ {LIKELY_LABEL_ERROR}). Images the models disagree on, or are unsure "
-               "about, are hard rather than mislabelled and score low. Score = contradiction (the share of mask and "
-               "consensus where the models unanimously contradict the mask) × certainty (1 − the models' median "
-               "entropy); consensus dice and agreement are shown beside it. See README, 'Suspect labels'.")
+               "about, are hard rather than mislabelled and score low. Its parts: contradiction (the share of mask and "
+               "consensus where the models unanimously contradict the mask), certainty (1 − the models' median "
+               "entropy), consensus dice, agreement, median dice; the formula is in README, 'Suspect labels'.")
     export(ctx, sorted(frame["dataset"].dropna().unique()))
     if ui.started_read_only():
         st.caption("Started read-only: marks are shown, not written.")
-    st.markdown(images.legend_html(ctx.words.thing, trimap=False, title="Consensus against the mask"),
+    st.markdown(images.legend_html(ctx.words.thing, trimap=ctx.pets, title="Consensus against the mask"),
                 unsafe_allow_html=True)
     frame, size = filters(ctx, frame)
     page = ui.pager(len(frame), size, (ctx.sweep, hash(tuple(frame["image_id"])), size),

@@ -2,6 +2,7 @@
 
     python dashboard/screenshots/take.py results.db                 # the most recent sweep
     python dashboard/screenshots/take.py sqlite:///x.db --sweep NAME --out /tmp/shots
+    python dashboard/screenshots/take.py busi.db --only suspect_labels.png hardest_images_folder.png
 
 Starts `streamlit run dashboard/Home.py` on a free 127.0.0.1 port against the database (a
 SQLAlchemy URL or a file path), opens each page in Debian's /usr/bin/chromium through
@@ -29,6 +30,8 @@ SHOTS = {  # file -> (page, viewport height, what must be on screen: a text, or 
     "dice_distributions.png": ("distributions", 1500, 4),
     "hardest_images.png": ("hardest", 1350, "images match"),
     "sweep_insights.png": ("insights", 2300, 5),
+    "suspect_labels.png": ("suspects", 1500, "images match"),       # of a sweep on the user's own folder
+    "hardest_images_folder.png": ("hardest", 1350, "images match"),  # the gallery on the user's own folder
 }
 
 
@@ -47,8 +50,12 @@ def small_png(png: bytes, limit: int = MAX_BYTES) -> bytes:
     return out.getvalue()
 
 
-def take(db: str, out_dir: Path, sweep: str | None = None, timeout_ms: int = 60_000) -> list[Path]:
-    """Write one screenshot per page into out_dir; returns the files written."""
+def take(db: str, out_dir: Path, sweep: str | None = None, timeout_ms: int = 60_000,
+         only: list[str] | None = None) -> list[Path]:
+    """Write one screenshot per page (or the `only` ones of SHOTS) into out_dir; returns the files written."""
+    unknown = sorted(set(only or ()) - set(SHOTS))
+    if unknown:
+        raise SystemExit(f"take.py: no shot named {', '.join(unknown)}; choose from {', '.join(SHOTS)}")
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,6 +65,8 @@ def take(db: str, out_dir: Path, sweep: str | None = None, timeout_ms: int = 60_
         browser = launch_chromium(pw)
         try:
             for filename, (name, height, expect) in SHOTS.items():
+                if only and filename not in only:
+                    continue
                 page = browser.new_page(viewport={"width": WIDTH, "height": height})
                 page.set_default_timeout(timeout_ms)
                 page.goto(f"{base}/{PAGES[name]}{query}", wait_until="domcontentloaded")
@@ -84,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("db", help="results database: SQLAlchemy URL or SQLite file path")
     p.add_argument("--sweep", default=None, help="sweep to show (default: the most recently active)")
     p.add_argument("--out", type=Path, default=HERE, help=f"folder for the PNGs (default {HERE})")
+    p.add_argument("--only", nargs="+", default=None, metavar="FILE", help=f"just these shots, of {', '.join(SHOTS)}")
     args = p.parse_args(argv)
-    for path in take(args.db, args.out, args.sweep):
+    for path in take(args.db, args.out, args.sweep, only=args.only):
         print(f"{path} ({path.stat().st_size // 1024} KB)")
     return 0
 
