@@ -921,3 +921,19 @@ def test_a_v3_store_is_read_without_the_v4_columns_and_offers_no_marks(v3_store,
     assert not at.error and not [t for t in at.toggle if t.label == "Leave out likely label errors"]
     assert not app("home", monkeypatch, v3.url, sweep="old").error
     assert path.read_bytes() == before
+
+
+def test_the_dashboard_is_read_only_when_started_so_by_flag_or_environment(monkeypatch) -> None:
+    import sys
+
+    from dashboard import common
+
+    monkeypatch.delenv(common.READ_ONLY_ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["dashboard/Home.py"])
+    assert not common.started_read_only()
+    monkeypatch.setattr(sys, "argv", ["dashboard/Home.py", "--read-only"])  # streamlit run Home.py -- --read-only
+    assert common.started_read_only()
+    monkeypatch.setattr(sys, "argv", ["dashboard/Home.py"])
+    for value, expected in (("1", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv(common.READ_ONLY_ENV, value)
+        assert common.started_read_only() is expected
