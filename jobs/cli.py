@@ -22,7 +22,9 @@ from core.data.splits import compile_group_by
 from core.data.download import DownloadError
 from core.data.sources import DATA_CHOICES, load_data
 from core.models import available_models
+from core.machine import usable_cores
 from core.store.db import DEFAULT_URL, Store, StoreError, display_url, normalize_url, sqlite_path
+from core.store.engine import error_detail
 from core.training.trial import register
 
 AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
@@ -51,9 +53,7 @@ def user_error(prog: str, message: str, code: int = 1) -> NoReturn:
 
 def db_error(db: str, exc: BaseException) -> str:
     """One line for a database failure in the middle of a job (server gone, disk full, read-only file)."""
-    orig = getattr(exc, "orig", None) or exc
-    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    return f"database error on {display_url(db)}: {detail}; results recorded before it are kept"
+    return f"database error on {display_url(db)}: {error_detail(exc)}; results recorded before it are kept"
 
 
 @contextlib.contextmanager
@@ -302,14 +302,6 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers-here", type=positive_int, default=None,
                    help="how many SegSweep workers share this machine (default: counted from the running "
                         "jobs.sweep / jobs.train processes)")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which taskset and container limits narrow)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _is_job(argv: list[str]) -> bool:

@@ -36,16 +36,13 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from core.store.db import Store
+from core.store.schema import utc_now
 from core.training.trial import INTERRUPTED
 from jobs import budget
 
 DEAD_WORKER = "worker stopped during the trial (heartbeat lost); retried"
 RUN_AGAIN = (DEAD_WORKER, INTERRUPTED)  # a failed row with one of these errors is retried
 MAX_RETRIES = 3  # a lost trial is run again at most this many times in a chain of losses
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _last_sign(t: FrozenTrial, row: dict[str, Any] | None) -> dt.datetime:
@@ -88,7 +85,7 @@ def sync(study: optuna.Study, store: Store, stale_after_s: float, *, dataset: st
     sweep, arch = name.rsplit("/", 1)
     lost = [row["number"] for row in store.claim_stale(name, stale_after_s, DEAD_WORKER)]
     told: list[tuple[int, str]] = []
-    cutoff = _utc_now() - dt.timedelta(seconds=stale_after_s)
+    cutoff = utc_now() - dt.timedelta(seconds=stale_after_s)
     rows = _rows(store, name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         row = rows.get(t.number)

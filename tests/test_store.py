@@ -102,7 +102,7 @@ def test_mask_png_is_small_at_256px() -> None:
 
 def _silence(store: Store, trial_id: int, seconds: float) -> None:
     """The trial's last heartbeat `seconds` ago, as if its worker had died then."""
-    beat = st._now() - dt.timedelta(seconds=seconds)
+    beat = st.utc_now() - dt.timedelta(seconds=seconds)
     with store.engine.begin() as conn:
         conn.execute(update(st.trials).where(st.trials.c.id == trial_id).values(heartbeat_at=beat))
 
@@ -123,7 +123,7 @@ def test_claim_stale_fails_only_running_trials_silent_for_longer_than_the_grace(
 
 def test_a_trial_lost_before_its_row_is_recorded_once_and_its_worker_cannot_start_it_late(db_url: str) -> None:
     store = Store(db_url)
-    lost = dict(sweep="s", study="s/unet", arch="unet", number=0, started_at=st._now() - dt.timedelta(seconds=60),
+    lost = dict(sweep="s", study="s/unet", arch="unet", number=0, started_at=st.utc_now() - dt.timedelta(seconds=60),
                 dataset="oxford-pets/x", image_size=64, error="worker died")
     assert store.record_lost(**lost) is True
     assert store.record_lost(**lost) is False  # another worker noticing the same loss

@@ -53,6 +53,7 @@ from core.data.layout import (  # noqa: F401 - the trimap values stay importable
     pet_mask,
     trimap_rel,
 )
+from core.machine import usable_cores
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 2  # 2: layout, groups, paths and the data check ride along
@@ -402,7 +403,7 @@ def _decode_all(
     root: Path, source: str, image_size: int, entries: list[_Entry], skipped: list[tuple[str, str]]
 ) -> PreparedDataset:
     """Decode all entries on a thread pool (PIL releases the GIL), keeping split-file order."""
-    workers = max(1, min(os.cpu_count() or 1, len(entries)))
+    workers = max(1, min(usable_cores(), len(entries)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda e: _decode_pair(root, e.name, image_size), entries))
     infos: list[ImageInfo] = []

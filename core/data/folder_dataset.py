@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from core.data.folders import Pair, Scan, stem
 from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET
 from core.data.masks import SOFT_VALUES, format_foreground, read_mask
 from core.data.splits import assign_splits, compile_group_by, group_key
+from core.machine import usable_cores
 
 SOURCE = "folder"  # datasets.source of a user's own data
 
@@ -157,7 +157,7 @@ def _splits_of(keys: list[str | None], splits: list[str]) -> dict[str, set[str]]
 def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None, splits: list[str],
                 keys: list[str | None], notes: list[str], group_by: str | None, fg_words: str) -> PreparedDataset:
     """Decode every pair on a thread pool (PIL releases the GIL), keeping the scan's order."""
-    workers = max(1, min(os.cpu_count() or 1, len(scan.pairs)))
+    workers = max(1, min(usable_cores(), len(scan.pairs)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reads = list(pool.map(lambda p: _read_pair(scan.root, p, image_size, foreground), scan.pairs))
     check = DataCheck(layout=scan.layout, root=str(scan.root), image_size=image_size, pairs=len(scan.pairs),

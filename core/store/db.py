@@ -47,6 +47,7 @@ from core.store.schema import (  # noqa: F401
     schema_info,
     trials,
     truth_masks,
+    utc_now,
 )
 from core.store.upgrade import upgrade
 
@@ -73,10 +74,6 @@ class ImageResults:
     dice_no_border: np.ndarray  # (M,) float
     masks: Sequence[np.ndarray] | None = None  # M predicted masks, (S, S) bool/uint8
     diagnostics: ImageDiagnostics | None = None  # why each image fails; None: stored as not computed
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 class Store:
@@ -168,7 +165,7 @@ class Store:
         with self.engine.begin() as conn:
             if conn.execute(select(datasets.c.name).where(datasets.c.name == name)).first() is None:
                 conn.execute(insert(datasets).values(name=name, source=source, root=str(Path(root).resolve()),
-                                                     created_at=_now(), layout=layout))
+                                                     created_at=utc_now(), layout=layout))
             else:
                 conn.execute(update(datasets).where(datasets.c.name == name)
                              .values(root=str(Path(root).resolve()), layout=layout))
@@ -190,7 +187,7 @@ class Store:
         that trial number already (a run name used before, or a trial another worker recorded as lost)."""
         try:
             with self.engine.begin() as conn:
-                now = _now()
+                now = utc_now()
                 result = conn.execute(insert(trials).values(
                     sweep=sweep, study=study, arch=arch, number=number, state="running", params=params,
                     epochs_run=0, started_at=now, heartbeat_at=now, device=device, dataset=dataset,
@@ -232,7 +229,7 @@ class Store:
                              for i, m in zip(ids.tolist(), results.masks)]
         with self.engine.begin() as conn:
             closed = conn.execute(update(trials).where(trials.c.id == trial_id, trials.c.state == "running").values(
-                state=state, val_dice=val_dice, test_dice=test_dice, finished_at=_now(), error=error,
+                state=state, val_dice=val_dice, test_dice=test_dice, finished_at=utc_now(), error=error,
                 checkpoint=checkpoint))
             if closed.rowcount != 1:  # e.g. taken for dead and retried elsewhere: keep the store truthful
                 raise TrialClosedError(f"trial {trial_id} was already closed by another worker; results not recorded")
@@ -277,7 +274,7 @@ class Store:
         """A running trial's sign of life; see claim_stale."""
         with self.engine.begin() as conn:
             conn.execute(update(trials).where(trials.c.id == trial_id, trials.c.state == "running")
-                         .values(heartbeat_at=_now()))
+                         .values(heartbeat_at=utc_now()))
 
     def claim_stale(self, study: str, grace_s: float, error: str) -> list[dict[str, Any]]:
         """Fail the study's running trials whose worker has not beaten for `grace_s` seconds.
@@ -285,7 +282,7 @@ class Store:
         Each stale trial is claimed by exactly one caller (a conditional update), so of several
         workers noticing the same dead trial only one retries it. Returns the claimed rows.
         """
-        cutoff = _now() - dt.timedelta(seconds=grace_s)
+        cutoff = utc_now() - dt.timedelta(seconds=grace_s)
         stale = trials.c.state == "running"
         with self.engine.connect() as conn:
             rows = conn.execute(select(trials).where(trials.c.study == study, stale,
@@ -294,7 +291,7 @@ class Store:
         for row in rows:
             with self.engine.begin() as conn:
                 res = conn.execute(update(trials).where(trials.c.id == row["id"], stale, trials.c.heartbeat_at < cutoff)
-                                   .values(state="failed", error=error, finished_at=_now()))
+                                   .values(state="failed", error=error, finished_at=utc_now()))
             if res.rowcount == 1:
                 claimed.append(dict(row))
         return claimed
@@ -311,7 +308,7 @@ class Store:
             with self.engine.begin() as conn:
                 conn.execute(insert(trials).values(
                     sweep=sweep, study=study, arch=arch, number=number, state="failed", params={}, epochs_run=0,
-                    started_at=started_at, finished_at=_now(), device="unknown", dataset=dataset,
+                    started_at=started_at, finished_at=utc_now(), device="unknown", dataset=dataset,
                     image_size=image_size, error=error))
         except IntegrityError:
             return False
@@ -319,7 +316,7 @@ class Store:
 
     def stale_studies(self, grace_s: float) -> list[str]:
         """Studies holding a running trial that has not beaten for `grace_s` seconds (see claim_stale)."""
-        cutoff = _now() - dt.timedelta(seconds=grace_s)
+        cutoff = utc_now() - dt.timedelta(seconds=grace_s)
         stmt = select(trials.c.study).distinct().where(trials.c.state == "running", trials.c.heartbeat_at < cutoff)
         with self.engine.connect() as conn:
             return sorted(conn.execute(stmt).scalars())
@@ -348,7 +345,7 @@ class Store:
     def trial_seconds(self, study: str) -> float:
         """Seconds the study's trials have trained and evaluated so far, all workers together
         (running trials count up to now): what a sweep's time budget is spent on."""
-        now = _now()
+        now = utc_now()
         stmt = select(trials.c.started_at, trials.c.finished_at).where(trials.c.study == study)
         with self.engine.connect() as conn:
             spans = conn.execute(stmt).all()

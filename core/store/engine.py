@@ -115,6 +115,11 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).expanduser().resolve()
 
 
+def error_detail(exc: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy wraps it with SQL and a link)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
 def one_line_db_error(url: str, exc: DBAPIError) -> str:
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
-    return f"cannot open database {display_url(url)}: {detail}"
+    return f"cannot open database {display_url(url)}: {error_detail(exc)}"

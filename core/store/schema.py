@@ -7,6 +7,7 @@ own, so every other store module can import it.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,12 @@ REVIEW_MARKS = ("label error", "hard image", "fine")  # reviews.mark
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
 metadata = MetaData()
+
+
+def utc_now() -> dt.datetime:
+    """Now, as every DateTime column stores it: naive UTC (SQLite keeps no zone, so none is stored anywhere)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
 
 schema_info = Table(
     "schema_info", metadata,

@@ -27,6 +27,7 @@ from core.data.augment import AugmentConfig, build_augment
 from core.data.dataset import PreparedDataset
 from core.data.layout import pet_mask
 from core.losses import SegmentationLoss
+from core.machine import usable_cores
 from core.metrics import ImageDiagnostics, concat_diagnostics, image_diagnostics, image_scores
 from core.models import build_model
 from core.training.malloc import keep_freed_memory
@@ -289,7 +290,7 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
     sees exactly the batches an uninterrupted one would. An ensemble's batch is one batch per
     member, concatenated: each member sees its own order and augmentation (core/models/ensemble.py).
     """
-    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, usable_cores()) if device.type == "cuda" else 0)
     if cfg.members > 1:  # the workers shared out between the members' loaders
         loaders = [_train_loader(data, indices, replace(cfg, members=1, seed=_member_seed(cfg.seed, m),
                                                         num_workers=workers // cfg.members), device, torch.Generator())
