@@ -204,7 +204,7 @@ def running_progress(src: Source, sweep: str) -> pd.DataFrame:
 
 
 def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:
-    """A dataset's source, root and creation time with its image count per split, or None."""
+    """A dataset's source, root, creation time and layout with its image count per split and per group, or None."""
     with _connect(src) as conn:
         row = conn.execute(select(*_columns(conn, datasets, [c.name for c in datasets.c]))
                            .where(datasets.c.name == name)).mappings().first()
@@ -212,9 +212,11 @@ def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:
             return None
         splits = dict(conn.execute(select(images.c.split, func.count()).where(images.c.dataset == name)
                                    .group_by(images.c.split)).all())
-        group = _columns(conn, images, ["group_name"])[0]
-        groups = dict(conn.execute(select(group, func.count()).where(images.c.dataset == name, group.is_not(None))
-                                   .group_by(group)).all()) if _has_column(conn, images, "group_name") else {}
+        groups: dict[str, int] = {}
+        if _has_column(conn, images, "group_name"):  # v4: images per group
+            group = images.c.group_name
+            groups = dict(conn.execute(select(group, func.count()).where(images.c.dataset == name, group.is_not(None))
+                                       .group_by(group)).all())
     return {**dict(row), "splits": {k: int(v) for k, v in splits.items()},
             "groups": {k: int(v) for k, v in sorted(groups.items())}}
 
@@ -264,7 +266,8 @@ def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
     with _connect(src) as conn:
         shown = METRICS + ("failure_mode",) if has_diagnostics(conn) else V1_METRICS
         stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
-                       *_columns(conn, images, ["group_name"]), *(a.c[m].label(f"{m}_a") for m in shown), *(b.c[m].label(f"{m}_b") for m in shown))
+                       *_columns(conn, images, ["group_name"]), *(a.c[m].label(f"{m}_a") for m in shown),
+                       *(b.c[m].label(f"{m}_b") for m in shown))
                 .join_from(a, b, b.c.image_id == a.c.image_id)
                 .join(images, images.c.id == a.c.image_id)
                 .where(a.c.trial_id == int(trial_a), b.c.trial_id == int(trial_b))
