@@ -52,12 +52,22 @@ def test_models_that_disagree_with_each_other_score_low_even_when_the_majority_m
 def test_models_unsure_of_themselves_score_lower_than_sure_ones_against_the_same_mask():
     pet = square(8, 8, 16)
     votes, truth = votes_of(*[pet] * 4)[None], square(12, 12, 16)[None]
+    plain = label_parts(votes, 4, truth)
+    against = np.sqrt(plain.contradiction[0] * (1 - plain.consensus_dice[0]))
+    assert plain.label_suspicion[0] == pytest.approx(against)  # no entropy, no dice: the votes alone
     sure = label_parts(votes, 4, truth, entropy=np.array([0.1])).label_suspicion[0]
     unsure = label_parts(votes, 4, truth, entropy=np.array([0.8])).label_suspicion[0]
     unknown = label_parts(votes, 4, truth, entropy=np.array([np.nan])).label_suspicion[0]
+    assert sure == pytest.approx(0.81 * against) and unsure == pytest.approx(0.04 * against)
+    assert unknown == pytest.approx(against)  # not measured (results from before schema v2)
+
+
+def test_models_each_scoring_well_against_the_mask_lower_the_score_of_their_unanimous_area():
+    votes, truth = votes_of(*[square(8, 8, 16)] * 4)[None], square(12, 12, 16)[None]
     contradiction = label_parts(votes, 4, truth).contradiction[0]
-    assert sure == pytest.approx(0.9 * contradiction) and unsure == pytest.approx(0.2 * contradiction)
-    assert unknown == contradiction  # not measured (results from before schema v2): the votes alone
+    bad = label_parts(votes, 4, truth, dice_median=np.array([0.1])).label_suspicion[0]
+    good = label_parts(votes, 4, truth, dice_median=np.array([0.9])).label_suspicion[0]
+    assert bad == pytest.approx(np.sqrt(contradiction * 0.9)) and good == pytest.approx(np.sqrt(contradiction * 0.1))
 
 
 def test_models_that_agree_with_the_mask_score_zero():
@@ -145,7 +155,8 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_ur
     for number in range(3):
         pred = np.stack([square(8, 8, 16)] * 10)
         pred[5] = rng.random((S, S)) < 0.5  # a hard image: every model guesses differently
-        dice = np.where(np.arange(10) == 5, 0.1, 0.9)  # the hard image has the worst dice of all
+        # the hard image has the worst dice of all; the planted ones score half, the rest well
+        dice = np.where(np.arange(10) == 5, 0.1, np.where(np.arange(10) < 2, 0.5, 0.9))
         store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
                                              device="cpu", dataset="synthetic/b", image_size=S),
                            state="complete", val_dice=0.5, results=ImageResults(image_ids, dice, dice, dice, masks=pred))
@@ -156,7 +167,7 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_ur
     rankings = evaluate(scores, np.array([n in planted for n in names]))
     assert [r.name for r in rankings] == ["suspect-label score", "median dice", "cleanlab soft-minimum"]
     assert rankings[0].auroc == 1.0 and rankings[0].precision == 1.0
-    assert rankings[1].auroc < 0.5 and rankings[2].auroc == 0.5
+    assert rankings[1].auroc == 7 / 8 and rankings[2].auroc == 0.5  # median dice puts the hard image first
     assert report("tiny", rankings, names, planted, 0.95) == [True, True, True]
     out = capsys.readouterr().out
     assert "PASS  tiny: suspect-label AUROC: 1 (target >= 0.95)" in out

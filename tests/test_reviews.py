@@ -42,7 +42,7 @@ def _worker(url: str, ids: dict[str, int], trials: int, stop: threading.Event, e
                                     dataset=DATASET, image_size=S)
             pred = truth.copy()
             pred[2] = False  # every model: im2 holds no object, its mask says otherwise
-            dice = np.full(N, 0.8)
+            dice = np.where(np.arange(N) == 2, 0.0, 1.0)  # as the models score against the masks
             store.finish_trial(tid, state="complete", val_dice=0.5,
                                results=ImageResults(image_ids, dice, dice, dice, masks=pred))
     except BaseException as exc:  # reported by the test

@@ -100,11 +100,12 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
         if k == N - 1:
             assert labels[image_id] == (None, None, None, None)
             continue
-        measured = [*counted[k], 4]  # trial 4 stored no masks, but its entropy counts in the median
+        measured = [*counted[k], 4]  # trial 4 stored no masks, but its entropy and dice count in the medians
         entropy = np.median([np.random.default_rng(j).uniform(0.05, 0.6, 4 if j == 3 else N)[k] for j in measured])
-        parts = label_parts(expected[None], len(counted[k]), truths[k][None], np.array([entropy]))
+        dice = np.median([np.linspace(0.2, 0.9, 4 if j == 3 else N)[k] for j in measured])
+        parts = label_parts(expected[None], len(counted[k]), truths[k][None], np.array([entropy]), np.array([dice]))
         assert labels[image_id] == pytest.approx(tuple(float(getattr(parts, c)[0]) for c in suspicion.LABEL_COLUMNS))
-    assert labels[int(ids[0])][0] == 0.0 and labels[int(ids[1])][0] > 0.3
+    assert labels[int(ids[0])][0] == 0.0 and labels[int(ids[1])][0] > 0.2
 
 
 def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(store: Store) -> None:
@@ -119,7 +120,8 @@ def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(
     ranked = suspicion.suspects(store, "s")
     assert list(ranked.columns) == list(suspicion.SUSPECT_COLUMNS)
     assert ranked["name"].iloc[0] == "im3" and ranked["contradiction"].iloc[0] == 1.0
-    assert ranked["label_suspicion"].iloc[0] == pytest.approx(1 - _entropy(store, 3))
+    dice_median = ranked["dice_median"].iloc[0]  # every trial's dice for im3 (the fixture's, not measured)
+    assert ranked["label_suspicion"].iloc[0] == pytest.approx(np.sqrt(1 - dice_median) * (1 - _entropy(store, 3)) ** 2)
     assert ranked["name"].iloc[-1] == "im0" and np.isnan(ranked["label_suspicion"].iloc[-1])
     assert (ranked["trials"] == 3).all() and len(suspicion.suspects(store, "s", limit=2)) == 2
     assert suspicion.consensus(store, "s", int(ids[3])).max() == 0.0

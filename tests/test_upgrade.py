@@ -338,7 +338,7 @@ def test_a_v3_store_gets_its_suspect_label_scores_from_its_masks_and_the_trimaps
                     continue
                 entropy = row["entropy_median"]
                 expected = label_parts(votes[None], len(masks), pets64.masks[test[k]][None].astype(bool),
-                                       np.array([entropy]))
+                                       np.array([entropy]), np.array([row["dice_median"]]))
                 assert row["label_suspicion"] == pytest.approx(float(expected.label_suspicion[0]))
                 assert row["consensus_dice"] == pytest.approx(float(expected.consensus_dice[0]))
                 np.testing.assert_allclose(suspicion.consensus(conn, sweep, image_id), votes / len(masks))

@@ -3,7 +3,7 @@
 Closing a trial as complete adds its predicted masks to the votes of its sweep (sweep_image_votes, one
 row of per-pixel counts per image) and recomputes the label columns of sweep_images (label_suspicion,
 consensus_dice, agreement, contradiction; core.labels) for its test images from their votes, truths and
-the models' entropy (sweep_images.entropy_median), in the transaction that
+the trials' median entropy and dice (sweep_images), in the transaction that
 closes it (core.store.summaries.add_trial calls `add_trial`, under the sweep's lock). That costs one
 read and write of each test image's votes and truth: no earlier trial's masks are read again.
 `rebuild` recomputes a sweep's votes from every stored mask (the upgrade, summaries.rebuild). Both hold
@@ -113,18 +113,19 @@ def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int
     return found
 
 
-def _entropies(conn: Connection, sweep: str, ids: list[int]) -> dict[int, float]:
-    """sweep_images.entropy_median of these images (NaN where NULL)."""
+def _medians(conn: Connection, sweep: str, ids: list[int]) -> dict[int, tuple[float, float]]:
+    """(entropy_median, dice_median) of these images in sweep_images (NaN where NULL)."""
     s = st.sweep_images
-    rows = conn.execute(select(s.c.image_id, s.c.entropy_median).where(s.c.sweep == sweep, s.c.image_id.in_(ids)))
-    return {int(i): np.nan if e is None else float(e) for i, e in rows}
+    rows = conn.execute(select(s.c.image_id, s.c.entropy_median, s.c.dice_median)
+                        .where(s.c.sweep == sweep, s.c.image_id.in_(ids)))
+    return {int(i): (np.nan if e is None else float(e), np.nan if d is None else float(d)) for i, e, d in rows}
 
 
 def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> None:
     """Recompute and write the label columns of sweep_images for these images from their votes, their truths and
-    the models' entropy (the summaries' median, written before in this transaction)."""
+    the trials' median entropy and dice (the summaries, written before in this transaction)."""
     truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
-    entropy = _entropies(conn, sweep, ids)
+    medians = _medians(conn, sweep, ids)
     values: dict[str, list[Any]] = {c: [None] * len(ids) for c in LABEL_COLUMNS}
     scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -133,7 +134,7 @@ def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.nd
     for group in by_shape.values():
         parts: LabelParts = label_parts(np.stack([votes[k] for k in group]), np.array([trials[k] for k in group]),
                                         np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]),
-                                        np.array([entropy.get(ids[k], np.nan) for k in group]))
+                                        *np.array([medians.get(ids[k], (np.nan, np.nan)) for k in group]).T)
         for c in LABEL_COLUMNS:
             for k, value in zip(group, getattr(parts, c).tolist()):
                 values[c][k] = None if value != value else float(value)
@@ -145,7 +146,7 @@ def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.nd
 
 def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray] | None) -> int:
     """Add a complete trial's predicted masks (None: it stored none) to its sweep's votes and rescore its images
-    (their entropy median moved with the trial too); returns how many masks were counted. Call under the
+    (their entropy and dice medians moved with the trial too); returns how many masks were counted. Call under the
     sweep's summaries lock, after the trial's summaries are written."""
     ids = [int(i) for i in image_ids]
     counted = 0
