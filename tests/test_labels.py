@@ -172,3 +172,25 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_ur
     out = capsys.readouterr().out
     assert "PASS  tiny: suspect-label AUROC: 1 (target >= 0.95)" in out
     assert "im0 erased 1/" in out and "/-" in out  # its ranks; no cleanlab score
+
+
+def test_the_benchmark_plants_in_busis_layout_and_removes_one_lesion_of_two(tmp_path):
+    from PIL import Image
+
+    from benchmarks.label_errors import UltrasoundLayout, layout_of, plant
+
+    (tmp_path / "benign" / "mask").mkdir(parents=True)
+    names = [f"benign/benign ({k})" for k in range(1, 11)]
+    for k in range(1, 11):
+        lesion = square(4, 4, 8 + k % 3)
+        Image.fromarray(lesion).save(tmp_path / "benign" / "mask" / f"benign ({k})_mask.png")  # 1-bit, as BUSI
+    second = square(20, 20, 6)
+    Image.fromarray(second.astype(np.uint8) * 255).save(tmp_path / "benign" / "mask" / "benign (3)_mask_1.png")
+    layout = layout_of(tmp_path)
+    assert isinstance(layout, UltrasoundLayout) and layout.lesions("benign/benign (3)") == 2
+    assert layout.read("benign/benign (3)").sum() == square(4, 4, 8).sum() + second.sum()
+    kinds = plant(layout, names, 0.2, seed=0)
+    assert len(kinds) == 2 and kinds["benign/benign (3)"] == "lesion removed"
+    assert layout.lesions("benign/benign (3)") == 1 and layout.read("benign/benign (3)").sum() == square(4, 4, 8).sum()
+    [(other, kind)] = [(n, k) for n, k in kinds.items() if n != "benign/benign (3)"]
+    assert kind == "erased" and not layout.read(other).any()
