@@ -38,8 +38,22 @@ def _dice(pred: Tensor, target: Tensor) -> Tensor:
     return _ratio(2 * (pred & target).sum(1), pred.sum(1) + target.sum(1))
 
 
+THRESHOLD = 0.5  # a pixel is predicted foreground when sigmoid(logit) > THRESHOLD
+
+
+def predicted_mask(logits: Tensor, threshold: float = THRESHOLD) -> Tensor:
+    """The binary prediction of logits, bool of the same shape: the one rule every score, diagnostic and
+    stored mask uses. sigmoid(logit) > threshold, i.e. logit > logit(threshold); at 0.5 that is logit > 0,
+    exact in any dtype (a logit of exactly 0 is background)."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if threshold == 0.5:
+        return logits > 0
+    return logits.float() > math.log(threshold / (1 - threshold))
+
+
 def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
-                 threshold: float = 0.5) -> ImageScores:
+                 threshold: float = THRESHOLD) -> ImageScores:
     """Dice, IoU and border-free Dice of each image of a batch.
 
     logits (N,1,H,W); target (N,1,H,W) in {0,1}; trimap (N,1,H,W) or (N,H,W) with the values of
@@ -49,13 +63,7 @@ def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
     """
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    if threshold == 0.5:
-        pred = logits > 0  # exact in any dtype, no sigmoid
-    else:
-        pred = logits.float() > math.log(threshold / (1 - threshold))
-    return mask_scores(pred, target > 0.5, trimap)
+    return mask_scores(predicted_mask(logits, threshold), target > 0.5, trimap)
 
 
 def mask_scores(pred: Tensor, truth: Tensor, trimap: Tensor | None = None) -> ImageScores:
@@ -210,10 +218,10 @@ def mask_diagnostics(pred: Tensor | np.ndarray, truth: Tensor | np.ndarray,
 
 
 def image_diagnostics(logits: Tensor, target: Tensor) -> ImageDiagnostics:
-    """mask_diagnostics of logits (N,1,H,W) thresholded at 0.5 against target (N,1,H,W), entropy included."""
+    """mask_diagnostics of logits (N,1,H,W) thresholded (predicted_mask) against target (N,1,H,W), entropy included."""
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-    return mask_diagnostics(logits[:, 0] > 0, target[:, 0] > 0.5, logits)
+    return mask_diagnostics(predicted_mask(logits[:, 0]), target[:, 0] > 0.5, logits)
 
 
 def concat_diagnostics(parts: list[ImageDiagnostics]) -> ImageDiagnostics:

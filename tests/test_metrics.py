@@ -132,3 +132,17 @@ def test_spread_reports_the_bad_side_of_a_trials_images() -> None:
     hd95 = np.linspace(0.0, 100.0, 101)  # lower is better: the bad side is the top
     assert spread(hd95, lower_is_better=True) == pytest.approx(
         {"mean": 50.0, "median": 50.0, "p10": 90.0, "p5": 95.0, "worst": 100.0})
+
+
+def test_scores_and_diagnostics_threshold_logits_by_one_rule() -> None:
+    from core.metrics import image_diagnostics, predicted_mask
+
+    logits = torch.tensor([[[[-1.0, 0.0], [0.5, 3.0]]]])  # a logit of exactly 0 is background
+    target = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
+    assert predicted_mask(logits).flatten().tolist() == [False, False, True, True]
+    assert predicted_mask(logits, 0.6).flatten().tolist() == [False, False, True, True]  # logit(0.6) = 0.405
+    assert predicted_mask(logits, 0.7).flatten().tolist() == [False, False, False, True]  # logit(0.7) = 0.847
+    diag = image_diagnostics(logits, target)
+    scores = image_scores(logits, target)
+    # 2 predicted, 2 true, 1 shared: dice 0.5, precision 0.5, recall 0.5 from the same predicted pixels
+    assert scores.dice.tolist() == [0.5] and diag.precision.tolist() == [0.5] and diag.recall.tolist() == [0.5]

@@ -28,7 +28,7 @@ from core.data.dataset import PreparedDataset
 from core.data.layout import pet_mask
 from core.losses import SegmentationLoss
 from core.machine import usable_cores
-from core.metrics import ImageDiagnostics, concat_diagnostics, image_diagnostics, image_scores
+from core.metrics import ImageDiagnostics, concat_diagnostics, image_diagnostics, image_scores, predicted_mask
 from core.models import build_model
 from core.training.malloc import keep_freed_memory
 
@@ -527,7 +527,7 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
             # every loss term is a per-image mean, so batch loss x batch size sums per-image losses
             losses.append(float(criterion(logits, target)) * len(logits))
             if with_masks:
-                masks.append((logits[:, 0] > 0).cpu().numpy())
+                masks.append(predicted_mask(logits[:, 0]).cpu().numpy())
             if diagnostics:
                 diags.append(image_diagnostics(logits, target))
     model.train(was_training)
