@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from core.data.augment import AugmentConfig
 from core.data.dataset import PreparedDataset
+from core.data.sources import SYNTHETIC_IMAGES
 from core.metrics import spread
 from core.models import available_models
 from core.store.db import (
@@ -56,7 +57,7 @@ DEFAULT_ARCHS = ("unet", "resnet34_unet")
 # most configurations sampled per architecture. Measured choices (README, benchmarks/quality.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(timeout=250.0, trials=100, epochs=18, min_epochs=2, image_size=64, width="auto", batch_size=8,
-                  refit_members=2, synthetic_images=600, compile=False),
+                  refit_members=2, synthetic_images=SYNTHETIC_IMAGES, compile=False),
     "full": dict(timeout=8 * 3600.0, trials=300, epochs=36, min_epochs=4, image_size=256, width=1.0, batch_size=16,
                  refit_members=1, synthetic_images=4000, compile=True),
 }

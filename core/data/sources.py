@@ -20,7 +20,7 @@ from core.data.nnunet import is_nnunet, scan_nnunet
 from core.data.synthetic import default_synthetic_root, generate_synthetic
 
 DATA_CHOICES = ("auto", "folder", "oxford-pets", "synthetic")
-SYNTHETIC_IMAGES = 1000
+SYNTHETIC_IMAGES = 600  # the default synthetic set: jobs.train and the quick sweep train on the same one
 SYNTHETIC_SIZE = 128
 
 
