@@ -29,7 +29,7 @@ SHOTS = {  # file -> (page, viewport height, what must be on screen: a text, or 
     "learning_curves.png": ("curves", 1150, 2),
     "dice_distributions.png": ("distributions", 1500, 4),
     "hardest_images.png": ("hardest", 1350, "images match"),
-    "sweep_insights.png": ("insights", 2300, 5),
+    "sweep_insights.png": ("insights", 2300, "Hyperparameters vs the hardest images"),
     "suspect_labels.png": ("suspects", 1500, "images match"),       # of a sweep on the user's own folder
     "hardest_images_folder.png": ("hardest", 1350, "images match"),  # the gallery on the user's own folder
 }
