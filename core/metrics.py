@@ -239,6 +239,9 @@ def concat_diagnostics(parts: list[ImageDiagnostics]) -> ImageDiagnostics:
 OK, EMPTY, MISSED, LEAK, BOUNDARY = "ok", "empty prediction", "missed pet", "background leak", "boundary"
 NOT_COMPUTED = "not computed"
 FAILURE_MODES = (OK, BOUNDARY, MISSED, LEAK, EMPTY)  # display order, best to worst
+# worst first: how a gallery sorts by mode, and which mode wins a tie for an image's most common one. A missed
+# object ranks worse than a leak here (nothing found beats too much found), unlike the display order above
+SEVERITY = (EMPTY, MISSED, LEAK, BOUNDARY, OK)
 
 OK_DICE = 0.9             # ok: dice at least this ...
 OK_BOUNDARY_IOU = 0.4     # ... and Boundary IoU at least this (a 1 px offset all round at 64 px gives 0.33)

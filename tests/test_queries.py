@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.metrics import spread
 from core.store import queries as q
 from core.store.db import ImageResults, Store, decode_mask
 from tests.pg_server import postgres  # noqa: F401  (the session fixture)
@@ -175,9 +176,33 @@ def test_trial_tail_scores_give_the_worst_tenth_and_the_tenth_percentile(ro: Sto
     tails = q.trial_tail_scores(ro, "s").set_index("trial_id")
     assert len(tails) == 3  # complete trials only
     row = tails.loc[tiny["trials"][("resnet34_unet", 0)]]
-    assert row["images"] == 8 and row["worst10_mean"] == pytest.approx(0.1) and row["p10"] == pytest.approx(0.1)
-    assert row["mean"] == pytest.approx(np.mean(DICE[("resnet34_unet", 0)]))
+    dice = DICE[("resnet34_unet", 0)]
+    assert row["images"] == 8 and row["worst10_mean"] == pytest.approx(0.1)
+    assert row["p10"] == pytest.approx(np.percentile(dice, 10)) == pytest.approx(spread(np.array(dice))["p10"])
+    assert row["mean"] == pytest.approx(np.mean(dice))
     assert tails.loc[tiny["trials"][("unet", 0)], "worst"] == pytest.approx(0.2)
+
+
+def test_trial_tail_scores_of_a_lower_is_better_metric_take_its_highest_values(db_url: str) -> None:
+    """fp_area is worst when high: its tail is the top 10% and the 90th percentile, as the jobs print it."""
+    from core.metrics import ImageDiagnostics
+
+    store = Store(db_url)
+    ids = store.register_dataset("t/x", "synthetic", ".", INFOS[:8])
+    fp = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9])
+    n = len(fp)
+    diag = ImageDiagnostics(fp_area=fp, fn_area=np.zeros(n), precision=np.ones(n), recall=np.ones(n),
+                            boundary_iou=np.ones(n), hd95=np.zeros(n), fp_blobs=np.zeros(n, np.int64),
+                            pet_missed=np.zeros(n, bool), entropy=None)
+    tid = store.start_trial(sweep="s", study="s/unet", arch="unet", number=0, params={}, device="cpu",
+                            dataset="t/x", image_size=8)
+    dice = np.full(n, 0.5)
+    store.finish_trial(tid, state="complete", val_dice=0.5, results=ImageResults(
+        np.array([ids[i.name] for i in INFOS[:8]]), dice, dice, dice, diagnostics=diag))
+    row = q.trial_tail_scores(store, "s", metric="fp_area").set_index("trial_id").loc[tid]
+    assert row["worst"] == pytest.approx(0.9) and row["worst10_mean"] == pytest.approx(0.9)
+    assert row["p10"] == pytest.approx(np.percentile(fp, 90)) == pytest.approx(0.69)
+    store.dispose()
 
 
 def test_paired_scores_align_images_of_two_trials(ro: Store, tiny: dict) -> None:

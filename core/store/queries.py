@@ -30,7 +30,7 @@ from sqlalchemy import String, Table, and_, case, distinct, exists, false, func,
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
-from core.metrics import FAILURE_MODES, NOT_COMPUTED
+from core.metrics import FAILURE_MODES, NOT_COMPUTED, SEVERITY, spread
 from core.store import selection, summaries
 from core.store.db import Store
 from core.store.schema import (
@@ -89,9 +89,6 @@ def _metric(metric: str) -> ColumnElement:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     return image_results.c[metric]
-
-
-SEVERITY = ("empty prediction", "missed pet", "background leak", "boundary", "ok")  # worst first
 
 
 def _worst_first(metric: str) -> list[ColumnElement]:
@@ -669,13 +666,14 @@ def sweep_failure_shares(src: Source, sweep: str) -> pd.DataFrame:
 # -- sweep insights ----------------------------------------------------------------------
 
 def trial_tail_scores(src: Source, sweep: str, metric: str = "dice", fraction: float = 0.1) -> pd.DataFrame:
-    """Per complete trial of a sweep: mean score, the mean of its worst 10% images, the 10th percentile.
+    """Per complete trial of a sweep: mean score, the mean of its worst 10% images, the 10th percentile
+    and the worst, all on the metric's bad side (the highest values where lower is better).
 
-    The worst 10% are the ceil(n/10) lowest-scoring images; the 10th percentile is the
-    nearest-rank one (the best of those). Each trial's worst images come from its own range
-    of ix_image_results_trial_dice, so no query sorts the whole table.
+    The worst 10% are the ceil(n/10) worst images; p10 and worst are core.metrics.spread's, the
+    summary every job prints, so the page and the jobs agree on a trial's tail.
     """
     m = _metric(metric)
+    lower = metric in LOWER_IS_BETTER
     cols = ["trial_id", "arch", "number", "val_dice", "params", "images", "mean", "worst10_mean", "p10", "worst"]
     with _connect(src) as conn:
         done = conn.execute(select(trials.c.id, trials.c.arch, trials.c.number, trials.c.val_dice, trials.c.params)
@@ -684,16 +682,17 @@ def trial_tail_scores(src: Source, sweep: str, metric: str = "dice", fraction: f
         ids = [int(r[0]) for r in done]
         if not ids:
             return pd.DataFrame(columns=cols)
-        agg = {int(t): (int(n), float(mean)) for t, n, mean in conn.execute(
-            select(image_results.c.trial_id, func.count(), func.avg(m))
-            .where(image_results.c.trial_id.in_(ids)).group_by(image_results.c.trial_id)).all()}
-        out = []
-        for tid, arch, number, val_dice, params in done:
-            if int(tid) not in agg:
-                continue
-            n, mean = agg[int(tid)]
-            k = max(1, math.ceil(n * fraction))
-            worst = conn.execute(select(m).where(image_results.c.trial_id == int(tid)).order_by(m).limit(k)).scalars().all()
-            out.append((int(tid), arch, number, val_dice, params, n, mean, float(np.mean(worst)), float(worst[-1]),
-                        float(worst[0])))
+        values = pd.DataFrame(conn.execute(select(image_results.c.trial_id, m).where(
+            image_results.c.trial_id.in_(ids), m.is_not(None))).all(), columns=["trial_id", "value"])
+    by_trial = {int(t): np.sort(g["value"].to_numpy(np.float64)) for t, g in values.groupby("trial_id")}
+    out = []
+    for tid, arch, number, val_dice, params in done:
+        v = by_trial.get(int(tid))
+        if v is None or not len(v):
+            continue
+        k = max(1, math.ceil(len(v) * fraction))
+        tail = spread(v, lower_is_better=lower)
+        worst_k = v[-k:] if lower else v[:k]
+        out.append((int(tid), arch, number, val_dice, params, len(v), tail["mean"], float(worst_k.mean()),
+                    tail["p10"], tail["worst"]))
     return pd.DataFrame(out, columns=cols)

@@ -30,16 +30,15 @@ import pandas as pd
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from core.metrics import NOT_COMPUTED
+from core.metrics import NOT_COMPUTED, SEVERITY
 from core.store import schema as st
 from core.store import suspicion
 
 WINDOW = 16                   # values kept around each median
 _LEFT = (WINDOW - 2) // 2     # of them below the lower median rank when a window is (re)built
 MODES = tuple(st.MODE_COLUMNS)  # failure-mode count order in STATE and in sweep_images' n_* columns
-# ties for the most common mode go to the worse one: empty prediction, missed pet, background leak, boundary, ok
-_TIE_ORDER = np.array([MODES.index(m) for m in
-                       ("empty prediction", "missed pet", "background leak", "boundary", "ok", NOT_COMPUTED)])
+# ties for the most common mode go to the worse one (core.metrics.SEVERITY), not computed last
+_TIE_ORDER = np.array([MODES.index(m) for m in (*SEVERITY, NOT_COMPUTED)])
 _MODE_CODE = {mode: k for k, mode in enumerate(MODES)}
 
 METRIC_STATE = np.dtype([("n", "<i8"), ("below", "<i8"), ("sum", "<f8"), ("min", "<f8"), ("max", "<f8"),
