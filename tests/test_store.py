@@ -156,6 +156,22 @@ def test_other_schema_version_is_refused_with_advice(db_url: str, tmp_path: Path
         Store(db_url)
 
 
+def test_a_store_with_trials_but_no_schema_version_is_refused_by_writers_and_readers_alike(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE trials (id INTEGER PRIMARY KEY, note TEXT)")
+    con.execute("INSERT INTO trials (note) VALUES ('written by something else')")
+    con.commit()
+    con.close()
+    for read_only in (True, False):
+        with pytest.raises(SchemaVersionError, match="version 0"):
+            Store(f"sqlite:///{path}", read_only=read_only)
+    con = sqlite3.connect(path)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"trials"} and con.execute("SELECT note FROM trials").fetchall() == [("written by something else",)]
+    con.close()
+
+
 def test_plain_paths_are_sqlite_urls(tmp_path: Path) -> None:
     assert st.normalize_url(tmp_path / "r.db") == f"sqlite:///{tmp_path / 'r.db'}"
     assert st.normalize_url("postgresql://u@localhost/db") == "postgresql://u@localhost/db"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from core.metrics import ImageDiagnostics
@@ -104,6 +104,9 @@ class Store:
     def _create(self) -> None:
         # the v3 summary tables come after the version check: on an older store the upgrade creates and
         # fills them in its one transaction, so an interrupted upgrade leaves the store as it was
+        with self.engine.connect() as conn:
+            if _unversioned_results(conn):  # refused before anything is written into it
+                raise SchemaVersionError(_version_message(self.url, 0))
         older = [t for t in metadata.sorted_tables if t not in SUMMARY_TABLES]
         retry_schema_race(lambda: metadata.create_all(self.engine, tables=older))
         with self.engine.begin() as conn:
@@ -131,10 +134,9 @@ class Store:
 
     def _check_version(self) -> None:
         with self.engine.connect() as conn:
-            names = set(self.engine.dialect.get_table_names(conn))
-            if "schema_info" not in names:
-                if "trials" in names:
-                    raise SchemaVersionError(_version_message(self.url, 0))
+            if _unversioned_results(conn):
+                raise SchemaVersionError(_version_message(self.url, 0))
+            if "schema_info" not in set(self.engine.dialect.get_table_names(conn)):
                 return
             found = conn.execute(select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
         if found is not None and int(found) not in READABLE_VERSIONS:
@@ -364,6 +366,15 @@ class Store:
             stmt = stmt.where(table.c[key] == value)
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
+
+
+def _unversioned_results(conn: Any) -> bool:
+    """A database holding trials but no schema version: written by something else, or by a SegSweep
+    before versions; neither a writer nor a reader may take it for the current schema. (A store another
+    worker is creating this moment has its tables but no trial yet, so it does not count.)"""
+    names = set(conn.dialect.get_table_names(conn))
+    return ("trials" in names and "schema_info" not in names
+            and conn.execute(text("SELECT 1 FROM trials LIMIT 1")).first() is not None)
 
 
 def _version_message(url: str, found: int) -> str:
