@@ -10,10 +10,11 @@ and M is the given mask (the truth exactly as scored). From p = V / T:
                   mask calls foreground (1 = every model the same mask, 0 = a coin toss everywhere);
 * contradiction   the area where the models are near-unanimous (p >= CONFIDENT or p <= 1 - CONFIDENT)
                   and the majority disagrees with M, divided by |K u M| (0 when both are empty);
-* label_suspicion = sqrt(contradiction x (1 - dice)) x (1 - entropy)^2, with dice and entropy the
-                  medians over the trials (sweep_images.dice_median, entropy_median). Without a dice the
-                  consensus dice stands in; without an entropy (results written before schema v2) it
-                  counts as 0. In [0, 1].
+* label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2, with dice and
+                  entropy the medians over the trials (sweep_images.dice_median, entropy_median) and typical
+                  the sweep's median of the images' entropy. Without a dice the consensus dice stands in;
+                  without an entropy (results written before schema v2) the image counts as typical.
+                  0 .. about 1.5: about sqrt(contradiction x (1 - dice)) for an image of typical certainty.
 
 Why it separates a wrong mask from a hard image: a wrong mask (erased, grown, shrunk, shifted, another
 image's) leaves the models, which learnt from the many right masks, agreeing with each other, and sure
@@ -26,13 +27,22 @@ the models are against the mask: the votes' (unanimous area) and each trial's ow
 every model gets right scores near 0; all empty (mask and every prediction) scores 0. With fewer than
 MIN_TRIALS votes, or no stored truth: NULL (NaN here).
 
+The certainty is measured against the sweep's typical image because how sure models are at all depends
+on the budget (a quick sweep's models have entropy about 0.5 everywhere, a long sweep's about 0.1):
+relative to the sweep, one threshold reads alike for both (dashboards' "likely a label error"), and the
+ranking within a sweep is the same as with the absolute (1 - entropy)^2. The typical entropy moves as
+trials close, so every close rescores every image of the sweep from the stored parts (no votes read).
+
 Measured (benchmarks/label_errors.py: 10% of the test masks of the pet sample planted wrong, quick
-preset, two runs; AUROC of planted vs the rest): contradiction alone 0.948 / 0.855, median dice (the
-dashboard's "hard for every model") 0.948 / 0.929; weighing the models' certainty lifted both, most
-with both kinds of "against the mask" and the certainty squared: 0.991 / 0.985 (certainty to the power
-1: 0.988 / 0.960). Agreement as a factor added nothing over contradiction, which counts unanimous pixels
-only; it is kept as a part to show. The quick preset's sweep closes about two complete trials (its
-refits, one per architecture), so two models that agree already make a consensus (MIN_TRIALS = 2).
+preset, three runs; AUROC of planted vs the rest): contradiction alone 0.948 / 0.855, median dice (the
+dashboard's "hard for every model") 0.948 / 0.929 / 0.944; weighing the models' certainty lifted both,
+most with both kinds of "against the mask" and the certainty squared: 0.991 / 0.985 / 0.994 (certainty
+to the power 1: 0.988 / 0.960). Planted images then score 0.37-1.34, the others at most 0.48-0.57 (90%
+of them at most 0.32-0.36). Agreement as a factor added nothing over contradiction, which counts
+unanimous pixels only; it is kept as a part to show. The quick preset's sweep closes two or three
+complete trials (its refits, one per architecture), so two models that agree already make a consensus
+(MIN_TRIALS = 2). On the BUSI sample at that budget (models at test dice about 0.5) no ranking finds
+the planted masks well: 0.684, median dice 0.622, cleanlab 0.599.
 
 The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
 trial adds its masks without reading the earlier ones again.
@@ -77,11 +87,41 @@ def decode_votes(blob: bytes) -> np.ndarray:
     return np.frombuffer(zlib.decompress(blob[_HEADER.size:]), dtype=VOTES).reshape(height, width).astype(np.int32)
 
 
+def _per_image(values: np.ndarray | float | None, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(np.nan if values is None else values, dtype=np.float64), (n,))
+
+
+def typical_entropy(entropy: np.ndarray) -> float:
+    """The sweep's typical entropy: the median over its images of their trials' median (NaN if none measured)."""
+    measured = np.asarray(entropy, dtype=np.float64)
+    measured = measured[~np.isnan(measured)]
+    return float(np.median(measured)) if len(measured) else float("nan")
+
+
+def suspicion(contradiction: np.ndarray, dice: np.ndarray, entropy: np.ndarray,
+              typical: float | None) -> np.ndarray:
+    """label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2, per image.
+
+    `dice` is the trials' median dice (or the consensus dice where none), `entropy` their median entropy and
+    `typical` the sweep's (typical_entropy); an entropy not measured (NaN) counts as typical. NaN where the
+    contradiction is NaN (too few trials, no truth).
+    """
+    contradiction = np.asarray(contradiction, dtype=np.float64)
+    n = len(contradiction)
+    e = _per_image(entropy, n)
+    base = 1.0 if typical is None or typical != typical else 1 - min(max(float(typical), 0.0), 1 - 1e-6)
+    certainty = np.where(np.isnan(e), 1.0, (1 - np.clip(e, 0.0, 1.0)) / base)
+    missed = 1 - np.clip(_per_image(dice, n), 0.0, 1.0)
+    return np.sqrt(contradiction * missed) * certainty ** 2
+
+
 def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
-                entropy: np.ndarray | float | None = None, dice_median: np.ndarray | float | None = None) -> LabelParts:
+                entropy: np.ndarray | float | None = None, dice_median: np.ndarray | float | None = None,
+                typical: float | None = None) -> LabelParts:
     """The score and its parts of N images: votes (N, H, W) counts, trials (N,) or one count, truth (N, H, W) bool,
-    entropy (N,) the trials' median mean binary entropy per image in bits (None or NaN: not measured, taken as 0),
-    dice_median (N,) the trials' median dice against the mask (None or NaN: the consensus dice stands in).
+    entropy (N,) the trials' median mean binary entropy per image in bits (None or NaN: not measured),
+    dice_median (N,) the trials' median dice against the mask (None or NaN: the consensus dice stands in),
+    typical the sweep's typical entropy (None: typical_entropy of these images).
 
     Images with fewer than MIN_TRIALS trials get NaN throughout.
     """
@@ -96,32 +136,29 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
     # whole vote counts, in the narrowest type that holds twice the trials: a close at 256 px costs milliseconds
     counts = np.int16 if n == 0 or t.max() < 2**14 else np.int32
     votes = votes.astype(counts, copy=False)
-    per_image = t.reshape(n, 1, 1).astype(counts)
+    total = t.reshape(n, 1, 1).astype(counts)
     axes = (1, 2)
     twice = 2 * votes
-    consensus = twice >= per_image  # p >= 1/2
+    consensus = twice >= total  # p >= 1/2
     both = np.count_nonzero(consensus & truth, axis=axes)
     sizes = np.count_nonzero(consensus, axis=axes) + np.count_nonzero(truth, axis=axes)
     union = np.count_nonzero(consensus | truth, axis=axes)
     region = (votes > 0) | truth
     inside = np.count_nonzero(region, axis=axes)
-    certainty = np.where(region, np.abs(twice - per_image), 0).sum(axis=axes, dtype=np.int64)  # sum |2p - 1| x T
+    certainty = np.where(region, np.abs(twice - total), 0).sum(axis=axes, dtype=np.int64)  # sum |2p - 1| x T
     # p >= CONFIDENT or p <= 1 - CONFIDENT, as whole vote counts (rounded first: 0.9 x 10 is 9, not 9.000...02)
-    most = np.ceil(np.round(CONFIDENT * per_image, 9)).astype(counts)
-    fewest = np.floor(np.round((1 - CONFIDENT) * per_image, 9)).astype(counts)
+    most = np.ceil(np.round(CONFIDENT * total, 9)).astype(counts)
+    fewest = np.floor(np.round((1 - CONFIDENT) * total, 9)).astype(counts)
     unanimous = (votes >= most) | (votes <= fewest)
     against = np.count_nonzero(unanimous & (consensus != truth), axis=axes)
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(sizes > 0, 2 * both / sizes, 1.0)
         agreement = np.where(inside > 0, certainty / (inside * np.maximum(t, 1)), 1.0)
         contradiction = np.where(union > 0, against / union, 0.0)
-    def per_image(values: np.ndarray | float | None) -> np.ndarray:
-        return np.broadcast_to(np.asarray(np.nan if values is None else values, dtype=np.float64), (n,))
-
-    unsure = np.clip(np.nan_to_num(per_image(entropy), nan=0.0), 0.0, 1.0)
-    typical = per_image(dice_median)
-    missed = 1 - np.clip(np.where(np.isnan(typical), dice, typical), 0.0, 1.0)
-    suspicion = np.sqrt(contradiction * missed) * (1 - unsure) ** 2
+    given = _per_image(dice_median, n)
+    unsure = _per_image(entropy, n)
+    score = suspicion(contradiction, np.where(np.isnan(given), dice, given), unsure,
+                      typical_entropy(unsure) if typical is None else typical)
     few = t < MIN_TRIALS
     nan = lambda a: np.where(few, np.nan, a).astype(np.float64)  # noqa: E731
-    return LabelParts(nan(suspicion), nan(dice), nan(agreement), nan(contradiction))
+    return LabelParts(nan(score), nan(dice), nan(agreement), nan(contradiction))

@@ -55,11 +55,14 @@ def test_models_unsure_of_themselves_score_lower_than_sure_ones_against_the_same
     plain = label_parts(votes, 4, truth)
     against = np.sqrt(plain.contradiction[0] * (1 - plain.consensus_dice[0]))
     assert plain.label_suspicion[0] == pytest.approx(against)  # no entropy, no dice: the votes alone
-    sure = label_parts(votes, 4, truth, entropy=np.array([0.1])).label_suspicion[0]
-    unsure = label_parts(votes, 4, truth, entropy=np.array([0.8])).label_suspicion[0]
-    unknown = label_parts(votes, 4, truth, entropy=np.array([np.nan])).label_suspicion[0]
-    assert sure == pytest.approx(0.81 * against) and unsure == pytest.approx(0.04 * against)
-    assert unknown == pytest.approx(against)  # not measured (results from before schema v2)
+    # certainty against the sweep's typical image (entropy 0.5 here): surer than typical raises the score
+    sure = label_parts(votes, 4, truth, entropy=np.array([0.1]), typical=0.5).label_suspicion[0]
+    unsure = label_parts(votes, 4, truth, entropy=np.array([0.8]), typical=0.5).label_suspicion[0]
+    unknown = label_parts(votes, 4, truth, entropy=np.array([np.nan]), typical=0.5).label_suspicion[0]
+    assert sure == pytest.approx((0.9 / 0.5) ** 2 * against) and unsure == pytest.approx((0.2 / 0.5) ** 2 * against)
+    assert unknown == pytest.approx(against)  # not measured (results from before schema v2): typical
+    batch = label_parts(np.concatenate([votes] * 3), 4, np.concatenate([truth] * 3), entropy=np.array([0.1, 0.5, 0.8]))
+    assert batch.label_suspicion.tolist() == pytest.approx([sure, against, unsure])  # typical: the batch's median
 
 
 def test_models_each_scoring_well_against_the_mask_lower_the_score_of_their_unanimous_area():

@@ -94,16 +94,19 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
 
     labels, votes = kept
     counted = {k: [0, 1, 2, 3] if k < 4 else [0, 1, 2] for k in range(N)}
+    measured = {k: [*counted[k], 4] for k in range(N)}  # trial 4 stored no masks; its entropy and dice count
+    entropy = [np.median([np.random.default_rng(j).uniform(0.05, 0.6, 4 if j == 3 else N)[k] for j in measured[k]])
+               for k in range(N)]
+    typical = np.median(entropy)  # the sweep's typical image, the last one (no truth) included
     for k, image_id in enumerate(ids.tolist()):
         expected = np.sum([masks[j][k] for j in counted[k]], axis=0)
         assert votes[image_id] == (len(counted[k]), expected.tolist())
         if k == N - 1:
             assert labels[image_id] == (None, None, None, None)
             continue
-        measured = [*counted[k], 4]  # trial 4 stored no masks, but its entropy and dice count in the medians
-        entropy = np.median([np.random.default_rng(j).uniform(0.05, 0.6, 4 if j == 3 else N)[k] for j in measured])
-        dice = np.median([np.linspace(0.2, 0.9, 4 if j == 3 else N)[k] for j in measured])
-        parts = label_parts(expected[None], len(counted[k]), truths[k][None], np.array([entropy]), np.array([dice]))
+        dice = np.median([np.linspace(0.2, 0.9, 4 if j == 3 else N)[k] for j in measured[k]])
+        parts = label_parts(expected[None], len(counted[k]), truths[k][None], np.array([entropy[k]]), np.array([dice]),
+                            typical=typical)
         assert labels[image_id] == pytest.approx(tuple(float(getattr(parts, c)[0]) for c in suspicion.LABEL_COLUMNS))
     assert labels[int(ids[0])][0] == 0.0 and labels[int(ids[1])][0] > 0.2
 
@@ -121,7 +124,9 @@ def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(
     assert list(ranked.columns) == list(suspicion.SUSPECT_COLUMNS)
     assert ranked["name"].iloc[0] == "im3" and ranked["contradiction"].iloc[0] == 1.0
     dice_median = ranked["dice_median"].iloc[0]  # every trial's dice for im3 (the fixture's, not measured)
-    assert ranked["label_suspicion"].iloc[0] == pytest.approx(np.sqrt(1 - dice_median) * (1 - _entropy(store, 3)) ** 2)
+    typical = np.median([_entropy(store, k) for k in range(N)])
+    certainty = (1 - _entropy(store, 3)) / (1 - typical)  # against the sweep's typical image
+    assert ranked["label_suspicion"].iloc[0] == pytest.approx(np.sqrt(1 - dice_median) * certainty ** 2)
     assert ranked["name"].iloc[-1] == "im0" and np.isnan(ranked["label_suspicion"].iloc[-1])
     assert (ranked["trials"] == 3).all() and len(suspicion.suspects(store, "s", limit=2)) == 2
     assert suspicion.consensus(store, "s", int(ids[3])).max() == 0.0

@@ -1,13 +1,14 @@
 """The suspect-label score in the store: mask votes and sweep_images' label columns, kept up to date.
 
 Closing a trial as complete adds its predicted masks to the votes of its sweep (sweep_image_votes, one
-row of per-pixel counts per image) and recomputes the label columns of sweep_images (label_suspicion,
-consensus_dice, agreement, contradiction; core.labels) for its test images from their votes, truths and
-the trials' median entropy and dice (sweep_images), in the transaction that
-closes it (core.store.summaries.add_trial calls `add_trial`, under the sweep's lock). That costs one
-read and write of each test image's votes and truth: no earlier trial's masks are read again.
-`rebuild` recomputes a sweep's votes from every stored mask (the upgrade, summaries.rebuild). Both hold
-at most CHUNK images' votes in memory at a time.
+row of per-pixel counts per image), recomputes the vote parts of its test images (consensus_dice,
+agreement, contradiction; core.labels) from their votes and truths, and then label_suspicion of every
+image of the sweep from those parts and the summaries' dice and entropy medians (the sweep's typical
+entropy moves with every close), in the transaction that closes it (core.store.summaries.add_trial calls
+`add_trial`, under the sweep's lock). That costs one read and write of each test image's votes and truth
+and one pass over the sweep's summary rows: no earlier trial's masks are read again. `rebuild` recomputes
+a sweep's votes from every stored mask (the upgrade, summaries.rebuild). Both hold at most CHUNK images'
+votes in memory at a time.
 
 Votes are kept at one image size per image: the size of the first mask counted (a sweep evaluates at
 one size); masks of another size are left out of the votes. The truth compared against is
@@ -26,7 +27,7 @@ import pandas as pd
 from sqlalchemy import bindparam, case, inspect, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from core.labels import LabelParts, decode_votes, encode_votes, label_parts
+from core.labels import LabelParts, decode_votes, encode_votes, label_parts, suspicion, typical_entropy
 from core.store import schema as st
 from core.store.mask_png import decode_mask
 
@@ -113,57 +114,72 @@ def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int
     return found
 
 
-def _medians(conn: Connection, sweep: str, ids: list[int]) -> dict[int, tuple[float, float]]:
-    """(entropy_median, dice_median) of these images in sweep_images (NaN where NULL)."""
-    s = st.sweep_images
-    rows = conn.execute(select(s.c.image_id, s.c.entropy_median, s.c.dice_median)
-                        .where(s.c.sweep == sweep, s.c.image_id.in_(ids)))
-    return {int(i): (np.nan if e is None else float(e), np.nan if d is None else float(d)) for i, e, d in rows}
+PART_COLUMNS = ("consensus_dice", "agreement", "contradiction")  # per image, from its votes and truth
 
 
 def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> None:
-    """Recompute and write the label columns of sweep_images for these images from their votes, their truths and
-    the trials' median entropy and dice (the summaries, written before in this transaction)."""
+    """Recompute and write the vote parts of sweep_images' label columns (PART_COLUMNS) for these images from their
+    votes and truths; `_rescore` then derives label_suspicion for the whole sweep."""
     truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
-    medians = _medians(conn, sweep, ids)
-    values: dict[str, list[Any]] = {c: [None] * len(ids) for c in LABEL_COLUMNS}
+    values: dict[str, list[Any]] = {c: [None] * len(ids) for c in PART_COLUMNS}
     scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for k in scored:
         by_shape.setdefault(votes[k].shape, []).append(k)
     for group in by_shape.values():
         parts: LabelParts = label_parts(np.stack([votes[k] for k in group]), np.array([trials[k] for k in group]),
-                                        np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]),
-                                        *np.array([medians.get(ids[k], (np.nan, np.nan)) for k in group]).T)
-        for c in LABEL_COLUMNS:
+                                        np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]))
+        for c in PART_COLUMNS:
             for k, value in zip(group, getattr(parts, c).tolist()):
                 values[c][k] = None if value != value else float(value)
     s = st.sweep_images
     stmt = (update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
-            .values({c: bindparam(c) for c in LABEL_COLUMNS}))
-    conn.execute(stmt, [{"key_image": i, **{c: values[c][k] for c in LABEL_COLUMNS}} for k, i in enumerate(ids)])
+            .values({c: bindparam(c) for c in PART_COLUMNS}))
+    conn.execute(stmt, [{"key_image": i, **{c: values[c][k] for c in PART_COLUMNS}} for k, i in enumerate(ids)])
+
+
+def _rescore(conn: Connection, sweep: str) -> None:
+    """label_suspicion of every image of the sweep from its stored parts, dice and entropy medians and the sweep's
+    typical entropy (core.labels.suspicion): that moves with every close, so every row is brought up to date; only
+    columns are read, no votes."""
+    s = st.sweep_images
+    rows = conn.execute(select(s.c.image_id, s.c.contradiction, s.c.consensus_dice, s.c.dice_median,
+                               s.c.entropy_median, s.c.label_suspicion).where(s.c.sweep == sweep)).all()
+    if not rows:
+        return
+    values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=np.float64).reshape(-1, 5)
+    contradiction, consensus_dice, dice_median, entropy, old = values.T
+    dice = np.where(np.isnan(dice_median), consensus_dice, dice_median)
+    new = suspicion(contradiction, dice, entropy, typical_entropy(entropy))
+    changed = [{"key_image": int(row[0]), "label_suspicion": None if v != v else float(v)}
+               for row, v, was in zip(rows, new.tolist(), old.tolist()) if not (v == was or (v != v and was != was))]
+    if changed:
+        conn.execute(update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
+                     .values(label_suspicion=bindparam("label_suspicion")), changed)
 
 
 def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray] | None) -> int:
-    """Add a complete trial's predicted masks (None: it stored none) to its sweep's votes and rescore its images
-    (their entropy and dice medians moved with the trial too); returns how many masks were counted. Call under the
-    sweep's summaries lock, after the trial's summaries are written."""
+    """Add a complete trial's predicted masks (None: it stored none) to its sweep's votes, recompute those images'
+    vote parts, and rescore every image of the sweep (the trial moved dice and entropy medians, and so the sweep's
+    typical entropy); returns how many masks were counted. Call under the sweep's summaries lock, after the
+    trial's summaries are written."""
     ids = [int(i) for i in image_ids]
     counted = 0
-    for start in range(0, len(ids), CHUNK):  # a bounded number of images' votes in memory at once
-        counted += _add_chunk(conn, sweep, ids[start:start + CHUNK],
-                              None if masks is None else masks[start:start + CHUNK])
+    if masks is not None:
+        for start in range(0, len(ids), CHUNK):  # a bounded number of images' votes in memory at once
+            counted += _add_chunk(conn, sweep, ids[start:start + CHUNK], masks[start:start + CHUNK])
+    _rescore(conn, sweep)
     return counted
 
 
-def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.ndarray] | None) -> int:
+def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.ndarray]) -> int:
     v = st.sweep_image_votes
     scored: dict[int, tuple[np.ndarray, int]] = {}
     for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
                                           .where(v.c.sweep == sweep, v.c.image_id.in_(ids))):
         scored[int(image_id)] = (decode_votes(bytes(blob)), int(n))
     new_rows, old_rows = [], []
-    for image_id, mask in zip(ids, masks if masks is not None else []):
+    for image_id, mask in zip(ids, masks):
         mask = np.asarray(mask).astype(bool)
         if image_id in scored:
             votes, n = scored[image_id]
@@ -191,7 +207,9 @@ def rebuild(conn: Connection, sweep: str) -> int:
     Returns masks counted."""
     s = st.sweep_images
     ids = sorted(int(i) for i in conn.execute(select(s.c.image_id).where(s.c.sweep == sweep)).scalars())
-    return sum(_rebuild_chunk(conn, sweep, ids[start:start + CHUNK]) for start in range(0, len(ids), CHUNK))
+    counted = sum(_rebuild_chunk(conn, sweep, ids[start:start + CHUNK]) for start in range(0, len(ids), CHUNK))
+    _rescore(conn, sweep)
+    return counted
 
 
 def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int]) -> int:
