@@ -57,7 +57,7 @@ import numpy as np
 
 MIN_TRIALS = 2        # fewer complete trials with a mask: no score (one model is no consensus)
 CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the models vote the same way
-VOTES = np.dtype("<u2")  # per-pixel vote counts as stored (sweep_image_votes.votes), after a (height, width) header
+VOTES = (np.dtype("u1"), np.dtype("<u2"))  # per-pixel vote counts as stored: one byte each up to 255 trials, else two
 _HEADER = struct.Struct("<HH")
 
 
@@ -72,19 +72,25 @@ class LabelParts:
 
 
 def encode_votes(votes: np.ndarray) -> bytes:
-    """Per-pixel vote counts (H, W) as stored: a (height, width) header, then little-endian uint16 counts, zlib."""
+    """Per-pixel vote counts (H, W) as stored (sweep_image_votes.votes): a (height, width) header, then the counts
+    zlib-compressed, one byte each while they fit (up to 255 trials: half the work of a close), else two
+    (little-endian); the stream's length tells which."""
     votes = np.asarray(votes)
     if votes.ndim != 2 or votes.size == 0:
         raise ValueError(f"votes must be a non-empty 2-D array, got shape {votes.shape}")
-    if votes.min() < 0 or votes.max() > np.iinfo(VOTES).max:
+    low, high = int(votes.min()), int(votes.max())
+    if low < 0 or high > np.iinfo(VOTES[-1]).max:
         raise ValueError("vote counts must lie in 0..65535")
-    return _HEADER.pack(*votes.shape) + zlib.compress(votes.astype(VOTES).tobytes(), 1)
+    kind = VOTES[0] if high <= np.iinfo(VOTES[0]).max else VOTES[1]
+    return _HEADER.pack(*votes.shape) + zlib.compress(votes.astype(kind).tobytes(), 1)
 
 
 def decode_votes(blob: bytes) -> np.ndarray:
     """Inverse of encode_votes: (H, W) int32 counts."""
     height, width = _HEADER.unpack_from(blob)
-    return np.frombuffer(zlib.decompress(blob[_HEADER.size:]), dtype=VOTES).reshape(height, width).astype(np.int32)
+    raw = zlib.decompress(blob[_HEADER.size:])
+    kind = VOTES[0] if len(raw) == height * width else VOTES[1]
+    return np.frombuffer(raw, dtype=kind).reshape(height, width).astype(np.int32)
 
 
 def _per_image(values: np.ndarray | float | None, n: int) -> np.ndarray:
@@ -133,24 +139,27 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
         raise ValueError(f"votes {votes.shape} and truth {truth.shape} differ in shape")
     n = votes.shape[0]
     t = np.broadcast_to(np.asarray(trials, dtype=np.int64), (n,))
-    # whole vote counts, in the narrowest type that holds twice the trials: a close at 256 px costs milliseconds
-    counts = np.int16 if n == 0 or t.max() < 2**14 else np.int32
-    votes = votes.astype(counts, copy=False)
-    total = t.reshape(n, 1, 1).astype(counts)
-    axes = (1, 2)
-    twice = 2 * votes
-    consensus = twice >= total  # p >= 1/2
-    both = np.count_nonzero(consensus & truth, axis=axes)
-    sizes = np.count_nonzero(consensus, axis=axes) + np.count_nonzero(truth, axis=axes)
-    union = np.count_nonzero(consensus | truth, axis=axes)
-    region = (votes > 0) | truth
-    inside = np.count_nonzero(region, axis=axes)
-    certainty = np.where(region, np.abs(twice - total), 0).sum(axis=axes, dtype=np.int64)  # sum |2p - 1| x T
+    # every part is a sum over pixels of a function of (votes, truth): one histogram per image of the pairs,
+    # a single pass over the pixels, and the rest is arithmetic on (T + 1) x 2 counts
+    top = int(max(t.max(initial=0), votes.max(initial=0))) + 1
+    key = votes.reshape(n, -1).astype(np.int64) * 2 + truth.reshape(n, -1)
+    key += (np.arange(n, dtype=np.int64) * 2 * top)[:, None]
+    hist = np.bincount(key.ravel(), minlength=n * 2 * top).reshape(n, top, 2)  # [image, votes, truth]
+    v = np.arange(top)[None, :]
+    total = t[:, None]
+    consensus = 2 * v >= total  # p >= 1/2
     # p >= CONFIDENT or p <= 1 - CONFIDENT, as whole vote counts (rounded first: 0.9 x 10 is 9, not 9.000...02)
-    most = np.ceil(np.round(CONFIDENT * total, 9)).astype(counts)
-    fewest = np.floor(np.round((1 - CONFIDENT) * total, 9)).astype(counts)
-    unanimous = (votes >= most) | (votes <= fewest)
-    against = np.count_nonzero(unanimous & (consensus != truth), axis=axes)
+    unanimous = (v >= np.ceil(np.round(CONFIDENT * total, 9))) | (v <= np.floor(np.round((1 - CONFIDENT) * total, 9)))
+    off, on = hist[..., 0], hist[..., 1]  # pixels the mask leaves out / calls foreground, by votes
+    both = (on * consensus).sum(axis=1)
+    sizes = ((off + on) * consensus).sum(axis=1) + on.sum(axis=1)
+    union = (off * consensus).sum(axis=1) + on.sum(axis=1)
+    region = off.copy()  # any vote or the mask: every pixel but those with no vote outside the mask
+    region[:, 0] = 0
+    region = region + on
+    inside = region.sum(axis=1)
+    certainty = (region * np.abs(2 * v - total)).sum(axis=1)  # sum of |2p - 1| x T
+    against = (np.where(consensus, off, on) * unanimous).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(sizes > 0, 2 * both / sizes, 1.0)
         agreement = np.where(inside > 0, certainty / (inside * np.maximum(t, 1)), 1.0)

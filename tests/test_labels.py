@@ -103,9 +103,11 @@ def test_a_batch_scores_each_image_as_alone():
 
 
 def test_votes_round_trip_through_their_stored_form():
-    votes = np.random.default_rng(0).integers(0, 300, (17, 23))
-    blob = encode_votes(votes)
-    assert decode_votes(blob).tolist() == votes.tolist()
+    rng = np.random.default_rng(0)
+    for most in (1, 255, 300, 65535):  # one byte a pixel up to 255 trials, two beyond
+        votes = rng.integers(0, most + 1, (17, 23))
+        votes[0, 0] = most
+        assert decode_votes(encode_votes(votes)).tolist() == votes.tolist()
     assert len(encode_votes(np.zeros((256, 256), int))) < 1000  # zlib: an unanimous image costs little
     with pytest.raises(ValueError):
         encode_votes(np.full((2, 2), 70000))
