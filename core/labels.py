@@ -124,27 +124,31 @@ def suspicion(contradiction: np.ndarray, dice: np.ndarray, entropy: np.ndarray,
 def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
                 entropy: np.ndarray | float | None = None, dice_median: np.ndarray | float | None = None,
                 typical: float | None = None) -> LabelParts:
-    """The score and its parts of N images: votes (N, H, W) counts, trials (N,) or one count, truth (N, H, W) bool,
+    """The score and its parts of N images: votes N (H, W) counts (an array or a sequence; sizes may differ),
+    trials (N,) or one count, truth N (H, W) bool,
     entropy (N,) the trials' median mean binary entropy per image in bits (None or NaN: not measured),
     dice_median (N,) the trials' median dice against the mask (None or NaN: the consensus dice stands in),
     typical the sweep's typical entropy (None: typical_entropy of these images).
 
     Images with fewer than MIN_TRIALS trials get NaN throughout.
     """
-    votes = np.asarray(votes)
-    truth = np.asarray(truth, dtype=bool)
-    if votes.ndim == 2:
-        votes, truth = votes[None], truth[None]
-    if votes.shape != truth.shape:
-        raise ValueError(f"votes {votes.shape} and truth {truth.shape} differ in shape")
-    n = votes.shape[0]
+    if isinstance(votes, np.ndarray) and votes.ndim == 2:
+        votes, truth = [votes], [truth]
+    n = len(votes)
+    if len(truth) != n:
+        raise ValueError(f"{n} images' votes but {len(truth)} truths")
     t = np.broadcast_to(np.asarray(trials, dtype=np.int64), (n,))
     # every part is a sum over pixels of a function of (votes, truth): one histogram per image of the pairs,
-    # a single pass over the pixels, and the rest is arithmetic on (T + 1) x 2 counts
-    top = int(max(t.max(initial=0), votes.max(initial=0))) + 1
-    key = votes.reshape(n, -1).astype(np.int64) * 2 + truth.reshape(n, -1)
-    key += (np.arange(n, dtype=np.int64) * 2 * top)[:, None]
-    hist = np.bincount(key.ravel(), minlength=n * 2 * top).reshape(n, top, 2)  # [image, votes, truth]
+    # a single pass over its pixels, and the rest is arithmetic on (T + 1) x 2 counts
+    top = int(max([t.max(initial=0), *(int(np.max(v)) for v in votes)])) + 1
+    hist = np.zeros((n, top, 2), np.int64)  # [image, votes, truth]
+    for k, (image_votes, image_truth) in enumerate(zip(votes, truth)):
+        image_votes, image_truth = np.asarray(image_votes), np.asarray(image_truth, dtype=bool)
+        if image_votes.shape != image_truth.shape:
+            raise ValueError(f"votes {image_votes.shape} and truth {image_truth.shape} differ in shape")
+        key = image_votes.reshape(-1).astype(np.int32) * 2
+        key += image_truth.reshape(-1)
+        hist[k] = np.bincount(key, minlength=2 * top).reshape(top, 2)
     v = np.arange(top)[None, :]
     total = t[:, None]
     consensus = 2 * v >= total  # p >= 1/2

@@ -123,14 +123,11 @@ def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.nd
     truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
     values: dict[str, list[Any]] = {c: [None] * len(ids) for c in PART_COLUMNS}
     scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for k in scored:
-        by_shape.setdefault(votes[k].shape, []).append(k)
-    for group in by_shape.values():
-        parts: LabelParts = label_parts(np.stack([votes[k] for k in group]), np.array([trials[k] for k in group]),
-                                        np.stack([truths[(ids[k], votes[k].shape[0])] for k in group]))
+    if scored:
+        parts: LabelParts = label_parts([votes[k] for k in scored], np.array([trials[k] for k in scored]),
+                                        [truths[(ids[k], votes[k].shape[0])] for k in scored])
         for c in PART_COLUMNS:
-            for k, value in zip(group, getattr(parts, c).tolist()):
+            for k, value in zip(scored, getattr(parts, c).tolist()):
                 values[c][k] = None if value != value else float(value)
     s = st.sweep_images
     stmt = (update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
