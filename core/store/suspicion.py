@@ -117,42 +117,50 @@ def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int
 PART_COLUMNS = ("consensus_dice", "agreement", "contradiction")  # per image, from its votes and truth
 
 
-def _write_parts(conn: Connection, sweep: str, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> None:
-    """Recompute and write the vote parts of sweep_images' label columns (PART_COLUMNS) for these images from their
-    votes and truths; `_rescore` then derives label_suspicion for the whole sweep."""
+Parts = dict[int, tuple[Any, ...]]  # image id -> its PART_COLUMNS values (None: not computed)
+
+
+def _parts(conn: Connection, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> Parts:
+    """The vote parts (PART_COLUMNS) of these images from their votes and stored truths; `_rescore` writes them
+    with label_suspicion."""
     truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
-    values: dict[str, list[Any]] = {c: [None] * len(ids) for c in PART_COLUMNS}
+    found: Parts = {i: (None,) * len(PART_COLUMNS) for i in ids}
     scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
     if scored:
         parts: LabelParts = label_parts([votes[k] for k in scored], np.array([trials[k] for k in scored]),
                                         [truths[(ids[k], votes[k].shape[0])] for k in scored])
-        for c in PART_COLUMNS:
-            for k, value in zip(scored, getattr(parts, c).tolist()):
-                values[c][k] = None if value != value else float(value)
-    s = st.sweep_images
-    stmt = (update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
-            .values({c: bindparam(c) for c in PART_COLUMNS}))
-    conn.execute(stmt, [{"key_image": i, **{c: values[c][k] for c in PART_COLUMNS}} for k, i in enumerate(ids)])
+        columns = [getattr(parts, c).tolist() for c in PART_COLUMNS]
+        for j, k in enumerate(scored):
+            found[ids[k]] = tuple(None if c[j] != c[j] else float(c[j]) for c in columns)
+    return found
 
 
-def _rescore(conn: Connection, sweep: str) -> None:
-    """label_suspicion of every image of the sweep from its stored parts, dice and entropy medians and the sweep's
-    typical entropy (core.labels.suspicion): that moves with every close, so every row is brought up to date; only
-    columns are read, no votes."""
+def _rescore(conn: Connection, sweep: str, fresh: Parts) -> None:
+    """Write the label columns of every image of the sweep whose values changed: the `fresh` vote parts of the
+    images just voted on, and label_suspicion of all from their parts, dice and entropy medians and the sweep's
+    typical entropy (core.labels.suspicion), which moves with every close. Only columns are read, no votes; one
+    write per changed row."""
     s = st.sweep_images
-    rows = conn.execute(select(s.c.image_id, s.c.contradiction, s.c.consensus_dice, s.c.dice_median,
-                               s.c.entropy_median, s.c.label_suspicion).where(s.c.sweep == sweep)).all()
-    if not rows:
+    stored = conn.execute(select(s.c.image_id, *(s.c[c] for c in PART_COLUMNS), s.c.label_suspicion, s.c.dice_median,
+                                 s.c.entropy_median).where(s.c.sweep == sweep)).all()
+    if not stored:
         return
-    values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=np.float64).reshape(-1, 5)
-    contradiction, consensus_dice, dice_median, entropy, old = values.T
+    rows = [(int(r[0]), fresh.get(int(r[0]), tuple(r[1:4])), r[4], r[5], r[6]) for r in stored]
+    nan = lambda v: np.nan if v is None else float(v)  # noqa: E731
+    consensus_dice = np.array([nan(r[1][0]) for r in rows])
+    contradiction = np.array([nan(r[1][2]) for r in rows])
+    dice_median = np.array([nan(r[3]) for r in rows])
+    entropy = np.array([nan(r[4]) for r in rows])
     dice = np.where(np.isnan(dice_median), consensus_dice, dice_median)
-    new = suspicion(contradiction, dice, entropy, typical_entropy(entropy))
-    changed = [{"key_image": int(row[0]), "label_suspicion": None if v != v else float(v)}
-               for row, v, was in zip(rows, new.tolist(), old.tolist()) if not (v == was or (v != v and was != was))]
+    score = suspicion(contradiction, dice, entropy, typical_entropy(entropy))
+    changed = []
+    for (image_id, parts, was, _, _), old_parts, value in zip(rows, stored, score.tolist()):
+        value = None if value != value else float(value)
+        if value != was or tuple(parts) != tuple(old_parts[1:4]):
+            changed.append({"key_image": image_id, "label_suspicion": value, **dict(zip(PART_COLUMNS, parts))})
     if changed:
         conn.execute(update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
-                     .values(label_suspicion=bindparam("label_suspicion")), changed)
+                     .values({c: bindparam(c) for c in ("label_suspicion", *PART_COLUMNS)}), changed)
 
 
 def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray] | None) -> int:
@@ -161,15 +169,16 @@ def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Seq
     typical entropy); returns how many masks were counted. Call under the sweep's summaries lock, after the
     trial's summaries are written."""
     ids = [int(i) for i in image_ids]
+    fresh: Parts = {}
     counted = 0
     if masks is not None:
         for start in range(0, len(ids), CHUNK):  # a bounded number of images' votes in memory at once
-            counted += _add_chunk(conn, sweep, ids[start:start + CHUNK], masks[start:start + CHUNK])
-    _rescore(conn, sweep)
+            counted += _add_chunk(conn, sweep, ids[start:start + CHUNK], masks[start:start + CHUNK], fresh)
+    _rescore(conn, sweep, fresh)
     return counted
 
 
-def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.ndarray]) -> int:
+def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.ndarray], fresh: Parts) -> int:
     v = st.sweep_image_votes
     scored: dict[int, tuple[np.ndarray, int]] = {}
     for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
@@ -192,9 +201,8 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
     if old_rows:
         conn.execute(update(v).where(v.c.sweep == sweep, v.c.image_id == bindparam("key_image"))
                      .values(trials=bindparam("trials"), votes=bindparam("votes")), old_rows)
-    if scored:
-        order = list(scored)
-        _write_parts(conn, sweep, order, [scored[i][0] for i in order], [scored[i][1] for i in order])
+    order = list(scored)
+    fresh.update(_parts(conn, order, [scored[i][0] for i in order], [scored[i][1] for i in order]))
     return len(new_rows) + len(old_rows)
 
 
@@ -204,12 +212,13 @@ def rebuild(conn: Connection, sweep: str) -> int:
     Returns masks counted."""
     s = st.sweep_images
     ids = sorted(int(i) for i in conn.execute(select(s.c.image_id).where(s.c.sweep == sweep)).scalars())
-    counted = sum(_rebuild_chunk(conn, sweep, ids[start:start + CHUNK]) for start in range(0, len(ids), CHUNK))
-    _rescore(conn, sweep)
+    fresh: Parts = {}
+    counted = sum(_rebuild_chunk(conn, sweep, ids[start:start + CHUNK], fresh) for start in range(0, len(ids), CHUNK))
+    _rescore(conn, sweep, fresh)
     return counted
 
 
-def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int]) -> int:
+def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int], fresh: Parts) -> int:
     m, t = st.masks, st.trials
     stmt = (select(m.c.image_id, m.c.png).join_from(m, t, t.c.id == m.c.trial_id)
             .where(t.c.sweep == sweep, t.c.state == "complete", m.c.image_id.in_(ids))
@@ -241,5 +250,5 @@ def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int]) -> int:
     done = sorted(votes)
     conn.execute(insert(st.sweep_image_votes), [{"sweep": sweep, "image_id": i, "trials": trials[i],
                                                  "votes": encode_votes(votes[i])} for i in done])
-    _write_parts(conn, sweep, done, [votes[i] for i in done], [trials[i] for i in done])
+    fresh.update(_parts(conn, done, [votes[i] for i in done], [trials[i] for i in done]))
     return counted
