@@ -379,3 +379,27 @@ def test_a_v3_store_whose_dataset_root_is_gone_keeps_null_label_scores(pets64, t
         assert conn.execute(text("SELECT count(*) FROM sweep_image_votes")).scalar() > 0  # the votes are kept
         assert conn.execute(text("SELECT count(*) FROM sweep_images WHERE label_suspicion IS NOT NULL")).scalar() == 0
     store.dispose()
+
+
+def test_each_versions_tables_and_columns_are_what_schema_holds_says(pets64, tmp_path: Path) -> None:
+    """schema.ADDED_IN is how a reader knows an older store's columns from its version alone: check it against
+    a real store of every version."""
+    from core.store.schema import holds, metadata
+    from tests.v3_store import build_v3_store
+
+    builders = {1: lambda url: build_v1_store(url, pets64), 2: lambda url: build_v2_store(url, pets64),
+                3: lambda url: build_v3_store(url, pets64), 4: lambda url: Store(url).dispose()}
+    for version, build in builders.items():
+        url = f"sqlite:///{tmp_path / f'v{version}.db'}"
+        build(url)
+        store = Store(url, read_only=True)
+        assert store.schema_version == version
+        with store.engine.connect() as conn:
+            inspector = inspect(conn)
+            for table in metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)} if inspector.has_table(table.name) else set()
+                assert holds(version, table.name) == bool(present), (version, table.name)
+                for column in table.columns if present else ():
+                    assert holds(version, table.name, column.name) == (column.name in present), (version, table.name,
+                                                                                               column.name)
+        store.dispose()

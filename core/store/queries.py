@@ -45,6 +45,8 @@ from core.store.schema import (
     sweep_images,
     trials,
     truth_masks,
+    holds,
+    stored_version,
 )
 
 Source = Store | Engine | Connection
@@ -107,9 +109,7 @@ def _worst_first(metric: str) -> list[ColumnElement]:
 def has_diagnostics(src: Source) -> bool:
     """True when image_results has the v2 diagnostic columns (a v1 store read as it is has not)."""
     with _connect(src) as conn:
-        names = set(inspect(conn).get_table_names())
-        return "image_results" in names and "failure_mode" in {
-            c["name"] for c in inspect(conn).get_columns("image_results")}
+        return _has_column(conn, image_results, "failure_mode")
 
 
 def _v2(conn: Connection) -> list[ColumnElement]:
@@ -122,18 +122,19 @@ def _ids(values: Iterable[Any]) -> list[int]:
 
 
 def _has_column(conn: Connection, table: Table, column: str) -> bool:
-    """Whether this store's `table` has `column` (an older store lacks the later versions' columns)."""
-    return column in {c["name"] for c in inspect(conn).get_columns(table.name)}
+    """Whether this store's `table` has `column`: an older store lacks the later versions' columns, and its
+    version (schema.stored_version, one small read) says which (schema.holds)."""
+    return holds(stored_version(conn), table.name, column)
 
 
 def _columns(conn: Connection, table: Table, names: Iterable[str]) -> list[ColumnElement]:
     """table's columns by name; a column this store predates reads as NULL under its name."""
-    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
-    return [table.c[n] if n in present else literal(None, String).label(n) for n in names]
+    version = stored_version(conn)
+    return [table.c[n] if holds(version, table.name, n) else literal(None, String).label(n) for n in names]
 
 
 def _has_table(conn: Connection, table: Table) -> bool:
-    return inspect(conn).has_table(table.name)
+    return holds(stored_version(conn), table.name)
 
 
 # -- sweeps and trials ----------------------------------------------------------------------
@@ -180,24 +181,19 @@ def best_trials(src: Source, sweep: str) -> pd.DataFrame:
 
 
 def running_progress(src: Source, sweep: str) -> pd.DataFrame:
-    """Trials still running with their latest recorded epoch (none yet: NaN epoch) and, where the
-    store records it, the worker's last heartbeat (a stale one hints at a dead worker)."""
+    """Trials still running with their latest recorded epoch (none yet: NaN epoch) and the worker's last
+    heartbeat (a stale one hints at a dead worker)."""
     last = (select(epochs.c.trial_id, func.max(epochs.c.epoch).label("epoch"))
             .group_by(epochs.c.trial_id).subquery())
     with _connect(src) as conn:
-        has_heartbeat = "heartbeat_at" in {c["name"] for c in inspect(conn).get_columns("trials")}
-        heartbeat = [trials.c.heartbeat_at] if has_heartbeat else []
-        stmt = (select(trials.c.id, trials.c.arch, trials.c.number, trials.c.started_at, *heartbeat, trials.c.params,
-                       last.c.epoch, epochs.c.train_loss, epochs.c.val_loss, epochs.c.val_dice, epochs.c.seconds)
+        stmt = (select(trials.c.id, trials.c.arch, trials.c.number, trials.c.started_at, trials.c.heartbeat_at,
+                       trials.c.params, last.c.epoch, epochs.c.train_loss, epochs.c.val_loss, epochs.c.val_dice, epochs.c.seconds)
                 .select_from(trials)
                 .outerjoin(last, last.c.trial_id == trials.c.id)
                 .outerjoin(epochs, and_(epochs.c.trial_id == last.c.trial_id, epochs.c.epoch == last.c.epoch))
                 .where(trials.c.sweep == sweep, trials.c.state == "running")
                 .order_by(trials.c.arch, trials.c.number))
-        frame = _frame(conn, stmt)
-    if not has_heartbeat:
-        frame.insert(4, "heartbeat_at", pd.NaT)
-    return frame
+        return _frame(conn, stmt)
 
 
 def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:

@@ -26,7 +26,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    select,
 )
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.metrics import DIAGNOSTICS, FAILURE_MODES, NOT_COMPUTED, ImageDiagnostics, failure_modes
 
@@ -212,6 +215,38 @@ reviews = Table(
     Column("note", Text),
     Column("marked_at", DateTime, nullable=False),
 )
+
+
+# What each version added, so that a reader knows from a store's version alone what it holds: a whole table
+# (None) or columns of an older table. Everything not named here is in every version.
+ADDED_IN: dict[int, dict[str, tuple[str, ...] | None]] = {
+    2: {"image_results": (*DIAGNOSTICS, "failure_mode")},
+    3: {"sweep_images": None, "sweep_image_windows": None},
+    4: {"datasets": ("layout",), "images": ("group_name", "path"),
+        "sweep_images": ("label_suspicion", "consensus_dice", "agreement", "contradiction"),
+        "sweep_image_votes": None, "truth_masks": None, "reviews": None},
+}
+
+
+def holds(version: int, table: str, column: str | None = None) -> bool:
+    """Whether a store of schema `version` has `table` (and its `column`)."""
+    since = 1
+    for added_in, added in ADDED_IN.items():
+        if table in added and (added[table] is None or column in added[table]):  # the table's, or the column's
+            since = max(since, added_in)
+    return version >= since
+
+
+def stored_version(conn: Connection) -> int:
+    """The schema version a store says it has (schema_info); a database without one is taken as current
+    (a new store being created: Store refuses an unversioned one that holds trials)."""
+    try:
+        found = conn.execute(select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
+    except SQLAlchemyError:  # no schema_info table
+        if conn.in_transaction() and conn.dialect.name == "postgresql":
+            conn.rollback()
+        return SCHEMA_VERSION
+    return SCHEMA_VERSION if found is None else int(found)
 
 
 def diagnostic_rows(dice: np.ndarray, diag: ImageDiagnostics | None, n: int) -> list[dict[str, Any]]:
