@@ -146,7 +146,7 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
         image_votes, image_truth = np.asarray(image_votes), np.asarray(image_truth, dtype=bool)
         if image_votes.shape != image_truth.shape:
             raise ValueError(f"votes {image_votes.shape} and truth {image_truth.shape} differ in shape")
-        key = image_votes.reshape(-1).astype(np.int32) * 2
+        key = np.multiply(image_votes.reshape(-1), 2, dtype=np.int32)
         key += image_truth.reshape(-1)
         hist[k] = np.bincount(key, minlength=2 * top).reshape(top, 2)
     v = np.arange(top)[None, :]

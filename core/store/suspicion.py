@@ -186,7 +186,7 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
         scored[int(image_id)] = (decode_votes(bytes(blob)), int(n))
     new_rows, old_rows = [], []
     for image_id, mask in zip(ids, masks):
-        mask = np.asarray(mask).astype(bool)
+        mask = np.asarray(mask, dtype=bool)  # no copy when it is one already
         if image_id in scored:
             votes, n = scored[image_id]
             if votes.shape != mask.shape:  # votes are kept at the size of the first mask counted
