@@ -883,7 +883,7 @@ def test_a_dashboard_started_read_only_shows_marks_but_no_buttons_and_writes_not
 
 
 def test_hard_for_every_model_can_leave_out_likely_label_errors(folder, marker, monkeypatch) -> None:
-    from core.store.queries import LIKELY_LABEL_ERROR
+    from core.labels import LIKELY_LABEL_ERROR
 
     at = app("hardest", monkeypatch, folder.url, sweep=folder.sweep)
     at.radio(key="gallery_view").set_value("Hard for every model").run()

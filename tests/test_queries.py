@@ -292,11 +292,11 @@ def test_marks_and_likely_label_errors_filter_the_images(ro: Store, tiny: dict) 
         assert q.count_images(ro, tid, q.ImageFilter(marks=(q.UNMARKED,))) == 6
         assert q.count_images(ro, tid, q.ImageFilter(marks=(q.UNMARKED, "fine"))) == 7
         with writer.engine.begin() as conn:  # dog_6 and cat_5 look like label errors to the models
-            conn.execute(text("UPDATE sweep_images SET label_suspicion = CASE image_id WHEN :a THEN 0.6 WHEN :b "
-                              "THEN 0.5 ELSE 0.01 END WHERE sweep = 's'"), {"a": tiny["ids"]["dog_6"],
+            conn.execute(text("UPDATE sweep_images SET label_suspicion = CASE image_id WHEN :a THEN 0.9 WHEN :b "
+                              "THEN 0.8 ELSE 0.01 END WHERE sweep = 's'"), {"a": tiny["ids"]["dog_6"],
                                                                               "b": tiny["ids"]["cat_5"]})
         every = q.image_medians(ro, "s")
-        assert len(every) == 8 and sorted(every["label_suspicion"].round(2)) == [0.01] * 6 + [0.5, 0.6]
+        assert len(every) == 8 and sorted(every["label_suspicion"].round(2)) == [0.01] * 6 + [0.8, 0.9]
         kept = q.hard_for_every_model(ro, "s", q.ImageFilter(skip_label_errors=True))["name"].tolist()
         # dog_6 by its score, cat_7 by its mark; cat_5 scores high but a person marked it fine
         assert len(kept) == 6 and {"dog_6", "cat_7"}.isdisjoint(kept) and "cat_5" in kept

@@ -30,6 +30,7 @@ from sqlalchemy import String, Table, and_, case, distinct, exists, false, func,
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
+from core.labels import LIKELY_LABEL_ERROR
 from core.metrics import FAILURE_MODES, NOT_COMPUTED, SEVERITY, spread
 from core.store import selection, summaries
 from core.store.db import Store
@@ -61,12 +62,9 @@ IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "heigh
                  "group_name", "path")  # the last two: v4, NULL on older stores
 NO_GROUP = "(no group)"  # ImageFilter.groups' name for images without a group, where others have one
 UNMARKED = "unmarked"    # ImageFilter.marks' name for images nobody has marked
-# "Hard for every model" leaves out likely label errors on request: a label_suspicion at or above this, or a
-# person's 'label error' mark; a 'hard image' or 'fine' mark keeps the image whatever its score. The score is
-# core.labels' contradiction x certainty: a mask erased, shifted or swapped under models that agree scores
-# about 0.4-0.8 (models unanimous against half the mask/consensus area or more, and sure), an image the
-# models contest about 0.05 or less (little unanimous area, less certainty); 0.2 lies between them
-LIKELY_LABEL_ERROR = 0.2
+# "Hard for every model" leaves out likely label errors on request: a label_suspicion at or above
+# core.labels.LIKELY_LABEL_ERROR, or a person's 'label error' mark; a 'hard image' or 'fine' mark keeps the
+# image whatever its score
 TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
                  "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
 

@@ -14,7 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from core.store.db import sqlite_path
-from core.store.queries import LIKELY_LABEL_ERROR, UNIT_RANGE, ImageFilter
+from core.labels import LIKELY_LABEL_ERROR
+from core.store.queries import UNIT_RANGE, ImageFilter
 from dashboard import common as ui
 from dashboard import images
 from dashboard.wording import Wording

@@ -16,7 +16,8 @@ import streamlit as st
 
 from core.labels import MIN_TRIALS
 from core.store.db import encode_mask, sqlite_path
-from core.store.queries import LIKELY_LABEL_ERROR, NO_GROUP, UNMARKED, ImageFilter
+from core.labels import LIKELY_LABEL_ERROR
+from core.store.queries import NO_GROUP, UNMARKED, ImageFilter
 from core.store.schema import REVIEW_MARKS
 from dashboard import common as ui
 from dashboard import images
