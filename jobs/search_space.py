@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 
 from core.data.augment import AugmentConfig
+from core.training.loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ SPACE: dict[str, Range | float] = {
 }
 
 _reports = AugmentConfig.reports().as_dict()
-BASELINE: dict[str, float] = {"lr": 1e-4, "dice_weight": 0.7, **{k: _reports[k] for k in SPACE if k in _reports}}
+# the lab reports' configuration is TrainConfig's defaults (core.training.loop): one place for its values
+BASELINE: dict[str, float] = {"lr": TrainConfig.lr, "dice_weight": TrainConfig.dice_weight,
+                              **{k: _reports[k] for k in SPACE if k in _reports}}
 # The reports' loss mix and augmentation with a short-run peak lr (warm-up, then cosine): the
 # sweep's first starting point after the baseline, and jobs.train's defaults.
 RECIPE: dict[str, float] = {**BASELINE, "lr": 1e-3}

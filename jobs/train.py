@@ -24,20 +24,21 @@ PROG = "jobs.train"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--arch", type=cli.arch_name, default="resnet34_unet")
+    p.add_argument("--arch", type=cli.arch_name, default=TrainConfig.arch)
     p.add_argument("--lr", type=cli.positive_float, default=RECIPE["lr"],
                    help="peak learning rate (warm-up, then cosine decay); the reports used a constant 1e-4")
     p.add_argument("--bce-weight", type=cli.non_negative_float, default=round(1 - RECIPE["dice_weight"], 6))
     p.add_argument("--dice-weight", type=cli.non_negative_float, default=RECIPE["dice_weight"])
-    p.add_argument("--focal-weight", type=cli.non_negative_float, default=0.0)
+    p.add_argument("--focal-weight", type=cli.non_negative_float, default=TrainConfig.focal_weight)
     p.add_argument("--name", default=None, help="sweep name the run is filed under (default train-<time>)")
     p.add_argument("--checkpoint", default=None, help="where to save the kept weights (default: none)")
     p.add_argument("--keep", choices=KEEP, default=TrainConfig.keep,
                    help="weights to evaluate and save: last (the end of the lr schedule, default) or best "
                         "(the epoch with the highest validation dice; worth it with a large validation split)")
-    p.add_argument("--members", type=cli.positive_int, default=1,
+    p.add_argument("--members", type=cli.positive_int, default=TrainConfig.members,
                    help="train an ensemble of this many networks side by side and evaluate their mean (default 1)")
-    cli.add_size_args(p, epochs=20, image=64, width=1.0, batch=8)
+    # a single run's own length (TrainConfig's 10 suits tests and library use); the rest the trainer's defaults
+    cli.add_size_args(p, epochs=20, image=TrainConfig.image_size, width=TrainConfig.width, batch=TrainConfig.batch_size)
     cli.add_augment_args(p, None)
     cli.add_data_args(p)
     cli.add_threads_arg(p)

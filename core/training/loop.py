@@ -39,7 +39,10 @@ STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class TrainConfig:
-    """Everything that defines one training run; `params()` is what the store records."""
+    """Everything that defines one training run; `params()` is what the store records.
+
+    The defaults are the lab reports' configuration (jobs.search_space.BASELINE reads them from here);
+    jobs.train's defaults are SegSweep's short-run recipe on top of them (search_space.RECIPE)."""
 
     arch: str = "resnet34_unet"
     width: float = 1.0
