@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.data.dataset import trimap_as_scored
 from core.data.layout import TRIMAP_BORDER, image_rel, pet_mask, trimap_rel
 from core.store.mask_png import decode_mask
 
@@ -105,15 +106,26 @@ def load_photo(root: str | Path, relative: str, size: int) -> Loaded:
     return Loaded(np.asarray(rgb, dtype=np.uint8))
 
 
-def load_trimap(root: str | Path, relative: str, size: int) -> Loaded:
-    """The trimap at root/relative (core.data.layout's values) as (size, size) uint8, nearest-neighbour resized."""
+def image_wh(root: str | Path, relative: str) -> tuple[int, int] | None:
+    """An image file's (width, height) from its header, without decoding it; None if it cannot be read."""
+    path = resolve_inside(root, relative)
+    try:
+        with Image.open(path) as im:  # type: ignore[arg-type]
+            return im.size
+    except Exception:
+        return None
+
+
+def load_trimap(root: str | Path, relative: str, size: int, photo_wh: tuple[int, int] | None = None) -> Loaded:
+    """The trimap at root/relative (core.data.layout's values) at (size, size) exactly as the evaluation scored
+    it (core.data.dataset.trimap_as_scored: to its photo's size `photo_wh` first, then to size)."""
     im, note = _open(root, relative)
     if im is None:
         return Loaded(None, note)
     arr = np.asarray(im)
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return Loaded(np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)))
+    return Loaded(trimap_as_scored(arr, photo_wh or (arr.shape[1], arr.shape[0]), size))
 
 
 def placeholder(size: int, note: str) -> np.ndarray:
@@ -208,7 +220,8 @@ def make_panels(files: ImageFiles, eval_size: int, display: int, preds: list[np.
     photo = load_photo(files.root, files.image, display) if files.root is not None else missing
     trimap = Loaded(None)
     if files.trimap is not None:
-        trimap = load_trimap(files.root, files.trimap, eval_size) if files.root is not None else missing
+        trimap = (load_trimap(files.root, files.trimap, eval_size, image_wh(files.root, files.image))
+                  if files.root is not None else missing)
     truth = None
     if files.truth_png is not None:
         truth = fit(decode_mask(files.truth_png), eval_size)

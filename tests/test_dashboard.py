@@ -937,3 +937,23 @@ def test_the_dashboard_is_read_only_when_started_so_by_flag_or_environment(monke
     for value, expected in (("1", True), ("yes", True), ("0", False), ("", False)):
         monkeypatch.setenv(common.READ_ONLY_ENV, value)
         assert common.started_read_only() is expected
+
+
+def test_an_overlay_from_a_trimap_of_another_size_than_its_photo_matches_what_was_scored(tmp_path) -> None:
+    """An older store keeps no truth: the overlay rebuilds it from the trimap by the evaluation's own rule
+    (to the photo's size first, then to the evaluation size), not by one resize that rounds differently."""
+    from core.data.dataset import decoded
+    from core.data.layout import pet_mask
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
+    photo = Image.new("RGB", (30, 20), (120, 90, 60))
+    photo.save(tmp_path / "images" / "a_1.jpg")
+    trimap = np.full((13, 11), 2, np.uint8)  # 11 x 13 px, another size and aspect than its 30 x 20 photo
+    trimap[1:11, 1:6] = 1
+    Image.fromarray(trimap).save(tmp_path / "annotations" / "trimaps" / "a_1.png")
+    scored = pet_mask(decoded(photo, trimap, 16).trimap)  # what training and evaluation use
+    one_step = pet_mask(np.asarray(Image.fromarray(trimap).resize((16, 16), Image.Resampling.NEAREST)))
+    assert scored.tolist() != one_step.tolist()  # the case where a single resize would differ
+    p = images.make_panels(images.image_files(str(tmp_path), "a_1", None, True), 16, 16, [scored])
+    assert (p.truth[..., 0] == 255).tolist() == scored.tolist()

@@ -260,19 +260,31 @@ def _decode_pair(root: Path, name: str, image_size: int) -> Decoded | tuple[str,
     return decoded(image, trimap, image_size)
 
 
+def trimap_as_scored(trimap: np.ndarray, image_wh: tuple[int, int], image_size: int) -> np.ndarray:
+    """A full-size trimap as training and evaluation see it: to its image's size (width, height) first where
+    it differs, then to image_size x image_size, nearest both times. The one rule for the truth at
+    evaluation size: the decode, the upgrade's rebuilt truths and the dashboard's overlays use it."""
+    im = Image.fromarray(np.asarray(trimap, dtype=np.uint8))
+    if im.size != tuple(image_wh):
+        im = im.resize(tuple(int(v) for v in image_wh), Image.Resampling.NEAREST)
+    return np.asarray(im.resize((image_size, image_size), Image.Resampling.NEAREST), dtype=np.uint8)
+
+
+def open_trimap(path: Path) -> np.ndarray | str:
+    """A trimap file as a 2-D uint8 array of core.data.layout's values, or the reason it is unusable."""
+    return _open_trimap(path)
+
+
 def decoded(image: Image.Image, trimap: np.ndarray, image_size: int) -> Decoded:
     """Measure a full-size RGB image and its trimap, then bring both to image_size x image_size:
     the trimap to the image's size first if it differs, then image bilinear, trimap nearest."""
     width, height = image.size
     brightness = float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)  # L = ITU-R 601 luma
     fg_fraction = float(np.mean(pet_mask(trimap)))
-    trimap_im = Image.fromarray(trimap)
-    if trimap_im.size != image.size:
-        trimap_im = trimap_im.resize(image.size, Image.Resampling.NEAREST)
     size = (image_size, image_size)
     return Decoded(
         image=np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8),  # antialiased
-        trimap=np.asarray(trimap_im.resize(size, Image.Resampling.NEAREST), dtype=np.uint8),
+        trimap=trimap_as_scored(trimap, image.size, image_size),
         width=width,
         height=height,
         brightness=brightness,

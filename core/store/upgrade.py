@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import and_, bindparam, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
+from core.data.dataset import open_trimap, trimap_as_scored
 from core.data.layout import pet_mask, trimap_path
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import schema as st
@@ -76,15 +76,10 @@ class UpgradeReport:
 def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.ndarray | None:
     """The ground truth the evaluation used, (size, size) bool, rebuilt from the trimap as
     core.data.dataset resizes it (to the image's size, then to size x size, both nearest); None if unreadable."""
-    from core.data.dataset import _open_trimap
-
-    trimap = _open_trimap(trimap_path(root, name))
+    trimap = open_trimap(trimap_path(root, name))
     if isinstance(trimap, str):
         return None
-    im = Image.fromarray(trimap)
-    if im.size != (int(width), int(height)):
-        im = im.resize((int(width), int(height)), Image.Resampling.NEAREST)
-    return pet_mask(np.asarray(im.resize((size, size), Image.Resampling.NEAREST)))
+    return pet_mask(trimap_as_scored(trimap, (int(width), int(height)), size))
 
 
 def add_missing_columns(conn: Connection) -> list[str]:
