@@ -35,6 +35,8 @@ from core.store.db import (
     normalize_url,
     sqlite_path,
 )
+from core.store.engine import error_detail
+from core.store.schema import utc_now
 from dashboard import images
 from dashboard.wording import Wording, wording_of
 
@@ -227,7 +229,7 @@ def ago(when: dt.datetime | None) -> str:
     """"12 s ago" for a naive-UTC store timestamp."""
     if when is None or pd.isna(when):
         return "–"
-    seconds = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - pd.Timestamp(when).to_pydatetime()).total_seconds()
+    seconds = (utc_now() - pd.Timestamp(when).to_pydatetime()).total_seconds()
     seconds = max(0.0, seconds)
     if seconds < 90:
         return f"{seconds:.0f} s ago"
@@ -313,7 +315,7 @@ def page(title: str, icon: str) -> Context:
         has_tables = cached_query("has_results_tables", url)
         sweeps = cached_query("sweeps", url) if has_tables else pd.DataFrame()
     except SQLAlchemyError as exc:
-        _explain("error", f"Cannot read `{url}`: {_one_line(exc)}", url)
+        _explain("error", f"Cannot read `{url}`: {error_detail(exc)}", url)
     if sweeps.empty:
         _explain("warning", f"The database `{url}` holds no results yet (no trial recorded).", url)
     sweep = _sweep_picker(url, sweeps)
@@ -331,12 +333,9 @@ def run(title: str, icon: str, render: Callable[[Context], None]) -> None:
     try:
         render(ctx)
     except (StoreError, SQLAlchemyError) as exc:
-        st.error(f"Cannot read the results database: {_one_line(exc)}")
+        st.error(f"Cannot read the results database: {error_detail(exc)}")
 
 
-def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return (str(orig or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def pager(total: int, size: int, signature: Any, what: str, key: str = "gallery_page") -> int:
@@ -409,7 +408,7 @@ def save_mark(url: str, dataset: str, image: str, mark: str | None, note: str | 
     try:
         reviews.mark(_review_engine(url), dataset, image, mark, note)
     except (StoreError, SQLAlchemyError, ValueError) as exc:
-        st.session_state["_mark_error"] = f"The mark was not saved: {_one_line(exc)}"
+        st.session_state["_mark_error"] = f"The mark was not saved: {error_detail(exc)}"
         return
     cached_query.clear()
     _cached_per_version.clear()

@@ -9,7 +9,6 @@ at once leave the later mark.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 from typing import Any
 
@@ -61,8 +60,7 @@ def mark(store_or_engine: Any, dataset: str, image: str, mark: str | None, note:
         if mark is None:
             conn.execute(delete(st.reviews).where(st.reviews.c.dataset == dataset, st.reviews.c.image == image))
         else:
-            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-            _upsert(conn, {"dataset": dataset, "image": image, "mark": mark, "note": note, "marked_at": now})
+            _upsert(conn, {"dataset": dataset, "image": image, "mark": mark, "note": note, "marked_at": st.utc_now()})
 
 
 def marks(source: Source, dataset: str) -> pd.DataFrame:
