@@ -86,7 +86,8 @@ def encode_votes(votes: np.ndarray) -> bytes:
     if low < 0 or high > np.iinfo(VOTES[-1]).max:
         raise ValueError("vote counts must lie in 0..65535")
     kind = VOTES[0] if high <= np.iinfo(VOTES[0]).max else VOTES[1]
-    return _HEADER.pack(*votes.shape) + zlib.compress(votes.astype(kind).tobytes(), 1)
+    data = votes.view(np.uint8) if votes.dtype == bool else np.asarray(votes, dtype=kind)  # no copy where it can be
+    return _HEADER.pack(*votes.shape) + zlib.compress(np.ascontiguousarray(data).tobytes(), 1)
 
 
 def decode_votes(blob: bytes) -> np.ndarray:

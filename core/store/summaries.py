@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 from core.metrics import NOT_COMPUTED, SEVERITY
 from core.store import schema as st
 from core.store import suspicion
+from core.store.engine import executemany_columns
 
 WINDOW = 16                   # values kept around each median
 _LEFT = (WINDOW - 2) // 2     # of them below the lower median rank when a window is (re)built
@@ -225,21 +226,6 @@ def summary_columns(sweep: str, ids: np.ndarray, state: np.ndarray) -> dict[str,
     return columns
 
 
-def _executemany(conn: Connection, stmt: Any, columns: dict[str, list[Any]]) -> None:
-    """Run `stmt` once per row of `columns` (bind name -> values) through the driver's executemany.
-
-    SQLAlchemy's own executemany builds each row's parameters in Python, which for a few thousand
-    rows of 60 columns costs more than the database's work; the values here are plain Python
-    floats, ints, strings, bytes and None, which every driver takes as they are.
-    """
-    compiled = stmt.compile(dialect=conn.dialect)
-    if compiled.positional:
-        params: list[Any] = list(zip(*(columns[name] for name in compiled.positiontup)))
-    else:
-        params = [dict(zip(columns, row)) for row in zip(*columns.values())]
-    conn.exec_driver_sql(compiled.string, params)
-
-
 def _write(conn: Connection, sweep: str, ids: np.ndarray, state: np.ndarray, existing: np.ndarray) -> None:
     raw, size = state.tobytes(), STATE.itemsize
     tables = ((st.sweep_images, summary_columns(sweep, ids, state)),
@@ -257,7 +243,7 @@ def _write(conn: Connection, sweep: str, ids: np.ndarray, state: np.ndarray, exi
                 part = {**part, "key_sweep": part["sweep"], "key_image": part["image_id"]}
             else:
                 stmt = insert(table).values({n: bindparam(n) for n in part})
-            _executemany(conn, stmt, part)
+            executemany_columns(conn, stmt, part)
 
 
 def rebuild(conn: Connection, sweep: str) -> tuple[int, int]:

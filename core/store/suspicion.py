@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.labels import LabelParts, decode_votes, encode_votes, label_parts, suspicion, typical_entropy
 from core.store import schema as st
+from core.store.engine import executemany_columns
 from core.store.mask_png import decode_mask
 
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
@@ -159,8 +160,10 @@ def _rescore(conn: Connection, sweep: str, fresh: Parts) -> None:
         if value != was or tuple(parts) != tuple(old_parts[1:4]):
             changed.append({"key_image": image_id, "label_suspicion": value, **dict(zip(PART_COLUMNS, parts))})
     if changed:
-        conn.execute(update(s).where(s.c.sweep == sweep, s.c.image_id == bindparam("key_image"))
-                     .values({c: bindparam(c) for c in ("label_suspicion", *PART_COLUMNS)}), changed)
+        executemany_columns(conn, update(s).where(s.c.sweep == bindparam("key_sweep"),
+                                                  s.c.image_id == bindparam("key_image"))
+                            .values({c: bindparam(c) for c in ("label_suspicion", *PART_COLUMNS)}),
+                            {"key_sweep": [sweep] * len(changed), **{k: [row[k] for row in changed] for k in changed[0]}})
 
 
 def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray] | None) -> int:
@@ -194,13 +197,16 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
             scored[image_id] = (votes + mask, n + 1)
             old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes + mask)})
         else:
-            scored[image_id] = (mask.astype(np.int32), 1)
+            scored[image_id] = (mask, 1)  # bool: one vote a pixel; encode_votes stores it without a copy
             new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(mask)})
-    if new_rows:
-        conn.execute(insert(v), new_rows)
+    if new_rows:  # through the driver: SQLAlchemy's executemany builds every row's parameters in Python
+        executemany_columns(conn, insert(v).values({k: bindparam(k) for k in new_rows[0]}),
+                            {k: [row[k] for row in new_rows] for k in new_rows[0]})
     if old_rows:
-        conn.execute(update(v).where(v.c.sweep == sweep, v.c.image_id == bindparam("key_image"))
-                     .values(trials=bindparam("trials"), votes=bindparam("votes")), old_rows)
+        executemany_columns(conn, update(v).where(v.c.sweep == bindparam("key_sweep"),
+                                                  v.c.image_id == bindparam("key_image"))
+                            .values(trials=bindparam("trials"), votes=bindparam("votes")),
+                            {"key_sweep": [sweep] * len(old_rows), **{k: [row[k] for row in old_rows] for k in old_rows[0]}})
     order = list(scored)
     fresh.update(_parts(conn, order, [scored[i][0] for i in order], [scored[i][1] for i in order]))
     return len(new_rows) + len(old_rows)
