@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -138,3 +139,15 @@ def executemany_columns(conn: Connection, stmt: Any, columns: dict[str, list[Any
     else:
         params = [dict(zip(columns, row)) for row in zip(*columns.values())]
     conn.exec_driver_sql(compiled.string, params)
+
+
+@contextmanager
+def connect(source: Any) -> Iterator[Connection]:
+    """A connection from what a reader is given: a Connection (used as it is), an Engine, or a Store (its
+    engine; duck-typed, since core.store.db imports this module)."""
+    if isinstance(source, Connection):
+        yield source
+        return
+    engine: Engine = source if isinstance(source, Engine) else source.engine
+    with engine.connect() as conn:
+        yield conn

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +33,7 @@ from core.labels import LIKELY_LABEL_ERROR
 from core.metrics import FAILURE_MODES, NOT_COMPUTED, SEVERITY, spread
 from core.store import selection, summaries
 from core.store.db import Store
+from core.store.engine import connect
 from core.store.schema import (
     MODE_COLUMNS,
     REVIEW_MARKS,
@@ -69,18 +69,8 @@ TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", 
                  "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
 
 
-@contextmanager
-def _connect(src: Source) -> Iterator[Connection]:
-    if isinstance(src, Connection):
-        yield src
-        return
-    engine = src.engine if isinstance(src, Store) else src
-    with engine.connect() as conn:
-        yield conn
-
-
 def _frame(src: Source, stmt: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-    with _connect(src) as conn:
+    with connect(src) as conn:
         result = conn.execute(stmt, params or {})
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
@@ -106,7 +96,7 @@ def _worst_first(metric: str) -> list[ColumnElement]:
 
 def has_diagnostics(src: Source) -> bool:
     """True when image_results has the v2 diagnostic columns (a v1 store read as it is has not)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return _has_column(conn, image_results, "failure_mode")
 
 
@@ -139,7 +129,7 @@ def _has_table(conn: Connection, table: Table) -> bool:
 
 def has_results_tables(src: Source) -> bool:
     """True when the database holds the results schema (a sweep or train job has written to it)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return "trials" in set(inspect(conn).get_table_names())
 
 
@@ -183,7 +173,7 @@ def running_progress(src: Source, sweep: str) -> pd.DataFrame:
     heartbeat (a stale one hints at a dead worker)."""
     last = (select(epochs.c.trial_id, func.max(epochs.c.epoch).label("epoch"))
             .group_by(epochs.c.trial_id).subquery())
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = (select(trials.c.id, trials.c.arch, trials.c.number, trials.c.started_at, trials.c.heartbeat_at,
                        trials.c.params, last.c.epoch, epochs.c.train_loss, epochs.c.val_loss, epochs.c.val_dice, epochs.c.seconds)
                 .select_from(trials)
@@ -196,7 +186,7 @@ def running_progress(src: Source, sweep: str) -> pd.DataFrame:
 
 def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:
     """A dataset's source, root, creation time and layout with its image count per split and per group, or None."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         row = conn.execute(select(*_columns(conn, datasets, [c.name for c in datasets.c]))
                            .where(datasets.c.name == name)).mappings().first()
         if row is None:
@@ -214,14 +204,14 @@ def dataset_summary(src: Source, name: str) -> dict[str, Any] | None:
 
 def dataset_roots(src: Source) -> dict[str, str]:
     """Dataset name -> the root folder its images were read from (the only place images are served from)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return {name: root for name, root in conn.execute(select(datasets.c.name, datasets.c.root)).all()}
 
 
 def dataset_kinds(src: Source) -> dict[str, dict[str, Any]]:
     """Dataset name -> its source, layout (NULL before v4) and root: what tells a page whether the data has
     pets (breeds, species, a trimap's border band) or is the user's own folder."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = select(*_columns(conn, datasets, ("name", "source", "layout", "root")))
         return {r["name"]: dict(r) for r in conn.execute(stmt).mappings().all()}
 
@@ -240,7 +230,7 @@ def epoch_curves(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
 def image_scores(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
     """Every per-image test result of the given trials (v2 diagnostics too, when stored), with the
     image's name and attributes."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = (select(image_results.c.trial_id, image_results.c.image_id, image_results.c.dice,
                        image_results.c.iou, image_results.c.dice_no_border, *_v2(conn),
                        *(images.c[c] for c in ("name", "breed", "species", "split", "brightness", "fg_fraction")),
@@ -254,7 +244,7 @@ def image_scores(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
 def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
     """Per-image scores of two trials on the images both evaluated: columns `<metric>_a`, `<metric>_b`."""
     a, b = image_results.alias("a"), image_results.alias("b")
-    with _connect(src) as conn:
+    with connect(src) as conn:
         shown = METRICS + ("failure_mode",) if has_diagnostics(conn) else V1_METRICS
         stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
                        *_columns(conn, images, ["group_name"]), *(a.c[m].label(f"{m}_a") for m in shown),
@@ -345,7 +335,7 @@ def _check_v2(conn: Connection, flt: ImageFilter) -> list[ColumnElement]:
 def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(), limit: int = 12,
                    offset: int = 0) -> pd.DataFrame:
     """A trial's images matching the filter, worst first by flt.metric (not-computed last), one page of them."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = (_trial_images(trial_id, flt, _check_v2(conn, flt), _image_columns(conn))
                 .order_by(*_worst_first(flt.metric), image_results.c.image_id).limit(int(limit)).offset(int(offset)))
         return _frame(conn, stmt)
@@ -353,7 +343,7 @@ def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(),
 
 def count_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter()) -> int:
     """How many of a trial's images match the filter (the gallery's total)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         _check_v2(conn, flt)
         sub = _trial_images(trial_id, flt, [], [images.c.id]).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
@@ -365,7 +355,7 @@ MODE_SUMMARY_COLUMNS = ["mode", "mode_trials", "evaluated"]  # with the v2 diagn
 
 def has_summaries(src: Source) -> bool:
     """True when the store keeps per-image summaries of each sweep (schema v3: sweep_images)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return _has_table(conn, sweep_images)
 
 
@@ -383,7 +373,7 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
     else every per-image result of the sweep (image_medians_from_results; no label suspicion there).
     """
     _metric(flt.metric)
-    with _connect(src) as conn:
+    with connect(src) as conn:
         if not has_summaries(conn):
             return image_medians_from_results(conn, sweep, flt)
         s = sweep_images
@@ -434,7 +424,7 @@ def image_medians_from_results(src: Source, sweep: str, flt: ImageFilter = Image
     conds = flt.image_conditions()
     if conds:  # images first, as a subquery: SQLite then probes each trial's primary key for just those
         stmt = stmt.where(image_results.c.image_id.in_(select(images.c.id).where(*conds)))
-    with _connect(src) as conn:
+    with connect(src) as conn:
         v2 = bool(_check_v2(conn, flt))  # a v1 store has no diagnostics: refuses their metrics and modes
         result = conn.execute(stmt)
         try:  # the DB-API's plain tuples: wrapping a million rows as SQLAlchemy Rows doubles the fetch
@@ -489,7 +479,7 @@ def _mode_counts(conn: Connection, sweep: str, conds: list[ColumnElement]) -> pd
 def sweep_top_modes(src: Source, sweep: str) -> list[str]:
     """The failure modes that are the most common one of at least one image of the sweep, in
     FAILURE_MODES order (not computed last); none on a v1 store."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         if has_summaries(conn):
             found = set(conn.execute(select(sweep_images.c.top_mode).distinct()
                                      .where(sweep_images.c.sweep == sweep)).scalars())
@@ -503,7 +493,7 @@ def sweep_top_modes(src: Source, sweep: str) -> list[str]:
 def images_by_id(src: Source, image_ids: Sequence[int]) -> pd.DataFrame:
     """Attributes of the given images, in the order given."""
     ids = _ids(image_ids)
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = select(images.c.id.label("image_id"), *_image_columns(conn)).where(images.c.id.in_(ids))
         found = _frame(conn, stmt).set_index("image_id")
     return found.reindex([i for i in ids if i in found.index]).reset_index()
@@ -525,7 +515,7 @@ def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
     """
     evaluated = select(image_results.c.image_id).where(image_results.c.trial_id.in_(_ids(trial_ids)))
     where = images.c.id.in_(evaluated)
-    with _connect(src) as conn:
+    with connect(src) as conn:
         def values(column: ColumnElement) -> list[str]:
             return sorted(conn.execute(select(column).where(where, column.is_not(None), column != "")
                                        .distinct()).scalars())
@@ -553,7 +543,7 @@ def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
 
 def image_row(src: Source, image_id: int) -> dict[str, Any] | None:
     """One image's attributes with its dataset's root folder."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = (select(images.c.id, *_image_columns(conn), datasets.c.root)
                 .join_from(images, datasets, datasets.c.name == images.c.dataset).where(images.c.id == int(image_id)))
         row = conn.execute(stmt).mappings().first()
@@ -562,7 +552,7 @@ def image_row(src: Source, image_id: int) -> dict[str, Any] | None:
 
 def image_across_trials(src: Source, image_id: int, sweep: str | None = None) -> pd.DataFrame:
     """One image's result in every trial (of a sweep, or of the whole store), best trial first per arch."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         stmt = (select(trials.c.id.label("trial_id"), trials.c.sweep, trials.c.arch, trials.c.number, trials.c.state,
                        trials.c.val_dice, trials.c.image_size, image_results.c.dice, image_results.c.iou,
                        image_results.c.dice_no_border, *_v2(conn))
@@ -580,7 +570,7 @@ def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -
         return {}
     stmt = select(masks.c.trial_id, masks.c.image_id, masks.c.png).where(
         masks.c.trial_id.in_(_ids(trial_ids)), masks.c.image_id.in_(_ids(image_ids)))
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return {(int(t), int(i)): bytes(png) for t, i, png in conn.execute(stmt).all()}
 
 
@@ -591,7 +581,7 @@ def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int) -> dict[i
         return {}
     stmt = select(truth_masks.c.image_id, truth_masks.c.png).where(
         truth_masks.c.image_id.in_(_ids(image_ids)), truth_masks.c.image_size == int(image_size))
-    with _connect(src) as conn:
+    with connect(src) as conn:
         if not _has_table(conn, truth_masks):
             return {}
         return {int(i): bytes(png) for i, png in conn.execute(stmt).all()}
@@ -599,19 +589,19 @@ def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int) -> dict[i
 
 def has_reviews(src: Source) -> bool:
     """True when the store keeps review marks (schema v4: reviews)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return _has_table(conn, reviews)
 
 
 def has_label_suspicion(src: Source) -> bool:
     """True when the sweep summaries carry the suspect-label score (schema v4: sweep_images.label_suspicion)."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         return _has_table(conn, sweep_images) and _has_column(conn, sweep_images, "label_suspicion")
 
 
 def reviews_version(src: Source) -> tuple[int, str]:
     """(marks, latest marked_at): changes whenever a person marks an image; (0, '') without the reviews table."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         if not _has_table(conn, reviews):
             return 0, ""
         n, last = conn.execute(select(func.count(), func.max(reviews.c.marked_at))).one()
@@ -623,7 +613,7 @@ def reviews_version(src: Source) -> tuple[int, str]:
 def failure_mode_counts(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
     """Images per (trial, failure mode) of the given trials; empty on a v1 store. NULL counts as not computed."""
     cols = ["trial_id", "failure_mode", "images"]
-    with _connect(src) as conn:
+    with connect(src) as conn:
         if not has_diagnostics(conn):
             return pd.DataFrame(columns=cols)
         # grouped on the bare column so ix_image_results_trial_mode covers the query: no table reads
@@ -639,7 +629,7 @@ def failure_mode_counts(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
 def sweep_failure_shares(src: Source, sweep: str) -> pd.DataFrame:
     """Per complete trial of a sweep: arch, number, val dice, params, images, and the share of its
     images in each failure mode (one column per mode present). Empty on a v1 store."""
-    with _connect(src) as conn:
+    with connect(src) as conn:
         done = _frame(conn, select(trials.c.id.label("trial_id"), trials.c.arch, trials.c.number, trials.c.val_dice,
                                    trials.c.params)
                       .where(trials.c.sweep == sweep, trials.c.state == "complete")
@@ -669,7 +659,7 @@ def trial_tail_scores(src: Source, sweep: str, metric: str = "dice", fraction: f
     m = _metric(metric)
     lower = metric in LOWER_IS_BETTER
     cols = ["trial_id", "arch", "number", "val_dice", "params", "images", "mean", "worst10_mean", "p10", "worst"]
-    with _connect(src) as conn:
+    with connect(src) as conn:
         done = conn.execute(select(trials.c.id, trials.c.arch, trials.c.number, trials.c.val_dice, trials.c.params)
                             .where(trials.c.sweep == sweep, trials.c.state == "complete")
                             .order_by(trials.c.arch, trials.c.number)).all()

@@ -18,8 +18,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.data.layout import image_rel
 from core.store import schema as st
-from core.store.engine import StoreError
-from core.store.suspicion import Source, _connect
+from core.store.engine import StoreError, connect
+from core.store.suspicion import Source
 
 EXPORT_COLUMNS = ("name", "path", "mark", "note", "score")
 
@@ -68,7 +68,7 @@ def marks(source: Source, dataset: str) -> pd.DataFrame:
     r = st.reviews
     stmt = (select(r.c.image, r.c.mark, r.c.note, r.c.marked_at).where(r.c.dataset == dataset)
             .order_by(r.c.marked_at.desc(), r.c.image))
-    with _connect(source) as conn:
+    with connect(source) as conn:
         result = conn.execute(stmt)
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
@@ -87,7 +87,7 @@ def export_csv(source: Source, dataset: str, sweep: str | None = None) -> str:
             .where(r.c.dataset == dataset).order_by(r.c.image))
     if sweep is not None:
         stmt = stmt.outerjoin(s, and_(s.c.sweep == sweep, s.c.image_id == i.c.id))
-    with _connect(source) as conn:
+    with connect(source) as conn:
         rows = conn.execute(stmt).all()
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

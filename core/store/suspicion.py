@@ -19,17 +19,16 @@ core.store.queries and only SELECTs.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import bindparam, case, inspect, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy.engine import Connection
 
 from core.labels import LabelParts, decode_votes, encode_votes, label_parts, suspicion, typical_entropy
 from core.store import schema as st
-from core.store.engine import executemany_columns
+from core.store.engine import connect, executemany_columns
 from core.store.mask_png import decode_mask
 
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
@@ -42,23 +41,10 @@ SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COL
 Source = Any  # a core.store.db.Store (its .engine), an Engine or a Connection; not imported: db imports this module
 
 
-@contextmanager
-def _connect(source: Source) -> Iterator[Connection]:
-    if isinstance(source, Connection):
-        yield source
-        return
-    engine: Engine = source if isinstance(source, Engine) else source.engine
-    with engine.connect() as conn:
-        yield conn
-
-
 def available(source: Source) -> bool:
     """Whether the store holds the label-suspicion tables and columns (schema v4 or later)."""
-    with _connect(source) as conn:
-        inspector = inspect(conn)
-        if not all(inspector.has_table(t.name) for t in (st.sweep_images, st.sweep_image_votes, st.truth_masks)):
-            return False
-        return "label_suspicion" in {c["name"] for c in inspector.get_columns(st.sweep_images.name)}
+    with connect(source) as conn:
+        return st.holds(st.stored_version(conn), st.sweep_images.name, "label_suspicion")
 
 
 def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFrame:
@@ -72,7 +58,7 @@ def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFra
                       s.c.dice_median, s.c.image_id))
     if limit is not None:
         stmt = stmt.limit(int(limit))
-    with _connect(source) as conn:
+    with connect(source) as conn:
         result = conn.execute(stmt)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     for column in (*LABEL_COLUMNS, "dice_median"):
@@ -83,7 +69,7 @@ def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFra
 def consensus(source: Source, sweep: str, image_id: int) -> np.ndarray | None:
     """The models' vote share per pixel of one image, (S, S) float in [0, 1]; None if no votes are stored."""
     v = st.sweep_image_votes
-    with _connect(source) as conn:
+    with connect(source) as conn:
         row = conn.execute(select(v.c.trials, v.c.votes).where(v.c.sweep == sweep, v.c.image_id == int(image_id))).first()
     if row is None or not row.trials:
         return None
@@ -93,7 +79,7 @@ def consensus(source: Source, sweep: str, image_id: int) -> np.ndarray | None:
 def truth(source: Source, image_id: int, image_size: int) -> np.ndarray | None:
     """An image's ground truth exactly as scored at `image_size`, (S, S) bool; None if not stored."""
     t = st.truth_masks
-    with _connect(source) as conn:
+    with connect(source) as conn:
         png = conn.execute(select(t.c.png).where(t.c.image_id == int(image_id), t.c.image_size == int(image_size))
                            ).scalar()
     return None if png is None else decode_mask(bytes(png))
