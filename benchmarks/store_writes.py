@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/store_writes.py --images 500 --no-before
 
 `Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows with their v2
-diagnostics, the masks, the sweep's per-image summaries (schema v3) and the trial update in one
-transaction, on a SQLite file in WAL mode as the jobs use it. The masks are pet-shaped: the real
+diagnostics, the masks, the sweep's per-image summaries (schema v3), its mask votes and suspect-label
+scores (v4) and the trial update in one transaction, on a SQLite file in WAL mode as the jobs use it.
+The test images' truths are recorded first, as a trial run does (the same shapes shifted 3 px), so each
+close reads them and scores every image; --no-truths leaves them out (no scores computed: the setup
+of the earlier figures in docs/benchmarks.md). The masks are pet-shaped: the real
 sample's trimaps (pet + border) resized to the mask size, cycled (and mirrored on every other pass)
 to the test-set size; the diagnostics are measured on them against the same shapes shifted. Before
 the timed rounds, `--prior-trials` complete trials fill the sweep, so its medians are kept by the
@@ -79,15 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior-trials", type=non_negative_int, default=24,
                    help="complete trials closed into the sweep before the timed ones")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where the trimaps come from")
+    p.add_argument("--no-truths", action="store_true", help="record no truths: the closes compute no label scores")
     args = p.parse_args(argv)
 
     import numpy as np
     from sqlalchemy import select
 
     import core.store.db as store_module
+    from core.labels import decode_votes
     from core.metrics import mask_diagnostics
     from core.store import summaries
     from core.store.db import ImageResults, Store, decode_mask, encode_mask
+    from core.store.schema import sweep_image_votes, sweep_images
 
     header("store writes: one trial's per-image results, diagnostics and masks on SQLite", args)
     masks = pet_masks(args.data.resolve(), args.mask_size, args.images)
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                  brightness=0.5, fg_fraction=0.3) for i in range(args.images)]
         ids = store.register_dataset("oxford-pets/bench", "oxford-pets", tmp, infos)
         image_ids = np.array([ids[f"img_{i}"] for i in range(args.images)], dtype=np.int64)
+        if not args.no_truths:  # as a trial run records them before it closes: the closes score every image
+            store.record_truths(image_ids, args.mask_size, [np.roll(m, 3, axis=1) for m in masks])
         number = iter(range(10**6))
         trials: list[int] = []
         timed_add_trial = UpkeepTimer()  # summaries.add_trial inside each timed finish_trial
@@ -170,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         for image_id in list(by_id)[:: max(1, args.images // 50)]:
             assert np.array_equal(decode_mask(by_id[image_id]), masks[position[image_id]]), "mask does not read back"
         mean_bytes = float(np.mean([len(png) for png in by_id.values()]))
+        with store.engine.connect() as conn:
+            votes = conn.execute(select(sweep_image_votes.c.votes)
+                                 .where(sweep_image_votes.c.sweep == "bench")).scalars().all()
+            scored = conn.execute(select(sweep_images.c.label_suspicion)
+                                  .where(sweep_images.c.sweep == "bench", sweep_images.c.label_suspicion.is_not(None))
+                                  ).scalars().all()
+        vote_bytes = float(np.mean([len(v) for v in votes])) if votes else float("nan")
+        vote_grid = "x".join(map(str, decode_votes(votes[0]).shape)) if votes else "-"
         old_bytes = float(np.mean([len(old_encode_mask(m)) for m in masks[:200]]))
         store.dispose()
 
@@ -180,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   summary upkeep inside finish_trial: {1000 * median(upkeep):.0f} ms median, {1000 * max(upkeep):.0f} ms "
           f"at most over {len(upkeep)} closes; {sum(recomputed)} of {len(recomputed) * args.images} image summaries "
           f"recomputed from image_results")
+    print(f"   mean votes blob {vote_bytes:.0f} bytes an image ({vote_grid} counts); {len(scored)} images scored")
     print(f"   mean mask PNG {mean_bytes:.0f} bytes (PIL optimize=True: {old_bytes:.0f} bytes, first 200 masks); "
           f"every 50th mask decoded back equal")
     if "finish_trial before" in results:

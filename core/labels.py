@@ -45,7 +45,13 @@ complete trials (its refits, one per architecture), so two models that agree alr
 the planted masks well: 0.684, median dice 0.622, cleanlab 0.599.
 
 The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
-trial adds its masks without reading the earlier ones again.
+trial adds its masks without reading the earlier ones again. They are kept on a grid of at most VOTE_GRID
+cells a side (on_grid: every s-th pixel of the mask and of the truth, s = ceil(side / VOTE_GRID)), so a close
+costs the same at any image size: at 64 px and below the grid is the image itself and every part is exact;
+at 256 px it is every 4th pixel of every 4th row, 16x less work. Subsampling with a stride is exact on counts
+(the grid's votes are the votes of its pixels), so the parts (area ratios) become estimates of the full-size
+ones from a 1-in-s^2 sample of the pixels, and the score is that of the subsampled masks and truth. Votes
+stored at full size by an older version are brought to the grid by the same slicing when next read.
 """
 from __future__ import annotations
 
@@ -61,6 +67,7 @@ CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the mod
 # on the pet benchmark's three runs planted wrong masks scored 0.37-1.34 and every other image at most
 # 0.48-0.56, 90% of them at most 0.36
 LIKELY_LABEL_ERROR = 0.5
+VOTE_GRID = 64        # votes are kept on at most this many cells a side (on_grid): a close's cost bounded per image
 VOTES = (np.dtype("u1"), np.dtype("<u2"))  # per-pixel vote counts as stored: one byte each up to 255 trials, else two
 _HEADER = struct.Struct("<HH")
 
@@ -75,27 +82,51 @@ class LabelParts:
     contradiction: np.ndarray
 
 
+def vote_stride(side: int) -> int:
+    """The stride that brings an image of `side` pixels (its larger side) to at most VOTE_GRID cells."""
+    return max(1, -(-int(side) // VOTE_GRID))
+
+
+def on_grid(pixels: np.ndarray) -> np.ndarray:
+    """A mask, truth or per-pixel vote counts (H, W) on the vote grid: every s-th pixel of every s-th row,
+    s = vote_stride(max(H, W)); the array itself (no copy) at VOTE_GRID or less a side. Exact on counts, and
+    on_grid(on_grid(x)) is on_grid(x), so votes stored at full size are brought to the grid by the same call."""
+    pixels = np.asarray(pixels)
+    step = vote_stride(max(pixels.shape))
+    return pixels if step == 1 else pixels[::step, ::step]
+
+
 def encode_votes(votes: np.ndarray) -> bytes:
     """Per-pixel vote counts (H, W) as stored (sweep_image_votes.votes): a (height, width) header, then the counts
     zlib-compressed, one byte each while they fit (up to 255 trials: half the work of a close), else two
-    (little-endian); the stream's length tells which."""
+    (little-endian); the stream's length tells which. Bool or uint8 counts are stored as they are, unscanned."""
     votes = np.asarray(votes)
     if votes.ndim != 2 or votes.size == 0:
         raise ValueError(f"votes must be a non-empty 2-D array, got shape {votes.shape}")
-    low, high = int(votes.min()), int(votes.max())
-    if low < 0 or high > np.iinfo(VOTES[-1]).max:
-        raise ValueError("vote counts must lie in 0..65535")
-    kind = VOTES[0] if high <= np.iinfo(VOTES[0]).max else VOTES[1]
+    if votes.dtype in (bool, VOTES[0]):  # one byte a count already: nothing to check
+        kind = VOTES[0]
+    else:
+        low, high = int(votes.min()), int(votes.max())
+        if low < 0 or high > np.iinfo(VOTES[-1]).max:
+            raise ValueError("vote counts must lie in 0..65535")
+        kind = VOTES[0] if high <= np.iinfo(VOTES[0]).max else VOTES[1]
     data = votes.view(np.uint8) if votes.dtype == bool else np.asarray(votes, dtype=kind)  # no copy where it can be
     return _HEADER.pack(*votes.shape) + zlib.compress(np.ascontiguousarray(data).tobytes(), 1)
 
 
 def decode_votes(blob: bytes) -> np.ndarray:
-    """Inverse of encode_votes: (H, W) int32 counts."""
+    """Inverse of encode_votes: (H, W) counts as stored, uint8 or uint16 (add_vote adds to them without overflow)."""
     height, width = _HEADER.unpack_from(blob)
     raw = zlib.decompress(blob[_HEADER.size:])
     kind = VOTES[0] if len(raw) == height * width else VOTES[1]
-    return np.frombuffer(raw, dtype=kind).reshape(height, width).astype(np.int32)
+    return np.frombuffer(raw, dtype=kind).reshape(height, width).copy()
+
+
+def add_vote(votes: np.ndarray, mask: np.ndarray, trials: int) -> np.ndarray:
+    """Counts of `trials` trials with one more mask of the same shape added: uint8 while `trials` + 1 fit in a
+    byte (encode_votes then stores them unscanned), else uint16."""
+    kind = VOTES[0] if trials + 1 <= 255 else VOTES[1]
+    return np.add(votes, mask.view(np.uint8) if mask.dtype == bool else mask, dtype=kind)  # bytes add fastest
 
 
 def _per_image(values: np.ndarray | float | None, n: int) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.labels import MIN_TRIALS, decode_votes, encode_votes, label_parts
+from core.labels import MIN_TRIALS, VOTE_GRID, add_vote, decode_votes, encode_votes, label_parts, on_grid
 
 S = 32
 
@@ -199,3 +199,27 @@ def test_the_benchmark_plants_in_busis_layout_and_removes_one_lesion_of_two(tmp_
     assert layout.lesions("benign/benign (3)") == 1 and layout.read("benign/benign (3)").sum() == square(4, 4, 8).sum()
     [(other, kind)] = [(n, k) for n, k in kinds.items() if n != "benign/benign (3)"]
     assert kind == "erased" and not layout.read(other).any()
+
+
+def test_the_vote_grid_keeps_every_pixel_up_to_64_px_and_a_fixed_stride_above():
+    rng = np.random.default_rng(1)
+    for side, step in ((24, 1), (64, 1), (65, 2), (128, 2), (256, 4), (300, 5)):
+        mask = rng.random((side, side)) < 0.5
+        cells = on_grid(mask)
+        assert cells.tolist() == mask[::step, ::step].tolist() and max(cells.shape) <= VOTE_GRID
+        assert on_grid(cells) is cells  # on the grid already: votes sliced once stay as they are
+    small = rng.random((64, 64)) < 0.5
+    assert on_grid(small) is small  # the quick preset's 64 px: the image itself, every part exact
+    votes = rng.integers(0, 9, (256, 256))  # an older version's full-size counts: sliced like the masks
+    assert on_grid(votes).tolist() == votes[::4, ::4].tolist()
+
+
+def test_a_vote_added_past_255_trials_widens_the_counts_instead_of_wrapping():
+    votes = np.full((2, 3), 254, np.uint8)
+    once = add_vote(votes, np.ones((2, 3), bool), 254)
+    assert once.dtype == np.uint8 and once.max() == 255
+    twice = add_vote(once, np.array([[True, False, True], [False, False, False]]), 255)
+    assert twice.dtype == np.uint16 and twice.tolist() == [[256, 255, 256], [255, 255, 255]]
+    stored = decode_votes(encode_votes(twice))
+    assert stored.dtype == np.uint16 and stored.tolist() == twice.tolist()
+    assert decode_votes(encode_votes(once)).dtype == np.uint8

@@ -94,6 +94,26 @@ def test_a_failed_write_leaves_no_partial_results(db_url: str, tmp_path: Path) -
     assert store.trial(tid)["state"] == "running"
 
 
+def test_masks_decode_alike_through_the_own_layout_and_through_pil_whole_or_on_the_vote_grid() -> None:
+    import io
+
+    from PIL import Image
+
+    from core.store.mask_png import _decode_own
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1), (3, 17), (64, 64), (65, 65), (33, 250), (256, 256)):
+        mask = rng.random(shape) < 0.4
+        own = encode_mask(mask)
+        buf = io.BytesIO()
+        Image.fromarray(mask).save(buf, format="PNG", optimize=True)  # another writer: rows filtered or not
+        assert _decode_own(own) is not None  # encode_mask's own layout: unpacked without PIL
+        for png in (own, buf.getvalue()):
+            assert np.array_equal(decode_mask(png), mask)
+            for step in (2, 4, 5):
+                assert np.array_equal(decode_mask(png, step), mask[::step, ::step]), (shape, step)
+
+
 def test_mask_png_is_small_at_256px() -> None:
     yy, xx = np.mgrid[:256, :256]
     blob = (xx - 128) ** 2 / 90**2 + (yy - 140) ** 2 / 70**2 < 1

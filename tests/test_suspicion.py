@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from core.labels import decode_votes, label_parts
+from core.labels import decode_votes, encode_votes, label_parts
 from core.metrics import mask_diagnostics
 from core.store import schema as st
 from core.store import summaries, suspicion
@@ -181,3 +181,107 @@ def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_pa
     ranked = suspicion.suspects(store, "s")
     assert len(ranked) == len(test) and ranked["label_suspicion"].notna().all() and (ranked["trials"] == 3).all()
     store.dispose()
+
+
+# -- 256 px: the votes on the 64-cell grid ---------------------------------------------------------------
+
+BIG = 256  # masks of this size keep their votes on every 4th pixel of every 4th row (core.labels.VOTE_GRID 64)
+
+
+def _rect(top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    mask = np.zeros((BIG, BIG), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+@pytest.fixture
+def big(db_url: str, tmp_path: Path) -> Store:
+    store = Store(db_url)
+    infos = [SimpleNamespace(name=f"big{k}", split="test", breed="b", species="cat", width=BIG, height=BIG,
+                             brightness=0.5, fg_fraction=0.3) for k in range(3)]
+    store.ids = store.register_dataset("synthetic/big", "synthetic", tmp_path, infos)  # type: ignore[attr-defined]
+    store.record_truths(_big_ids(store), BIG, np.stack([_rect(0, 128, 0, 128)] * 3))
+    yield store
+    store.dispose()
+
+
+def _big_ids(store: Store) -> np.ndarray:
+    return np.array([store.ids[f"big{k}"] for k in range(3)])  # type: ignore[attr-defined]
+
+
+def _big_masks(number: int) -> np.ndarray:
+    """Trial `number`'s masks: big0 the truth shifted 66 px right by every model (an edge between grid columns),
+    big1 the truth itself, big2 a square that moves from trial to trial (split votes)."""
+    return np.stack([_rect(0, 128, 66, 194), _rect(0, 128, 0, 128), _rect(30 + 7 * number, 150, 41, 171 - 5 * number)])
+
+
+def _close_big(store: Store, number: int, masks: np.ndarray | None = None) -> None:
+    tid = store.start_trial(sweep="big", study="big/unet", arch="unet", number=number, params={}, device="cpu",
+                            dataset="synthetic/big", image_size=BIG)
+    masks = _big_masks(number) if masks is None else masks
+    dice = np.array([0.3, 0.9, 0.5]) + 0.01 * number
+    diagnostics = mask_diagnostics(masks, masks)
+    diagnostics.entropy = np.array([0.1, 0.2, 0.6]) + 0.02 * number
+    store.finish_trial(tid, state="complete", val_dice=0.5, results=ImageResults(
+        _big_ids(store), dice, dice, dice, masks=masks, diagnostics=diagnostics))
+
+
+def _big_rows(store: Store) -> tuple[dict, dict]:
+    s, v = st.sweep_images, st.sweep_image_votes
+    with store.engine.connect() as conn:
+        labels = {r.image_id: tuple(r[1:]) for r in conn.execute(
+            select(s.c.image_id, *(s.c[c] for c in suspicion.LABEL_COLUMNS), s.c.dice_median, s.c.entropy_median)
+            .where(s.c.sweep == "big"))}
+        votes = {r.image_id: (r.trials, decode_votes(r.votes)) for r in conn.execute(
+            select(v.c.image_id, v.c.trials, v.c.votes).where(v.c.sweep == "big"))}
+    return labels, votes
+
+
+def test_a_256_px_close_keeps_votes_on_the_64_grid_and_scores_the_subsampled_masks(big: Store) -> None:
+    for number in range(3):
+        _close_big(big, number)
+    labels, votes = _big_rows(big)
+    ids = _big_ids(big).tolist()
+    truth = _rect(0, 128, 0, 128)
+    total = np.sum([_big_masks(j) for j in range(3)], axis=0)
+    for k, image_id in enumerate(ids):
+        trials, counts = votes[image_id]
+        assert trials == 3 and counts.shape == (64, 64) and counts.tolist() == total[k][::4, ::4].tolist()
+    # big0 by hand on the grid: columns 68..192 of the models against 0..124 of the mask, 32 rows each; the
+    # overlap is 15 of 32 columns (62 of 128 px at full size: 0.484), 34 of 49 united columns unanimous against
+    # the mask (132 of 194 px: 0.680)
+    dice0, agreement0, contradiction0 = labels[ids[0]][1:4]
+    assert dice0 == pytest.approx(15 / 32) and agreement0 == 1.0 and contradiction0 == pytest.approx(34 / 49)
+    assert labels[ids[1]][1:4] == (1.0, 1.0, 0.0)  # every model draws the mask: nothing against it
+    entropy = np.array([labels[i][5] for i in ids])
+    expected = label_parts([total[k][::4, ::4] for k in range(3)], 3, [truth[::4, ::4]] * 3, entropy,
+                           np.array([labels[i][4] for i in ids]), typical=float(np.median(entropy)))
+    for k, image_id in enumerate(ids):
+        want = tuple(float(getattr(expected, c)[k]) for c in suspicion.LABEL_COLUMNS)
+        assert labels[image_id][:4] == pytest.approx(want)
+    # the dashboard's consensus is drawn at the image's size, from the masks themselves
+    assert suspicion.consensus(big, "big", ids[2]).tolist() == (total[2] / 3).tolist()
+
+
+def test_older_full_size_votes_are_sliced_to_the_grid_and_the_next_close_adds_to_them(big: Store) -> None:
+    for number in range(2):
+        _close_big(big, number)
+    v = st.sweep_image_votes
+    old = np.sum([_big_masks(j) for j in range(2)], axis=0)
+    with big.engine.begin() as conn:  # as an older version stored them: every pixel's count, 256 x 256
+        for k, image_id in enumerate(_big_ids(big).tolist()):
+            conn.execute(update(v).where(v.c.sweep == "big", v.c.image_id == image_id)
+                         .values(votes=encode_votes(old[k])))
+    assert _big_rows(big)[1][int(_big_ids(big)[0])][1].shape == (BIG, BIG)
+    _close_big(big, 2)
+    kept = _big_rows(big)
+    total = old + _big_masks(2)
+    for k, image_id in enumerate(_big_ids(big).tolist()):
+        trials, counts = kept[1][image_id]
+        assert trials == 3 and counts.tolist() == total[k][::4, ::4].tolist()
+    with big.engine.begin() as conn:
+        summaries.rebuild(conn, "big")  # from every stored mask: the same counts and scores
+    rebuilt = _big_rows(big)
+    assert rebuilt[0] == kept[0]
+    as_lists = lambda votes: {i: (n, c.tolist()) for i, (n, c) in votes.items()}  # noqa: E731
+    assert as_lists(rebuilt[1]) == as_lists(kept[1])

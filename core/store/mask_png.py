@@ -34,6 +34,45 @@ def encode_mask(mask: np.ndarray) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def decode_mask(png: bytes) -> np.ndarray:
-    """Inverse of encode_mask: (S, S) bool."""
-    return np.asarray(Image.open(io.BytesIO(png)).convert("1"), dtype=bool)
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_OWN_HEADER = struct.Struct(">IIBBBBB")  # IHDR: width, height, bit depth, colour type, compression, filter, interlace
+
+
+def decode_mask(png: bytes, step: int = 1) -> np.ndarray:
+    """Inverse of encode_mask: (H, W) bool; with `step`, only every step-th pixel of every step-th row
+    (mask[::step, ::step], as core.labels.on_grid takes them for the votes), the other rows left packed.
+
+    encode_mask's own layout (1-bit grayscale, no interlace, every row filter "none") is unpacked directly,
+    about 5x faster than through PIL (10x on the grid), which matters where every test image's truth is read at
+    each close (core.store.suspicion). Any other PNG (PIL's filtered rows, another bit depth) goes through PIL."""
+    own = _decode_own(bytes(png), step)
+    if own is not None:
+        return own
+    return np.asarray(Image.open(io.BytesIO(png)).convert("1"), dtype=bool)[::step, ::step]
+
+
+def _decode_own(png: bytes, step: int = 1) -> np.ndarray | None:
+    """The mask of a PNG in encode_mask's layout, every step-th pixel of every step-th row; None for any other
+    PNG (or a damaged one: PIL says why)."""
+    if not png.startswith(_SIGNATURE) or png[12:16] != b"IHDR" or len(png) < 33:
+        return None
+    width, height, depth, colour, _, _, interlace = _OWN_HEADER.unpack_from(png, 16)
+    if (depth, colour, interlace) != (1, 0, 0) or not width or not height:
+        return None
+    data, at = [], 33
+    while at + 8 <= len(png):  # the IDAT chunks' data, in order (CRCs are not checked: zlib checks its stream)
+        length, tag = struct.unpack_from(">I", png, at)[0], png[at + 4:at + 8]
+        if tag == b"IDAT":
+            data.append(png[at + 8:at + 8 + length])
+        at += 12 + length
+    try:
+        raw = zlib.decompress(b"".join(data))
+    except zlib.error:
+        return None
+    row = 1 + (width + 7) // 8
+    if len(raw) != height * row:
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(height, row)
+    if rows[:, 0].any():  # a row with a filter: PIL's rows, not encode_mask's
+        return None
+    return np.unpackbits(rows[::step, 1:], axis=1, count=width)[:, ::step].astype(bool)

@@ -190,7 +190,8 @@ sweep_image_votes = Table(
     "sweep_image_votes", metadata,
     Column("sweep", String(255), primary_key=True),
     Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
-    # v4: per pixel, how many of the sweep's complete trials predicted foreground (core.labels.VOTES, zlib)
+    # v4: per cell of the vote grid (core.labels.on_grid: every pixel up to 64 px, at most 64 x 64 cells above),
+    # how many of the sweep's complete trials predicted foreground (core.labels.VOTES, zlib)
     Column("trials", Integer, nullable=False),
     Column("votes", LargeBinary, nullable=False),
 )

@@ -1,7 +1,7 @@
 """The suspect-label score in the store: mask votes and sweep_images' label columns, kept up to date.
 
 Closing a trial as complete adds its predicted masks to the votes of its sweep (sweep_image_votes, one
-row of per-pixel counts per image), recomputes the vote parts of its test images (consensus_dice,
+row of counts on the vote grid per image), recomputes the vote parts of its test images (consensus_dice,
 agreement, contradiction; core.labels) from their votes and truths, and then label_suspicion of every
 image of the sweep from those parts and the summaries' dice and entropy medians (the sweep's typical
 entropy moves with every close), in the transaction that closes it (core.store.summaries.add_trial calls
@@ -10,15 +10,20 @@ and one pass over the sweep's summary rows: no earlier trial's masks are read ag
 a sweep's votes from every stored mask (the upgrade, summaries.rebuild). Both hold at most CHUNK images'
 votes in memory at a time.
 
-Votes are kept at one image size per image: the size of the first mask counted (a sweep evaluates at
-one size); masks of another size are left out of the votes. The truth compared against is
-truth_masks at that size; without one the label columns stay NULL.
+Votes are kept on the vote grid (core.labels.on_grid: at most VOTE_GRID cells a side, every s-th pixel of
+a larger mask), so a close reads and writes at most 64 x 64 counts an image whatever the image size; votes
+an older version stored at full size are sliced to the grid when next read. A mask whose grid differs from
+the stored votes' is left out (a sweep evaluates at one size; two sizes with one grid, 128 and 256 px, would
+count together). The truth compared against is truth_masks at the size of the image's latest mask counted,
+on the same grid (decoded once per worker: truths never change); without one the label columns stay NULL.
 
 The read side (`suspects`, `consensus`, `truth`, `available`) takes a Store, Engine or Connection like
-core.store.queries and only SELECTs.
+core.store.queries and only SELECTs; `consensus`, which the dashboard shows at the image's size, counts
+the stored masks themselves rather than the grid.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,13 +31,15 @@ import pandas as pd
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.engine import Connection
 
-from core.labels import LabelParts, decode_votes, encode_votes, label_parts, suspicion, typical_entropy
+from core.labels import (LabelParts, add_vote, decode_votes, encode_votes, label_parts, on_grid, suspicion,
+                         typical_entropy, vote_stride)
 from core.store import schema as st
 from core.store.engine import connect, executemany_columns
 from core.store.mask_png import decode_mask
 
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
-CHUNK = 256  # images whose votes are held in memory at once (256 px: 64 MB)
+TRUTHS_KEPT = 8192  # truths on the grid kept decoded, by their PNG (at 256 px: about 5 KB each with its key)
+CHUNK = 256  # images whose votes are held in memory at once (and their masks' rows read by a rebuild)
 SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "dice_median", "trials")
 
 
@@ -67,13 +74,26 @@ def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFra
 
 
 def consensus(source: Source, sweep: str, image_id: int) -> np.ndarray | None:
-    """The models' vote share per pixel of one image, (S, S) float in [0, 1]; None if no votes are stored."""
-    v = st.sweep_image_votes
+    """The models' vote share per pixel of one image at its mask size, (S, S) float in [0, 1]: the mean of the
+    sweep's complete trials' stored masks of the size of the latest one (the stored votes are on the coarser
+    vote grid, too blocky to show); None if none is stored. Reads one mask per trial: for the few shown cards."""
+    m, t = st.masks, st.trials
+    stmt = (select(m.c.png).join_from(m, t, t.c.id == m.c.trial_id)
+            .where(t.c.sweep == sweep, t.c.state == "complete", m.c.image_id == int(image_id))
+            .order_by(t.c.finished_at.desc(), t.c.id.desc()))
     with connect(source) as conn:
-        row = conn.execute(select(v.c.trials, v.c.votes).where(v.c.sweep == sweep, v.c.image_id == int(image_id))).first()
-    if row is None or not row.trials:
+        pngs = conn.execute(stmt).scalars().all()
+    masks = [mask for mask in map(_readable, pngs) if mask is not None]
+    masks = [mask for mask in masks if mask.shape == masks[0].shape]
+    return np.mean(masks, axis=0) if masks else None
+
+
+def _readable(png: bytes) -> np.ndarray | None:
+    """A stored mask, or None where it cannot be read (it counts as no vote, as in `rebuild`)."""
+    try:
+        return decode_mask(bytes(png))
+    except Exception:
         return None
-    return decode_votes(bytes(row.votes)) / float(row.trials)
 
 
 def truth(source: Source, image_id: int, image_size: int) -> np.ndarray | None:
@@ -87,8 +107,9 @@ def truth(source: Source, image_id: int, image_size: int) -> np.ndarray | None:
 
 # -- upkeep --------------------------------------------------------------------------------------------
 
-def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-    """Stored truths of (image id, size) pairs that have one."""
+def _grid_truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    """Stored truths of (image id, size) pairs that have one, on the vote grid (decoded on it: a close reads
+    every test image's truth)."""
     t = st.truth_masks
     found: dict[tuple[int, int], np.ndarray] = {}
     for size in sorted({s for _, s in keys}):
@@ -97,8 +118,17 @@ def _truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int
             rows = conn.execute(select(t.c.image_id, t.c.png)
                                 .where(t.c.image_size == size, t.c.image_id.in_(ids[start:start + 500])))
             for image_id, png in rows:
-                found[(int(image_id), size)] = decode_mask(bytes(png))
+                found[(int(image_id), size)] = _grid_truth(bytes(png), vote_stride(size))
     return found
+
+
+@functools.lru_cache(maxsize=TRUTHS_KEPT)
+def _grid_truth(png: bytes, step: int) -> np.ndarray:
+    """One stored truth on the vote grid (read-only), kept by its PNG bytes: a worker closing trial after trial
+    reads every test image's truth at each close, and a truth never changes (another one has other bytes)."""
+    truth = decode_mask(png, step)
+    truth.flags.writeable = False
+    return truth
 
 
 PART_COLUMNS = ("consensus_dice", "agreement", "contradiction")  # per image, from its votes and truth
@@ -107,15 +137,23 @@ PART_COLUMNS = ("consensus_dice", "agreement", "contradiction")  # per image, fr
 Parts = dict[int, tuple[Any, ...]]  # image id -> its PART_COLUMNS values (None: not computed)
 
 
-def _parts(conn: Connection, ids: list[int], votes: list[np.ndarray], trials: list[int]) -> Parts:
-    """The vote parts (PART_COLUMNS) of these images from their votes and stored truths; `_rescore` writes them
-    with label_suspicion."""
-    truths = _truths(conn, [(i, v.shape[0]) for i, v in zip(ids, votes) if v.shape[0] == v.shape[1]])
+def _side(mask: np.ndarray) -> int | None:
+    """The image size a mask was evaluated at (its truth's truth_masks.image_size); None if not square."""
+    return int(mask.shape[0]) if mask.shape[0] == mask.shape[1] else None
+
+
+def _parts(conn: Connection, ids: list[int], votes: list[np.ndarray], trials: list[int],
+           sides: list[int | None]) -> Parts:
+    """The vote parts (PART_COLUMNS) of these images from their votes (on the grid) and stored truths at the
+    sizes their latest masks were evaluated at (`sides`), on the same grid; `_rescore` writes them with
+    label_suspicion."""
+    truths = _grid_truths(conn, [(i, side) for i, side in zip(ids, sides) if side is not None])
     found: Parts = {i: (None,) * len(PART_COLUMNS) for i in ids}
-    scored = [k for k, (i, v) in enumerate(zip(ids, votes)) if truths.get((i, v.shape[0]), np.zeros(0)).shape == v.shape]
+    scored = [k for k, (i, v, side) in enumerate(zip(ids, votes, sides))
+              if truths.get((i, side), np.zeros(0)).shape == v.shape]
     if scored:
         parts: LabelParts = label_parts([votes[k] for k in scored], np.array([trials[k] for k in scored]),
-                                        [truths[(ids[k], votes[k].shape[0])] for k in scored])
+                                        [truths[(ids[k], sides[k])] for k in scored])
         columns = [getattr(parts, c).tolist() for c in PART_COLUMNS]
         for j, k in enumerate(scored):
             found[ids[k]] = tuple(None if c[j] != c[j] else float(c[j]) for c in columns)
@@ -169,22 +207,25 @@ def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Seq
 
 def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.ndarray], fresh: Parts) -> int:
     v = st.sweep_image_votes
-    scored: dict[int, tuple[np.ndarray, int]] = {}
+    stored: dict[int, tuple[np.ndarray, int]] = {}
     for image_id, n, blob in conn.execute(select(v.c.image_id, v.c.trials, v.c.votes)
                                           .where(v.c.sweep == sweep, v.c.image_id.in_(ids))):
-        scored[int(image_id)] = (decode_votes(bytes(blob)), int(n))
+        stored[int(image_id)] = (on_grid(decode_votes(bytes(blob))), int(n))  # an older version's full size: sliced
+    scored: dict[int, tuple[np.ndarray, int, int | None]] = {}  # the images counted: votes, trials, truth size
     new_rows, old_rows = [], []
     for image_id, mask in zip(ids, masks):
         mask = np.asarray(mask, dtype=bool)  # no copy when it is one already
-        if image_id in scored:
-            votes, n = scored[image_id]
-            if votes.shape != mask.shape:  # votes are kept at the size of the first mask counted
+        cells = on_grid(mask)
+        if image_id in stored:
+            votes, n = stored[image_id]
+            if votes.shape != cells.shape:  # votes are kept on the grid of the first mask counted
                 continue
-            scored[image_id] = (votes + mask, n + 1)
-            old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes + mask)})
+            votes = add_vote(votes, cells, n)
+            scored[image_id] = (votes, n + 1, _side(mask))
+            old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes)})
         else:
-            scored[image_id] = (mask, 1)  # bool: one vote a pixel; encode_votes stores it without a copy
-            new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(mask)})
+            scored[image_id] = (cells, 1, _side(mask))  # bool: one vote a cell; encode_votes stores it as bytes
+            new_rows.append({"sweep": sweep, "image_id": image_id, "trials": 1, "votes": encode_votes(cells)})
     if new_rows:  # through the driver: SQLAlchemy's executemany builds every row's parameters in Python
         executemany_columns(conn, insert(v).values({k: bindparam(k) for k in new_rows[0]}),
                             {k: [row[k] for row in new_rows] for k in new_rows[0]})
@@ -194,7 +235,7 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
                             .values(trials=bindparam("trials"), votes=bindparam("votes")),
                             {"key_sweep": [sweep] * len(old_rows), **{k: [row[k] for row in old_rows] for k in old_rows[0]}})
     order = list(scored)
-    fresh.update(_parts(conn, order, [scored[i][0] for i in order], [scored[i][1] for i in order]))
+    fresh.update(_parts(conn, order, *([scored[i][j] for i in order] for j in range(3))))
     return len(new_rows) + len(old_rows)
 
 
@@ -215,25 +256,25 @@ def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int], fresh: Parts) -
     stmt = (select(m.c.image_id, m.c.png).join_from(m, t, t.c.id == m.c.trial_id)
             .where(t.c.sweep == sweep, t.c.state == "complete", m.c.image_id.in_(ids))
             .order_by(t.c.finished_at, t.c.id))
-    votes: dict[int, np.ndarray] = {}
+    votes: dict[int, np.ndarray] = {}  # on the grid
     trials: dict[int, int] = {}
+    sides: dict[int, int | None] = {}  # the size of each image's latest mask counted: its truth's
     counted = 0
     result = conn.execute(stmt)
     try:
         while rows := result.fetchmany(2000):
             for image_id, png in rows:
-                try:
-                    mask = decode_mask(bytes(png))
-                except Exception:  # an unreadable mask counts as no vote
+                if (mask := _readable(png)) is None:
                     continue
-                image_id = int(image_id)
+                image_id, cells = int(image_id), on_grid(mask)
                 if image_id not in votes:
-                    votes[image_id], trials[image_id] = mask.astype(np.int32), 1
-                elif votes[image_id].shape == mask.shape:
-                    votes[image_id] += mask
+                    votes[image_id], trials[image_id] = cells.astype(np.int32), 1
+                elif votes[image_id].shape == cells.shape:
+                    votes[image_id] += cells
                     trials[image_id] += 1
                 else:
                     continue
+                sides[image_id] = _side(mask)
                 counted += 1
     finally:
         result.close()
@@ -242,5 +283,5 @@ def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int], fresh: Parts) -
     done = sorted(votes)
     conn.execute(insert(st.sweep_image_votes), [{"sweep": sweep, "image_id": i, "trials": trials[i],
                                                  "votes": encode_votes(votes[i])} for i in done])
-    fresh.update(_parts(conn, done, [votes[i] for i in done], [trials[i] for i in done]))
+    fresh.update(_parts(conn, done, [votes[i] for i in done], [trials[i] for i in done], [sides[i] for i in done]))
     return counted
