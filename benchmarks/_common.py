@@ -243,7 +243,7 @@ def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) 
     from core.training import loop
 
     device = loop.select_device(cfg.device)
-    amp = loop.select_amp(device, cfg.amp)
+    amp = loop.choose_amp(cfg, device)
     channels_last = loop.use_channels_last(cfg, device)
     rng = np.random.default_rng(cfg.seed)
     shape = (cfg.batch_size, cfg.image_size, cfg.image_size)

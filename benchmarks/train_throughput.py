@@ -282,14 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     from core.data.augment import AugmentConfig
     from core.models import count_flops
-    from core.training.loop import TrainConfig, select_amp, select_device
+    from core.training.loop import TrainConfig, choose_amp, select_device
 
     header("training throughput: core.training.loop.fit vs the lab-report loop", args)
     if no_dataset(args.data):
         return 2
     base = TrainConfig(width=args.width, image_size=args.image_size, epochs=2, batch_size=args.batch_size, lr=1e-4,
                        augment=AugmentConfig.reports(), device="cpu")
-    amp = select_amp(select_device(base.device), base.amp)  # what fit will autocast to on this CPU
+    amp = choose_amp(base, select_device(base.device))  # what fit will autocast to on this CPU (measured)
     print(f"   the trainer runs {dtype_name(amp)} on this CPU (autocast {'on' if amp else 'off'}); "
           f"the reference runs fp32")
     archs = [a for a in args.archs.split(",") if a]

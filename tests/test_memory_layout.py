@@ -52,6 +52,6 @@ def test_an_explicit_layout_or_a_cuda_device_measures_nothing(monkeypatch):
 
 def test_the_real_measurement_returns_a_layout_that_trains(monkeypatch):
     monkeypatch.setattr(loop, "_MEASURED_LAYOUT", {})
-    cfg = TrainConfig(arch="unet", width=0.125, image_size=32, batch_size=2)
+    cfg = TrainConfig(arch="unet", width=0.125, image_size=32, batch_size=2, amp="off")  # the precision: test_precision
     assert isinstance(use_channels_last(cfg, torch.device("cpu")), bool)
     assert len(loop._MEASURED_LAYOUT) == 1

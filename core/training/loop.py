@@ -1,7 +1,7 @@
 """The one training loop every job uses: fit a model on a prepared dataset, then predict.
 
 Readable first (nanoGPT-style): the loop is `fit`; the speed tricks (uint8 batches moved
-once and normalised on the device, channels_last where it measures faster, mixed precision, fused AdamW,
+once and normalised on the device, channels_last and bf16 where they measure faster, fused AdamW,
 unthreaded OpenCV augmentation, freed memory kept on CPUs, optional torch.compile) are set up
 around it and never inside its logic. What each is worth: benchmarks/train_throughput.py --ablations.
 """
@@ -61,8 +61,8 @@ class TrainConfig:
     flip_tta: bool = True          # evaluate on each image and its mirror image, logits averaged
     keep: str = "last"             # the weights fit returns: "last" (the schedule's end) or "best" (by val dice)
     device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
-    amp: str = "auto"              # auto | bf16 | fp16 | off
-    channels_last: bool | None = None  # None: channels_last on CUDA, plain NCHW elsewhere (faster on CPU)
+    amp: str = "auto"              # auto (CUDA: bf16/fp16; CPU: bf16 where measured faster, choose_amp) | bf16 | fp16 | off
+    channels_last: bool | None = None  # None: channels_last on CUDA, measured on a CPU (use_channels_last)
     compile: bool = False
     seed: int = 0
     num_workers: int = -1          # -1: chosen for the device
@@ -198,6 +198,27 @@ def select_amp(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+BF16_GAIN = 0.1  # on a CPU, bf16 autocast only when its measured step is at least this much faster than fp32
+_MEASURED_AMP: dict[tuple[Any, ...], bool] = {}
+
+
+def choose_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype fit, predict and step_seconds use: select_amp, except that amp='auto' on a CPU
+    with native bf16 measures a bf16 and an fp32 step (once per process and step shape) and takes bf16
+    only where it wins by BF16_GAIN. Native bf16 is not always faster: on a 2-core Intel Xeon with
+    AVX512-BF16 and no AMX, a quarter-width unet step at 64 px, batch 8, ran at 76-84 images/s in bf16
+    and 85-104 in fp32 (and bf16 at batch 16 in NCHW at 13-25), so the CPU kind alone cannot decide."""
+    dtype = select_amp(device, cfg.amp)
+    if cfg.amp != "auto" or device.type != "cpu" or dtype is None:
+        return dtype
+    key = (cfg.arch, cfg.width, cfg.members, cfg.image_size, cfg.batch_size, cfg.compile, torch.get_num_threads())
+    if key not in _MEASURED_AMP:
+        bf16 = step_seconds(replace(cfg, amp="bf16"), steps=3)
+        fp32 = step_seconds(replace(cfg, amp="off"), steps=3)
+        _MEASURED_AMP[key] = bf16 < fp32 * (1 - BF16_GAIN)
+    return dtype if _MEASURED_AMP[key] else None
 
 
 def seed_everything(seed: int) -> None:
@@ -372,7 +393,7 @@ def step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
     """Seconds one training step of `cfg` takes here (median of `steps`, after a warm-up step),
     on random batches: what a budget can afford, known before anything is trained."""
     device = select_device(cfg.device)
-    model, _, train_step = build_step(cfg, device, select_amp(device, cfg.amp))
+    model, _, train_step = build_step(cfg, device, choose_amp(cfg, device))
     model.train()
     n = cfg.batch_size * cfg.members  # an ensemble's step: one batch per member
     x = torch.randn(n, 3, cfg.image_size, cfg.image_size, device=device)
@@ -414,7 +435,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
         raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}")
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    amp_dtype = select_amp(device, cfg.amp)
+    amp_dtype = choose_amp(cfg, device)
     train_idx, val_idx = data.indices("train"), data.indices("val")
     if len(train_idx) == 0:
         raise ValueError("the dataset has no training images")
@@ -510,7 +531,7 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
     entropy): the test evaluation asks for them, the per-epoch validation does not.
     """
     device = device or select_device(cfg.device)
-    amp_dtype = select_amp(device, cfg.amp)
+    amp_dtype = choose_amp(cfg, device)
     normalize = Normalizer(device, use_channels_last(cfg, device))
     criterion = SegmentationLoss(cfg.bce_weight, cfg.dice_weight, cfg.focal_weight)
     was_training = model.training
