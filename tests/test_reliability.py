@@ -224,7 +224,10 @@ def names(root: Path, split_file: str) -> list[str]:
 
 def test_a_sigkilled_worker_costs_only_the_trial_it_hit(data_root: Path, tmp_path: Path) -> None:
     db = tmp_path / "results.db"
-    cmd = [sys.executable, "-m", "jobs.sweep", *sweep_argv(data_root, str(db), 3, "--pruner", "none", epochs=4)]
+    # every checkpoint kept: pruning to the best (the default) may rightly clear a finished trial's
+    # checkpoint column once a later trial beats it, which is not a lost row
+    cmd = [sys.executable, "-m", "jobs.sweep", *sweep_argv(data_root, str(db), 3, "--pruner", "none",
+                                                           "--keep-checkpoints", "all", epochs=4)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
