@@ -17,6 +17,7 @@ def _timed(monkeypatch, nchw_s: float, channels_last_s: float) -> list[bool]:
 
     monkeypatch.setattr(loop, "step_seconds", fake_step_seconds)
     monkeypatch.setattr(loop, "_MEASURED_LAYOUT", {})
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)  # fp32 without timing: the layout alone (test_precision)
     return asked
 
 

@@ -66,3 +66,22 @@ def test_the_real_measurement_picks_a_precision_that_trains(monkeypatch):
     assert choose_amp(cfg, CPU) in (None, torch.bfloat16)
     assert len(loop._MEASURED_AMP) == (1 if loop.cpu_has_fast_bf16() else 0)
     assert loop.step_seconds(cfg, steps=1) > 0
+
+
+def test_the_layout_under_auto_precision_reuses_the_timings_of_the_precision_chosen(monkeypatch):
+    asked: list[tuple[str, bool | None]] = []
+
+    def fake_step_seconds(cfg: TrainConfig, steps: int = 3) -> float:
+        asked.append((cfg.amp, cfg.channels_last))
+        return 0.1 if cfg.amp == "off" else 0.2  # fp32 wins; neither layout does
+    monkeypatch.setattr(loop, "step_seconds", fake_step_seconds)
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(loop, "_MEASURED_AMP", {})
+    monkeypatch.setattr(loop, "_MEASURED_LAYOUT", {})
+    cfg = TrainConfig(arch="unet")
+    assert choose_amp(cfg, CPU) is None
+    loop._MEASURED_LAYOUT[("unet", 1.0, 1, 64, 8, "off", False, torch.get_num_threads())] = True
+    loop._MEASURED_LAYOUT[("unet", 1.0, 1, 64, 8, "bf16", False, torch.get_num_threads())] = False
+    asked.clear()
+    assert loop.use_channels_last(cfg, CPU) is True  # fp32's layout, no new timing
+    assert asked == []

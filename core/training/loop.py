@@ -169,6 +169,8 @@ def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
         return cfg.channels_last
     if device.type != "cpu":
         return device.type == "cuda"
+    if cfg.amp == "auto":  # the precision choose_amp settled on: its timings measured this layout already
+        cfg = replace(cfg, amp="bf16" if choose_amp(cfg, device) == torch.bfloat16 else "off")
     key = (cfg.arch, cfg.width, cfg.members, cfg.image_size, cfg.batch_size, cfg.amp, cfg.compile,
            torch.get_num_threads())
     if key not in _MEASURED_LAYOUT:
