@@ -140,18 +140,25 @@ def test_the_benchmark_measures_auroc_and_precision_among_the_top_k():
     assert precision_at_k(np.array([0.9, 0.1, 0.8, 0.2, 0.3]), planted, 2) == 0.5
 
 
-def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_url, tmp_path, capsys):
+def ten_test_images(db_url: str, tmp_path):
+    """A store with ten S x S test images im0..im9 registered: the store, their names and ids."""
     from types import SimpleNamespace
 
-    from benchmarks.label_errors import evaluate, report, store_scores
-    from core.store.db import ImageResults, Store
+    from core.store.db import Store
 
     store = Store(db_url)
     names = [f"im{k}" for k in range(10)]
     infos = [SimpleNamespace(name=n, split="test", breed="b", species="cat", width=S, height=S, brightness=0.5,
                              fg_fraction=0.3) for n in names]
     ids = store.register_dataset("synthetic/b", "synthetic", tmp_path, infos)
-    image_ids = np.array([ids[n] for n in names])
+    return store, names, np.array([ids[n] for n in names])
+
+
+def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_url, tmp_path, capsys):
+    from benchmarks.label_errors import evaluate, report, store_scores
+    from core.store.db import ImageResults
+
+    store, names, image_ids = ten_test_images(db_url, tmp_path)
     truth = np.stack([square(8, 8, 16)] * 10)
     truth[0] = False               # planted: erased
     truth[1] = square(16, 16, 16)  # planted: shifted
@@ -199,6 +206,72 @@ def test_the_benchmark_plants_in_busis_layout_and_removes_one_lesion_of_two(tmp_
     assert layout.lesions("benign/benign (3)") == 1 and layout.read("benign/benign (3)").sum() == square(4, 4, 8).sum()
     [(other, kind)] = [(n, k) for n, k in kinds.items() if n != "benign/benign (3)"]
     assert kind == "erased" and not layout.read(other).any()
+
+
+def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks_the_stored_score(db_url, tmp_path):
+    from benchmarks.label_errors import check_reproduces, mask_dice, over_plantings, read_sweep, store_rankings
+    from core.metrics import mask_diagnostics
+    from core.store.db import ImageResults
+
+    store, names, image_ids = ten_test_images(db_url, tmp_path)
+    clean = np.stack([square(8, 8, 16)] * 10)
+    truth = clean.copy()
+    truth[0] = False               # the sweep's planting: erased
+    truth[1] = square(16, 16, 16)  # and shifted
+    store.record_truths(image_ids, S, truth)
+    rng = np.random.default_rng(0)
+    preds = []
+    for number in range(3):
+        pred = clean.copy()
+        pred[5] = rng.random((S, S)) < 0.5  # a hard image: every model guesses differently
+        preds.append(pred)
+        dice = mask_dice(pred, truth)
+        diagnostics = mask_diagnostics(pred, truth)
+        diagnostics.entropy = rng.uniform(0.1, 0.6, 10)
+        store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
+                                             device="cpu", dataset="synthetic/b", image_size=S),
+                           state="complete", val_dice=0.5,
+                           results=ImageResults(image_ids, dice, dice, dice, masks=pred, diagnostics=diagnostics))
+    store.dispose()
+    sweep = read_sweep(db_url, "b", names)
+    assert sweep.masks.tolist() == np.stack(preds).tolist() and sweep.truth.tolist() == truth.tolist()
+    check_reproduces(sweep, truth)  # the store's own label_suspicion, recomputed from its masks and entropies
+    assert min(sweep.suspicion[[0, 1]]) > 0.7 > 0.4 > max(np.delete(sweep.suspicion, [0, 1]))
+    # against the clean masks nothing is planted: the models agree with every mask but the hard image's
+    again = store_rankings(sweep, clean)
+    assert again["suspect-label score"][[0, 1]].tolist() == [0.0, 0.0]
+    assert again["median dice"] == pytest.approx(1 - np.median(mask_dice(np.stack(preds), clean[None]), axis=0))
+    other = clean.copy()
+    other[3] = False  # another planting: image 3 erased
+    spreads = over_plantings(lambda t: store_rankings(sweep, t),
+                             [(truth, np.arange(10) < 2), (other, np.arange(10) == 3)])
+    assert [s.name for s in spreads] == ["suspect-label score", "median dice"]
+    assert spreads[0].aurocs.tolist() == [1.0, 1.0] and spreads[0].precision == 1.0
+    assert spreads[1].auroc == pytest.approx(np.mean(spreads[1].aurocs)) and spreads[1].interval[0] <= spreads[1].auroc
+    sweep.suspicion[4] += 0.01  # a store whose score is not the one recomputed: the figures would mislead
+    with pytest.raises(RuntimeError, match="label_suspicion of im4"):
+        check_reproduces(sweep, truth)
+    with pytest.raises(RuntimeError, match="stored truth of 1 images, e.g. im0"):
+        check_reproduces(sweep, np.where(np.arange(10)[:, None, None] == 0, clean, truth))
+
+
+def test_the_benchmark_plants_in_memory_as_it_plants_files_and_leaves_the_files_alone(tmp_path):
+    from PIL import Image
+
+    from benchmarks.label_errors import as_scored, layout_of, plant, planted_truths
+
+    (tmp_path / "benign" / "mask").mkdir(parents=True)
+    names = [f"benign/benign ({k})" for k in range(1, 11)]
+    for k in range(1, 11):
+        Image.fromarray(square(4 + k, 4, 8 + k % 3)).save(tmp_path / "benign" / "mask" / f"benign ({k})_mask.png")
+    Image.fromarray(square(20, 20, 6)).save(tmp_path / "benign" / "mask" / "benign (3)_mask_1.png")
+    files = layout_of(tmp_path)
+    clean = np.stack([as_scored(files.read(n), (S, S), 16) for n in names])
+    truth, kinds = planted_truths(files, names, [(S, S)] * 10, clean, 16, 0.3, seed=2)
+    assert files.lesions("benign/benign (3)") == 2  # the files untouched
+    assert len(kinds) == 3 and kinds["benign/benign (3)"] == "lesion removed"
+    assert plant(files, names, 0.3, seed=2) == kinds  # now on the files: the same images, the same kinds
+    assert truth.tolist() == [as_scored(files.read(n), (S, S), 16).tolist() for n in names]
 
 
 def test_the_vote_grid_keeps_every_pixel_up_to_64_px_and_a_fixed_stride_above():
