@@ -338,6 +338,7 @@ class StoredSweep:
     entropy: np.ndarray      # (T, N) image_results.entropy, bits (NaN: not measured)
     truth: np.ndarray        # (N, S, S) bool, truth_masks at the trials' size
     suspicion: np.ndarray    # (N,) sweep_images.label_suspicion (NaN: NULL)
+    images: list[np.ndarray | None]  # truth_masks.image: each image as scored on the vote grid (None: not stored)
 
 
 def read_sweep(db: str, sweep: str, names: list[str]) -> StoredSweep:
@@ -347,7 +348,7 @@ def read_sweep(db: str, sweep: str, names: list[str]) -> StoredSweep:
     from core.store import schema as st
     from core.store.db import Store
     from core.store.engine import connect
-    from core.store.mask_png import decode_mask
+    from core.store.mask_png import decode_image, decode_mask
 
     store = Store(db, read_only=True)
     try:
@@ -376,16 +377,19 @@ def read_sweep(db: str, sweep: str, names: list[str]) -> StoredSweep:
                     dice[trial[int(tid)], at[int(iid)]] = d
                     entropy[trial[int(tid)], at[int(iid)]] = np.nan if e is None else e
             truth = np.zeros((n, size, size), bool)
+            images: list[np.ndarray | None] = [None] * n
             tm = st.truth_masks
-            for iid, png in conn.execute(select(tm.c.image_id, tm.c.png).where(tm.c.image_size == size,
-                                                                               tm.c.image_id.in_(at))):
+            image_column = [tm.c.image] if st.holds(st.stored_version(conn), tm.name, "image") else []
+            for iid, png, *image in conn.execute(select(tm.c.image_id, tm.c.png, *image_column)
+                                                 .where(tm.c.image_size == size, tm.c.image_id.in_(at))):
                 truth[at[int(iid)]] = decode_mask(bytes(png))
+                images[at[int(iid)]] = decode_image(image[0]) if image and image[0] is not None else None
             s = st.sweep_images
             stored = dict(conn.execute(select(s.c.image_id, s.c.label_suspicion).where(s.c.sweep == sweep)).all())
     finally:
         store.dispose()
     suspicion = np.array([np.nan if stored.get(ids[name]) is None else stored[ids[name]] for name in names])
-    return StoredSweep(list(names), masks, dice, entropy, truth, suspicion)
+    return StoredSweep(list(names), masks, dice, entropy, truth, suspicion, images)
 
 
 def mask_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -397,12 +401,13 @@ def mask_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def store_rankings(sweep: StoredSweep, truth: np.ndarray) -> dict[str, np.ndarray]:
     """The suspect-label score and median dice of every image against `truth`, recomputed from the stored trial
-    masks and entropies exactly as the store computes them at a close (core.labels.label_parts)."""
+    masks, entropies and images exactly as the store computes them at a close (core.labels.label_parts)."""
     from core.labels import label_parts
 
     dice = np.median(mask_dice(sweep.masks, truth[None]), axis=0)
     votes = sweep.masks.sum(axis=0, dtype=np.int64)
-    parts = label_parts(votes, len(sweep.masks), truth, entropy=np.median(sweep.entropy, axis=0), dice_median=dice)
+    parts = label_parts(votes, len(sweep.masks), truth, entropy=np.median(sweep.entropy, axis=0), dice_median=dice,
+                        images=sweep.images)
     return {"suspect-label score": parts.label_suspicion, "median dice": 1.0 - dice}
 
 
@@ -591,7 +596,7 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
             return scores
 
         print(f"   sweep: {len(sweep.masks)} complete trials voting, {wall}; cleanlab on {model}; the store's "
-              f"label_suspicion recomputed from its masks and entropies: identical")
+              f"label_suspicion recomputed from its masks, entropies and images: identical")
         print(f"   the sweep's own planting (seed {args.seed}):")
         table(evaluate(rank(truths[0][0]), truths[0][1]), names, planted)
         spreads = over_plantings(rank, truths)

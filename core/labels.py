@@ -1,4 +1,5 @@
-"""Which labels look wrong: the suspect-label score of an image from its models' votes, their certainty and its mask.
+"""Which labels look wrong: the suspect-label score of an image from its models' votes, their certainty, its mask
+and the image itself.
 
 A sweep trains many models; every complete trial stores its predicted mask of every test image, its dice
 against the mask, and the mean binary entropy of its probabilities there (image_results.entropy, bits:
@@ -10,11 +11,17 @@ and M is the given mask (the truth exactly as scored). From p = V / T:
                   mask calls foreground (1 = every model the same mask, 0 = a coin toss everywhere);
 * contradiction   the area where the models are near-unanimous (p >= CONFIDENT or p <= 1 - CONFIDENT)
                   and the majority disagrees with M, divided by |K u M| (0 when both are empty);
-* label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2, with dice and
-                  entropy the medians over the trials (sweep_images.dice_median, entropy_median) and typical
-                  the sweep's median of the images' entropy. Without a dice the consensus dice stands in;
+* image_evidence  whether the image's own edges back K or M: 2 (c_K + q) / (c_K + c_M + 2q), c a mask's
+                  edge_contrast (how far the mean colour of the band of EVIDENCE_BAND pixels inside its edge lies
+                  from that of the ring outside, in pooled standard deviations), q = EVIDENCE_PRIOR; 1 when both
+                  are equally clear (or K is M), towards 2 when only the models' mask follows an edge, towards 0
+                  when only the given one does; NaN (counted as 1) without a stored image;
+* label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2 x image_evidence, with
+                  dice and entropy the medians over the trials (sweep_images.dice_median, entropy_median) and
+                  typical the sweep's median of the images' entropy. Without a dice the consensus dice stands in;
                   without an entropy (results written before schema v2) the image counts as typical.
-                  0 .. about 1.5: about sqrt(contradiction x (1 - dice)) for an image of typical certainty.
+                  0 .. about 3: about sqrt(contradiction x (1 - dice)) for an image of typical certainty and
+                  evidence.
 
 Why it separates a wrong mask from a hard image: a wrong mask (erased, grown, shrunk, shifted, another
 image's) leaves the models, which learnt from the many right masks, agreeing with each other, and sure
@@ -27,22 +34,36 @@ the models are against the mask: the votes' (unanimous area) and each trial's ow
 every model gets right scores near 0; all empty (mask and every prediction) scores 0. With fewer than
 MIN_TRIALS votes, or no stored truth: NULL (NaN here).
 
+Weak models (a quick sweep on a hard dataset) are often unanimous, sure and wrong: they all miss a faint
+lesion whose mask is right, and the votes alone cannot tell that from a wrong mask. The image can: a drawn
+outline follows an edge in the image (a lesion is darker than its surroundings, a pet differs from its
+background), while a grown, shrunk, shifted or swapped mask cuts through plain tissue or background, and an
+erased one has no edge at all. So the evidence compares the two candidate outlines on the image itself, without
+trusting the models: where the mask follows the image better than the models' majority, the models are the
+likelier to be wrong (a hard image; the score shrinks up to towards 0), where the majority follows it better, the
+mask is (the score grows up to 2x). Both outlines faint or alike: 1, the votes decide. The prior q keeps two
+faint contrasts from making a large ratio out of noise.
+
 The certainty is measured against the sweep's typical image because how sure models are at all depends
 on the budget (a quick sweep's models have entropy about 0.5 everywhere, a long sweep's about 0.1):
 relative to the sweep, one threshold reads alike for both (dashboards' "likely a label error"), and the
 ranking within a sweep is the same as with the absolute (1 - entropy)^2. The typical entropy moves as
 trials close, so every close rescores every image of the sweep from the stored parts (no votes read).
 
-Measured (benchmarks/label_errors.py: 10% of the test masks of the pet sample planted wrong, quick
-preset, three runs; AUROC of planted vs the rest): contradiction alone 0.948 / 0.855, median dice (the
-dashboard's "hard for every model") 0.948 / 0.929 / 0.944; weighing the models' certainty lifted both,
-most with both kinds of "against the mask" and the certainty squared: 0.991 / 0.985 / 0.994 (certainty
-to the power 1: 0.988 / 0.960). Planted images then score 0.37-1.34, the others at most 0.48-0.57 (90%
-of them at most 0.32-0.36). Agreement as a factor added nothing over contradiction, which counts
-unanimous pixels only; it is kept as a part to show. The quick preset's sweep closes two or three
-complete trials (its refits, one per architecture), so two models that agree already make a consensus
-(MIN_TRIALS = 2). On the BUSI sample at that budget (models at test dice about 0.5) no ranking finds
-the planted masks well: 0.684, median dice 0.622, cleanlab 0.599.
+Measured (benchmarks/label_errors.py: 10% of the test masks planted wrong, quick preset; mean AUROC of planted
+vs the rest over 50 plantings of one sweep's stored predictions). Without the image evidence: pet sample 0.942
+(90% of plantings 0.871-0.991), BUSI 0.699 and 0.715 (two sweeps); with it: pets 0.959 (0.896-0.994), BUSI 0.743
+and 0.744; median dice 0.928 / 0.638 / 0.655, cleanlab's soft-minimum on the refit 0.890 / 0.706 / 0.802. The
+band (3 px at the quick preset's 64 px; 2-4 measured alike), the prior (0.1-0.5 alike) and the evidence to the
+power 1 (2 or 3 gained BUSI up to 0.02 and cost pets up to 0.03) were chosen on the first BUSI and pet sweeps and
+confirmed on the second BUSI sweep.
+Earlier, on single plantings of the pet sample: contradiction alone 0.948 / 0.855, median dice 0.948 / 0.929 /
+0.944; weighing the models' certainty lifted both, most with both kinds of "against the mask" and the certainty
+squared: 0.991 / 0.985 / 0.994 (certainty to the power 1: 0.988 / 0.960). Agreement as a factor added nothing over
+contradiction, which counts unanimous pixels only; it is kept as a part to show. The quick preset's sweep closes
+two to four complete trials (its refits, one per architecture, and the search trials that ran to full length),
+so two models that agree already make a consensus (MIN_TRIALS = 2). On the BUSI sample at that budget (models at
+test dice about 0.5) no ranking finds the planted masks well.
 
 The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
 trial adds its masks without reading the earlier ones again. They are kept on a grid of at most VOTE_GRID
@@ -59,15 +80,19 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 MIN_TRIALS = 2        # fewer complete trials with a mask: no score (one model is no consensus)
 CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the models vote the same way
 # A score at or above this calls the mask a likely error (the dashboard's "leave out likely label errors"):
 # on the pet benchmark's three runs planted wrong masks scored 0.37-1.34 and every other image at most
-# 0.48-0.56, 90% of them at most 0.36
+# 0.48-0.56, 90% of them at most 0.36; with the image evidence, over 50 plantings of one pet sweep, 57% of the
+# planted masks score 0.5 or more (median 0.64) and 1.7% of the others (90% of them at most 0.22)
 LIKELY_LABEL_ERROR = 0.5
 VOTE_GRID = 64        # votes are kept on at most this many cells a side (on_grid): a close's cost bounded per image
+EVIDENCE_BAND = 3     # pixels (on the vote grid) each side of a mask's edge whose colours edge_contrast compares
+EVIDENCE_PRIOR = 0.25  # contrast added to both sides of image_evidence's ratio: faint edges weigh alike, 1
 VOTES = (np.dtype("u1"), np.dtype("<u2"))  # per-pixel vote counts as stored: one byte each up to 255 trials, else two
 _HEADER = struct.Struct("<HH")
 
@@ -80,6 +105,7 @@ class LabelParts:
     consensus_dice: np.ndarray
     agreement: np.ndarray
     contradiction: np.ndarray
+    image_evidence: np.ndarray  # NaN where no image was given: the score then counts it as neutral, 1
 
 
 def vote_stride(side: int) -> int:
@@ -141,12 +167,12 @@ def typical_entropy(entropy: np.ndarray) -> float:
 
 
 def suspicion(contradiction: np.ndarray, dice: np.ndarray, entropy: np.ndarray,
-              typical: float | None) -> np.ndarray:
-    """label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2, per image.
+              typical: float | None, evidence: np.ndarray | None = None) -> np.ndarray:
+    """label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2 x evidence, per image.
 
     `dice` is the trials' median dice (or the consensus dice where none), `entropy` their median entropy and
-    `typical` the sweep's (typical_entropy); an entropy not measured (NaN) counts as typical. NaN where the
-    contradiction is NaN (too few trials, no truth).
+    `typical` the sweep's (typical_entropy); an entropy not measured (NaN) counts as typical. `evidence` is
+    image_evidence (None or NaN: no image stored, 1). NaN where the contradiction is NaN (too few trials, no truth).
     """
     contradiction = np.asarray(contradiction, dtype=np.float64)
     n = len(contradiction)
@@ -154,17 +180,49 @@ def suspicion(contradiction: np.ndarray, dice: np.ndarray, entropy: np.ndarray,
     base = 1.0 if typical is None or typical != typical else 1 - min(max(float(typical), 0.0), 1 - 1e-6)
     certainty = np.where(np.isnan(e), 1.0, (1 - np.clip(e, 0.0, 1.0)) / base)
     missed = 1 - np.clip(_per_image(dice, n), 0.0, 1.0)
-    return np.sqrt(contradiction * missed) * certainty ** 2
+    image = np.nan_to_num(_per_image(evidence, n), nan=1.0)
+    return np.sqrt(contradiction * missed) * certainty ** 2 * image
+
+
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def edge_contrast(image: np.ndarray, mask: np.ndarray) -> float:
+    """How sharply an image changes across a mask's edge: the distance between the mean colour of the band of
+    EVIDENCE_BAND pixels inside the edge and that of the ring as wide outside it, over their pooled standard
+    deviation (colours in 0..1). 0 for an empty or full mask: it has no edge. `image` (H, W) or (H, W, C)."""
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if not mask.any() or mask.all():
+        return 0.0
+    grown = cv2.dilate(mask, _CROSS, iterations=EVIDENCE_BAND, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    core = cv2.erode(mask, _CROSS, iterations=EVIDENCE_BAND, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    ring, band = (grown > mask).view(np.uint8), (mask > core).view(np.uint8)
+    if not ring.any():
+        return 0.0
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    inside, inside_sd = cv2.meanStdDev(pixels, mask=band if band.any() else mask)
+    outside, outside_sd = cv2.meanStdDev(pixels, mask=ring)
+    spread = np.sqrt((np.mean(inside_sd ** 2) + np.mean(outside_sd ** 2)) / 2) / 255.0 + 1e-3
+    return float(np.linalg.norm(inside - outside) / 255.0 / spread)
+
+
+def image_evidence(image: np.ndarray, truth: np.ndarray, consensus: np.ndarray) -> float:
+    """Whether the image backs the models' majority mask or the given one: 2 (c_K + p) / (c_K + c_M + 2p), with c
+    each mask's edge_contrast and p EVIDENCE_PRIOR; 1 when both are equally clear, towards 2 when only the
+    models' mask follows an edge in the image, towards 0 when only the given one does."""
+    ours, given = edge_contrast(image, consensus), edge_contrast(image, truth)
+    return 2 * (ours + EVIDENCE_PRIOR) / (ours + given + 2 * EVIDENCE_PRIOR)
 
 
 def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
                 entropy: np.ndarray | float | None = None, dice_median: np.ndarray | float | None = None,
-                typical: float | None = None) -> LabelParts:
+                typical: float | None = None, images: list[np.ndarray | None] | None = None) -> LabelParts:
     """The score and its parts of N images: votes N (H, W) counts (an array or a sequence; sizes may differ),
     trials (N,) or one count, truth N (H, W) bool,
     entropy (N,) the trials' median mean binary entropy per image in bits (None or NaN: not measured),
     dice_median (N,) the trials' median dice against the mask (None or NaN: the consensus dice stands in),
-    typical the sweep's typical entropy (None: typical_entropy of these images).
+    typical the sweep's typical entropy (None: typical_entropy of these images),
+    images N (H, W, C) uint8 images as scored, on the votes' grid (None, or None for one: no image evidence).
 
     Images with fewer than MIN_TRIALS trials get NaN throughout.
     """
@@ -206,8 +264,12 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
         contradiction = np.where(union > 0, against / union, 0.0)
     given = _per_image(dice_median, n)
     unsure = _per_image(entropy, n)
-    score = suspicion(contradiction, np.where(np.isnan(given), dice, given), unsure,
-                      typical_entropy(unsure) if typical is None else typical)
     few = t < MIN_TRIALS
+    evidence = np.full(n, np.nan)
+    for k, image in enumerate(images or ()):
+        if image is not None and not few[k]:
+            evidence[k] = image_evidence(image, truth[k], 2 * np.asarray(votes[k]) >= t[k])
+    score = suspicion(contradiction, np.where(np.isnan(given), dice, given), unsure,
+                      typical_entropy(unsure) if typical is None else typical, evidence)
     nan = lambda a: np.where(few, np.nan, a).astype(np.float64)  # noqa: E731
-    return LabelParts(nan(score), nan(dice), nan(agreement), nan(contradiction))
+    return LabelParts(nan(score), nan(dice), nan(agreement), nan(contradiction), evidence)

@@ -113,6 +113,47 @@ def test_votes_round_trip_through_their_stored_form():
         encode_votes(np.full((2, 2), 70000))
 
 
+def lesion_image(mask: np.ndarray) -> np.ndarray:
+    """An RGB image, mid-grey with a little noise, darker where `mask` is: the lesion the mask outlines."""
+    noise = np.random.default_rng(3).normal(0, 6, (S, S, 1))
+    return np.clip(np.where(mask[..., None], 70, 150) + noise, 0, 255).astype(np.uint8).repeat(3, axis=2)
+
+
+def test_edge_contrast_is_high_where_a_mask_follows_an_edge_in_the_image_and_0_without_an_edge():
+    from core.labels import edge_contrast
+
+    lesion = square(8, 8, 12)
+    image = lesion_image(lesion)
+    follows = edge_contrast(image, lesion)
+    assert follows > 5  # 80 grey levels apart, noise 6
+    assert edge_contrast(image, square(12, 12, 12)) < follows / 2  # shifted: grey on both sides of half its edge
+    assert edge_contrast(image, square(4, 4, 20)) < follows / 2  # grown: its edge runs through plain grey
+    assert edge_contrast(image, np.zeros((S, S), bool)) == 0.0 and edge_contrast(image, np.ones((S, S), bool)) == 0.0
+
+
+def test_image_evidence_sides_with_the_mask_that_follows_the_image():
+    from core.labels import EVIDENCE_PRIOR, edge_contrast, image_evidence
+
+    lesion, grown = square(8, 8, 12), square(4, 4, 20)
+    image = lesion_image(lesion)
+    assert image_evidence(image, grown, lesion) > 1.5  # the models outline the lesion, the mask does not: a label error
+    assert image_evidence(image, lesion, grown) < 0.5  # the mask outlines it and the models miss: a hard image
+    assert image_evidence(image, lesion, lesion) == 1.0
+    erased = image_evidence(image, np.zeros((S, S), bool), lesion)
+    c = edge_contrast(image, lesion)
+    assert erased == pytest.approx(2 * (c + EVIDENCE_PRIOR) / (c + 2 * EVIDENCE_PRIOR))
+
+
+def test_the_score_weighs_the_image_evidence_and_counts_a_missing_image_as_neutral():
+    lesion, grown = square(8, 8, 12), square(4, 4, 20)
+    votes, truth = votes_of(*[lesion] * 4)[None], grown[None]
+    plain = label_parts(votes, 4, truth)
+    weighed = label_parts(votes, 4, truth, images=[lesion_image(lesion)])
+    assert np.isnan(plain.image_evidence[0]) and weighed.image_evidence[0] > 1.5
+    assert weighed.label_suspicion[0] == pytest.approx(plain.label_suspicion[0] * weighed.image_evidence[0])
+    assert label_parts(votes, 4, truth, images=[None]).label_suspicion[0] == plain.label_suspicion[0]
+
+
 # -- benchmarks/label_errors.py: its planting and its scoring, on tiny constructed cases -----------------
 
 def test_the_benchmark_plants_errors_of_the_sizes_it_promises():

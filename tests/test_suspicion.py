@@ -137,6 +137,43 @@ def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(
     assert suspicion.available(store) and suspicion.available(store.engine)
 
 
+def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_truth_stored_without_one(
+        store: Store) -> None:
+    from core.store.mask_png import decode_image
+
+    rng = np.random.default_rng(4)
+    objects = np.stack([_square(rng) for _ in range(N)])
+    images = np.where(objects[..., None], 60, 160).astype(np.uint8).repeat(3, axis=3)
+    truths = objects.copy()
+    truths[1] = np.roll(objects[1], 6, axis=1)  # a wrong mask: the models outline the object, the image backs them
+    ids = _ids(store)
+    store.record_truths(ids[:3], S, truths[:3])  # stored before images were: NULL, filled by the next write
+    store.record_truths(ids, S, truths, images)
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(select(st.truth_masks.c.image_id, st.truth_masks.c.image)).all())
+    assert all(decode_image(stored[int(i)]).tolist() == images[k].tolist() for k, i in enumerate(ids))
+    hard = np.roll(objects[2], 6, axis=0)  # im2: the models agree on a wrong outline; the mask follows the image
+    for number in range(3):
+        pred = objects.copy()
+        pred[2] = hard
+        _close(store, "s", number, pred)
+    ranked = suspicion.suspects(store, "s").set_index("name")
+    with store.engine.connect() as conn:
+        evidence = dict(conn.execute(select(st.sweep_images.c.image_id, st.sweep_images.c.image_evidence)).all())
+    entropy = np.array([_entropy(store, k) for k in range(N)])
+    for k, image_id in enumerate(ids.tolist()):
+        votes = 3 * (hard if k == 2 else objects[k]).astype(int)
+        want = label_parts(votes[None], 3, truths[k][None], entropy[k:k + 1], np.array([ranked.loc[f"im{k}", "dice_median"]]),
+                           typical=float(np.median(entropy)), images=[images[k]])
+        assert evidence[image_id] == pytest.approx(want.image_evidence[0])
+        assert ranked.loc[f"im{k}", "label_suspicion"] == pytest.approx(want.label_suspicion[0])
+    assert evidence[int(ids[1])] > 1.5 and evidence[int(ids[2])] < 0.5 and evidence[int(ids[0])] == 1.0
+    kept = _label_rows(store, "s")  # the third close kept the evidence of the second (the same majority masks)
+    with store.engine.begin() as conn:
+        summaries.rebuild(conn, "s")
+    assert _label_rows(store, "s") == kept
+
+
 def _entropy(store: Store, k: int) -> float:
     s = st.sweep_images
     with store.engine.connect() as conn:
@@ -175,11 +212,18 @@ def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_pa
         trial.run_trial(store, cfg, data, ids, sweep="s", study="s/unet", number=number, progress=False,
                         log=lambda _: None)
     test = data.indices("test")
+    from core.store.mask_png import decode_image
+
+    with store.engine.connect() as conn:
+        images = dict(conn.execute(select(st.truth_masks.c.image_id, st.truth_masks.c.image)).all())
+        evidence = conn.execute(select(st.sweep_images.c.image_evidence)).scalars().all()
     for i in test:
         image_id = ids[data.infos[i].name]
         assert suspicion.truth(store, image_id, 32).tolist() == data.masks[i].astype(bool).tolist()
+        assert decode_image(images[image_id]).tolist() == data.images[i].tolist()  # the image as scored, for evidence
     ranked = suspicion.suspects(store, "s")
     assert len(ranked) == len(test) and ranked["label_suspicion"].notna().all() and (ranked["trials"] == 3).all()
+    assert len(evidence) == len(test) and all(e is not None and 0 < e < 2 for e in evidence)
     store.dispose()
 
 

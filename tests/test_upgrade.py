@@ -50,9 +50,9 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     and the per-image summaries equal to those computed from image_results."""
     assert dump_v1(v1.url) == before
     store = Store(v1.url, read_only=True)
-    assert store.schema_version == 4
+    assert store.schema_version == st.SCHEMA_VERSION == 5
     with store.engine.connect() as conn:
-        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "4"
+        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "5"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("image_results")}
         assert indexes["ix_image_results_trial_mode"] == ["trial_id", "failure_mode"]
@@ -61,7 +61,7 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     n_rows = len(before["image_results"])
     assert len(messages) == 1 and f"{n_rows} per-image results of {len(v1.trial_ids)} trials backfilled" in messages[0]
     assert "0 not computed" in messages[0] and "entropy is not computed" in messages[0]
-    assert "from schema version 1 to 4 in place" in messages[0]
+    assert "from schema version 1 to 5 in place" in messages[0]
     assert f"per-image summaries of 1 sweep built ({len(v1.image_ids)} images, from {n_rows} per-image results)" \
         in messages[0]
     assert assert_summaries_match(v1.url) == len(v1.image_ids)
@@ -162,7 +162,7 @@ def test_the_upgrade_command_upgrades_once_then_has_nothing_to_do(pets64, tmp_pa
     v1 = build_v1_store(f"sqlite:///{tmp_path / 'old.db'}", pets64, n_trials=1)
     assert upgrade_job.main(["--db", str(tmp_path / "old.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 1 to 4 in place" in out and "per-image results by failure mode:" in out
+    assert "from schema version 1 to 5 in place" in out and "per-image results by failure mode:" in out
     assert upgrade_job.main(["--db", v1.url]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
@@ -174,10 +174,10 @@ def test_the_upgrade_command_on_a_missing_folder_is_one_line(tmp_path: Path, cap
     assert exit_.value.code == 1 and err.count("\n") == 1 and "does not exist" in err
 
 
-def test_a_new_store_is_version_4_with_the_diagnostic_columns_and_the_summary_tables(db_url: str) -> None:
+def test_a_new_store_is_version_5_with_the_diagnostic_columns_and_the_summary_tables(db_url: str) -> None:
     store = Store(db_url)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "4"
+        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "5"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         assert {"sweep_images", "sweep_image_windows"} <= set(inspect(conn).get_table_names())
     store.dispose()
@@ -189,14 +189,15 @@ def assert_upgraded_from_v2(url: str, before: dict[str, list[tuple]], messages: 
     """Every v2 row unchanged, version 3, one line, and the summaries equal to those computed from image_results."""
     assert dump_v2(url) == before
     store = Store(url, read_only=True)
-    assert store.schema_version == 4
+    assert store.schema_version == st.SCHEMA_VERSION == 5
     store.dispose()
     complete = {t[0] for t in before["trials"] if t[5] == "complete"}
     results = sum(1 for r in before["image_results"] if r[0] in complete)
     truths = len({r[1] for r in before["image_results"] if r[0] in complete})  # one per image at the trials' size
-    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 4 in place: "
+    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 5 in place: "
                         f"per-image summaries of 2 sweeps built ({images} images, from {results} per-image results); "
-                        f"{truths} ground truths rebuilt from trimaps for the suspect-label score"]
+                        f"{truths} ground truths rebuilt from trimaps for the suspect-label score; "
+                        f"{truths} images as scored stored for its image evidence"]
     assert assert_summaries_match(url) == images
 
 
@@ -272,7 +273,7 @@ def test_the_upgrade_command_upgrades_a_v2_store(pets64, tmp_path: Path, capsys)
     build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
     assert upgrade_job.main(["--db", str(tmp_path / "v2.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 2 to 4 in place: per-image summaries of 2 sweeps built" in out
+    assert "from schema version 2 to 5 in place: per-image summaries of 2 sweeps built" in out
 
 
 # -- v3 -> v4 ---------------------------------------------------------------------------------------
@@ -287,10 +288,10 @@ def test_a_v3_store_is_upgraded_in_place_row_for_row_with_the_v4_columns_and_tab
     assert Store(url, read_only=True).schema_version == 3  # a reader leaves it as it is
     messages: list[str] = []
     Store(url, log=messages.append).dispose()
-    assert len(messages) == 1 and "from schema version 3 to 4 in place" in messages[0]
+    assert len(messages) == 1 and "from schema version 3 to 5 in place" in messages[0]
     assert dump_v3(url) == before
     store = Store(url, read_only=True)
-    assert store.schema_version == 4
+    assert store.schema_version == st.SCHEMA_VERSION == 5
     with store.engine.connect() as conn:
         assert set(V4_TABLES) <= set(inspect(conn).get_table_names())
         for table, columns in V4_COLUMNS.items():
@@ -363,15 +364,20 @@ def test_a_v3_store_gets_its_suspect_label_scores_from_its_masks_and_the_trimaps
     store.dispose()
 
 
+def _move_dataset_away(url: str, tmp_path: Path) -> None:
+    """The store's datasets now name a root that is gone."""
+    engine = st.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE datasets SET root = :gone"), {"gone": str(tmp_path / "moved-away")})
+    engine.dispose()
+
+
 def test_a_v3_store_whose_dataset_root_is_gone_keeps_null_label_scores(pets64, tmp_path: Path) -> None:
     from tests.v3_store import build_v3_store
 
     url = f"sqlite:///{tmp_path / 'v3.db'}"
     build_v3_store(url, pets64)
-    engine = st.make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE datasets SET root = :gone"), {"gone": str(tmp_path / "moved-away")})
-    engine.dispose()
+    _move_dataset_away(url, tmp_path)
     Store(url, log=lambda _msg: None).dispose()
     store = Store(url, read_only=True)
     with store.engine.connect() as conn:
@@ -381,14 +387,86 @@ def test_a_v3_store_whose_dataset_root_is_gone_keeps_null_label_scores(pets64, t
     store.dispose()
 
 
+# -- v4 -> v5 ---------------------------------------------------------------------------------------
+
+def _scores(url: str) -> dict[tuple[str, int], tuple[float | None, float | None]]:
+    """(sweep, image id) -> (label_suspicion, image_evidence) of a v5 store."""
+    from core.store.schema import sweep_images as s
+
+    store = Store(url, read_only=True)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(s.c.sweep, s.c.image_id, s.c.label_suspicion, s.c.image_evidence)).all()
+    store.dispose()
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
+def test_a_v4_store_is_upgraded_in_place_row_for_row_and_its_scores_gain_the_image_evidence(pets64, tmp_path: Path
+                                                                                           ) -> None:
+    from core.labels import on_grid
+    from core.store.mask_png import decode_image
+    from tests.v4_store import build_v4_store, dump_v4
+
+    url = f"sqlite:///{tmp_path / 'v4.db'}"
+    v4 = build_v4_store(url, pets64)
+    before = dump_v4(url)
+    rows = dump_v4(url, leave_out=("label_suspicion",))
+    assert Store(url, read_only=True).schema_version == 4  # a reader leaves it as it is
+    messages: list[str] = []
+    Store(url, log=messages.append).dispose()
+    truths = len(before["truth_masks"])
+    assert len(messages) == 1 and "from schema version 4 to 5 in place" in messages[0]
+    assert f"{truths} images as scored stored for its image evidence" in messages[0]
+    assert dump_v4(url, leave_out=("label_suspicion",)) == rows  # every v4 row as it was, but the scores
+    store = Store(url, read_only=True)
+    with store.engine.connect() as conn:
+        images = dict(conn.execute(select(st.truth_masks.c.image_id, st.truth_masks.c.image)).all())
+    store.dispose()
+    test = pets64.indices("test")
+    by_id = dict(zip(v4.image_ids, test))
+    assert len(images) == truths and all(decode_image(images[i]).tolist() == on_grid(pets64.images[by_id[i]]).tolist()
+                                         for i in images)
+    scores = _scores(url)
+    old = [(key, value) for key, value in scores.items() if key[0] == "old"]
+    assert old and all(evidence is not None for _, (_, evidence) in old)
+    v4_scores = _v4_scores(before)
+    for key, (score, evidence) in old:  # every other part is as it was: the score is v4's times the evidence
+        assert score == pytest.approx(v4_scores[key] * evidence)
+    assert any(evidence != 1.0 for _, (_, evidence) in old)
+
+
+def _v4_scores(dump: dict[str, list[tuple]]) -> dict[tuple[str, int], float]:
+    """(sweep, image id) -> label_suspicion of a v4 dump's sweep_images rows (its column order: the schema's)."""
+    from core.store.schema import sweep_images as s
+
+    columns = [c.name for c in s.columns if c.name != "image_evidence"]
+    at = columns.index("label_suspicion")
+    return {(r[0], r[1]): r[at] for r in dump["sweep_images"]}
+
+
+def test_a_v4_store_whose_images_are_gone_keeps_its_v4_scores(pets64, tmp_path: Path) -> None:
+    from tests.v4_store import build_v4_store, dump_v4
+
+    url = f"sqlite:///{tmp_path / 'v4.db'}"
+    build_v4_store(url, pets64)
+    _move_dataset_away(url, tmp_path)
+    before = dump_v4(url)
+    messages: list[str] = []
+    Store(url, log=messages.append).dispose()
+    assert "images as scored" not in messages[0]
+    assert dump_v4(url) == before  # every row as it was, the scores too: no image, no evidence (counted as 1)
+    assert all(evidence is None for _, evidence in _scores(url).values())
+
+
 def test_each_versions_tables_and_columns_are_what_schema_holds_says(pets64, tmp_path: Path) -> None:
     """schema.ADDED_IN is how a reader knows an older store's columns from its version alone: check it against
     a real store of every version."""
     from core.store.schema import holds, metadata
     from tests.v3_store import build_v3_store
+    from tests.v4_store import build_v4_store
 
     builders = {1: lambda url: build_v1_store(url, pets64), 2: lambda url: build_v2_store(url, pets64),
-                3: lambda url: build_v3_store(url, pets64), 4: lambda url: Store(url).dispose()}
+                3: lambda url: build_v3_store(url, pets64), 4: lambda url: build_v4_store(url, pets64),
+                5: lambda url: Store(url).dispose()}
     for version, build in builders.items():
         url = f"sqlite:///{tmp_path / f'v{version}.db'}"
         build(url)

@@ -1,5 +1,5 @@
 """A schema-v3 results store, for the upgrade tests: a genuine v2 store (tests.v2_store) with v3's per-image
-summaries, then every v4 addition taken away again (its columns dropped, its tables removed, version 3).
+summaries, then every v4 and v5 addition taken away again (its columns dropped, its tables removed, version 3).
 
 v3 added only the two summary tables to v2, so this is v3's shape exactly; the frozen V3 tables below
 name what a v3 store holds, for comparing rows before and after an upgrade.
@@ -28,7 +28,7 @@ def build_v3_store(url: str, data: PreparedDataset, seed: int = 0) -> V2Store:
     with engine.begin() as conn:
         for table in V4_TABLES:
             conn.execute(text(f"DROP TABLE {table}"))
-        for table, columns in V4_COLUMNS.items():
+        for table, columns in (*V4_COLUMNS.items(), ("sweep_images", ("image_evidence",))):  # and v5's
             for column in columns:
                 conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         conn.execute(text("UPDATE schema_info SET value = '3' WHERE key = 'schema_version'"))

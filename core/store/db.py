@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from core.metrics import ImageDiagnostics
@@ -29,7 +29,8 @@ from core.store.engine import (  # noqa: F401 - the store's entry points stay im
     retry_schema_race,
     sqlite_path,
 )
-from core.store.mask_png import decode_mask, encode_mask  # noqa: F401
+from core.labels import on_grid
+from core.store.mask_png import decode_mask, encode_image, encode_mask  # noqa: F401
 from core.store.schema import (  # noqa: F401
     LAYOUTS,
     READABLE_VERSIONS,
@@ -243,16 +244,28 @@ class Store:
                 conn.execute(insert(masks), mask_rows)
         return test_dice
 
-    def record_truths(self, image_ids: Sequence[int], image_size: int, masks: Sequence[np.ndarray]) -> None:
+    def record_truths(self, image_ids: Sequence[int], image_size: int, masks: Sequence[np.ndarray],
+                      images: Sequence[np.ndarray] | None = None) -> None:
         """Store each image's ground truth exactly as scored at `image_size` (truth_masks), once: an image and
         size stored already keeps its row, also when another worker writes the same one at once. The suspect-
-        label score compares the models' votes against it (core.store.suspicion)."""
+        label score compares the models' votes against it (core.store.suspicion). `images`, the images as
+        scored (S, S, 3) uint8, are kept on the vote grid beside them (truth_masks.image, the score's image
+        evidence), also for a row stored without one."""
         ids = [int(i) for i in image_ids]
+        pictures = [None] * len(ids) if images is None else [encode_image(on_grid(np.asarray(p))) for p in images]
         with self.engine.connect() as conn:
-            known = set(conn.execute(select(truth_masks.c.image_id).where(truth_masks.c.image_size == int(image_size),
-                                                                         truth_masks.c.image_id.in_(ids))).scalars())
-        rows = [dict(image_id=i, image_size=int(image_size), png=encode_mask(m))
-                for i, m in zip(ids, masks) if i not in known]
+            known = dict(conn.execute(select(truth_masks.c.image_id, truth_masks.c.image.is_not(None))
+                                      .where(truth_masks.c.image_size == int(image_size), truth_masks.c.image_id.in_(ids))
+                                      ).all())
+        rows = [dict(image_id=i, image_size=int(image_size), png=encode_mask(m), image=p)
+                for i, m, p in zip(ids, masks, pictures) if i not in known]
+        late = [dict(key_image=i, image=p) for i, p in zip(ids, pictures) if p is not None and known.get(i) is False]
+        if late:
+            with self.engine.begin() as conn:
+                conn.execute(update(truth_masks).where(truth_masks.c.image_size == int(image_size),
+                                                       truth_masks.c.image_id == bindparam("key_image"),
+                                                       truth_masks.c.image.is_(None))
+                             .values(image=bindparam("image")), late)
         if not rows:
             return
         stmt = insert(truth_masks)
@@ -265,7 +278,7 @@ class Store:
             with self.engine.begin() as conn:
                 conn.execute(stmt, rows)
         except IntegrityError:  # another database: a concurrent writer stored some of them first
-            self.record_truths(ids, image_size, masks)
+            self.record_truths(ids, image_size, masks, images)
 
     def set_checkpoint(self, trial_id: int, path: str | None) -> None:
         """Record where a trial's weights are, or that they were removed (None)."""

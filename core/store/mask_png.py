@@ -1,4 +1,5 @@
-"""The stored form of a predicted mask (the masks table's png column): a 1-bit PNG."""
+"""The stored form of a predicted mask (the masks table's png column): a 1-bit PNG; and of an image as scored
+(truth_masks.image): an 8-bit PNG."""
 from __future__ import annotations
 
 import io
@@ -76,3 +77,15 @@ def _decode_own(png: bytes, step: int = 1) -> np.ndarray | None:
     if rows[:, 0].any():  # a row with a filter: PIL's rows, not encode_mask's
         return None
     return np.unpackbits(rows[::step, 1:], axis=1, count=width)[:, ::step].astype(bool)
+
+
+def encode_image(image: np.ndarray) -> bytes:
+    """An image as scored, (H, W, 3) or (H, W) uint8, as a PNG (zlib level 1: written once per image and size)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_image(png: bytes) -> np.ndarray:
+    """Inverse of encode_image: (H, W, 3) or (H, W) uint8."""
+    return np.asarray(Image.open(io.BytesIO(bytes(png))))

@@ -33,8 +33,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.metrics import DIAGNOSTICS, FAILURE_MODES, NOT_COMPUTED, ImageDiagnostics, failure_modes
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)  # the dashboard reads an older store as it is; writers upgrade it first
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # the dashboard reads an older store as it is; writers upgrade it first
 LAYOUTS = ("oxford-pets", "synthetic", "paired-folders", "nnunet", "two-folders")  # datasets.layout
 REVIEW_MARKS = ("label error", "hard image", "fine")  # reviews.mark
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
@@ -176,6 +176,9 @@ sweep_images = Table(
     Column("consensus_dice", Float),   # dice of the models' majority mask against the given mask
     Column("agreement", Float),        # how unanimous the models are (1 = every model the same mask)
     Column("contradiction", Float),    # share of the mask/consensus area where the models agree against the mask
+    # v5: whether the image's edges back the models' majority mask (towards 2) or the given one (towards 0), 1 alike;
+    # NULL without a stored image (truth_masks.image): the score then counts it as 1
+    Column("image_evidence", Float),
 )
 
 sweep_image_windows = Table(
@@ -204,6 +207,9 @@ truth_masks = Table(
     Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
     Column("image_size", Integer, primary_key=True),
     Column("png", LargeBinary, nullable=False),
+    # v5: the image as scored at that size, on the vote grid (core.labels.on_grid), RGB PNG: the suspect-label
+    # score's image evidence; NULL where not recorded (older stores whose images were not reachable)
+    Column("image", LargeBinary),
 )
 
 reviews = Table(
@@ -226,6 +232,7 @@ ADDED_IN: dict[int, dict[str, tuple[str, ...] | None]] = {
     4: {"datasets": ("layout",), "images": ("group_name", "path"),
         "sweep_images": ("label_suspicion", "consensus_dice", "agreement", "contradiction"),
         "sweep_image_votes": None, "truth_masks": None, "reviews": None},
+    5: {"truth_masks": ("image",), "sweep_images": ("image_evidence",)},
 }
 
 

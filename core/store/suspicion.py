@@ -2,7 +2,9 @@
 
 Closing a trial as complete adds its predicted masks to the votes of its sweep (sweep_image_votes, one
 row of counts on the vote grid per image), recomputes the vote parts of its test images (consensus_dice,
-agreement, contradiction; core.labels) from their votes and truths, and then label_suspicion of every
+agreement, contradiction; core.labels) from their votes and truths, and their image_evidence from the image
+stored beside the truth (truth_masks.image, v5) where the majority mask changed (elsewhere it is as stored:
+it depends on the majority mask, truth and image alone), and then label_suspicion of every
 image of the sweep from those parts and the summaries' dice and entropy medians (the sweep's typical
 entropy moves with every close), in the transaction that closes it (core.store.summaries.add_trial calls
 `add_trial`, under the sweep's lock). That costs one read and write of each test image's votes and truth
@@ -31,11 +33,11 @@ import pandas as pd
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.engine import Connection
 
-from core.labels import (LabelParts, add_vote, decode_votes, encode_votes, label_parts, on_grid, suspicion,
+from core.labels import (MIN_TRIALS, LabelParts, add_vote, decode_votes, encode_votes, label_parts, on_grid, suspicion,
                          typical_entropy, vote_stride)
 from core.store import schema as st
 from core.store.engine import connect, executemany_columns
-from core.store.mask_png import decode_mask
+from core.store.mask_png import decode_image, decode_mask
 
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
 TRUTHS_KEPT = 8192  # truths on the grid kept decoded, by their PNG (at 256 px: about 5 KB each with its key)
@@ -107,18 +109,21 @@ def truth(source: Source, image_id: int, image_size: int) -> np.ndarray | None:
 
 # -- upkeep --------------------------------------------------------------------------------------------
 
-def _grid_truths(conn: Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-    """Stored truths of (image id, size) pairs that have one, on the vote grid (decoded on it: a close reads
-    every test image's truth)."""
+def _grid_truths(conn: Connection, keys: Sequence[tuple[int, int]], column: str = "png"
+                 ) -> dict[tuple[int, int], np.ndarray]:
+    """Stored truths (or with column="image", the images as scored) of (image id, size) pairs that have one, on
+    the vote grid (decoded on it: a close reads every test image's truth)."""
     t = st.truth_masks
     found: dict[tuple[int, int], np.ndarray] = {}
     for size in sorted({s for _, s in keys}):
         ids = sorted({int(i) for i, s2 in keys if s2 == size})
         for start in range(0, len(ids), 500):
-            rows = conn.execute(select(t.c.image_id, t.c.png)
-                                .where(t.c.image_size == size, t.c.image_id.in_(ids[start:start + 500])))
+            rows = conn.execute(select(t.c.image_id, t.c[column])
+                                .where(t.c.image_size == size, t.c.image_id.in_(ids[start:start + 500]),
+                                       t.c[column].is_not(None)))
             for image_id, png in rows:
-                found[(int(image_id), size)] = _grid_truth(bytes(png), vote_stride(size))
+                found[(int(image_id), size)] = (_grid_truth(bytes(png), vote_stride(size)) if column == "png"
+                                                else decode_image(bytes(png)))
     return found
 
 
@@ -131,10 +136,11 @@ def _grid_truth(png: bytes, step: int) -> np.ndarray:
     return truth
 
 
-PART_COLUMNS = ("consensus_dice", "agreement", "contradiction")  # per image, from its votes and truth
+PART_COLUMNS = ("consensus_dice", "agreement", "contradiction", "image_evidence")  # per image: votes, truth, image
 
 
-Parts = dict[int, tuple[Any, ...]]  # image id -> its PART_COLUMNS values (None: not computed)
+Parts = dict[int, tuple[Any, ...]]  # image id -> its PART_COLUMNS values (None: not computed; KEPT: as stored)
+KEPT = "kept"  # an image_evidence whose inputs did not change at this close (the same majority mask): as stored
 
 
 def _side(mask: np.ndarray) -> int | None:
@@ -143,20 +149,29 @@ def _side(mask: np.ndarray) -> int | None:
 
 
 def _parts(conn: Connection, ids: list[int], votes: list[np.ndarray], trials: list[int],
-           sides: list[int | None]) -> Parts:
+           sides: list[int | None], moved: set[int] | None = None) -> Parts:
     """The vote parts (PART_COLUMNS) of these images from their votes (on the grid) and stored truths at the
     sizes their latest masks were evaluated at (`sides`), on the same grid; `_rescore` writes them with
-    label_suspicion."""
+    label_suspicion. The image evidence depends on the majority mask, the truth and the image alone: it is
+    computed (its image read) where the majority mask `moved` at this close (None: everywhere) or the image is
+    first scored, and KEPT as stored elsewhere, so a close reads few images once a sweep's votes settle."""
     truths = _grid_truths(conn, [(i, side) for i, side in zip(ids, sides) if side is not None])
     found: Parts = {i: (None,) * len(PART_COLUMNS) for i in ids}
     scored = [k for k, (i, v, side) in enumerate(zip(ids, votes, sides))
               if truths.get((i, side), np.zeros(0)).shape == v.shape]
     if scored:
+        fresh = {k for k in scored if trials[k] == MIN_TRIALS or (trials[k] > MIN_TRIALS and (moved is None or ids[k] in moved))}
+        images = _grid_truths(conn, [(ids[k], sides[k]) for k in fresh], "image")
+        shown = [images.get((ids[k], sides[k])) for k in scored]
         parts: LabelParts = label_parts([votes[k] for k in scored], np.array([trials[k] for k in scored]),
-                                        [truths[(ids[k], sides[k])] for k in scored])
+                                        [truths[(ids[k], sides[k])] for k in scored],
+                                        images=[p if p is not None and p.shape[:2] == votes[k].shape else None
+                                                for k, p in zip(scored, shown)])
         columns = [getattr(parts, c).tolist() for c in PART_COLUMNS]
         for j, k in enumerate(scored):
             found[ids[k]] = tuple(None if c[j] != c[j] else float(c[j]) for c in columns)
+            if trials[k] > MIN_TRIALS and k not in fresh:
+                found[ids[k]] = (*found[ids[k]][:-1], KEPT)
     return found
 
 
@@ -170,24 +185,30 @@ def _rescore(conn: Connection, sweep: str, fresh: Parts) -> None:
                                  s.c.entropy_median).where(s.c.sweep == sweep)).all()
     if not stored:
         return
-    rows = [(int(r[0]), fresh.get(int(r[0]), tuple(r[1:4])), r[4], r[5], r[6]) for r in stored]
+    k = len(PART_COLUMNS)
+    rows = [(int(r[0]), _with_kept(fresh.get(int(r[0]), tuple(r[1:1 + k])), r[k]), r[1 + k], r[2 + k], r[3 + k])
+            for r in stored]
     nan = lambda v: np.nan if v is None else float(v)  # noqa: E731
-    consensus_dice = np.array([nan(r[1][0]) for r in rows])
-    contradiction = np.array([nan(r[1][2]) for r in rows])
+    part = {c: np.array([nan(r[1][j]) for r in rows]) for j, c in enumerate(PART_COLUMNS)}
     dice_median = np.array([nan(r[3]) for r in rows])
     entropy = np.array([nan(r[4]) for r in rows])
-    dice = np.where(np.isnan(dice_median), consensus_dice, dice_median)
-    score = suspicion(contradiction, dice, entropy, typical_entropy(entropy))
+    dice = np.where(np.isnan(dice_median), part["consensus_dice"], dice_median)
+    score = suspicion(part["contradiction"], dice, entropy, typical_entropy(entropy), part["image_evidence"])
     changed = []
     for (image_id, parts, was, _, _), old_parts, value in zip(rows, stored, score.tolist()):
         value = None if value != value else float(value)
-        if value != was or tuple(parts) != tuple(old_parts[1:4]):
+        if value != was or tuple(parts) != tuple(old_parts[1:1 + k]):
             changed.append({"key_image": image_id, "label_suspicion": value, **dict(zip(PART_COLUMNS, parts))})
     if changed:
         executemany_columns(conn, update(s).where(s.c.sweep == bindparam("key_sweep"),
                                                   s.c.image_id == bindparam("key_image"))
                             .values({c: bindparam(c) for c in ("label_suspicion", *PART_COLUMNS)}),
                             {"key_sweep": [sweep] * len(changed), **{k: [row[k] for row in changed] for k in changed[0]}})
+
+
+def _with_kept(parts: tuple[Any, ...], stored_evidence: Any) -> tuple[Any, ...]:
+    """Fresh parts with a KEPT image evidence taken as stored."""
+    return (*parts[:-1], stored_evidence) if parts[-1] is KEPT else parts
 
 
 def add_trial(conn: Connection, sweep: str, image_ids: Sequence[int], masks: Sequence[np.ndarray] | None) -> int:
@@ -212,6 +233,7 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
                                           .where(v.c.sweep == sweep, v.c.image_id.in_(ids))):
         stored[int(image_id)] = (on_grid(decode_votes(bytes(blob))), int(n))  # an older version's full size: sliced
     scored: dict[int, tuple[np.ndarray, int, int | None]] = {}  # the images counted: votes, trials, truth size
+    moved: set[int] = set()  # those whose majority mask changed
     new_rows, old_rows = [], []
     for image_id, mask in zip(ids, masks):
         mask = np.asarray(mask, dtype=bool)  # no copy when it is one already
@@ -220,7 +242,9 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
             votes, n = stored[image_id]
             if votes.shape != cells.shape:  # votes are kept on the grid of the first mask counted
                 continue
-            votes = add_vote(votes, cells, n)
+            before, votes = votes, add_vote(votes, cells, n)
+            if not np.array_equal(2 * before.astype(np.int32) >= n, 2 * votes.astype(np.int32) >= n + 1):
+                moved.add(image_id)
             scored[image_id] = (votes, n + 1, _side(mask))
             old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes)})
         else:
@@ -235,7 +259,7 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
                             .values(trials=bindparam("trials"), votes=bindparam("votes")),
                             {"key_sweep": [sweep] * len(old_rows), **{k: [row[k] for row in old_rows] for k in old_rows[0]}})
     order = list(scored)
-    fresh.update(_parts(conn, order, *([scored[i][j] for i in order] for j in range(3))))
+    fresh.update(_parts(conn, order, *([scored[i][j] for i in order] for j in range(3)), moved=moved))
     return len(new_rows) + len(old_rows)
 
 

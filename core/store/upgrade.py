@@ -1,4 +1,4 @@
-"""Schema v1, v2 or v3 -> v4, in place.
+"""Schema v1, v2, v3 or v4 -> v5, in place.
 
 v1 -> v2: new nullable columns on image_results, backfilled from the stored masks. A v1 store holds every
 complete trial's predicted masks (1-bit PNGs at the evaluation size) and the dataset root its images came
@@ -14,6 +14,10 @@ summaries) and new tables (truth masks, mask votes, review marks); the truths as
 trimaps where the dataset root is reachable (Oxford-IIIT Pet and synthetic layouts), and the summaries are
 rebuilt with the mask votes of every stored mask, so the suspect-label score (core.labels) is computed where
 the masks and truths allow and stays NULL elsewhere.
+
+v4 -> v5: new nullable columns (truth_masks.image, sweep_images.image_evidence); each stored truth's image as
+scored is read again from the dataset folder where its file is still there, and the summaries are rebuilt, so
+the score gains its image evidence there and keeps its v4 value (evidence NULL, counted as 1) elsewhere.
 
 Everything (columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
 disk leaves the old store as it was. Two workers upgrading at once: the first takes the write lock with
@@ -31,13 +35,16 @@ import numpy as np
 from sqlalchemy import and_, bindparam, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
-from core.data.dataset import open_trimap, trimap_as_scored
-from core.data.layout import pet_mask, trimap_path
+from PIL import Image
+
+from core.data.dataset import open_rgb, open_trimap, trimap_as_scored
+from core.data.layout import image_rel, pet_mask, trimap_path
+from core.labels import on_grid
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import schema as st
 from core.store import summaries
 from core.store.engine import display_url
-from core.store.mask_png import decode_mask, encode_mask
+from core.store.mask_png import decode_mask, encode_image, encode_mask
 
 V2_COLUMNS = (*DIAGNOSTICS, "failure_mode")
 
@@ -57,6 +64,7 @@ class UpgradeReport:
     summarised: int = 0      # their (sweep, image) summaries
     results: int = 0         # per-image results they summarise
     truths: int = 0          # truths as scored rebuilt from trimaps (v4), for the label-suspicion score
+    images: int = 0          # images as scored stored beside their truths (v5), for its image evidence
 
     def summary(self, url: str) -> str:
         head = (f"upgraded results store {display_url(url)} from schema version {self.from_version} to "
@@ -65,6 +73,8 @@ class UpgradeReport:
                  f"({self.summarised} images, from {self.results} per-image results)")
         if self.truths:
             built += f"; {self.truths} ground truths rebuilt from trimaps for the suspect-label score"
+        if self.images:
+            built += f"; {self.images} images as scored stored for its image evidence"
         if self.from_version != 1:
             return head + built
         why = "; ".join(f"{n} {reason}" for reason, n in self.reasons.items())
@@ -183,6 +193,34 @@ def _record_truths(conn: Connection) -> int:
     return len(rows)
 
 
+def eval_image(path: Path, size: int) -> np.ndarray | None:
+    """An image as the evaluation saw it, (size, size, 3) uint8 (RGB, bilinear, as core.data.dataset decodes it),
+    on the vote grid; None if unreadable."""
+    try:
+        image = open_rgb(path)
+    except Exception:
+        return None
+    return on_grid(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8))
+
+
+def _record_images(conn: Connection) -> int:
+    """Each stored truth's image as scored (truth_masks.image, v5) where its file is still there: the dataset root
+    and the image's path (images.path, else the Oxford-IIIT Pet and synthetic rule); returns images stored."""
+    t, i, d = st.truth_masks, st.images, st.datasets
+    wanted = conn.execute(select(t.c.image_id, t.c.image_size, i.c.name, i.c.path, d.c.root)
+                          .select_from(t.join(i, i.c.id == t.c.image_id).join(d, d.c.name == i.c.dataset))
+                          .where(t.c.image.is_(None))).all()
+    rows = []
+    for image_id, size, name, path, root in wanted:
+        image = eval_image(Path(root) / (path or image_rel(name)), int(size))
+        if image is not None:
+            rows.append({"key_image": int(image_id), "key_size": int(size), "image": encode_image(image)})
+    if rows:
+        conn.execute(update(t).where(t.c.image_id == bindparam("key_image"), t.c.image_size == bindparam("key_size"))
+                     .values(image=bindparam("image")), rows)
+    return len(rows)
+
+
 def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> UpgradeReport:
     """Upgrade a v1 or v2 store to the current version inside the caller's transaction; a no-op if another
     worker already did."""
@@ -207,6 +245,8 @@ def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> Upgra
         for table in (st.truth_masks, st.sweep_image_votes):
             table.create(conn, checkfirst=True)
         report.truths = _record_truths(conn)
+    if report.from_version < 5:
+        report.images = _record_images(conn)
     report.sweeps, report.summarised, report.results = summaries.build(conn)
     report.upgraded = True
     return report

@@ -152,8 +152,9 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         test_idx = data.indices("test")
         pred = predict(result.model, data, test_idx, cfg, diagnostics=True)
         ids = np.array([image_ids[data.infos[i].name] for i in test_idx], dtype=np.int64)
-        # the truth as scored, before the close: closing rescores the images' labels against it (core.labels)
-        store.record_truths(ids, data.image_size, data.masks[test_idx])
+        # the truth as scored, before the close: closing rescores the images' labels against it (core.labels), and
+        # the images as scored, for the score's image evidence
+        store.record_truths(ids, data.image_size, data.masks[test_idx], data.images[test_idx])
         checkpoint = None
         if checkpoint_path is not None:
             checkpoint = _save_checkpoint_or_warn(checkpoint_path, result, cfg, trial_id, log)
