@@ -317,15 +317,28 @@ def auto_width(budget_seconds: float, members: int, epoch_seconds: Callable[[flo
     """(width, seconds per epoch at it) for --width auto: the widest of AUTO_WIDTHS, down to
     ENSEMBLE_MIN_WIDTH, at which the budget affords AUTO_MIN_EPOCHS epochs per member of the refit's
     ensemble (`members`), else the widest that affords them for one network, else the narrowest.
-    `epoch_seconds(width)` measures, so it is asked only as far as needed. Past about 100 epochs on a
-    small training set one network stops improving, and a second one gains more than full width does
-    for resnet34_unet; for unet a quarter width cost more than a second member gained (README,
-    "Ensembles past a single network's ceiling")."""
+    Past about 100 epochs on a small training set one network stops improving, and a second one gains
+    more than full width does for resnet34_unet; for unet a quarter width cost more than a second
+    member gained (README, "Ensembles past a single network's ceiling").
+
+    `epoch_seconds(width)` measures, which at full width takes seconds (27 s for unet on a 2-core CPU,
+    timing its precision and memory layout too), so widths are measured narrowest first and no wider
+    once one cannot afford AUTO_MIN_EPOCHS of one network: a wider network costs more an epoch."""
     measured: dict[float, float] = {}
-    candidates = [(w, members) for w in AUTO_WIDTHS if w >= ENSEMBLE_MIN_WIDTH and members > 1]
-    for width, n in [*candidates, *((w, 1) for w in AUTO_WIDTHS)]:
-        if width not in measured:
-            measured[width] = epoch_seconds(width)
-        if budget_seconds / measured[width] >= AUTO_MIN_EPOCHS * n:
+    for width in sorted(AUTO_WIDTHS):
+        measured[width] = epoch_seconds(width)
+        if budget_seconds / measured[width] < AUTO_MIN_EPOCHS:
             break
-    return width, measured[width]
+
+    def affords(width: float, networks: int) -> bool:
+        return width in measured and budget_seconds / measured[width] >= AUTO_MIN_EPOCHS * networks
+
+    widest_first = sorted(AUTO_WIDTHS, reverse=True)
+    if members > 1:
+        for width in widest_first:
+            if width >= ENSEMBLE_MIN_WIDTH and affords(width, members):
+                return width, measured[width]
+    for width in widest_first:
+        if affords(width, 1):
+            return width, measured[width]
+    return widest_first[-1], measured[widest_first[-1]]

@@ -218,6 +218,18 @@ def test_auto_width_leaves_room_for_each_member_of_the_refits_ensemble_down_to_h
     assert schedule.auto_width(250, 1, lambda w: 250 / {1.0: 200, 0.5: 500, 0.25: 1000}[w])[0] == 1.0
 
 
+@pytest.mark.parametrize("epochs_at, measured", [
+    ({1.0: 20, 0.5: 60, 0.25: 100}, [0.25]),            # the narrowest cannot afford them: no wider one can
+    ({1.0: 20, 0.5: 60, 0.25: 1000}, [0.25, 0.5]),
+    ({1.0: 200, 0.5: 500, 0.25: 1000}, [0.25, 0.5, 1.0]),
+])
+def test_auto_width_measures_narrowest_first_and_stops_at_a_width_the_budget_cannot_train_long_enough(
+        epochs_at: dict[float, int], measured: list[float]) -> None:
+    asked: list[float] = []
+    schedule.auto_width(250, 2, lambda w: asked.append(w) or 250 / epochs_at[w])
+    assert asked == measured  # full width takes seconds to measure: the quick preset on a CPU never needs it
+
+
 # -- several workers, as plain data ----------------------------------------------------------------
 
 @dataclass
