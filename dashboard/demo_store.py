@@ -188,7 +188,7 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
     demo = DemoStore(url=store.url, sweep=sweep, archs=tuple(archs), dataset=data.name, root=data.root,
                      image_ids=ids, test_images=[data.infos[i].name for i in test])
     truths = data.masks[test].astype(bool)
-    store.record_truths([ids[n] for n in demo.test_images], image_size, truths)
+    store.record_truths([ids[n] for n in demo.test_images], image_size, truths, data.images[test])  # as a sweep does
     trimaps = data.trimaps[test]
     fg = np.array([data.infos[i].fg_fraction for i in test])
     dark = np.array([data.infos[i].brightness for i in test])
@@ -276,7 +276,7 @@ def build_folder_sweep(db: str, out: str | Path, data: PreparedDataset, *, sweep
     demo = FolderDemo(url=store.url, sweep=sweep, archs=tuple(archs), dataset=dataset, root=out, image_ids=ids,
                       test_images=test_names, groups={i.name: i.group for i in infos}, planted=planted)
     truths = np.stack([scored[k] for k in test_pos])
-    store.record_truths([ids[n] for n in test_names], image_size, truths)
+    store.record_truths([ids[n] for n in test_names], image_size, truths, data.images[test_pos])  # as a sweep does
     fg = np.array([infos[k].fg_fraction for k in test_pos])
     dark = np.array([infos[k].brightness for k in test_pos])
     hardness = _hardness(rng, fg, dark)

@@ -796,9 +796,10 @@ def test_overlays_use_the_truth_as_scored_not_a_rebuild_from_the_trimap(tmp_path
 # -- suspect labels and the review queue ----------------------------------------------------------------
 
 def _suspects(folder: FolderDemo) -> list[tuple]:
-    """(name, score, consensus dice, agreement, contradiction, median dice, trials), most suspect first."""
-    return _direct(folder, "SELECT images.name, label_suspicion, consensus_dice, agreement, contradiction, dice_median, "
-                           "s.trials FROM sweep_images s JOIN images ON images.id = s.image_id WHERE s.sweep = ? "
+    """(name, score, consensus dice, agreement, contradiction, image evidence, median dice, trials), most suspect
+    first."""
+    return _direct(folder, "SELECT images.name, label_suspicion, consensus_dice, agreement, contradiction, "
+                           "image_evidence, dice_median, s.trials FROM sweep_images s JOIN images ON images.id = s.image_id WHERE s.sweep = ? "
                            "ORDER BY label_suspicion IS NULL, label_suspicion DESC, dice_median, s.image_id", folder.sweep)
 
 
@@ -810,14 +811,16 @@ def test_suspect_labels_rank_images_by_the_score_and_show_its_parts(folder, monk
     assert set(gallery_names(at)[:3]) == set(folder.planted)  # the wrong masks first
     ranks = [r[0] for r in expected]
     assert all(ranks.index(h) > 2 for h in folder.hard)  # hard images, right masks: not suspects
-    name, score, cd, ag, co, md, n = expected[0]
+    name, score, cd, ag, co, ev, md, n = expected[0]
     assert f"**1. {name}** — label suspicion **{score:.3f}** · likely a label error" in texts(at)
     parts = [c.value for c in at.caption if c.value.startswith("group ")]
     entropy = np.median([e for (e,) in _direct(folder, "SELECT entropy FROM image_results JOIN trials ON trials.id = "
                                                        "trial_id JOIN images ON images.id = image_id WHERE sweep = ? "
                                                        "AND state = 'complete' AND images.name = ?", folder.sweep, name)])
+    assert ev is not None  # the sweep recorded its test images: the score's image evidence is a part shown
     assert parts[0] == (f"group {folder.groups[name]} · test · contradiction {co:.2f} · certainty {1 - entropy:.2f} · "
-                        f"consensus dice {cd:.2f} · agreement {ag:.2f} · median dice {md:.2f} over {n} trials")
+                        f"image evidence {ev:.2f} · consensus dice {cd:.2f} · agreement {ag:.2f} · median dice {md:.2f} "
+                        f"over {n} trials")
     assert [c.value for c in at.caption].count("review: not marked yet") == 6
 
 

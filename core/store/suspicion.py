@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import Float, bindparam, case, insert, literal, select, update
 from sqlalchemy.engine import Connection
 
 from core.labels import (MIN_TRIALS, LabelParts, add_vote, decode_votes, encode_votes, label_parts, on_grid, suspicion,
@@ -42,7 +42,8 @@ from core.store.mask_png import decode_image, decode_mask
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
 TRUTHS_KEPT = 8192  # truths on the grid kept decoded, by their PNG (at 256 px: about 5 KB each with its key)
 CHUNK = 256  # images whose votes are held in memory at once (and their masks' rows read by a rebuild)
-SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "dice_median", "trials")
+SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "image_evidence", "dice_median",
+                   "trials")
 
 
 # -- reads ---------------------------------------------------------------------------------------------
@@ -59,18 +60,21 @@ def available(source: Source) -> bool:
 def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFrame:
     """The sweep's test images, most suspect label first (NULL scores last, then worst median dice)."""
     s, i = st.sweep_images, st.images
-    stmt = (select(s.c.image_id, i.c.name, i.c.path, i.c.group_name, i.c.split, *(s.c[c] for c in LABEL_COLUMNS),
-                   s.c.dice_median, s.c.trials)
-            .join_from(s, i, i.c.id == s.c.image_id)
-            .where(s.c.sweep == sweep)
-            .order_by(case((s.c.label_suspicion.is_(None), 1), else_=0), s.c.label_suspicion.desc(),
-                      s.c.dice_median, s.c.image_id))
-    if limit is not None:
-        stmt = stmt.limit(int(limit))
     with connect(source) as conn:
+        # the image evidence is a part from v5 on; a v4 store's reads as NULL (the score counted it as 1)
+        evidence = s.c.image_evidence if st.holds(st.stored_version(conn), s.name, "image_evidence") \
+            else literal(None, Float).label("image_evidence")
+        stmt = (select(s.c.image_id, i.c.name, i.c.path, i.c.group_name, i.c.split, *(s.c[c] for c in LABEL_COLUMNS),
+                       evidence, s.c.dice_median, s.c.trials)
+                .join_from(s, i, i.c.id == s.c.image_id)
+                .where(s.c.sweep == sweep)
+                .order_by(case((s.c.label_suspicion.is_(None), 1), else_=0), s.c.label_suspicion.desc(),
+                          s.c.dice_median, s.c.image_id))
+        if limit is not None:
+            stmt = stmt.limit(int(limit))
         result = conn.execute(stmt)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    for column in (*LABEL_COLUMNS, "dice_median"):
+    for column in (*LABEL_COLUMNS, "image_evidence", "dice_median"):
         frame[column] = frame[column].astype(np.float64)
     return frame
 

@@ -103,8 +103,9 @@ def parts(row: Any) -> str:
         return NOT_SCORED
     group = f"group {row.group_name} · " if isinstance(row.group_name, str) else ""
     certainty = "–" if pd.isna(row.entropy) else f"{1 - min(max(row.entropy, 0.0), 1.0):.2f}"
-    return (f"{group}{row.split} · contradiction {row.contradiction:.2f} · certainty {certainty} · consensus dice "
-            f"{row.consensus_dice:.2f} · agreement {row.agreement:.2f} · median dice {ui.fmt(row.dice_median, 2)} "
+    evidence = "" if pd.isna(row.image_evidence) else f" · image evidence {row.image_evidence:.2f}"
+    return (f"{group}{row.split} · contradiction {row.contradiction:.2f} · certainty {certainty}{evidence} · consensus "
+            f"dice {row.consensus_dice:.2f} · agreement {row.agreement:.2f} · median dice {ui.fmt(row.dice_median, 2)} "
             f"over {int(row.trials)} trials")
 
 
@@ -145,7 +146,8 @@ def render(ctx: ui.Context) -> None:
                f"label errors (label suspicion ≥ {LIKELY_LABEL_ERROR}). Images the models disagree on, or are unsure "
                "about, are hard rather than mislabelled and score low. Its parts: contradiction (the share of mask and "
                "consensus where the models unanimously contradict the mask), certainty (1 − the models' median "
-               "entropy), consensus dice, agreement, median dice; the formula is in README, 'Suspect labels'.")
+               "entropy), image evidence (above 1 where the image's own edges follow the models' outline rather than "
+               "the mask's), consensus dice, agreement, median dice; the formula is in README, 'Suspect labels'.")
     export(ctx, sorted(frame["dataset"].dropna().unique()))
     if ui.started_read_only():
         st.caption("Started read-only: marks are shown, not written.")
