@@ -6,8 +6,8 @@
 `Store.finish_trial` is timed whole: PNG-encoding every mask, the per-image rows with their v2
 diagnostics, the masks, the sweep's per-image summaries (schema v3), its mask votes and suspect-label
 scores (v4) and the trial update in one transaction, on a SQLite file in WAL mode as the jobs use it.
-The test images' truths are recorded first, as a trial run does (the same shapes shifted 3 px), so each
-close reads them and scores every image; --no-truths leaves them out (no scores computed: the setup
+The test images' truths are recorded first, as a trial run does (the same shapes shifted 3 px, with the
+sample's photos: the score's image evidence, v5), so each close reads them and scores every image; --no-truths leaves them out (no scores computed: the setup
 of the earlier figures in docs/benchmarks.md). The masks are pet-shaped: the real
 sample's trimaps (pet + border) resized to the mask size, cycled (and mirrored on every other pass)
 to the test-set size; the diagnostics are measured on them against the same shapes shifted. Before
@@ -63,6 +63,25 @@ def pet_masks(root: Path, size: int, count: int) -> list:
             for i in range(count)]
 
 
+def pet_images(root: Path, size: int, count: int) -> list:
+    """The sample's photos of the trimaps pet_masks reads, at the mask size, cycled and mirrored alike."""
+    import numpy as np
+    from PIL import Image
+
+    from core.data.layout import TRIMAPS_DIR
+
+    def photo(trimap: Path):
+        try:
+            with Image.open(root / "images" / f"{trimap.stem}.jpg") as im:
+                return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+        except OSError:  # the sample's deliberately odd files
+            return np.full((size, size, 3), 128, np.uint8)
+
+    shapes = [photo(t) for t in sorted((root / TRIMAPS_DIR).glob("*.png"))]
+    return [shapes[i % len(shapes)] if (i // len(shapes)) % 2 == 0 else shapes[i % len(shapes)][:, ::-1]
+            for i in range(count)]
+
+
 def old_encode_mask(mask) -> bytes:
     """PIL's PNG encoder with optimize=True: the baseline encode_mask is compared against."""
     import numpy as np
@@ -113,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = store.register_dataset("oxford-pets/bench", "oxford-pets", tmp, infos)
         image_ids = np.array([ids[f"img_{i}"] for i in range(args.images)], dtype=np.int64)
         if not args.no_truths:  # as a trial run records them before it closes: the closes score every image
-            store.record_truths(image_ids, args.mask_size, [np.roll(m, 3, axis=1) for m in masks])
+            store.record_truths(image_ids, args.mask_size, [np.roll(m, 3, axis=1) for m in masks],
+                                pet_images(args.data.resolve(), args.mask_size, args.images))
         number = iter(range(10**6))
         trials: list[int] = []
         timed_add_trial = UpkeepTimer()  # summaries.add_trial inside each timed finish_trial
