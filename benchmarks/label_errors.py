@@ -19,7 +19,8 @@ Each gets AUROC (planted vs the rest) and precision among its top k (k = the num
 
 One planting is a noisy measure (4 of BUSI's 42 test images: one image moves AUROC by up to 0.25), but test
 masks never enter training or model selection, so the one sweep's stored predictions are scored against
---plantings plantings (seeds --seed, --seed + 1, ...; same kinds and share), made in memory at the masks' own
+--plantings plantings (seeds --seed, --seed + 1, ...; same share, the kinds' turn starting one further along each
+time, so that every kind is planted about as often), made in memory at the masks' own
 size and brought to the evaluation size as the loader does: every ranking is recomputed from what the store
 holds (each complete trial's predicted mask and entropy, core.labels.label_parts; median dice from the masks;
 cleanlab from the refit's probabilities, which no mask changes). First the sweep's own planting is replayed and
@@ -192,8 +193,9 @@ class MemoryLayout:
         self.count[name] -= 1
 
 
-def plant(layout: Layout, test_names: list[str], share: float, seed: int) -> dict[str, str]:
-    """Give `share` of the test images (those with a non-empty mask) a wrong mask; returns name -> kind."""
+def plant(layout: Layout, test_names: list[str], share: float, seed: int, first_kind: int = 0) -> dict[str, str]:
+    """Give `share` of the test images (those with a non-empty mask) a wrong mask, the kinds in turn from
+    KINDS[first_kind]; returns name -> kind."""
     rng = np.random.default_rng(seed)
     masks = {name: layout.read(name) for name in test_names}
     candidates = [n for n in test_names if masks[n].any()]
@@ -209,7 +211,7 @@ def plant(layout: Layout, test_names: list[str], share: float, seed: int) -> dic
     rest = [n for n in chosen if n not in kinds]
     keep = [n for n in candidates if n not in chosen]
     for j in range(len(rest)):
-        kind = KINDS[j % len(KINDS)]
+        kind = KINDS[(first_kind + j) % len(KINDS)]
         # a mask is grown where it can double: the smallest one left (a pet filling the frame has no room)
         name = min(rest, key=lambda n: masks[n].mean()) if kind == "grown" else rest[0]
         rest.remove(name)
@@ -445,11 +447,12 @@ def as_scored(mask: np.ndarray, image_wh: tuple[int, int], size: int) -> np.ndar
 
 
 def planted_truths(files: Layout, names: list[str], wh: list[tuple[int, int]], clean: np.ndarray, size: int,
-                   share: float, seed: int) -> tuple[np.ndarray, dict[str, str]]:
-    """The test truths at evaluation size (N, S, S) after planting in memory with `seed` (the files untouched),
-    and name -> kind of the planted ones; `clean` are the unplanted truths."""
+                   share: float, seed: int, first_kind: int = 0) -> tuple[np.ndarray, dict[str, str]]:
+    """The test truths at evaluation size (N, S, S) after planting in memory with `seed`, kinds from
+    KINDS[first_kind] (the files untouched), and name -> kind of the planted ones; `clean` are the unplanted
+    truths."""
     memory = MemoryLayout(files, names)
-    kinds = plant(memory, names, share, seed)
+    kinds = plant(memory, names, share, seed, first_kind)
     truth = clean.astype(bool).copy()
     for k, name in enumerate(names):
         if name in kinds:
@@ -492,7 +495,7 @@ def over_plantings(rank: Callable[[np.ndarray], dict[str, np.ndarray]], truths: 
 def report_plantings(title: str, spreads: list[Spread], k: int, target: float,
                      show: Callable[[str], None] = print) -> list[bool]:
     """The table over plantings and the verdicts, on the mean AUROC."""
-    show(f"   over {len(spreads[0].aurocs)} plantings of this sweep's test masks (same kinds and share):")
+    show(f"   over {len(spreads[0].aurocs)} plantings of this sweep's test masks (same share, every kind in turn):")
     show(f"   {'ranking':<24}{'mean AUROC':>11}{'90% of plantings':>19}{f'mean precision@{k}':>20}")
     for r in spreads:
         low, high = r.interval
@@ -582,7 +585,10 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
         sweep = read_sweep(db, SWEEP, names)
         truths = []
         for seed in range(args.seed, args.seed + args.plantings):
-            truth, kinds = planted_truths(files, names, wh, data.masks[test], args.image_size, args.share, seed)
+            # each planting starts the kinds one further along: with few planted (BUSI's 4, one a removed lesion)
+            # the kinds late in KINDS would otherwise never be planted; the sweep's own planting starts at the first
+            truth, kinds = planted_truths(files, names, wh, data.masks[test], args.image_size, args.share, seed,
+                                          first_kind=(seed - args.seed) % len(KINDS))
             if seed == args.seed:
                 if kinds != planted:
                     raise RuntimeError(f"planting again in memory chose {kinds}, the sweep's copy {planted}")

@@ -296,23 +296,42 @@ def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks
         check_reproduces(sweep, np.where(np.arange(10)[:, None, None] == 0, clean, truth))
 
 
-def test_the_benchmark_plants_in_memory_as_it_plants_files_and_leaves_the_files_alone(tmp_path):
+def ten_lesions(root):
+    """A BUSI-layout folder of ten one-lesion masks, one of them with a second lesion: its layout and names."""
     from PIL import Image
 
-    from benchmarks.label_errors import as_scored, layout_of, plant, planted_truths
+    from benchmarks.label_errors import layout_of
 
-    (tmp_path / "benign" / "mask").mkdir(parents=True)
+    (root / "benign" / "mask").mkdir(parents=True)
     names = [f"benign/benign ({k})" for k in range(1, 11)]
     for k in range(1, 11):
-        Image.fromarray(square(4 + k, 4, 8 + k % 3)).save(tmp_path / "benign" / "mask" / f"benign ({k})_mask.png")
-    Image.fromarray(square(20, 20, 6)).save(tmp_path / "benign" / "mask" / "benign (3)_mask_1.png")
-    files = layout_of(tmp_path)
+        Image.fromarray(square(4 + k, 4, 8 + k % 3)).save(root / "benign" / "mask" / f"benign ({k})_mask.png")
+    Image.fromarray(square(20, 20, 6)).save(root / "benign" / "mask" / "benign (3)_mask_1.png")
+    return layout_of(root), names
+
+
+def test_the_benchmark_plants_in_memory_as_it_plants_files_and_leaves_the_files_alone(tmp_path):
+    from benchmarks.label_errors import as_scored, plant, planted_truths
+
+    files, names = ten_lesions(tmp_path)
     clean = np.stack([as_scored(files.read(n), (S, S), 16) for n in names])
     truth, kinds = planted_truths(files, names, [(S, S)] * 10, clean, 16, 0.3, seed=2)
     assert files.lesions("benign/benign (3)") == 2  # the files untouched
     assert len(kinds) == 3 and kinds["benign/benign (3)"] == "lesion removed"
     assert plant(files, names, 0.3, seed=2) == kinds  # now on the files: the same images, the same kinds
     assert truth.tolist() == [as_scored(files.read(n), (S, S), 16).tolist() for n in names]
+
+
+def test_successive_plantings_start_the_kinds_one_further_along_so_every_kind_is_planted(tmp_path):
+    from benchmarks.label_errors import KINDS, MemoryLayout, plant
+
+    files, names = ten_lesions(tmp_path)
+    # 3 planted, one of them the removed lesion: two kinds a planting, as on BUSI, where starting every planting
+    # at the first kind never planted the last ones
+    plantings = [plant(MemoryLayout(files, names), names, 0.3, seed=5, first_kind=j) for j in range(len(KINDS))]
+    assert [sorted(k for k in p.values() if k != "lesion removed") for p in plantings] == \
+        [sorted((KINDS[j], KINDS[(j + 1) % len(KINDS)])) for j in range(len(KINDS))]
+    assert plantings[0] == plant(MemoryLayout(files, names), names, 0.3, seed=5)  # the sweep's own planting as before
 
 
 def test_the_vote_grid_keeps_every_pixel_up_to_64_px_and_a_fixed_stride_above():
