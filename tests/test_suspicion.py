@@ -138,7 +138,8 @@ def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(
 
 
 def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_truth_stored_without_one(
-        store: Store) -> None:
+        store: Store, monkeypatch) -> None:
+    from core.store import db as db_module
     from core.store.mask_png import decode_image
 
     rng = np.random.default_rng(4)
@@ -152,6 +153,10 @@ def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_
     with store.engine.connect() as conn:
         stored = dict(conn.execute(select(st.truth_masks.c.image_id, st.truth_masks.c.image)).all())
     assert all(decode_image(stored[int(i)]).tolist() == images[k].tolist() for k, i in enumerate(ids))
+    encoded = []
+    monkeypatch.setattr(db_module, "encode_image", lambda image: encoded.append(image) or b"")
+    store.record_truths(ids, S, truths, images)  # every later trial records them again: nothing is encoded
+    assert encoded == []
     hard = np.roll(objects[2], 6, axis=0)  # im2: the models agree on a wrong outline; the mask follows the image
     for number in range(3):
         pred = objects.copy()

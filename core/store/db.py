@@ -252,14 +252,16 @@ class Store:
         scored (S, S, 3) uint8, are kept on the vote grid beside them (truth_masks.image, the score's image
         evidence), also for a row stored without one."""
         ids = [int(i) for i in image_ids]
-        pictures = [None] * len(ids) if images is None else [encode_image(on_grid(np.asarray(p))) for p in images]
         with self.engine.connect() as conn:
             known = dict(conn.execute(select(truth_masks.c.image_id, truth_masks.c.image.is_not(None))
                                       .where(truth_masks.c.image_size == int(image_size), truth_masks.c.image_id.in_(ids))
                                       ).all())
-        rows = [dict(image_id=i, image_size=int(image_size), png=encode_mask(m), image=p)
-                for i, m, p in zip(ids, masks, pictures) if i not in known]
-        late = [dict(key_image=i, image=p) for i, p in zip(ids, pictures) if p is not None and known.get(i) is False]
+        # every trial records them; only the rows written are encoded (a sweep's later trials: none)
+        picture = (lambda k: None) if images is None else (lambda k: encode_image(on_grid(np.asarray(images[k]))))
+        rows = [dict(image_id=i, image_size=int(image_size), png=encode_mask(masks[k]), image=picture(k))
+                for k, i in enumerate(ids) if i not in known]
+        late = [dict(key_image=i, image=picture(k)) for k, i in enumerate(ids)
+                if images is not None and known.get(i) is False]
         if late:
             with self.engine.begin() as conn:
                 conn.execute(update(truth_masks).where(truth_masks.c.image_size == int(image_size),
