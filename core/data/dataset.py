@@ -275,15 +275,20 @@ def open_trimap(path: Path) -> np.ndarray | str:
     return _open_trimap(path)
 
 
+def image_as_scored(image: Image.Image, image_size: int) -> np.ndarray:
+    """An RGB image brought to image_size x image_size (bilinear, antialiased), (S, S, 3) uint8: the one rule
+    for training, evaluation and the store's copy of it (truth_masks.image)."""
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def decoded(image: Image.Image, trimap: np.ndarray, image_size: int) -> Decoded:
     """Measure a full-size RGB image and its trimap, then bring both to image_size x image_size:
     the trimap to the image's size first if it differs, then image bilinear, trimap nearest."""
     width, height = image.size
     brightness = float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)  # L = ITU-R 601 luma
     fg_fraction = float(np.mean(pet_mask(trimap)))
-    size = (image_size, image_size)
     return Decoded(
-        image=np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8),  # antialiased
+        image=image_as_scored(image, image_size),
         trimap=trimap_as_scored(trimap, image.size, image_size),
         width=width,
         height=height,

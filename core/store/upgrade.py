@@ -35,9 +35,7 @@ import numpy as np
 from sqlalchemy import and_, bindparam, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
-from PIL import Image
-
-from core.data.dataset import open_rgb, open_trimap, trimap_as_scored
+from core.data.dataset import image_as_scored, open_rgb, open_trimap, trimap_as_scored
 from core.data.layout import image_rel, pet_mask, trimap_path
 from core.labels import on_grid
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
@@ -200,7 +198,7 @@ def eval_image(path: Path, size: int) -> np.ndarray | None:
         image = open_rgb(path)
     except Exception:
         return None
-    return on_grid(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8))
+    return on_grid(image_as_scored(image, size))
 
 
 def _record_images(conn: Connection) -> int:
