@@ -395,10 +395,15 @@ def read_sweep(db: str, sweep: str, names: list[str]) -> StoredSweep:
 
 
 def mask_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice of masks (..., S, S) against truths broadcast to them, 1 where both are empty (core.metrics' rule)."""
-    both = (pred & truth).sum(axis=(-2, -1))
-    sizes = pred.sum(axis=(-2, -1)) + truth.sum(axis=(-2, -1))
-    return np.where(sizes > 0, 2 * both / np.maximum(sizes, 1), 1.0)
+    """Dice of masks (..., S, S) against truths broadcast to them, as the trials scored them (core.metrics)."""
+    import torch
+
+    from core.metrics import mask_scores
+
+    pred, truth = np.broadcast_arrays(pred, truth)
+    flat = (-1, *pred.shape[-2:])
+    dice = mask_scores(torch.from_numpy(pred.reshape(flat)), torch.from_numpy(truth.reshape(flat))).dice
+    return dice.numpy().astype(np.float64).reshape(pred.shape[:-2])
 
 
 def store_rankings(sweep: StoredSweep, truth: np.ndarray) -> dict[str, np.ndarray]:
