@@ -409,12 +409,13 @@ def mask_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def store_rankings(sweep: StoredSweep, truth: np.ndarray) -> dict[str, np.ndarray]:
     """The suspect-label score and median dice of every image against `truth`, recomputed from the stored trial
     masks, entropies and images exactly as the store computes them at a close (core.labels.label_parts)."""
-    from core.labels import label_parts
+    from core.labels import label_parts, on_grid
 
     dice = np.median(mask_dice(sweep.masks, truth[None]), axis=0)
     votes = sweep.masks.sum(axis=0, dtype=np.int64)
-    parts = label_parts(votes, len(sweep.masks), truth, entropy=np.median(sweep.entropy, axis=0), dice_median=dice,
-                        images=sweep.images)
+    # the store keeps votes, truth and image on the vote grid (every s-th pixel above VOTE_GRID a side)
+    parts = label_parts([on_grid(v) for v in votes], len(sweep.masks), [on_grid(t) for t in truth],
+                        entropy=np.median(sweep.entropy, axis=0), dice_median=dice, images=sweep.images)
     return {"suspect-label score": parts.label_suspicion, "median dice": 1.0 - dice}
 
 

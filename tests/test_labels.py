@@ -296,6 +296,40 @@ def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks
         check_reproduces(sweep, np.where(np.arange(10)[:, None, None] == 0, clean, truth))
 
 
+def test_the_benchmark_recomputes_the_stored_score_of_images_larger_than_the_vote_grid(db_url, tmp_path):
+    """Above VOTE_GRID a side the store scores votes, truth and image on the grid; the replay must do the same
+    (it once passed full-size votes beside grid-size images, and failed on every sweep above 64 px)."""
+    from benchmarks.label_errors import check_reproduces, mask_dice, read_sweep
+    from core.metrics import mask_diagnostics
+    from core.store.db import ImageResults
+
+    size = 2 * VOTE_GRID + 6  # stride 3: the grid is not the image
+    store, names, image_ids = ten_test_images(db_url, tmp_path)
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[:size, :size]
+    clean = np.stack([(rows - 40 - 3 * k) ** 2 + (cols - 50) ** 2 < (20 + k) ** 2 for k in range(10)])
+    truth = clean.copy()
+    truth[0] = False                              # planted: erased
+    truth[1] = np.roll(clean[1], 45, axis=1)      # and shifted
+    photos = (np.where(clean[..., None], 60, 170) + rng.integers(0, 40, (10, size, size, 3))).astype(np.uint8)
+    store.record_truths(image_ids, size, truth, photos)
+    for number in range(3):
+        pred = clean.copy()
+        pred[5] = rng.random((size, size)) < 0.5  # a hard image: every model guesses differently
+        diagnostics = mask_diagnostics(pred, truth)
+        diagnostics.entropy = rng.uniform(0.1, 0.3, 10)
+        dice = mask_dice(pred, truth)
+        store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
+                                             device="cpu", dataset="synthetic/b", image_size=size),
+                           state="complete", val_dice=0.5,
+                           results=ImageResults(image_ids, dice, dice, dice, masks=pred, diagnostics=diagnostics))
+    store.dispose()
+    sweep = read_sweep(db_url, "b", names)
+    assert sweep.truth.shape == (10, size, size) and sweep.images[0].shape == (*on_grid(truth[0]).shape, 3)
+    check_reproduces(sweep, truth)  # the stored label_suspicion, recomputed on the grid: identical
+    assert min(sweep.suspicion[[0, 1]]) > 0.7 > 0.4 > max(np.delete(sweep.suspicion, [0, 1]))
+
+
 def ten_lesions(root):
     """A BUSI-layout folder of ten one-lesion masks, one of them with a second lesion: its layout and names."""
     from PIL import Image
