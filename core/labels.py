@@ -65,7 +65,9 @@ squared: 0.991 / 0.985 / 0.994 (certainty to the power 1: 0.988 / 0.960). Agreem
 contradiction, which counts unanimous pixels only; it is kept as a part to show. The quick preset's sweep closes
 two to four complete trials (its refits, one per architecture, and the search trials that ran to full length),
 so two models that agree already make a consensus (MIN_TRIALS = 2). On the BUSI sample at that budget (models at
-test dice about 0.5) no ranking finds the planted masks well.
+test dice about 0.5) no ranking finds the planted masks well, nor at three times it (0.765 at 64 px, 0.833 at
+128 px): the models limit the score, not its formula (docs/metrics.md lists the variants tried; two more sweeps
+later scored pets 0.923 and BUSI 0.829).
 
 The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
 trial adds its masks without reading the earlier ones again. They are kept on a grid of at most VOTE_GRID
