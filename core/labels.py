@@ -94,6 +94,11 @@ CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the mod
 # 0.48-0.56, 90% of them at most 0.36; with the image evidence, over 50 plantings of one pet sweep, 57% of the
 # planted masks score 0.5 or more (median 0.64) and 1.7% of the others (90% of them at most 0.22)
 LIKELY_LABEL_ERROR = 0.5
+# How far the ranking can be trusted depends on the models that vote (benchmarks/label_errors.py, quick preset, 50
+# plantings per sweep): at a median test dice of about 0.73 (pet sample, 4-5 voters) a planted wrong mask outranked
+# a right one 92-95% of the time (mean AUROC), at about 0.5 (BUSI sample, 2-3 voters) 79-83%. Below this median
+# test dice of the complete trials the dashboard calls the ranking a shortlist to review, not a verdict.
+SHORTLIST_BELOW_DICE = 0.65
 VOTE_GRID = 64        # votes are kept on at most this many cells a side (on_grid): a close's cost bounded per image
 EVIDENCE_BAND = 3     # pixels (on the vote grid) each side of a mask's edge whose colours edge_contrast compares
 EVIDENCE_PRIOR = 0.25  # contrast added to both sides of image_evidence's ratio: faint edges weigh alike, 1

@@ -824,6 +824,23 @@ def test_suspect_labels_rank_images_by_the_score_and_show_its_parts(folder, monk
     assert [c.value for c in at.caption].count("review: not marked yet") == 6
 
 
+def test_suspect_labels_say_how_many_models_vote_and_call_the_ranking_a_shortlist_when_they_are_weak(
+        folder, monkeypatch) -> None:
+    from core import labels
+
+    dice = float(np.median([d for (d,) in _direct(folder, "SELECT test_dice FROM trials WHERE sweep = ? AND state = "
+                                                          "'complete' AND test_dice IS NOT NULL", folder.sweep)]))
+    [(voters,)] = _direct(folder, "SELECT max(trials) FROM sweep_images WHERE sweep = ?", folder.sweep)
+    line = f"{voters} models vote, at a median test dice of {dice:.2f}."
+    monkeypatch.setattr(labels, "SHORTLIST_BELOW_DICE", dice - 0.01)  # models good enough: the plain line
+    at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
+    assert voters >= 2 and line in [c.value for c in at.caption]
+    monkeypatch.setattr(labels, "SHORTLIST_BELOW_DICE", dice + 0.01)  # weaker than that: a shortlist, and why
+    at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
+    warned = [c.value for c in at.caption if c.value.startswith(f"⚠ {line} ")]
+    assert len(warned) == 1 and "shortlist to review, not a verdict" in warned[0] and "79–83%" in warned[0]
+
+
 def test_a_click_marks_an_image_and_the_cards_and_filters_show_it(folder, marker, monkeypatch) -> None:
     at = app("suspects", monkeypatch, folder.url, sweep=folder.sweep)
     first = gallery_names(at)[0]
