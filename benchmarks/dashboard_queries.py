@@ -16,7 +16,7 @@ dashboard's caches are cold, through one read-only Store as the dashboard holds 
 
 * hardest images, filtered   count_images + hardest_images (one page of 12) for a trial, filtered
                              by species, breeds, brightness, pet size and a dice range
-* ... by failure mode        the same filter plus one failure mode (`missed pet`), worst dice first
+* ... by failure mode        the same filter plus one failure mode (`missed object`), worst dice first
 * ... ranked by HD95         count_images + hardest_images of that trial in one failure mode, worst
                              (highest) HD95 first: the sort no index serves
 * + the page's masks         the same plus mask_pngs for the 12 images shown
@@ -124,7 +124,7 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
             fp_area=(1 - precision) * fg[:n_images] * 0.5, fn_area=(1 - recall) * fg[:n_images] * 0.5,
             precision=precision, recall=recall, boundary_iou=np.clip(dice ** 3 + rng.normal(0, 0.05, n_images), 0, 1),
             hd95=(1 - dice) * 40 + rng.exponential(1.0, n_images), fp_blobs=rng.poisson(2 * (1 - precision)),
-            pet_missed=recall < 0.5, entropy=np.clip(0.05 + 0.5 * (1 - dice) + rng.normal(0, 0.05, n_images), 0, 1))
+            object_missed=recall < 0.5, entropy=np.clip(0.05 + 0.5 * (1 - dice) + rng.normal(0, 0.05, n_images), 0, 1))
         store.finish_trial(tid, state="complete", val_dice=float(quality[k]), results=ImageResults(
             image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1), masks=masks if k in best else None,
             diagnostics=diag))
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             page["total"] = queries.count_images(store, worst_best, flt)
             page["rows"] = queries.hardest_images(store, worst_best, flt, limit=12)
 
-        by_mode = replace(flt, modes=("missed pet",))
-        by_hd95 = ImageFilter(metric="hd95", modes=("missed pet",))
+        by_mode = replace(flt, modes=("missed object",))
+        by_hd95 = ImageFilter(metric="hd95", modes=("missed object",))
 
         def hardest_by(image_filter: ImageFilter) -> None:
             page[f"total {image_filter.metric}"] = queries.count_images(store, worst_best, image_filter)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in times.items():
         ratio = "" if values is yard else f"  ({times_faster(name)} faster than the whole table)"
         print(f"   {name:<38} {1000 * median(values):9.1f} ms{ratio}")
-    print(f"   (failure mode `missed pet`: {page['total dice']} images match the filter, "
+    print(f"   (failure mode `missed object`: {page['total dice']} images match the filter, "
           f"{page['total hd95']} of the trial's {args.images} unfiltered)")
     print(f"   (the whole table: {len(page['table']):,} rows; hard for every model ranks "
           f"{len(page['unfiltered']):,} images unfiltered, {len(page['every']):,} filtered, {len(page['mode']):,} "

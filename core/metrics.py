@@ -57,7 +57,7 @@ def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
     """Dice, IoU and border-free Dice of each image of a batch.
 
     logits (N,1,H,W); target (N,1,H,W) in {0,1}; trimap (N,1,H,W) or (N,H,W) with the values of
-    core.data.layout (pet, background, border). A pixel is predicted pet when sigmoid(logit) > threshold,
+    core.data.layout (foreground, background, border). A pixel is predicted foreground when sigmoid(logit) > threshold,
     i.e. logit > logit(threshold) (a logit of exactly 0 is background at threshold 0.5).
     An image whose prediction and target are both empty scores 1.0.
     """
@@ -93,25 +93,25 @@ def mask_scores(pred: Tensor, truth: Tensor, trimap: Tensor | None = None) -> Im
 # -- why an image fails: error structure, boundary, connected components, confidence ---------------
 
 BOUNDARY_BAND = 0.02   # Boundary IoU band width, as a fraction of the image diagonal (Cheng et al.'s default)
-PET_FOUND_RECALL = 0.5  # the largest true pet component counts as missed below this share of it predicted
-DIAGNOSTICS = ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed",
+OBJECT_FOUND_RECALL = 0.5  # the largest true object component counts as missed below this share of it predicted
+DIAGNOSTICS = ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "object_missed",
                "entropy")
 
 
 @dataclass
 class ImageDiagnostics:
-    """Per-image error structure, each (N,) float64 numpy (fp_blobs int64, pet_missed bool).
+    """Per-image error structure, each (N,) float64 numpy (fp_blobs int64, object_missed bool).
 
     entropy is None when no probabilities were given (a stored 1-bit mask cannot tell it).
     """
     fp_area: np.ndarray       # false-positive pixels / all pixels
     fn_area: np.ndarray       # false-negative pixels / all pixels
     precision: np.ndarray     # |P∩T| / |P|; 1.0 when nothing is predicted
-    recall: np.ndarray        # |P∩T| / |T|; 1.0 when there is no pet
+    recall: np.ndarray        # |P∩T| / |T|; 1.0 when there is no object
     boundary_iou: np.ndarray  # Boundary IoU, band BOUNDARY_BAND x diagonal; 1.0 when both masks are empty
     hd95: np.ndarray          # 95th-percentile Hausdorff distance, pixels; 0 both empty, the diagonal if one is
-    fp_blobs: np.ndarray      # predicted 8-connected components touching no true pet pixel
-    pet_missed: np.ndarray    # under PET_FOUND_RECALL of the largest true pet component predicted
+    fp_blobs: np.ndarray      # predicted 8-connected components touching no true object pixel
+    object_missed: np.ndarray    # under OBJECT_FOUND_RECALL of the largest true object component predicted
     entropy: np.ndarray | None = None  # mean binary entropy of the probabilities, bits (0 sure .. 1 unsure)
 
     def as_dict(self) -> dict[str, np.ndarray | None]:
@@ -165,7 +165,7 @@ def _exact(distances: np.ndarray) -> np.ndarray:
 
 
 def _one_image(pred: np.ndarray, truth: np.ndarray, d: int) -> tuple[float, ...]:
-    """tp, |P|, |T|, boundary intersection and union, hd95, false-positive blobs, largest pet missed
+    """tp, |P|, |T|, boundary intersection and union, hd95, false-positive blobs, largest object missed
     of one image (2-D C-contiguous bool arrays)."""
     height, width = pred.shape
     tp = np.count_nonzero(pred & truth)
@@ -189,7 +189,7 @@ def _one_image(pred: np.ndarray, truth: np.ndarray, d: int) -> tuple[float, ...]
         _, labels, stats, _ = cv2.connectedComponentsWithStats(truth.view(np.uint8), connectivity=8)
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         found = np.count_nonzero(pred & (labels == largest))
-        missed = bool(found < PET_FOUND_RECALL * stats[largest, cv2.CC_STAT_AREA])
+        missed = bool(found < OBJECT_FOUND_RECALL * stats[largest, cv2.CC_STAT_AREA])
     return tp, p_area, t_area, b_inter, b_union, hd95, fp_blobs, missed
 
 
@@ -213,7 +213,7 @@ def mask_diagnostics(pred: Tensor | np.ndarray, truth: Tensor | np.ndarray,
     return ImageDiagnostics(
         fp_area=(p_area - tp) / pixels, fn_area=(t_area - tp) / pixels, precision=_ratio_np(tp, p_area),
         recall=_ratio_np(tp, t_area), boundary_iou=_ratio_np(b_inter, b_union), hd95=rows[:, 5],
-        fp_blobs=rows[:, 6].astype(np.int64), pet_missed=rows[:, 7].astype(bool),
+        fp_blobs=rows[:, 6].astype(np.int64), object_missed=rows[:, 7].astype(bool),
         entropy=None if logits is None else binary_entropy(logits).double().cpu().numpy())
 
 
@@ -236,7 +236,7 @@ def concat_diagnostics(parts: list[ImageDiagnostics]) -> ImageDiagnostics:
 
 # -- the failure mode of an image: a deterministic rule over its scores ------------------------------
 
-OK, EMPTY, MISSED, LEAK, BOUNDARY = "ok", "empty prediction", "missed pet", "background leak", "boundary"
+OK, EMPTY, MISSED, LEAK, BOUNDARY = "ok", "empty prediction", "missed object", "background leak", "boundary"
 NOT_COMPUTED = "not computed"
 FAILURE_MODES = (OK, BOUNDARY, MISSED, LEAK, EMPTY)  # display order, best to worst
 # worst first: how a gallery sorts by mode, and which mode wins a tie for an image's most common one. A missed
@@ -245,7 +245,7 @@ SEVERITY = (EMPTY, MISSED, LEAK, BOUNDARY, OK)
 
 OK_DICE = 0.9             # ok: dice at least this ...
 OK_BOUNDARY_IOU = 0.4     # ... and Boundary IoU at least this (a 1 px offset all round at 64 px gives 0.33)
-EMPTY_PRED_SHARE = 0.05   # empty prediction: predicted area below this share of the true pet's area
+EMPTY_PRED_SHARE = 0.05   # empty prediction: predicted area below this share of the true object's area
 GOOD_OVERLAP = 0.8        # boundary: precision and recall both at least this, yet not ok
 
 
@@ -253,13 +253,13 @@ def failure_modes(dice: np.ndarray, precision: np.ndarray, recall: np.ndarray,
                   boundary_iou: np.ndarray) -> np.ndarray:
     """Each image's failure mode (object array of FAILURE_MODES names); the first rule that matches wins:
 
-    1. `empty prediction`: predicted area < EMPTY_PRED_SHARE x true pet area (= recall / precision;
+    1. `empty prediction`: predicted area < EMPTY_PRED_SHARE x true object area (= recall / precision;
        nothing predicted means precision 1, recall 0);
     2. `ok`: dice >= OK_DICE and Boundary IoU >= OK_BOUNDARY_IOU (both masks empty: ok);
     3. `boundary`: precision and recall both >= GOOD_OVERLAP: the overlap is right, the outline is not;
-    4. the larger error: `missed pet` when recall <= precision, else `background leak` (a prediction on an
-       image with no pet, too: precision 0, recall 1). A prediction that overlaps the pet nowhere
-       (precision = recall = 0) missed the pet: whatever it found instead, the pet is what is gone.
+    4. the larger error: `missed object` when recall <= precision, else `background leak` (a prediction on an
+       image with no object, too: precision 0, recall 1). A prediction that overlaps the object nowhere
+       (precision = recall = 0) missed the object: whatever it found instead, the object is what is gone.
     Images without diagnostics (NaN precision, recall or Boundary IoU) are `not computed`.
     """
     dice = np.asarray(dice, dtype=np.float64)

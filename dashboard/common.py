@@ -51,7 +51,7 @@ METRIC_LABELS = {  # every per-image metric the pages can show, in menu order
     "boundary_iou": "Boundary IoU", "hd95": "HD95 (px)", "fp_blobs": "false-positive blobs",
     "entropy": "mean entropy (bits)",
 }
-MODE_COLORS = {"ok": "#4daf4a", "boundary": "#984ea3", "missed pet": "#56b4e9", "missed object": "#56b4e9",
+MODE_COLORS = {"ok": "#4daf4a", "boundary": "#984ea3", "missed object": "#56b4e9",
                "background leak": "#e69f00", "empty prediction": "#d62728", "not computed": "#bbbbbb"}
 READ_ONLY_ENV = "SEGSWEEP_READ_ONLY"
 READ_ONLY_FLAG = "--read-only"

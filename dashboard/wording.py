@@ -1,8 +1,6 @@
-"""How the pages speak of the data: of pets on Oxford-IIIT Pet and the synthetic set, of the foreground
-on the user's own images (a polyp is not a "missed pet").
-
-Only what is shown changes; the store keeps its values (failure_mode 'missed pet', pet_missed), so a
-filter shows a mode's wording and passes the stored value on.
+"""How the pages speak of the data: of pets on Oxford-IIIT Pet and the synthetic set, of the object on the
+user's own images. The store's values are neutral (failure mode 'missed object', object_missed); what is
+per domain is only the word for what the masks mark, and whether breeds, species and a trimap exist.
 """
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 PET_SOURCES = ("oxford-pets", "synthetic")  # datasets.source values whose data has breeds, species and trimaps
-STORED_MISSED = "missed pet"
 
 
 @dataclass(frozen=True)
@@ -23,13 +20,6 @@ class Wording:
     def thing(self) -> str:
         """What the masks mark: 'pet', else 'object'."""
         return "pet" if self.pets else "object"
-
-    def mode(self, stored: str) -> str:
-        """A failure mode as shown: 'missed pet' becomes 'missed object' on the user's own data."""
-        return f"missed {self.thing}" if stored == STORED_MISSED else stored
-
-    def modes(self, stored: Iterable[str]) -> list[str]:
-        return [self.mode(m) for m in stored]
 
 
 def wording_of(sources: Iterable[str | None]) -> Wording:

@@ -476,7 +476,7 @@ def test_distributions_show_failure_mode_shares_of_each_best_trial_and_the_sweep
         assert row["images"] == sum(pooled.values())
         assert {m: row[m] * row["images"] for m in pooled} == pytest.approx(pooled)
     bars = charts(at)[4]
-    assert {t["name"] for t in bars["data"]} <= {"ok", "boundary", "missed pet", "background leak", "empty prediction"}
+    assert {t["name"] for t in bars["data"]} <= {"ok", "boundary", "missed object", "background leak", "empty prediction"}
 
 
 def test_every_new_metric_is_selectable_in_the_distributions(demo, facts, monkeypatch) -> None:
@@ -533,7 +533,7 @@ def test_the_gallery_ranks_by_any_metric_worst_first(demo, facts, monkeypatch) -
     assert gallery_names(at) == [n for n, _ in rows[:12]]
     assert not [s for s in at.slider if "range" in s.label]  # HD95 is in pixels, not a [0, 1] score
     widget(at.sidebar.selectbox, "Rank by (worst first)").set_value("failure_mode").run()
-    severity = ["empty prediction", "missed pet", "background leak", "boundary", "ok"]
+    severity = ["empty prediction", "missed object", "background leak", "boundary", "ok"]
     rows = _direct(demo, "SELECT images.name, failure_mode, dice, image_id FROM image_results JOIN images ON "
                          "images.id = image_id WHERE trial_id = ?", best)
     expected = [r[0] for r in sorted(rows, key=lambda r: (severity.index(r[1]), r[2], r[3]))]
@@ -617,8 +617,8 @@ def test_a_v1_store_is_shown_as_it_is_with_the_command_that_upgrades_it(v1_store
 
 # -- the every-model view: most common failure mode, and a store without the per-image summaries ----------
 
-WORST_FIRST = ("empty prediction", "missed pet", "background leak", "boundary", "ok", "not computed")
-MODE_ORDER = ("ok", "boundary", "missed pet", "background leak", "empty prediction", "not computed")
+WORST_FIRST = ("empty prediction", "missed object", "background leak", "boundary", "ok", "not computed")
+MODE_ORDER = ("ok", "boundary", "missed object", "background leak", "empty prediction", "not computed")
 
 
 def _sweep_ranking(path: Path, sweep: str, modes: bool = True) -> list[tuple[float, int, str, str, int, int]]:
@@ -723,7 +723,7 @@ def test_a_folder_dataset_shows_groups_and_its_own_words_not_pet_filters(folder,
     assert gallery_count(at) == len(folder.test_images)
     assert not [c.value for c in at.caption if c.value.startswith("⚠")]  # every file found through images.path
     pills = widget(at.button_group, "Failure mode")
-    assert "missed pet" not in pills.options
+    assert "missed pet" not in pills.options and "missed object" in pills.options
     at.button[0].click().run()  # one image across every trial
     table = at.dataframe[0].value
     assert "border-aware dice" not in table.columns and "missed pet" not in set(table["failure mode"])
@@ -731,10 +731,10 @@ def test_a_folder_dataset_shows_groups_and_its_own_words_not_pet_filters(folder,
                 if t.label == "Border-aware dice"]
 
 
-def test_failure_modes_speak_of_objects_on_a_folder_dataset_while_the_store_keeps_its_values(folder, monkeypatch) -> None:
+def test_failure_modes_speak_of_objects_on_a_folder_dataset_and_in_the_store(folder, monkeypatch) -> None:
     stored = {m for (m,) in _direct(folder, "SELECT DISTINCT failure_mode FROM image_results JOIN trials ON trials.id "
                                             "= trial_id WHERE sweep = ?", folder.sweep)}
-    assert "missed pet" in stored
+    assert "missed object" in stored and "missed pet" not in stored
     at = app("distributions", monkeypatch, folder.url, sweep=folder.sweep)
     table = table_with(at, "trials")
     assert "missed object" in table.columns and "missed pet" not in table.columns

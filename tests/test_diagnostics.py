@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 
 from core.metrics import (
-    PET_FOUND_RECALL,
+    OBJECT_FOUND_RECALL,
     band_width,
     binary_entropy,
     image_diagnostics,
@@ -70,7 +70,7 @@ def structure_reference(pred: np.ndarray, truth: np.ndarray) -> tuple[int, bool]
         return blobs, False
     sizes = ndimage.sum_labels(truth, t_labels, range(1, m + 1))
     largest = t_labels == 1 + int(np.argmax(sizes))
-    return blobs, bool((pred & largest).sum() < PET_FOUND_RECALL * largest.sum())
+    return blobs, bool((pred & largest).sum() < OBJECT_FOUND_RECALL * largest.sum())
 
 
 def random_blobs(rng: np.random.Generator, size: int, n: int) -> np.ndarray:
@@ -153,7 +153,7 @@ def test_false_positive_blobs_and_missed_pet_match_scipy_labels() -> None:
     for pred, truth in PAIRS:
         got = mask_diagnostics(pred[None], truth[None])
         blobs, missed = structure_reference(pred, truth)
-        assert (int(got.fp_blobs[0]), bool(got.pet_missed[0])) == (blobs, missed)
+        assert (int(got.fp_blobs[0]), bool(got.object_missed[0])) == (blobs, missed)
 
 
 def test_components_connect_diagonally_and_a_blob_touching_the_pet_is_not_false() -> None:
@@ -164,19 +164,19 @@ def test_components_connect_diagonally_and_a_blob_touching_the_pet_is_not_false(
     pred[0, 11] = True                  # a second one
     pred[6, 2] = True                   # touching the pet's edge from outside: part of the pet's component
     got = mask_diagnostics(pred[None], truth[None])
-    assert got.fp_blobs.tolist() == [2] and got.pet_missed.tolist() == [False]
+    assert got.fp_blobs.tolist() == [2] and got.object_missed.tolist() == [False]
 
 
-def test_largest_pet_missed_ignores_a_found_smaller_one() -> None:
+def test_largest_object_missed_ignores_a_found_smaller_one() -> None:
     truth = np.zeros((20, 20), bool)
     truth[1:11, 1:11] = True            # the pet, 100 px
     truth[15:18, 15:18] = True          # a small second part, 9 px
     pred = np.zeros_like(truth)
     pred[15:18, 15:18] = True
     pred[1:11, 1:5] = True              # 40% of the pet: missed
-    assert mask_diagnostics(pred[None], truth[None]).pet_missed.tolist() == [True]
+    assert mask_diagnostics(pred[None], truth[None]).object_missed.tolist() == [True]
     pred[1:11, 1:6] = True              # 50%: found
-    assert mask_diagnostics(pred[None], truth[None]).pet_missed.tolist() == [False]
+    assert mask_diagnostics(pred[None], truth[None]).object_missed.tolist() == [False]
 
 
 def test_entropy_is_the_mean_binary_entropy_in_bits() -> None:
@@ -196,7 +196,7 @@ def test_image_diagnostics_thresholds_logits_at_zero_and_adds_entropy() -> None:
     target = torch.from_numpy((rng.random((4, 1, 20, 20)) > 0.5).astype(np.float32))
     got = image_diagnostics(logits, target)
     ref = mask_diagnostics(logits[:, 0].numpy() > 0, target[:, 0].numpy() > 0.5)
-    for name in ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed"):
+    for name in ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "object_missed"):
         assert np.array_equal(getattr(got, name), getattr(ref, name)), name
     assert ref.entropy is None and got.entropy.shape == (4,)
 
@@ -237,19 +237,19 @@ def test_a_right_prediction_and_an_empty_image_left_empty_are_ok() -> None:
 def test_nothing_or_almost_nothing_predicted_is_an_empty_prediction() -> None:
     assert _mode(_square(0, 0), PET) == "empty prediction"
     assert _mode(_square(20, 27), PET) == "empty prediction"  # 49 px of 1024: under 5%
-    assert _mode(_square(20, 28), PET) == "missed pet"         # 64 px: 6%, a (badly) found pet
+    assert _mode(_square(20, 28), PET) == "missed object"         # 64 px: 6%, a (badly) found pet
 
 
 def test_a_pet_half_found_is_a_missed_pet() -> None:
     half = PET.copy()
     half[:, 32:] = False
-    assert _mode(half, PET) == "missed pet"
+    assert _mode(half, PET) == "missed object"
 
 
 def test_a_prediction_beside_the_pet_and_nowhere_on_it_is_a_missed_pet() -> None:
     beside = np.zeros_like(PET)
     beside[:12, :12] = True  # a blob in a corner, the whole pet unfound: precision = recall = 0
-    assert not (beside & PET).any() and _mode(beside, PET) == "missed pet"
+    assert not (beside & PET).any() and _mode(beside, PET) == "missed object"
 
 
 def test_a_prediction_spilling_onto_background_or_a_false_blob_is_a_background_leak() -> None:
@@ -264,7 +264,7 @@ def test_a_right_overlap_with_a_wrong_outline_is_a_boundary_failure() -> None:
     # 1 px off all round: dice 0.94 but Boundary IoU 0.33 (the 2 px bands overlap in one ring)
     assert _mode(_square(15, 49), PET) == "boundary" and _mode(_square(17, 47), PET) == "boundary"
     # 2 px off all round loses a fifth of the pet or adds as much background: then that error is named
-    assert _mode(_square(14, 50), PET) == "background leak" and _mode(_square(18, 46), PET) == "missed pet"
+    assert _mode(_square(14, 50), PET) == "background leak" and _mode(_square(18, 46), PET) == "missed object"
 
 
 def test_rows_without_diagnostics_are_not_computed() -> None:

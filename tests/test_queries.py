@@ -168,7 +168,7 @@ def test_the_ranking_reads_the_sweep_summaries_kept_by_closing_trials(ro: Store)
     every = q.image_medians(ro, "s")
     assert set(every["mode"]) == {"not computed"} and set(every["mode_trials"]) == set(every["evaluated"]) == {3}
     assert len(q.image_medians(ro, "s", q.ImageFilter(modes=("not computed",)))) == 8
-    assert q.image_medians(ro, "s", q.ImageFilter(modes=("missed pet",))).empty
+    assert q.image_medians(ro, "s", q.ImageFilter(modes=("missed object",))).empty
     assert q.sweep_top_modes(ro, "s") == ["not computed"] and q.sweep_top_modes(ro, "other") == []
 
 
@@ -193,7 +193,7 @@ def test_trial_tail_scores_of_a_lower_is_better_metric_take_its_highest_values(d
     n = len(fp)
     diag = ImageDiagnostics(fp_area=fp, fn_area=np.zeros(n), precision=np.ones(n), recall=np.ones(n),
                             boundary_iou=np.ones(n), hd95=np.zeros(n), fp_blobs=np.zeros(n, np.int64),
-                            pet_missed=np.zeros(n, bool), entropy=None)
+                            object_missed=np.zeros(n, bool), entropy=None)
     tid = store.start_trial(sweep="s", study="s/unet", arch="unet", number=0, params={}, device="cpu",
                             dataset="t/x", image_size=8)
     dice = np.full(n, 0.5)

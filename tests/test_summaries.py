@@ -20,7 +20,7 @@ from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fix
 
 METRICS = ("dice", "dice_no_border", "iou", "fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95",
            "fp_blobs", "entropy")
-WORST_FIRST = ("empty prediction", "missed pet", "background leak", "boundary", "ok", "not computed")
+WORST_FIRST = ("empty prediction", "missed object", "background leak", "boundary", "ok", "not computed")
 
 
 def expected_summaries(url: str) -> dict[tuple[str, int], dict]:
@@ -98,7 +98,7 @@ def _close(store: Store, sweep: str, number: int, image_ids: np.ndarray, dice: n
         recall = np.clip(dice + rng.normal(0, 0.1, n), 0, 1)
         diag = ImageDiagnostics(fp_area=rng.random(n) * 0.2, fn_area=rng.random(n) * 0.2, precision=rng.random(n),
                                 recall=recall, boundary_iou=np.clip(dice - 0.3, 0, 1), hd95=rng.exponential(5, n),
-                                fp_blobs=rng.integers(0, 3, n), pet_missed=recall < 0.5,
+                                fp_blobs=rng.integers(0, 3, n), object_missed=recall < 0.5,
                                 entropy=rng.random(n) if number % 4 else None)
     results = ImageResults(image_ids, dice, dice * 0.9, np.minimum(dice + 0.05, 1), diagnostics=diag)
     store.finish_trial(tid, state=state, val_dice=0.5, results=results)
@@ -140,7 +140,7 @@ def test_the_ranking_reads_the_summaries_and_agrees_with_every_result(tmp_path) 
     assert q.has_summaries(ro)
     filters = [q.ImageFilter(metric=m) for m in METRICS] + [
         q.ImageFilter(metric="dice", species=("cat",), score=(0.3, 0.8)),
-        q.ImageFilter(metric="hd95", modes=("missed pet", "background leak"), brightness=(0.1, 0.7)),
+        q.ImageFilter(metric="hd95", modes=("missed object", "background leak"), brightness=(0.1, 0.7)),
         q.ImageFilter(metric="dice", modes=())]
     for flt in filters:
         fast, slow = q.image_medians(ro, "a", flt), q.image_medians_from_results(ro, "a", flt)
@@ -157,7 +157,7 @@ def test_the_ranking_reads_the_summaries_and_agrees_with_every_result(tmp_path) 
     want = sorted((expected[("a", i)]["dice_median"], i) for i, mode in tops.items() if mode == chosen)
     assert ranked["image_id"].tolist() == [i for _, i in want] and set(ranked["mode"]) == {chosen}
     assert ranked["mode_trials"].tolist() == [expected[("a", i)]["n_" + chosen.replace(" ", "_")] for _, i in want]
-    assert q.sweep_top_modes(ro, "a") == [m for m in ("ok", "boundary", "missed pet", "background leak",
+    assert q.sweep_top_modes(ro, "a") == [m for m in ("ok", "boundary", "missed object", "background leak",
                                                       "empty prediction", "not computed") if m in set(tops.values())]
     ro.dispose()
 

@@ -155,7 +155,7 @@ def test_predict_with_diagnostics_measures_the_masks_it_returns(tiny_synthetic) 
     idx = tiny_synthetic.indices("test")
     pred = predict(model, tiny_synthetic, idx, small(), batch_size=7, diagnostics=True)
     expected = mask_diagnostics(pred.masks, tiny_synthetic.masks[idx].astype(bool))
-    for name in ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed"):
+    for name in ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "object_missed"):
         np.testing.assert_array_equal(getattr(pred.diagnostics, name), getattr(expected, name), err_msg=name)
     assert pred.diagnostics.entropy.shape == (len(idx),) and np.isfinite(pred.diagnostics.entropy).all()
     assert predict(model, tiny_synthetic, idx, small()).diagnostics is None  # validation asks for none

@@ -107,5 +107,5 @@ def test_one_run_on_real_pets_fills_every_table_consistently(pets_root: Path, tm
     assert trial["val_dice"] == pytest.approx(last_val)  # the kept weights are the last epoch's
     assert ((0 <= dice) & (dice <= 1)).all()
     # a v2 trial: every image has its diagnostics, entropy included, and a failure mode from the rule
-    assert {mode for mode, *_ in diag} <= {"ok", "boundary", "missed pet", "background leak", "empty prediction"}
+    assert {mode for mode, *_ in diag} <= {"ok", "boundary", "missed object", "background leak", "empty prediction"}
     assert all(0 <= e <= 1 and 0 <= b <= 1 and h >= 0 for _, e, b, h in diag)

@@ -23,7 +23,7 @@ from tests.test_summaries import assert_summaries_match
 from tests.v1_store import V1Store, build_v1_store, dump_v1
 from tests.v2_store import build_v2_store, dump_v2
 
-V2_COLUMNS = ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "pet_missed", "entropy",
+V2_COLUMNS = ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95", "fp_blobs", "object_missed", "entropy",
               "failure_mode")
 
 
@@ -50,9 +50,9 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     and the per-image summaries equal to those computed from image_results."""
     assert dump_v1(v1.url) == before
     store = Store(v1.url, read_only=True)
-    assert store.schema_version == st.SCHEMA_VERSION == 5
+    assert store.schema_version == st.SCHEMA_VERSION == 6
     with store.engine.connect() as conn:
-        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "5"
+        assert conn.execute(select(st.schema_info.c.value).where(st.schema_info.c.key == "schema_version")).scalar() == "6"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("image_results")}
         assert indexes["ix_image_results_trial_mode"] == ["trial_id", "failure_mode"]
@@ -61,7 +61,7 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
     n_rows = len(before["image_results"])
     assert len(messages) == 1 and f"{n_rows} per-image results of {len(v1.trial_ids)} trials backfilled" in messages[0]
     assert "0 not computed" in messages[0] and "entropy is not computed" in messages[0]
-    assert "from schema version 1 to 5 in place" in messages[0]
+    assert "from schema version 1 to 6 in place" in messages[0]
     assert f"per-image summaries of 1 sweep built ({len(v1.image_ids)} images, from {n_rows} per-image results)" \
         in messages[0]
     assert assert_summaries_match(v1.url) == len(v1.image_ids)
@@ -73,7 +73,7 @@ def assert_upgraded(v1: V1Store, before: dict[str, list[tuple]], messages: list[
         for name in ("fp_area", "fn_area", "precision", "recall", "boundary_iou", "hd95"):
             assert got[name].astype(float) == pytest.approx(getattr(expected, name), abs=1e-9), name
         assert got["fp_blobs"].astype(int).tolist() == expected.fp_blobs.tolist()
-        assert got["pet_missed"].astype(bool).tolist() == expected.pet_missed.tolist()
+        assert got["object_missed"].astype(bool).tolist() == expected.object_missed.tolist()
         assert all(v is None for v in got["entropy"])  # a 1-bit mask has no probabilities
         dice = np.array([r[2] for r in sorted(r for r in before["image_results"] if r[0] == tid)])
         modes = failure_modes(dice, expected.precision, expected.recall, expected.boundary_iou)
@@ -162,7 +162,7 @@ def test_the_upgrade_command_upgrades_once_then_has_nothing_to_do(pets64, tmp_pa
     v1 = build_v1_store(f"sqlite:///{tmp_path / 'old.db'}", pets64, n_trials=1)
     assert upgrade_job.main(["--db", str(tmp_path / "old.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 1 to 5 in place" in out and "per-image results by failure mode:" in out
+    assert "from schema version 1 to 6 in place" in out and "per-image results by failure mode:" in out
     assert upgrade_job.main(["--db", v1.url]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
@@ -177,7 +177,7 @@ def test_the_upgrade_command_on_a_missing_folder_is_one_line(tmp_path: Path, cap
 def test_a_new_store_is_version_5_with_the_diagnostic_columns_and_the_summary_tables(db_url: str) -> None:
     store = Store(db_url)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "5"
+        assert conn.execute(text("SELECT value FROM schema_info WHERE key = 'schema_version'")).scalar() == "6"
         assert set(V2_COLUMNS) <= {c["name"] for c in inspect(conn).get_columns("image_results")}
         assert {"sweep_images", "sweep_image_windows"} <= set(inspect(conn).get_table_names())
     store.dispose()
@@ -189,15 +189,16 @@ def assert_upgraded_from_v2(url: str, before: dict[str, list[tuple]], messages: 
     """Every v2 row unchanged, version 3, one line, and the summaries equal to those computed from image_results."""
     assert dump_v2(url) == before
     store = Store(url, read_only=True)
-    assert store.schema_version == st.SCHEMA_VERSION == 5
+    assert store.schema_version == st.SCHEMA_VERSION == 6
     store.dispose()
     complete = {t[0] for t in before["trials"] if t[5] == "complete"}
     results = sum(1 for r in before["image_results"] if r[0] in complete)
     truths = len({r[1] for r in before["image_results"] if r[0] in complete})  # one per image at the trials' size
-    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 5 in place: "
+    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 2 to 6 in place: "
                         f"per-image summaries of 2 sweeps built ({images} images, from {results} per-image results); "
                         f"{truths} ground truths rebuilt from trimaps for the suspect-label score; "
-                        f"{truths} images as scored stored for its image evidence"]
+                        f"{truths} images as scored stored for its image evidence; "
+                        f"renamed image_results.pet_missed -> object_missed (docs/store.md)"]
     assert assert_summaries_match(url) == images
 
 
@@ -273,7 +274,7 @@ def test_the_upgrade_command_upgrades_a_v2_store(pets64, tmp_path: Path, capsys)
     build_v2_store(f"sqlite:///{tmp_path / 'v2.db'}", pets64)
     assert upgrade_job.main(["--db", str(tmp_path / "v2.db")]) == 0
     out = capsys.readouterr().out
-    assert "from schema version 2 to 5 in place: per-image summaries of 2 sweeps built" in out
+    assert "from schema version 2 to 6 in place: per-image summaries of 2 sweeps built" in out
 
 
 # -- v3 -> v4 ---------------------------------------------------------------------------------------
@@ -288,10 +289,10 @@ def test_a_v3_store_is_upgraded_in_place_row_for_row_with_the_v4_columns_and_tab
     assert Store(url, read_only=True).schema_version == 3  # a reader leaves it as it is
     messages: list[str] = []
     Store(url, log=messages.append).dispose()
-    assert len(messages) == 1 and "from schema version 3 to 5 in place" in messages[0]
+    assert len(messages) == 1 and "from schema version 3 to 6 in place" in messages[0]
     assert dump_v3(url) == before
     store = Store(url, read_only=True)
-    assert store.schema_version == st.SCHEMA_VERSION == 5
+    assert store.schema_version == st.SCHEMA_VERSION == 6
     with store.engine.connect() as conn:
         assert set(V4_TABLES) <= set(inspect(conn).get_table_names())
         for table, columns in V4_COLUMNS.items():
@@ -414,7 +415,7 @@ def test_a_v4_store_is_upgraded_in_place_row_for_row_and_its_scores_gain_the_ima
     messages: list[str] = []
     Store(url, log=messages.append).dispose()
     truths = len(before["truth_masks"])
-    assert len(messages) == 1 and "from schema version 4 to 5 in place" in messages[0]
+    assert len(messages) == 1 and "from schema version 4 to 6 in place" in messages[0]
     assert f"{truths} images as scored stored for its image evidence" in messages[0]
     assert dump_v4(url, leave_out=("label_suspicion",)) == rows  # every v4 row as it was, but the scores
     store = Store(url, read_only=True)
@@ -458,15 +459,16 @@ def test_a_v4_store_whose_images_are_gone_keeps_its_v4_scores(pets64, tmp_path: 
 
 
 def test_each_versions_tables_and_columns_are_what_schema_holds_says(pets64, tmp_path: Path) -> None:
-    """schema.ADDED_IN is how a reader knows an older store's columns from its version alone: check it against
-    a real store of every version."""
-    from core.store.schema import holds, metadata
+    """schema.ADDED_IN and RENAMED_IN are how a reader knows an older store's columns from its version alone:
+    check them against a real store of every version."""
+    from core.store.schema import holds, metadata, stored_name
     from tests.v3_store import build_v3_store
     from tests.v4_store import build_v4_store
 
     builders = {1: lambda url: build_v1_store(url, pets64), 2: lambda url: build_v2_store(url, pets64),
                 3: lambda url: build_v3_store(url, pets64), 4: lambda url: build_v4_store(url, pets64),
-                5: lambda url: Store(url).dispose()}
+                5: lambda url: Path(url.removeprefix("sqlite:///")).write_bytes(V5_FIXTURE.read_bytes()),
+                6: lambda url: Store(url).dispose()}
     for version, build in builders.items():
         url = f"sqlite:///{tmp_path / f'v{version}.db'}"
         build(url)
@@ -478,6 +480,82 @@ def test_each_versions_tables_and_columns_are_what_schema_holds_says(pets64, tmp
                 present = {c["name"] for c in inspector.get_columns(table.name)} if inspector.has_table(table.name) else set()
                 assert holds(version, table.name) == bool(present), (version, table.name)
                 for column in table.columns if present else ():
-                    assert holds(version, table.name, column.name) == (column.name in present), (version, table.name,
-                                                                                               column.name)
+                    name = stored_name(version, table.name, column.name)
+                    assert holds(version, table.name, column.name) == (name in present), (version, table.name, name)
         store.dispose()
+
+
+# -- v5 -> v6 ---------------------------------------------------------------------------------------
+
+V5_FIXTURE = Path(__file__).parent / "fixtures" / "v5_store.sqlite"  # made by the v5 code (commit 6750b48):
+# a jobs.sweep of unet on the pet sample at 32 px (1 complete, 4 pruned trials) and two jobs.train runs
+
+
+def _v5_copy(tmp_path: Path) -> str:
+    path = tmp_path / "v5.sqlite"
+    path.write_bytes(V5_FIXTURE.read_bytes())
+    return f"sqlite:///{path}"
+
+
+def _v5_dump(url: str) -> dict[str, list[tuple]]:
+    """Every row of every table of the genuine v5 store, its v5 columns only, under whichever name the store has."""
+    from tests.store_renames import dump_tables
+
+    engine = st.make_engine(f"sqlite:///{V5_FIXTURE}", read_only=True)
+    with engine.connect() as conn:
+        inspector = inspect(conn)
+        v5 = {t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names() if t != "schema_info"}
+    engine.dispose()
+    return dump_tables(url, v5.items())
+
+
+def test_a_genuine_v5_store_is_upgraded_in_place_every_row_kept_under_the_neutral_names(tmp_path: Path) -> None:
+    url = _v5_copy(tmp_path)
+    before = _v5_dump(url)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("SELECT count(*) FROM image_results WHERE failure_mode = 'missed pet'").fetchone()[0] == 43
+        missed_pet = raw.execute("SELECT sum(n_missed_pet) FROM sweep_images").fetchone()[0]
+    assert Store(url, read_only=True).schema_version == 5
+    messages: list[str] = []
+    Store(url, log=messages.append).dispose()
+    assert messages == [f"upgraded results store {st.display_url(url)} from schema version 5 to 6 in place: "
+                        "per-image summaries of 2 sweeps built (120 images, from 180 per-image results); "
+                        "renamed image_results.pet_missed -> object_missed, sweep_images.n_missed_pet -> "
+                        "n_missed_object (docs/store.md)"]
+    assert _v5_dump(url) == before  # every v5 row, 'missed pet' read as 'missed object'
+    store = Store(url, read_only=True)
+    assert store.schema_version == 6
+    with store.engine.connect() as conn:
+        modes = dict(conn.execute(text("SELECT failure_mode, count(*) FROM image_results GROUP BY 1")).all())
+        assert modes["missed object"] == 43 and "missed pet" not in modes
+        assert conn.execute(text("SELECT sum(n_missed_object) FROM sweep_images")).scalar() == missed_pet
+        assert conn.execute(text("SELECT count(*) FROM sweep_images WHERE top_mode = 'missed pet'")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM trials WHERE encoder_weights IS NOT NULL "
+                                 "OR checkpoint_sha256 IS NOT NULL")).scalar() == 0  # unknown before v6: NULL
+    store.dispose()
+    assert assert_summaries_match(url) == 120
+
+
+def test_the_dashboard_reads_a_v5_store_as_it_is_in_the_current_words(tmp_path: Path) -> None:
+    from core.store import queries as q
+
+    url = _v5_copy(tmp_path)
+    store = Store(url, read_only=True)  # a reader does not upgrade
+    try:
+        assert store.schema_version == 5
+        sweeps = q.sweeps(store.engine)["sweep"].tolist()
+        assert sorted(sweeps) == ["oxford-pets-sample-32px", "v5-fixture"]
+        trial_ids = q.best_trials(store.engine, "v5-fixture")["id"].tolist()
+        counts = q.failure_mode_counts(store.engine, trial_ids)
+        assert "missed object" in set(counts["failure_mode"]) and "missed pet" not in set(counts["failure_mode"])
+        medians = q.image_medians(store.engine, "v5-fixture")
+        assert len(medians) == 60 and "missed object" in set(medians["mode"]) and "missed pet" not in set(medians["mode"])
+        missed = q.image_medians(store.engine, "v5-fixture", q.ImageFilter(modes=("missed object",)))
+        assert 0 < len(missed) < 60
+        hardest = q.hardest_images(store.engine, trial_ids[0], q.ImageFilter(modes=("missed object",)), limit=100)
+        assert len(hardest) and set(hardest["failure_mode"]) == {"missed object"}
+        assert "missed object" in q.filter_options(store.engine, trial_ids)["modes"]
+    finally:
+        store.dispose()
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:  # and left it as it was
+        assert raw.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()[0] == "5"

@@ -18,6 +18,7 @@ from sqlalchemy import (
 from core.data.dataset import PreparedDataset
 from core.metrics import image_scores
 from core.store.db import encode_mask, make_engine
+from tests.store_renames import dump_tables
 
 V1 = MetaData()
 V1_SCHEMA_INFO = Table("schema_info", V1, Column("key", String(64), primary_key=True),
@@ -145,10 +146,4 @@ def build_v1_store(url: str, data: PreparedDataset, n_trials: int = 2, seed: int
 
 def dump_v1(url: str) -> dict[str, list[tuple]]:
     """Every row of every v1 table, v1 columns only, in key order: to compare before and after an upgrade."""
-    engine = make_engine(url, read_only=True)
-    try:
-        with engine.connect() as conn:
-            return {t.name: [tuple(r) for r in conn.execute(select(*t.c).order_by(*t.primary_key.columns)).all()]
-                    for t in V1_TABLES if t is not V1_SCHEMA_INFO}
-    finally:
-        engine.dispose()
+    return dump_tables(url, ((t.name, t.c.keys()) for t in V1_TABLES if t is not V1_SCHEMA_INFO))

@@ -20,6 +20,10 @@ from core.data.dataset import PreparedDataset
 from core.metrics import failure_modes, image_scores, mask_diagnostics
 from core.store.db import encode_mask, make_engine
 from tests.v1_store import V1_DATASETS, V1_EPOCHS, V1_IMAGES, V1_MASKS, V1_SCHEMA_INFO, V1_TRIALS, _damaged
+from tests.store_renames import NEW_VALUE, dump_tables
+
+V2_VALUE = {new: old for old, new in NEW_VALUE.items()}  # v2 wrote 'missed pet'
+
 
 V2 = MetaData()
 V2_SCHEMA_INFO, V2_DATASETS, V2_TRIALS, V2_EPOCHS, V2_IMAGES, V2_MASKS = (
@@ -100,9 +104,9 @@ def build_v2_store(url: str, data: PreparedDataset, seed: int = 0) -> V2Store:
                 modes = failure_modes(dice, diag.precision, diag.recall, diag.boundary_iou)
                 for j, row in enumerate(rows):
                     row.update({name: (int(getattr(diag, name)[j]) if name == "fp_blobs" else
-                                       bool(getattr(diag, name)[j]) if name == "pet_missed" else
+                                       bool(diag.object_missed[j]) if name == "pet_missed" else
                                        float(entropy[j]) if name == "entropy" else float(getattr(diag, name)[j]))
-                                for name in DIAGNOSTIC_COLUMNS}, failure_mode=str(modes[j]))
+                                for name in DIAGNOSTIC_COLUMNS}, failure_mode=V2_VALUE.get(str(modes[j]), str(modes[j])))
             else:
                 for row in rows:
                     row.update({name: None for name in DIAGNOSTIC_COLUMNS}, failure_mode="not computed")
@@ -117,10 +121,4 @@ def build_v2_store(url: str, data: PreparedDataset, seed: int = 0) -> V2Store:
 
 def dump_v2(url: str) -> dict[str, list[tuple]]:
     """Every row of every v2 table, v2 columns only, in key order: to compare before and after an upgrade."""
-    engine = make_engine(url, read_only=True)
-    try:
-        with engine.connect() as conn:
-            return {t.name: [tuple(r) for r in conn.execute(select(*t.c).order_by(*t.primary_key.columns)).all()]
-                    for t in V2_TABLES if t is not V2_SCHEMA_INFO}
-    finally:
-        engine.dispose()
+    return dump_tables(url, ((t.name, t.c.keys()) for t in V2_TABLES if t is not V2_SCHEMA_INFO))

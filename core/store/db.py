@@ -185,16 +185,19 @@ class Store:
         return known
 
     def start_trial(self, *, sweep: str, study: str, arch: str, number: int, params: dict[str, Any], device: str,
-                    dataset: str, image_size: int) -> int:
+                    dataset: str, image_size: int, encoder_weights: str | None = None,
+                    encoder_sha256: str | None = None) -> int:
         """Insert a trial in state 'running' and return its id; TrialExistsError if the study has
-        that trial number already (a run name used before, or a trial another worker recorded as lost)."""
+        that trial number already (a run name used before, or a trial another worker recorded as lost).
+        `encoder_weights` / `encoder_sha256`: where the encoder's starting weights came from (see
+        core.models.pretrained.WeightsSource), "none" for random weights."""
         try:
             with self.engine.begin() as conn:
                 now = utc_now()
                 result = conn.execute(insert(trials).values(
                     sweep=sweep, study=study, arch=arch, number=number, state="running", params=params,
                     epochs_run=0, started_at=now, heartbeat_at=now, device=device, dataset=dataset,
-                    image_size=image_size))
+                    image_size=image_size, encoder_weights=encoder_weights, encoder_sha256=encoder_sha256))
                 return int(result.inserted_primary_key[0])
         except IntegrityError:
             raise TrialExistsError(f"{study} already has a trial {number} in this store (a name used before, "
@@ -207,8 +210,10 @@ class Store:
             conn.execute(update(trials).where(trials.c.id == trial_id).values(epochs_run=epoch + 1))
 
     def finish_trial(self, trial_id: int, *, state: str, val_dice: float | None = None, error: str | None = None,
-                     checkpoint: str | None = None, results: ImageResults | None = None) -> float | None:
+                     checkpoint: str | None = None, checkpoint_sha256: str | None = None,
+                     results: ImageResults | None = None) -> float | None:
         """Close a trial; its per-image rows and masks land in the same transaction, or not at all.
+        `checkpoint_sha256` is the checkpoint file's sha256 (jobs.predict and jobs.export check it).
 
         Returns test_dice, the mean of the trial's per-image dice (None without results).
         """
@@ -233,7 +238,7 @@ class Store:
         with self.engine.begin() as conn:
             closed = conn.execute(update(trials).where(trials.c.id == trial_id, trials.c.state == "running").values(
                 state=state, val_dice=val_dice, test_dice=test_dice, finished_at=utc_now(), error=error,
-                checkpoint=checkpoint))
+                checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256))
             if closed.rowcount != 1:  # e.g. taken for dead and retried elsewhere: keep the store truthful
                 raise TrialClosedError(f"trial {trial_id} was already closed by another worker; results not recorded")
             if result_rows:
@@ -282,10 +287,11 @@ class Store:
         except IntegrityError:  # another database: a concurrent writer stored some of them first
             self.record_truths(ids, image_size, masks, images)
 
-    def set_checkpoint(self, trial_id: int, path: str | None) -> None:
-        """Record where a trial's weights are, or that they were removed (None)."""
+    def set_checkpoint(self, trial_id: int, path: str | None, sha256: str | None = None) -> None:
+        """Record where a trial's weights are and the file's sha256, or that they were removed (None)."""
         with self.engine.begin() as conn:
-            conn.execute(update(trials).where(trials.c.id == trial_id).values(checkpoint=path))
+            conn.execute(update(trials).where(trials.c.id == trial_id)
+                         .values(checkpoint=path, checkpoint_sha256=sha256 if path else None))
 
     def beat(self, trial_id: int) -> None:
         """A running trial's sign of life; see claim_stale."""

@@ -12,9 +12,10 @@ Speed matters on large stores (a million `image_results` rows): the per-trial qu
 that closing a trial keeps up to date (schema v3); only on an older store does it read every row of
 the sweep (a median needs them).
 
-Older stores (v1-v3) are read as they are: a column a later version added (images.group_name and
-path, datasets.layout, sweep_images' label-suspicion parts) reads as NULL there, and a table it
-added (reviews, truth_masks) as empty.
+Older stores (v1-v5) are read as they are: a column a later version added (images.group_name and
+path, datasets.layout, sweep_images' label-suspicion parts) reads as NULL there, a table it
+added (reviews, truth_masks) as empty, and a column or value a later version renamed (schema.RENAMED_IN:
+pet_missed, 'missed pet') reads under its current name.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, Table, and_, case, distinct, exists, false, func, inspect, literal, or_, select
+from sqlalchemy import (String, Table, and_, case, distinct, exists, false, func, inspect, literal, literal_column,
+                        or_, select)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -47,6 +49,8 @@ from core.store.schema import (
     trials,
     truth_masks,
     holds,
+    stored_name,
+    stored_values,
     stored_version,
 )
 
@@ -57,7 +61,7 @@ V2_METRICS = ("precision", "recall", "fp_area", "fn_area", "boundary_iou", "hd95
 METRICS = V1_METRICS + V2_METRICS
 LOWER_IS_BETTER = frozenset({"fp_area", "fn_area", "hd95", "fp_blobs", "entropy"})  # worst = highest
 UNIT_RANGE = frozenset(METRICS) - {"hd95", "fp_blobs"}  # metrics in [0, 1]
-V2_COLUMNS = (*V2_METRICS, "pet_missed", "failure_mode")
+V2_COLUMNS = (*V2_METRICS, "object_missed", "failure_mode")
 IMAGE_COLUMNS = ("name", "dataset", "split", "breed", "species", "width", "height", "brightness", "fg_fraction",
                  "group_name", "path")  # the last two: v4, NULL on older stores
 NO_GROUP = "(no group)"  # ImageFilter.groups' name for images without a group, where others have one
@@ -81,13 +85,37 @@ def _metric(metric: str) -> ColumnElement:
     return image_results.c[metric]
 
 
-def _worst_first(metric: str) -> list[ColumnElement]:
+def _stored(conn: Connection, table: Table, name: str) -> ColumnElement:
+    """table.name as this store spells it: a column a later version renamed is read under its old name."""
+    old = stored_name(stored_version(conn), table.name, name)
+    if old == name:
+        return table.c[name]
+    quote = conn.dialect.identifier_preparer.quote
+    return literal_column(f"{quote(table.name)}.{quote(old)}", table.c[name].type)
+
+
+def _mode(conn: Connection, column: ColumnElement) -> ColumnElement:
+    """A stored failure-mode column (image_results.failure_mode, sweep_images.top_mode) with this store's
+    renamed values read as today's ('missed pet' on a v5 store reads 'missed object'); any other column as it is."""
+    old = stored_values(stored_version(conn))
+    if not old or column.name != "failure_mode" and column.name != "top_mode":
+        return column
+    return case(*((column == o, literal(n)) for o, n in old.items()), else_=column)
+
+
+def _current_modes(conn: Connection, values: Iterable[str | None]) -> list[str | None]:
+    """Failure-mode values read from this store, as today's names."""
+    old = stored_values(stored_version(conn))
+    return [old.get(v, v) if v is not None else None for v in values]
+
+
+def _worst_first(metric: str, mode: ColumnElement = image_results.c.failure_mode) -> list[ColumnElement]:
     """ORDER BY terms putting an image's worst value of `metric` first and not-computed (NULL) rows last.
 
-    metric "failure_mode" orders by SEVERITY (not computed last), then by dice within a mode.
+    metric "failure_mode" orders `mode` by SEVERITY (not computed last), then by dice within a mode.
     """
     if metric == "failure_mode":
-        rank = case(*((image_results.c.failure_mode == mode, k) for k, mode in enumerate(SEVERITY)),
+        rank = case(*((mode == name, k) for k, name in enumerate(SEVERITY)),
                     else_=len(SEVERITY))
         return [rank, image_results.c.dice]
     m = _metric(metric)
@@ -102,7 +130,10 @@ def has_diagnostics(src: Source) -> bool:
 
 def _v2(conn: Connection) -> list[ColumnElement]:
     """The v2 image_results columns when the store has them, else none."""
-    return [image_results.c[c] for c in V2_COLUMNS] if has_diagnostics(conn) else []
+    if not has_diagnostics(conn):
+        return []
+    return [_mode(conn, image_results.c.failure_mode).label(c) if c == "failure_mode"
+            else _stored(conn, image_results, c).label(c) for c in V2_COLUMNS]
 
 
 def _ids(values: Iterable[Any]) -> list[int]:
@@ -247,8 +278,8 @@ def paired_scores(src: Source, trial_a: int, trial_b: int) -> pd.DataFrame:
     with connect(src) as conn:
         shown = METRICS + ("failure_mode",) if has_diagnostics(conn) else V1_METRICS
         stmt = (select(a.c.image_id, images.c.name, images.c.breed, images.c.species,
-                       *_columns(conn, images, ["group_name"]), *(a.c[m].label(f"{m}_a") for m in shown),
-                       *(b.c[m].label(f"{m}_b") for m in shown))
+                       *_columns(conn, images, ["group_name"]), *(_mode(conn, a.c[m]).label(f"{m}_a") for m in shown),
+                       *(_mode(conn, b.c[m]).label(f"{m}_b") for m in shown))
                 .join_from(a, b, b.c.image_id == a.c.image_id)
                 .join(images, images.c.id == a.c.image_id)
                 .where(a.c.trial_id == int(trial_a), b.c.trial_id == int(trial_b))
@@ -266,7 +297,7 @@ class ImageFilter:
     species: tuple[str, ...] | None = None
     splits: tuple[str, ...] | None = None
     brightness: tuple[float, float] | None = None  # inclusive, 0..1 mean luma
-    fg_fraction: tuple[float, float] | None = None  # inclusive, pet pixels / all pixels
+    fg_fraction: tuple[float, float] | None = None  # inclusive, foreground pixels / all pixels
     # failure modes (v2 stores); None: any. Per trial: the image's mode in that trial; over a sweep
     # (image_medians): its most common mode over the sweep's complete trials
     modes: tuple[str, ...] | None = None
@@ -311,7 +342,8 @@ def _image_columns(conn: Connection) -> list[ColumnElement]:
     return _columns(conn, images, IMAGE_COLUMNS)
 
 
-def _trial_images(trial_id: int, flt: ImageFilter, v2: list[ColumnElement], image_cols: list[ColumnElement]) -> Select:
+def _trial_images(conn: Connection, trial_id: int, flt: ImageFilter, v2: list[ColumnElement],
+                  image_cols: list[ColumnElement]) -> Select:
     m = _metric("dice" if flt.metric == "failure_mode" else flt.metric)
     stmt = (select(image_results.c.image_id, image_results.c.dice, image_results.c.iou,
                    image_results.c.dice_no_border, *v2, *image_cols)
@@ -320,7 +352,7 @@ def _trial_images(trial_id: int, flt: ImageFilter, v2: list[ColumnElement], imag
     if flt.score_is_filtered():
         stmt = stmt.where(m.between(float(flt.score[0]), float(flt.score[1])))
     if flt.modes is not None:
-        stmt = stmt.where(image_results.c.failure_mode.in_(list(flt.modes)) if flt.modes else false())
+        stmt = stmt.where(_mode(conn, image_results.c.failure_mode).in_(list(flt.modes)) if flt.modes else false())
     return stmt
 
 
@@ -336,8 +368,10 @@ def hardest_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter(),
                    offset: int = 0) -> pd.DataFrame:
     """A trial's images matching the filter, worst first by flt.metric (not-computed last), one page of them."""
     with connect(src) as conn:
-        stmt = (_trial_images(trial_id, flt, _check_v2(conn, flt), _image_columns(conn))
-                .order_by(*_worst_first(flt.metric), image_results.c.image_id).limit(int(limit)).offset(int(offset)))
+        stmt = (_trial_images(conn, trial_id, flt, _check_v2(conn, flt), _image_columns(conn))
+                .order_by(*_worst_first(flt.metric, _mode(conn, image_results.c.failure_mode)),
+                          image_results.c.image_id)
+                .limit(int(limit)).offset(int(offset)))
         return _frame(conn, stmt)
 
 
@@ -345,7 +379,7 @@ def count_images(src: Source, trial_id: int, flt: ImageFilter = ImageFilter()) -
     """How many of a trial's images match the filter (the gallery's total)."""
     with connect(src) as conn:
         _check_v2(conn, flt)
-        sub = _trial_images(trial_id, flt, [], [images.c.id]).subquery()
+        sub = _trial_images(conn, trial_id, flt, [], [images.c.id]).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
 
@@ -378,10 +412,12 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
             return image_medians_from_results(conn, sweep, flt)
         s = sweep_images
         median = s.c[f"{flt.metric}_median"]
-        mode_trials = case(*((s.c.top_mode == mode, s.c[column]) for mode, column in MODE_COLUMNS.items()), else_=0)
+        top_mode = _mode(conn, s.c.top_mode)
+        mode_trials = case(*((top_mode == mode, _stored(conn, s, column)) for mode, column in MODE_COLUMNS.items()),
+                           else_=0)
         stmt = (select(s.c.image_id, median.label("median"), s.c[f"{flt.metric}_mean"].label("mean"),
                        s.c[f"{flt.metric}_min"].label("min"), s.c[f"{flt.metric}_max"].label("max"),
-                       s.c[f"{flt.metric}_trials"].label("trials"), s.c.top_mode.label("mode"),
+                       s.c[f"{flt.metric}_trials"].label("trials"), top_mode.label("mode"),
                        mode_trials.label("mode_trials"), s.c.trials.label("evaluated"),
                        *_columns(conn, s, ["label_suspicion"]))
                 .where(s.c.sweep == sweep, s.c[f"{flt.metric}_trials"] > 0))
@@ -391,7 +427,7 @@ def image_medians(src: Source, sweep: str, flt: ImageFilter = ImageFilter()) -> 
         if flt.score_is_filtered():
             stmt = stmt.where(median.between(float(flt.score[0]), float(flt.score[1])))
         if flt.modes is not None:
-            stmt = stmt.where(s.c.top_mode.in_(list(flt.modes)) if flt.modes else false())
+            stmt = stmt.where(top_mode.in_(list(flt.modes)) if flt.modes else false())
         if flt.skip_label_errors and _has_column(conn, s, "label_suspicion"):
             stmt = stmt.where(~likely_label_error(s.c.image_id, s.c.label_suspicion))
         worst = median.desc() if flt.metric in LOWER_IS_BETTER else median.asc()
@@ -469,7 +505,8 @@ def _mode_counts(conn: Connection, sweep: str, conds: list[ColumnElement]) -> pd
     rows = conn.execute(stmt).all()
     ids, pos = np.unique(np.array([r[0] for r in rows], dtype=np.int64), return_inverse=True)
     counts = np.zeros((len(ids), len(summaries.MODES)), dtype=np.int64)
-    np.add.at(counts, (pos, summaries.mode_codes([r[1] for r in rows])), np.array([r[2] for r in rows], np.int64))
+    np.add.at(counts, (pos, summaries.mode_codes(_current_modes(conn, [r[1] for r in rows]))),
+              np.array([r[2] for r in rows], np.int64))
     top = summaries.top_modes(counts)
     codes = summaries.mode_codes(top)
     return pd.DataFrame({"image_id": ids, "mode": top, "mode_trials": counts[np.arange(len(ids)), codes],
@@ -481,8 +518,8 @@ def sweep_top_modes(src: Source, sweep: str) -> list[str]:
     FAILURE_MODES order (not computed last); none on a v1 store."""
     with connect(src) as conn:
         if has_summaries(conn):
-            found = set(conn.execute(select(sweep_images.c.top_mode).distinct()
-                                     .where(sweep_images.c.sweep == sweep)).scalars())
+            found = set(_current_modes(conn, conn.execute(select(sweep_images.c.top_mode).distinct()
+                                                          .where(sweep_images.c.sweep == sweep)).scalars()))
         elif has_diagnostics(conn):
             found = set(image_medians_from_results(conn, sweep)["mode"])
         else:
@@ -533,8 +570,8 @@ def filter_options(src: Source, trial_ids: Sequence[int]) -> dict[str, Any]:
             func.min(images.c.fg_fraction), func.max(images.c.fg_fraction)).where(where)).one()
         modes: list[str] = []
         if has_diagnostics(conn):
-            found = set(conn.execute(select(image_results.c.failure_mode).distinct()
-                                     .where(image_results.c.trial_id.in_(_ids(trial_ids)))).scalars())
+            found = set(_current_modes(conn, conn.execute(select(image_results.c.failure_mode).distinct()
+                                                          .where(image_results.c.trial_id.in_(_ids(trial_ids)))).scalars()))
             modes = [m for m in FAILURE_MODES + (NOT_COMPUTED,) if m in found]
         return {"breeds": values(images.c.breed), "species": values(images.c.species), "splits": values(images.c.split),
                 "brightness": (lo_b, hi_b), "fg_fraction": (lo_f, hi_f), "modes": modes, "groups": groups,
@@ -622,6 +659,7 @@ def failure_mode_counts(src: Source, trial_ids: Sequence[int]) -> pd.DataFrame:
                 .where(image_results.c.trial_id.in_(_ids(trial_ids)))
                 .group_by(image_results.c.trial_id, mode).order_by(image_results.c.trial_id, mode))
         frame = _frame(conn, stmt)
+        frame["failure_mode"] = _current_modes(conn, frame["failure_mode"])
     frame["failure_mode"] = frame["failure_mode"].fillna(NOT_COMPUTED)
     return frame.groupby(["trial_id", "failure_mode"], as_index=False, sort=True)["images"].sum()
 

@@ -1,7 +1,8 @@
 """The results schema: every table, column and index of the store, and its version.
 
-This is a public interface (documented in README.md): the jobs write it, the dashboard reads it, and
-users query it directly. Change it only by adding, and bump SCHEMA_VERSION when you do; the upgrade
+This is a public interface (documented in docs/store.md): the jobs write it, the dashboard reads it, and
+users query it directly. Change it only by a new SCHEMA_VERSION: columns and tables are added (ADDED_IN);
+a renamed column or value is listed in RENAMED_IN (and docs/store.md) with its old name; the upgrade
 (core.store.upgrade) brings older stores to it in place. This module imports nothing of the store's
 own, so every other store module can import it.
 """
@@ -33,8 +34,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.metrics import DIAGNOSTICS, FAILURE_MODES, NOT_COMPUTED, ImageDiagnostics, failure_modes
 
-SCHEMA_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)  # the dashboard reads an older store as it is; writers upgrade it first
+SCHEMA_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # the dashboard reads an older store as it is; writers upgrade it first
 LAYOUTS = ("oxford-pets", "synthetic", "paired-folders", "nnunet", "two-folders")  # datasets.layout
 REVIEW_MARKS = ("label error", "hard image", "fine")  # reviews.mark
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
@@ -82,6 +83,12 @@ trials = Table(
     Column("error", Text),
     Column("checkpoint", Text),
     Column("heartbeat_at", DateTime),  # refreshed while a worker runs the trial
+    # v6: sha256 of the checkpoint file (jobs.predict and jobs.export refuse a file that no longer matches)
+    Column("checkpoint_sha256", String(64)),
+    # v6: where the encoder's starting weights came from (core.models.pretrained: "none", "imagenet:FILE",
+    # "file:PATH") and that file's sha256; NULL before v6 (every earlier trial started from random weights)
+    Column("encoder_weights", Text),
+    Column("encoder_sha256", String(64)),
     UniqueConstraint("study", "number", name="uq_trials_study_number"),
 )
 
@@ -135,9 +142,9 @@ image_results = Table(
     Column("boundary_iou", Float),
     Column("hd95", Float),
     Column("fp_blobs", Integer),
-    Column("pet_missed", Boolean),
+    Column("object_missed", Boolean),  # v6 name; pet_missed before
     Column("entropy", Float),
-    Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed'
+    Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed' (v6: 'missed pet' -> 'missed object')
     Index("ix_image_results_trial_dice", "trial_id", "dice"),  # worst images of a trial
     Index("ix_image_results_trial_mode", "trial_id", "failure_mode"),  # v2: failure-mode shares and filters
     Index("ix_image_results_image", "image_id"),               # all results of one image
@@ -155,7 +162,7 @@ Index("ix_trials_study_state", trials.c.study, trials.c.state)
 # v3: per sweep and image, a summary of the sweep's complete trials, kept up to date by finish_trial in the
 # transaction that closes a trial (core.store.summaries), so the sweep-wide ranking reads one row per image
 # instead of every per-image result
-SUMMARY_METRICS = ("dice", "dice_no_border", "iou", *(d for d in DIAGNOSTICS if d != "pet_missed"))
+SUMMARY_METRICS = ("dice", "dice_no_border", "iou", *(d for d in DIAGNOSTICS if d != "object_missed"))
 SUMMARY_STATS = ("median", "mean", "min", "max", "trials")
 MODE_COLUMNS = {mode: "n_" + mode.replace(" ", "_") for mode in (*FAILURE_MODES, NOT_COMPUTED)}
 
@@ -233,7 +240,32 @@ ADDED_IN: dict[int, dict[str, tuple[str, ...] | None]] = {
         "sweep_images": ("label_suspicion", "consensus_dice", "agreement", "contradiction"),
         "sweep_image_votes": None, "truth_masks": None, "reviews": None},
     5: {"truth_masks": ("image",), "sweep_images": ("image_evidence",)},
+    6: {"trials": ("checkpoint_sha256", "encoder_weights", "encoder_sha256")},
 }
+
+# What each version renamed, old name -> new name: columns per table, and stored values (failure_mode and
+# sweep_images.top_mode). The upgrade renames them in place; a reader of an older store maps them on read.
+RENAMED_IN: dict[int, dict[str, dict[str, str]]] = {
+    6: {"image_results": {"pet_missed": "object_missed"}, "sweep_images": {"n_missed_pet": "n_missed_object"},
+        "values": {"missed pet": "missed object"}},
+}
+
+
+def stored_name(version: int, table: str, column: str) -> str:
+    """The name a store of schema `version` gives what the current schema calls `table`.`column`."""
+    for renamed_in in sorted(RENAMED_IN, reverse=True):
+        if version < renamed_in:
+            column = {new: old for old, new in RENAMED_IN[renamed_in].get(table, {}).items()}.get(column, column)
+    return column
+
+
+def stored_values(version: int) -> dict[str, str]:
+    """Stored value -> current value for every value renamed after schema `version` (empty when current)."""
+    out: dict[str, str] = {}
+    for renamed_in in sorted(RENAMED_IN, reverse=True):
+        if version < renamed_in:
+            out = {old: out.get(new, new) for old, new in RENAMED_IN[renamed_in].get("values", {}).items()} | out
+    return out
 
 
 def holds(version: int, table: str, column: str | None = None) -> bool:
@@ -272,7 +304,7 @@ def diagnostic_rows(dice: np.ndarray, diag: ImageDiagnostics | None, n: int) -> 
             columns[name] = [None] * n
         elif name == "fp_blobs":
             columns[name] = [int(v) for v in values]
-        elif name == "pet_missed":
+        elif name == "object_missed":
             columns[name] = [bool(v) for v in values]
         else:
             columns[name] = [None if v != v else float(v) for v in np.asarray(values, np.float64).tolist()]

@@ -1,4 +1,4 @@
-"""Schema v1, v2, v3 or v4 -> v5, in place.
+"""Schema v1 to v5 -> v6, in place.
 
 v1 -> v2: new nullable columns on image_results, backfilled from the stored masks. A v1 store holds every
 complete trial's predicted masks (1-bit PNGs at the evaluation size) and the dataset root its images came
@@ -19,7 +19,12 @@ v4 -> v5: new nullable columns (truth_masks.image, sweep_images.image_evidence);
 scored is read again from the dataset folder where its file is still there, and the summaries are rebuilt, so
 the score gains its image evidence there and keeps its v4 value (evidence NULL, counted as 1) elsewhere.
 
-Everything (columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
+v5 -> v6: the neutral names (schema.RENAMED_IN): image_results.pet_missed -> object_missed,
+sweep_images.n_missed_pet -> n_missed_object, failure mode 'missed pet' -> 'missed object' (image_results and
+sweep_images.top_mode); new nullable trials columns (checkpoint_sha256, encoder_weights, encoder_sha256), NULL on
+older trials. Renames come first, so a renamed column is never added anew beside its old one.
+
+Everything (renames, columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
 disk leaves the old store as it was. Two workers upgrading at once: the first takes the write lock with
 its UPDATE of schema_version, the second waits and then finds the current version and does nothing.
 """
@@ -63,6 +68,7 @@ class UpgradeReport:
     results: int = 0         # per-image results they summarise
     truths: int = 0          # truths as scored rebuilt from trimaps (v4), for the label-suspicion score
     images: int = 0          # images as scored stored beside their truths (v5), for its image evidence
+    renamed: list[str] = field(default_factory=list)  # columns renamed (v6), "table.old -> new"
 
     def summary(self, url: str) -> str:
         head = (f"upgraded results store {display_url(url)} from schema version {self.from_version} to "
@@ -73,6 +79,8 @@ class UpgradeReport:
             built += f"; {self.truths} ground truths rebuilt from trimaps for the suspect-label score"
         if self.images:
             built += f"; {self.images} images as scored stored for its image evidence"
+        if self.renamed:
+            built += f"; renamed {', '.join(self.renamed)} (docs/store.md)"
         if self.from_version != 1:
             return head + built
         why = "; ".join(f"{n} {reason}" for reason, n in self.reasons.items())
@@ -88,6 +96,31 @@ def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.
     if isinstance(trimap, str):
         return None
     return pet_mask(trimap_as_scored(trimap, (int(width), int(height)), size))
+
+
+def rename_columns_and_values(conn: Connection, from_version: int) -> list[str]:
+    """Rename what later versions renamed (schema.RENAMED_IN) in a store of `from_version`, in place: columns
+    where the store has them (ALTER TABLE ... RENAME COLUMN: SQLite >= 3.25, PostgreSQL), then stored values.
+    Returns the columns renamed as "table.old -> new"."""
+    inspector = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    done = []
+    for version in sorted(v for v in st.RENAMED_IN if v > from_version):
+        renames = st.RENAMED_IN[version]
+        for table, columns in renames.items():
+            if table == "values" or not inspector.has_table(table):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table)}
+            for old, new in columns.items():
+                if old in present and new not in present:
+                    conn.execute(text(f"ALTER TABLE {quote(table)} RENAME COLUMN {quote(old)} TO {quote(new)}"))
+                    done.append(f"{table}.{old} -> {new}")
+        for table, column in ((st.image_results, "failure_mode"), (st.sweep_images, "top_mode")):
+            if inspector.has_table(table.name) and column in {c["name"] for c in inspector.get_columns(table.name)}:
+                for old, new in renames.get("values", {}).items():
+                    conn.execute(update(table).where(table.c[column] == old).values({column: new}))
+        inspector = inspect(conn)  # the renamed columns, for the next version's renames
+    return done
 
 
 def add_missing_columns(conn: Connection) -> list[str]:
@@ -235,6 +268,7 @@ def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> Upgra
             break
     else:
         return report
+    report.renamed = rename_columns_and_values(conn, report.from_version)
     add_missing_columns(conn)
     if report.from_version == 1:
         st.ensure_v2_indexes(conn)

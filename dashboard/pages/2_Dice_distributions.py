@@ -154,8 +154,7 @@ def failure_modes(ctx: ui.Context) -> None:
         rows[f"{arch} · sweep ({n} trials)"] = of_arch.groupby("failure_mode")["images"].sum()
     table = pd.DataFrame(rows).T.fillna(0)
     order = [m for m in (*FAILURE_MODES, NOT_COMPUTED) if m in table.columns]
-    shares = table[order].div(table.sum(axis=1), axis=0).rename(columns=ctx.words.mode)
-    order = ctx.words.modes(order)
+    shares = table[order].div(table.sum(axis=1), axis=0)
     st.plotly_chart(charts.failure_mode_bars(shares, ui.MODE_COLORS), key="failure_modes",
                     config={"displaylogo": False})
     shown = shares.assign(images=table.sum(axis=1).astype(int)).rename_axis("trials").reset_index()
@@ -163,7 +162,7 @@ def failure_modes(ctx: ui.Context) -> None:
         m: st.column_config.NumberColumn(m, format="percent") for m in order})
     st.caption("One mode per image, by the rule in README (*Failure modes*): `empty prediction`, then `ok` "
                "(dice ≥ 0.9 and Boundary IoU ≥ 0.4), `boundary` (precision and recall ≥ 0.8), else the larger "
-               f"error: `{ctx.words.mode('missed pet')}` or `background leak`. *Sweep* pools every complete trial "
+               f"error: `missed object` or `background leak`. *Sweep* pools every complete trial "
                "of the architecture.")
 
 

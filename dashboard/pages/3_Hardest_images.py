@@ -74,7 +74,7 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
     metric = st.sidebar.selectbox("Rank by (worst first)", ranks, format_func=lambda m: SCORES.get(m, "failure mode"),
                                   key=f"score::{scope}::{view == VIEWS[0]}",  # the views offer different ranks
                                   help="Worst first: lowest for scores, highest for error metrics (areas, HD95, "
-                                       f"blobs, entropy); by failure mode: empty prediction, {ctx.words.mode('missed pet')}, "
+                                       f"blobs, entropy); by failure mode: empty prediction, missed object, "
                                        "background leak, boundary, ok, each worst dice first. Not-computed values "
                                        "come last.")
     score_label = ("median " if view == VIEWS[1] else "") + SCORES.get(metric, "failure mode")
@@ -86,10 +86,10 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
     words = ctx.words
     modes = None
     if view == VIEWS[0] and options.get("modes"):
-        modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills", words.mode)
+        modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills")
     if view == VIEWS[1] and ctx.diagnostics:
         top = ctx.sweep_aggregate("sweep_top_modes", ctx.sweep)
-        modes = _subset(MOST_COMMON, top, f"topmode::{scope}::{','.join(top)}", "pills", words.mode) if top else None
+        modes = _subset(MOST_COMMON, top, f"topmode::{scope}::{','.join(top)}", "pills") if top else None
     skip = False
     if view == VIEWS[1] and ctx.query("has_label_suspicion"):
         skip = st.sidebar.toggle(SKIP_LABEL_ERRORS, key=f"skip_errors::{scope}",
@@ -134,8 +134,8 @@ def diagnosis(row: Any, words: Wording) -> str:
     if getattr(row, "failure_mode", None) in (None, "not computed"):
         return "failure mode: not computed (results upgraded from schema version 1 whose dataset was not reachable)"
     blobs = int(row.fp_blobs)
-    missed = f" · largest {words.thing} part missed" if row.pet_missed else ""
-    return (f"failure mode: {words.mode(row.failure_mode)} · precision {row.precision:.2f} · recall {row.recall:.2f} · "
+    missed = f" · largest {words.thing} part missed" if row.object_missed else ""
+    return (f"failure mode: {row.failure_mode} · precision {row.precision:.2f} · recall {row.recall:.2f} · "
             f"Boundary IoU {row.boundary_iou:.2f} · HD95 {row.hd95:.1f} px · {blobs} false-positive "
             f"blob{'s' if blobs != 1 else ''}{missed} · entropy {value(row.entropy, 2)}")
 
@@ -176,7 +176,6 @@ def show_across_trials(ctx: ui.Context, image_id: int) -> None:
                     f"#{r.number} {r.state}: dice {r.dice:.3f}" for r in same.itertuples()])
         extra = [c for c in ("failure_mode", "precision", "recall", "boundary_iou", "hd95", "entropy") if c in rows]
         border = ["dice_no_border"] if ctx.pets else []
-        rows = rows.assign(failure_mode=rows["failure_mode"].map(ctx.words.mode)) if "failure_mode" in rows else rows
         table = rows[["arch", "number", "state", "val_dice", "dice", *border, "iou", *extra]].rename(
             columns={"number": "trial", "val_dice": "trial val dice", "dice_no_border": "border-aware dice",
                      "failure_mode": "failure mode", "boundary_iou": "Boundary IoU"})
@@ -198,7 +197,7 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
         rank = (page - 1) * size + i + 1
         p = ui.panels(ctx, row, int(trial["image_size"]), [pngs.get((trial_id, int(row.image_id)))])
         with cols[i % 2].container(border=True):
-            mode = f" · **{ctx.words.mode(row.failure_mode)}**" if hasattr(row, "failure_mode") else ""
+            mode = f" · **{row.failure_mode}**" if hasattr(row, "failure_mode") else ""
             shown = "dice" if flt.metric == "failure_mode" else flt.metric
             st.markdown(f"**{rank}. {row.name}** — {SCORES[shown]} **{value(getattr(row, shown))}**{mode}")
             st.image(images.strip([p.photo, p.truth, p.predictions[0]]), width="stretch",
@@ -249,7 +248,7 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
                      caption=" | ".join(["image", "ground truth", *captions]))
             st.caption(describe(row, ctx.words))
             if hasattr(row, "mode"):
-                st.caption(f"most common failure mode: {ctx.words.mode(row.mode)}, in {row.mode_trials} of "
+                st.caption(f"most common failure mode: {row.mode}, in {row.mode_trials} of "
                            f"{row.evaluated} trials")
             suspicion = getattr(row, "label_suspicion", None)
             if suspicion is not None and not pd.isna(suspicion):
@@ -299,13 +298,13 @@ def compare_two_trials(ctx: ui.Context, scope: str) -> None:
         for note in shown[0].notes:
             st.caption(f"⚠ {note}")
         metrics = [m for m in ctx.metrics if f"{m}_a" in row] + (["failure_mode"] if "failure_mode_a" in row else [])
-        cell = lambda x: ctx.words.mode(x) if isinstance(x, str) else value(x if x is None else float(x), 4)  # noqa: E731
+        cell = lambda x: x if isinstance(x, str) else value(x if x is None else float(x), 4)  # noqa: E731
         table = pd.DataFrame({"metric": [SCORES.get(m, "failure mode") for m in metrics],
                               "A": [cell(row[f"{m}_a"]) for m in metrics], "B": [cell(row[f"{m}_b"]) for m in metrics]})
         st.dataframe(table, hide_index=True)
         if "failure_mode_a" in row:
-            st.caption(f"failure mode: A {ctx.words.mode(row['failure_mode_a'])} · "
-                       f"B {ctx.words.mode(row['failure_mode_b'])}")
+            st.caption(f"failure mode: A {row['failure_mode_a']} · "
+                       f"B {row['failure_mode_b']}")
 
 
 def render(ctx: ui.Context) -> None:

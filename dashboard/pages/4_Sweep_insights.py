@@ -110,8 +110,7 @@ def failure_insights(ctx: ui.Context, arch: str) -> None:
     if shares.empty or not modes:
         st.info("No complete trial with failure modes for this architecture yet.")
         return
-    shares = shares.reset_index(drop=True).rename(columns=ctx.words.mode)
-    modes = ctx.words.modes(modes)
+    shares = shares.reset_index(drop=True)
     params = pd.DataFrame([p or {} for p in shares["params"]], index=shares.index)
     varying = [c for c in params.columns if c not in SKIP_PARAMS and pd.api.types.is_numeric_dtype(params[c])
                and not pd.api.types.is_bool_dtype(params[c]) and params[c].nunique(dropna=True) > 1]
@@ -130,7 +129,7 @@ def failure_insights(ctx: ui.Context, arch: str) -> None:
         st.dataframe(corr.round(3), hide_index=True)
         st.caption(f"Spearman ρ between each hyperparameter and each trial's share of images per failure mode, over "
                    f"{len(table)} complete trials of {arch} (empty below 3 trials). A knob with negative ρ for "
-                   f"`{ctx.words.mode('missed pet')}` and positive for `background leak` trades one failure for the "
+                   f"`missed object` and positive for `background leak` trades one failure for the "
                    "other.")
     shown = table[["number", "val_dice", "images", *modes, *varying]].rename(
         columns={"number": "trial", "val_dice": "val dice"}).sort_values(mode)
