@@ -203,8 +203,8 @@ def arch_name(text: str) -> str:
 def add_folder_args(g: argparse._ActionsContainer) -> None:
     """Which data: --data, --data-root, or --images/--masks, and how a user's masks and splits are read."""
     g.add_argument("--data", choices=DATA_CHOICES, default="auto",
-                   help="auto: the folder of --data-root (or --images/--masks) when given, else Oxford-IIIT Pet if "
-                        "present or downloadable, else the synthetic set")
+                   help="auto: the folder of --data-root (or --images/--masks) when given, else the built-in "
+                        "synthetic set (offline); oxford-pets: Oxford-IIIT Pet, downloaded (about 800 MB) if absent")
     g.add_argument("--data-root", default=None,
                    help="your folder of images and masks (images/ + masks/, by split or group folders; nnU-Net "
                         "raw), or Oxford-IIIT Pet's layout; recognised by itself")

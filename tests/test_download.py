@@ -204,3 +204,39 @@ def test_ensure_returns_a_complete_root_without_network(data_server, data_archiv
     assert len(data_server.requests) == 2
     assert ensure_oxford_pets(root, data_server.url, checksums, progress=False) == root
     assert len(data_server.requests) == 2
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every name lookup and outgoing connection fails, and is counted."""
+    tried: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        tried.append(args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return tried
+
+
+def test_no_folder_named_means_the_synthetic_set_and_no_network(monkeypatch, tmp_path: Path) -> None:
+    from core.data.sources import load_data
+
+    monkeypatch.setenv("SEGSWEEP_CACHE", str(tmp_path / "cache"))
+    tried = _no_network(monkeypatch)
+    lines: list[str] = []
+    ds = load_data("auto", None, 32, synthetic_images=12, log=lines.append)
+    assert ds.source == "synthetic" and len(ds.images) == 12
+    assert tried == [] and not [line for line in lines if "download" in line.lower() or "warning" in line]
+    assert not (tmp_path / "cache" / "data" / "oxford-iiit-pet").exists()
+
+
+def test_oxford_pets_is_downloaded_only_when_asked_and_fails_in_one_line(monkeypatch, tmp_path: Path) -> None:
+    from core.data.dataset import DataError
+    from core.data.sources import load_data
+
+    monkeypatch.setenv("SEGSWEEP_CACHE", str(tmp_path / "cache"))
+    tried = _no_network(monkeypatch)
+    with pytest.raises(DataError) as err:
+        load_data("oxford-pets", None, 32, log=lambda _msg: None)
+    assert tried and "\n" not in str(err.value)

@@ -3,8 +3,8 @@
 With --data-root the folder's layout is recognised (detect_layout): the synthetic set (its marker
 file), Oxford-IIIT Pet (annotations/trainval.txt or annotations/trimaps/), nnU-Net raw (imagesTr/),
 else paired image and mask folders; --images/--masks name two folders anywhere. Without a folder,
-`auto` prefers real pets (already on disk, else downloaded) and falls back to the synthetic set with
-a warning; the choice is visible in every run's `dataset` column.
+`auto` is the synthetic set (offline, generated once into the cache); real pets only on request
+(`oxford-pets`, downloaded when absent). The choice is visible in every run's `dataset` column.
 """
 from __future__ import annotations
 
@@ -96,17 +96,15 @@ def load_data(data: str = "auto", root: str | Path | None = None, image_size: in
     if data == "folder":
         raise DataError("--data folder needs --data-root DIR, or --images DIR --masks DIR")
 
-    if data in ("auto", "oxford-pets"):
+    if data == "oxford-pets":  # only when asked for: never a silent 800 MB download
         pets = default_pets_root()
         try:
             if not looks_complete(pets):
                 log(f"Oxford-IIIT Pet not found in {pets}; downloading it")
             return prepare_dataset(ensure_oxford_pets(pets), image_size, log=log)
         except DownloadError as exc:
-            if data == "oxford-pets":
-                raise DataError(str(exc)) from exc
-            log(f"warning: {exc}")
-            log("warning: using the built-in SYNTHETIC dataset instead; results are not Oxford-IIIT Pet results")
+            raise DataError(str(exc)) from exc
+    # no folder named ("auto" or "synthetic"): the built-in synthetic set, offline
     size = max(SYNTHETIC_SIZE, image_size)
     root = default_synthetic_root(size, seed, synthetic_images)
     if not looks_complete(root):
