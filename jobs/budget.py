@@ -19,12 +19,13 @@ from typing import Any, Protocol, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+from core.store.selection import REFIT_OF  # one name: a refit's Optuna user attribute and its store params key
+
 SURPLUS = "surplus"      # user attribute marking a trial that did not fit the budget
 BASELINE = "baseline"    # user attribute marking the enqueued reports' configuration
 START = "start"          # user attribute: this trial is the study's starting point number START (0: the baseline)
 RESUME_OF = "resume_of"  # user attribute: this trial continues the paused configuration of that trial number
 RESUME_AT = "resume_at"  # user attribute: the epochs that configuration had done when it paused
-REFIT_OF = "refit_of"    # user attribute: this trial is the refit of that trial number's configuration
 REFIT_EPOCHS = "refit_epochs"    # user attribute of a queued refit: how long it trains
 REFIT_MEMBERS = "refit_members"  # user attribute of a queued refit: how many networks it trains (an ensemble)
 REFIT_INIT = "refit_init"        # user attribute of a queued refit: [trial, file] whose weights it starts from
