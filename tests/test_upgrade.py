@@ -501,11 +501,10 @@ def _v5_dump(url: str) -> dict[str, list[tuple]]:
     """Every row of every table of the genuine v5 store, its v5 columns only, under whichever name the store has."""
     from tests.store_renames import dump_tables
 
-    engine = st.make_engine(f"sqlite:///{V5_FIXTURE}", read_only=True)
-    with engine.connect() as conn:
-        inspector = inspect(conn)
-        v5 = {t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names() if t != "schema_info"}
-    engine.dispose()
+    with sqlite3.connect(f"file:{V5_FIXTURE}?immutable=1", uri=True) as fixture:  # the file itself stays untouched
+        tables = [t for (t,) in fixture.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if t != "schema_info"]
+        v5 = {t: [row[1] for row in fixture.execute(f"PRAGMA table_info({t})")] for t in tables}
     return dump_tables(url, v5.items())
 
 
