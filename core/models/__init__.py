@@ -11,7 +11,7 @@ H, W. Adding an architecture is one decorated class or factory::
 """
 from __future__ import annotations
 
-from . import resnet34_unet, unet  # noqa: E402,F401  (registers the built-in architectures)
+from . import efficientnet_lite0_unet, resnet34_unet, unet  # noqa: E402,F401  (registers the built-in architectures)
 from .registry import MODELS, available_models, build_model, count_flops, register
 
 __all__ = ["MODELS", "available_models", "build_model", "count_flops", "register"]
