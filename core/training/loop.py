@@ -264,15 +264,17 @@ class Normalizer:
         self.inv_std = 1 / (torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
 
     def __call__(self, images: torch.Tensor, trimaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        non_blocking = self.device.type == "cuda"
-        images = images.to(self.device, non_blocking=non_blocking)
-        trimaps = trimaps.to(self.device, non_blocking=non_blocking)
-        x = images.permute(0, 3, 1, 2).float()  # NHWC memory viewed as NCHW: channels_last for free
-        x = (x - self.mean) * self.inv_std
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        trimaps = trimaps.unsqueeze(1)
+        x = self.images(images)
+        trimaps = trimaps.to(self.device, non_blocking=self.device.type == "cuda").unsqueeze(1)
         target = pet_mask(trimaps).float()
         return x, target, trimaps
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        """The images alone (no masks: a prediction's input), as __call__ gives them."""
+        images = images.to(self.device, non_blocking=self.device.type == "cuda")
+        x = images.permute(0, 3, 1, 2).float()  # NHWC memory viewed as NCHW: channels_last for free
+        x = (x - self.mean) * self.inv_std
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -523,6 +525,21 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
                      amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
 
 
+def evaluation_batch(cfg: TrainConfig) -> int:
+    """Images per evaluation batch: no gradients to keep, so at least 32."""
+    return max(cfg.batch_size, 32)
+
+
+def evaluation_logits(model: nn.Module, x: torch.Tensor, flip_tta: bool) -> torch.Tensor:
+    """The logits a trial is evaluated on (float32), from normalised images: the model's (an ensemble's:
+    its members' mean) and, with flip_tta, averaged with the mirror image's prediction mirrored back,
+    a second opinion for one more pass. `predict`, jobs.predict and the exported graph (jobs.export) all use it."""
+    logits = model(x).float()
+    if flip_tta:
+        logits = (logits + model(x.flip(-1)).float().flip(-1)) / 2
+    return logits
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig,
             device: torch.device | None = None, with_masks: bool = True, batch_size: int | None = None,
@@ -541,11 +558,9 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
     dice, iou, dnb, losses, masks, diags = [], [], [], [], [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with autocast:
-        for images, trimaps in _plain_batches(data, indices, batch_size or max(cfg.batch_size, 32)):
+        for images, trimaps in _plain_batches(data, indices, batch_size or evaluation_batch(cfg)):
             x, target, trimap = normalize(images, trimaps)
-            logits = model(x).float()
-            if cfg.flip_tta:  # the mirror image's prediction, mirrored back: a second opinion for one more pass
-                logits = (logits + model(x.flip(-1)).float().flip(-1)) / 2
+            logits = evaluation_logits(model, x, cfg.flip_tta)
             scores = image_scores(logits, target, trimap)
             dice.append(scores.dice.cpu())
             iou.append(scores.iou.cpu())
