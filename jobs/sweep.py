@@ -96,7 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pruner", choices=("asha", "median", "hyperband", "none"), default="asha",
                    help="asha: successive halving with promotion (default); median/hyperband: Optuna's pruners")
     p.add_argument("--space", default=None, help="TOML file replacing parts of the search space")
-    p.add_argument("--keep-checkpoints", choices=("best", "all", "none"), default="best")
+    p.add_argument("--keep-checkpoints", choices=("best", "all", "none"), default="best",
+                   help="which trials' weights stay on disk: best (the result and, until the refit, the weights it may "
+                        "start from), all, or none but the result; each architecture's result is always kept, for "
+                        "jobs.predict and jobs.export")
     cli.add_size_args(p, epochs=None, image=None, width=None, batch=None, auto_width=True)
     cli.add_data_args(p)
     cli.add_threads_arg(p)
@@ -262,7 +265,8 @@ class Worker:
                                               config.epochs_done + 1, self.ladder, self.args.refit_members)
         last = schedule.last_trial(trials, config.number)
         row = next((r for r in self.store.study_trials(self.studies[arch].study_name) if r["number"] == last), None)
-        kept = row is not None and row["state"] == "complete" and row["checkpoint"] and Path(row["checkpoint"]).is_file()
+        kept = (self.args.keep_checkpoints != "none" and row is not None and row["state"] == "complete"
+                and row["checkpoint"] and Path(row["checkpoint"]).is_file())
         start = schedule.refit_start(self.ladder, members, epochs, config, last, str(self.state_path(arch, config.number)),
                                      row["checkpoint"] if kept else None)  # type: ignore[index]
         attrs = {budget.REFIT_OF: config.number, budget.REFIT_EPOCHS: epochs, budget.REFIT_MEMBERS: members}
@@ -366,7 +370,7 @@ class Worker:
                     and not schedule.goes_on(self.ladder, self.configs(arch), config):
                 raise PausedAtRung()
 
-        ckpt = None if self.args.keep_checkpoints == "none" else self.checkpoint_dir / arch / f"trial-{trial.number}.pt"
+        ckpt = self.checkpoint_dir / arch / f"trial-{trial.number}.pt"  # any trial may become the result: all are written
         started = time.perf_counter()
         try:
             outcome = run_trial(self.store, cfg, self.data, self.image_ids, sweep=self.args.name,
@@ -405,12 +409,15 @@ class Worker:
                            compile=a.compile, seed=a.seed)
 
     def prune_checkpoints(self, arch: str) -> None:
-        """--keep-checkpoints best: only the files schedule.kept_checkpoints names stay: the
-        architecture's result and, until the refit has run, the weights it may start from."""
-        if self.args.keep_checkpoints != "best":
+        """Only the files schedule.kept_checkpoints names stay: the architecture's result always (jobs.predict
+        and jobs.export use it) and, with --keep-checkpoints best, until the refit has run, the weights it may
+        start from; `all` removes nothing."""
+        if self.args.keep_checkpoints == "all":
             return
         rows = self.store.study_trials(self.studies[arch].study_name)
-        source = schedule.refit_source(self.trials(arch), self.ladder, self.budget, self.paused(arch))
+        source = None
+        if self.args.keep_checkpoints == "best":
+            source = schedule.refit_source(self.trials(arch), self.ladder, self.budget, self.paused(arch))
         kept = schedule.kept_checkpoints(rows, source)
         for r in rows:
             if kept and r["id"] not in kept and r["checkpoint"]:

@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
+import torch
 
 from core.data.dataset import PreparedDataset
+from core.models.pretrained import file_sha256
 from core.store.db import ImageResults, Store
 from core.training.abandoned import close_abandoned_runs
 from core.training.loop import (
@@ -29,6 +31,7 @@ from core.training.loop import (
     predict,
     save_checkpoint,
     select_device,
+    use_channels_last,
 )
 
 
@@ -155,11 +158,11 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         # the truth as scored, before the close: closing rescores the images' labels against it (core.labels), and
         # the images as scored, for the score's image evidence
         store.record_truths(ids, data.image_size, data.masks[test_idx], data.images[test_idx])
-        checkpoint = None
+        checkpoint = sha256 = None
         if checkpoint_path is not None:
-            checkpoint = _save_checkpoint_or_warn(checkpoint_path, result, cfg, trial_id, log)
+            checkpoint, sha256 = _save_checkpoint_or_warn(checkpoint_path, result, cfg, trial_id, log)
         test_dice = store.finish_trial(
-            trial_id, state="complete", val_dice=result.val_dice, checkpoint=checkpoint,
+            trial_id, state="complete", val_dice=result.val_dice, checkpoint=checkpoint, checkpoint_sha256=sha256,
             results=ImageResults(ids, pred.dice, pred.iou, pred.dice_no_border, masks=pred.masks,
                                  diagnostics=pred.diagnostics))
         closed = True
@@ -193,13 +196,20 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
         raise
 
 
+AMP_NAMES = {"bfloat16": "bf16", "float16": "fp16", "off": "off"}  # FitResult.amp -> TrainConfig.amp
+
+
 def _save_checkpoint_or_warn(path: Path, result, cfg: TrainConfig, trial_id: int,
-                             log: Callable[[str], None]) -> str | None:
-    """Save the kept weights; a full or read-only disk costs the checkpoint, not the results."""
+                             log: Callable[[str], None]) -> tuple[str | None, str | None]:
+    """Save the kept weights and return (path, the file's sha256); a full or read-only disk costs the
+    checkpoint, not the results. The precision and memory layout the trial was evaluated in ride along,
+    so jobs.predict on the same kind of device computes what the evaluation did."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, result.model, cfg, val_dice=result.val_dice, trial_id=trial_id)
-        return str(path)
+        save_checkpoint(path, result.model, cfg, val_dice=result.val_dice, trial_id=trial_id, device=result.device,
+                        amp=AMP_NAMES.get(result.amp, "off"),
+                        channels_last=use_channels_last(cfg, torch.device(result.device)))
+        return str(path), file_sha256(path)
     except Exception as exc:
         # torch.save reports a failed write (disk full, file too large) as RuntimeError, not OSError
         if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
@@ -211,4 +221,4 @@ def _save_checkpoint_or_warn(path: Path, result, cfg: TrainConfig, trial_id: int
         with contextlib.suppress(OSError):  # never leave a half-written file filling the disk
             Path(f"{path}.tmp").unlink(missing_ok=True)
         log(f"warning: checkpoint not saved to {path}: {reason}; the trial's results are kept")
-        return None
+        return None, None
