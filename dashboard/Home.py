@@ -3,10 +3,13 @@
 Run from the repository folder:  RESULTS_DB=results.db streamlit run dashboard/Home.py
 """
 
+import shlex
+
 import pandas as pd
 import streamlit as st
 
 from core.store import selection
+from core.store.db import display_url, sqlite_path
 from dashboard import common as ui
 
 SORTS = {  # label -> (column, ascending)
@@ -85,6 +88,22 @@ def show_best(ctx: ui.Context) -> None:
                "long enough, or from its search's weights where the budget is short) once it is complete, else its "
                "trial with the highest validation "
                "dice. Test dice, the mean over test images, chooses nothing.")
+    with st.expander("Use a result: segment new images, export the model"):
+        st.markdown("Run from the repository folder. `jobs.predict` writes one mask per image at the image's own "
+                    "size and `predictions.csv`; `jobs.export` writes an ONNX (or `--format torchscript`) file "
+                    "taking RGB 0-255 at the trained size, with its model card beside it (`FILE.json`).")
+        for row in best.itertuples():
+            kept = isinstance(row.checkpoint, str) and row.checkpoint
+            st.markdown(f"**{row.arch}**" + ("" if kept else " — its weights are not on disk: these need them"))
+            st.code(use_commands(ctx.url, ctx.sweep, row.arch), language="bash")
+
+
+def use_commands(url: str, sweep: str, arch: str) -> str:
+    """The jobs.predict and jobs.export commands for one architecture's result (a password stays hidden)."""
+    path = sqlite_path(url)
+    result = f"--db {shlex.quote(str(path) if path else display_url(url))} --sweep {shlex.quote(sweep)} --arch {arch}"
+    return (f"python -m jobs.predict {result} --images YOUR_IMAGES --out predictions-{arch}\n"
+            f"python -m jobs.export {result} --format onnx --out {arch}.onnx")
 
 
 def show_live(ctx: ui.Context) -> None:
