@@ -96,14 +96,18 @@ class PetsDataset:
 
 
 def reference_model(arch: str, width: float = 1.0, seed: int = 0):
-    """A fresh model, its optimizer and its loss, built as the reports built them."""
+    """A fresh model, its optimizer and its loss, built as the reports built them; its encoder starts from
+    the weights the jobs give the architecture by default (ImageNet for efficientnet_lite0_unet), so a
+    pretrained network's sweep is compared with the plain loop on the same pretrained network."""
     import torch
 
     from core.losses import SegmentationLoss
     from core.models import build_model
+    from core.models.pretrained import default_encoder_weights, load_encoder_weights
 
     torch.manual_seed(seed)
     model = build_model(arch, width=width)
+    load_encoder_weights(model, arch, default_encoder_weights(arch))
     return model, torch.optim.Adam(model.parameters(), lr=LR), SegmentationLoss(BCE_WEIGHT, DICE_WEIGHT)
 
 

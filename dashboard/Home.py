@@ -4,6 +4,7 @@ Run from the repository folder:  RESULTS_DB=results.db streamlit run dashboard/H
 """
 
 import shlex
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -76,7 +77,8 @@ def show_best(ctx: ui.Context) -> None:
         st.info("No complete trial yet: the best trials appear when the first trial of an architecture finishes.")
         return
     params = pd.DataFrame([p or {} for p in best["params"]])
-    table = pd.DataFrame({"arch": best["arch"], "trial": best["number"], "val dice": best["val_dice"],
+    table = pd.DataFrame({"arch": best["arch"], "encoder start": [encoder_start(w) for w in best["encoder_weights"]],
+                          "trial": best["number"], "val dice": best["val_dice"],
                           "test dice": best["test_dice"], "epochs": best["epochs_run"],
                           "chosen as": [selection.chosen_as(p) for p in best["params"]]})
     for col in ("lr", "dice_weight"):
@@ -96,6 +98,15 @@ def show_best(ctx: ui.Context) -> None:
             kept = isinstance(row.checkpoint, str) and row.checkpoint
             st.markdown(f"**{row.arch}**" + ("" if kept else " — its weights are not on disk: these need them"))
             st.code(use_commands(ctx.url, ctx.sweep, row.arch), language="bash")
+
+
+def encoder_start(source: str | None) -> str:
+    """trials.encoder_weights as a reader wants it: 'imagenet', 'random', or the file's name; a trial from
+    before v6 started from random weights."""
+    if not isinstance(source, str) or source == "none":
+        return "random"
+    kind, _, file = source.partition(":")
+    return "imagenet" if kind == "imagenet" else Path(file).name
 
 
 def use_commands(url: str, sweep: str, arch: str) -> str:

@@ -22,9 +22,11 @@ from core.data.splits import compile_group_by
 from core.data.download import DownloadError
 from core.data.sources import DATA_CHOICES, load_data
 from core.models import available_models
+from core.models.pretrained import WeightsError, default_encoder_weights, weights_source
 from core.machine import usable_cores
 from core.store.db import DEFAULT_URL, Store, StoreError, display_url, normalize_url, sqlite_path
 from core.store.engine import error_detail
+from core.training.loop import TrainConfig
 from core.training.trial import register
 
 AUGMENT_FLAGS = {  # flag name -> (AugmentConfig field, help)
@@ -272,6 +274,30 @@ def add_size_args(p: argparse.ArgumentParser, *, epochs: int | None, image: int 
                    help="channel width multiplier (1.0 = reports)" + (
                        "; auto: the widest of 1, 0.5, 0.25 the time budget trains long enough" if auto_width else ""))
     g.add_argument("--batch-size", type=positive_int, default=batch)
+
+
+def add_encoder_args(p: argparse.ArgumentParser) -> None:
+    """--encoder-weights, --encoder-lr, --freeze-epochs: where the encoder starts and how it is trained."""
+    g = p.add_argument_group("pretrained encoder")
+    g.add_argument("--encoder-weights", default=None, metavar="imagenet|none|PATH",
+                   help="the encoder's starting weights: imagenet (efficientnet_lite0_unet's default: shipped "
+                        "with its package, offline; resnet34_unet: torchvision's file from the torch hub cache, "
+                        "downloaded once), none (random, the other architectures' default) or a state dict file")
+    g.add_argument("--encoder-lr", type=positive_float, default=TrainConfig.encoder_lr,
+                   help="a pretrained encoder's learning rate as a share of the peak lr (default %(default)s)")
+    g.add_argument("--freeze-epochs", type=non_negative_int, default=TrainConfig.freeze_epochs,
+                   help="first epochs with a pretrained encoder frozen, batch norm included (default %(default)s)")
+
+
+def encoder_weights(prog: str, arch: str, flag: str | None) -> str:
+    """TrainConfig.encoder_weights for `arch` under --encoder-weights `flag` (None: the arch's default),
+    checked now (found, fetched once if absent) so a missing file is a one-line error before anything trains."""
+    weights = flag or default_encoder_weights(arch)
+    try:
+        weights_source(arch, weights)
+    except WeightsError as exc:
+        user_error(prog, str(exc), code=2)
+    return weights if weights in ("imagenet", "none") else str(Path(weights).expanduser().resolve())
 
 
 def add_augment_args(p: argparse.ArgumentParser, defaults: AugmentConfig | None) -> None:

@@ -120,6 +120,8 @@ def card(result: Result, store: Store, fmt: str, path: Path) -> dict[str, Any]:
         "training_seconds": float(curves["seconds"].sum()) if not curves.empty else None,
         "epochs": int(row["epochs_run"]), "training_device": row["device"],
         "segsweep_version": version, "checkpoint_sha256": result.sha256,
+        # where the encoder's training started (trials.encoder_weights: none, imagenet:FILE, file:PATH)
+        "encoder_weights": row.get("encoder_weights"), "encoder_sha256": row.get("encoder_sha256"),
     }
 
 

@@ -33,6 +33,7 @@ from core.data.dataset import PreparedDataset
 from core.data.sources import SYNTHETIC_IMAGES
 from core.metrics import spread
 from core.models import available_models
+from core.models.pretrained import fixed_width
 from core.store.db import (
     Store,
     StoreError,
@@ -47,7 +48,7 @@ from core.training.loop import EndTraining, StopTraining, TrainConfig, step_seco
 from core.training import trial as liveness  # HEARTBEAT_S, STALE_AFTER_S: read when used, so tests may change them
 from core.training.trial import TrialOutcome, run_trial
 from jobs import budget, cli, lifecycle, schedule
-from jobs.search_space import SpaceError, load_space, starting_points, suggest
+from jobs.search_space import PRETRAINED_STARTING_POINTS, SpaceError, load_space, starting_points, suggest
 
 PROG = "jobs.sweep"
 DEFAULT_ARCHS = ("unet", "resnet34_unet")
@@ -101,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "start from), all, or none but the result; each architecture's result is always kept, for "
                         "jobs.predict and jobs.export")
     cli.add_size_args(p, epochs=None, image=None, width=None, batch=None, auto_width=True)
+    cli.add_encoder_args(p)
     cli.add_data_args(p)
     cli.add_threads_arg(p)
     args = p.parse_args(argv)
@@ -120,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.space_def = load_space(args.space)
     except SpaceError as exc:
         p.error(str(exc))
+    args.encoder = {arch: cli.encoder_weights(PROG, arch, args.encoder_weights) for arch in args.archs}
     return args
 
 
@@ -147,8 +150,9 @@ def sweep_settings(args: argparse.Namespace, data: PreparedDataset) -> dict[str,
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any], space: dict,
-               seed: int, pruner: optuna.pruners.BasePruner, max_trials: int) -> optuna.Study:
-    """Create the study (starting with the reports' baseline as trial 0, then the recipes) or continue it."""
+               seed: int, pruner: optuna.pruners.BasePruner, max_trials: int, pretrained: bool = False) -> optuna.Study:
+    """Create the study (starting with the reports' baseline as trial 0, then the recipes: those for a
+    pretrained encoder when `pretrained`) or continue it."""
     for attempt in range(5):
         try:
             study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
@@ -166,7 +170,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
         raise StoreError(f"sweep study {name!r} already exists with other settings ({diff}); "
                          f"use --name to start a new sweep, or the same flags to continue it")
     if not study.get_trials(deepcopy=False):
-        for i, point in enumerate(starting_points(space)[:max_trials]):
+        for i, point in enumerate(starting_points(space, pretrained)[:max_trials]):
             study.enqueue_trial(point, user_attrs={budget.START: i, **({budget.BASELINE: True} if i == 0 else {})})
     n_trials = len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=seed + n_trials, n_startup_trials=5, constant_liar=True)
@@ -190,7 +194,8 @@ class Worker:
         self.studies: dict[str, optuna.Study] = {}
         for arch in args.archs:
             self.studies[arch] = open_study(self.storage, f"{args.name}/{arch}", self.settings, args.space_def,
-                                            args.seed, make_pruner(args.pruner, args.epochs), args.trials)
+                                            args.seed, make_pruner(args.pruner, args.epochs), args.trials,
+                                            pretrained=args.encoder[arch] != "none")
         self.checkpoint_dir = checkpoint_root(args.db) / args.name
         self.ladder = schedule.Ladder.geometric(args.min_epochs, args.epochs)
         self.budget = budget.Budget(args.timeout / len(args.archs), args.refit_share, args.trials)
@@ -202,6 +207,8 @@ class Worker:
     def width_of(self, arch: str) -> float:
         """--width, or for 'auto' the width this study chose when it started (kept for every worker
         and rerun; jobs.schedule.auto_width chooses it by the measured time of a training step here)."""
+        if (fixed := fixed_width(arch, self.args.encoder[arch])) is not None:
+            return fixed
         if self.args.width != "auto":
             return float(self.args.width)
         study = self.studies[arch]
@@ -401,12 +408,14 @@ class Worker:
 
     def config(self, arch: str, p: dict[str, float], epochs: int, members: int = 1) -> TrainConfig:
         a = self.args
+        pretrained = a.encoder[arch] != "none"  # the encoder knobs shape a pretrained encoder's training only
         aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
         augment = AugmentConfig(**{k: (int(v) if k == "rotate" else v) for k, v in p.items() if k in aug_fields})
         return TrainConfig(arch=arch, width=self.widths[arch], members=members, image_size=a.image_size, epochs=epochs,
                            batch_size=a.batch_size, lr=p["lr"], bce_weight=1.0 - p["dice_weight"],
                            dice_weight=p["dice_weight"], augment=augment, device=a.device, amp=a.amp,
-                           compile=a.compile, seed=a.seed)
+                           compile=a.compile, seed=a.seed, encoder_weights=a.encoder[arch],
+                           encoder_lr=a.encoder_lr if pretrained else 1.0, freeze_epochs=a.freeze_epochs if pretrained else 0)
 
     def prune_checkpoints(self, arch: str) -> None:
         """Only the files schedule.kept_checkpoints names stay: the architecture's result always (jobs.predict
@@ -470,6 +479,11 @@ class Worker:
                    f"{o.seconds:6.1f} s{extra}")
 
 
+def describe_space(space: dict) -> str:
+    return ", ".join(f"{k}={v}" if not hasattr(v, "low") else f"{k}[{v.low:g}..{v.high:g}{' log' if v.log else ''}]"
+                     for k, v in space.items())
+
+
 def checkpoint_root(db: str) -> Path:
     """Checkpoints sit in a folder beside a SQLite database, else under ./checkpoints."""
     path = sqlite_path(normalize_url(db))
@@ -521,9 +535,12 @@ def main(argv: list[str] | None = None) -> int:
               f"pruner={args.pruner} device={args.device} amp={args.amp} compile={args.compile} seed={args.seed} "
               f"keep_checkpoints={args.keep_checkpoints} timeout={args.timeout:g} s min_epochs={args.min_epochs} "
               f"refit_share={args.refit_share:g} refit_members={args.refit_members}")
-        print(f"{PROG}: search space: " + ", ".join(
-            f"{k}={v}" if not hasattr(v, "low") else f"{k}[{v.low:g}..{v.high:g}{' log' if v.log else ''}]"
-            for k, v in args.space_def.items()))
+        print(f"{PROG}: search space: " + describe_space(args.space_def))
+        for arch, weights in args.encoder.items():
+            if weights != "none":
+                print(f"{PROG}: {arch} starts from {weights} encoder weights (encoder lr x{args.encoder_lr:g}"
+                      f"{f', frozen for {args.freeze_epochs} epochs' if args.freeze_epochs else ''}; "
+                      f"its third start: lr {PRETRAINED_STARTING_POINTS[2]['lr']:g})")
         with cli.one_line_errors(PROG, args.db):
             Worker(args, store, data, image_ids).run()
             table = summary_table(store, args.name, args.archs)

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # a single run's own length (TrainConfig's 10 suits tests and library use); the rest the trainer's defaults
     cli.add_size_args(p, epochs=20, image=TrainConfig.image_size, width=TrainConfig.width, batch=TrainConfig.batch_size)
     cli.add_augment_args(p, None)
+    cli.add_encoder_args(p)
     cli.add_data_args(p)
     cli.add_threads_arg(p)
     args = p.parse_args(argv)
@@ -50,11 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    weights = cli.encoder_weights(PROG, args.arch, args.encoder_weights)
+    pretrained = weights != "none"  # the encoder knobs shape a pretrained encoder's training only
     return TrainConfig(arch=args.arch, width=args.width, members=args.members, image_size=args.image_size, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, bce_weight=args.bce_weight,
                        dice_weight=args.dice_weight, focal_weight=args.focal_weight,
                        augment=cli.augment_from_args(args), device=args.device, amp=args.amp,
-                       compile=args.compile, seed=args.seed, keep=args.keep)
+                       compile=args.compile, seed=args.seed, keep=args.keep, encoder_weights=weights,
+                       encoder_lr=args.encoder_lr if pretrained else 1.0,
+                       freeze_epochs=args.freeze_epochs if pretrained else 0)
 
 
 def main(argv: list[str] | None = None) -> int:

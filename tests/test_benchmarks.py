@@ -265,6 +265,30 @@ def test_quality_repeats_judge_the_mean_difference_over_seeds(monkeypatch, pets_
     assert "MISS  unet: sweep - reference test dice +0.0250 (target >= +0.0300; mean of 2 seeds)" in out
 
 
+@pytest.mark.parametrize("lite0, word", [(0.80, "PASS"), (0.78, "MISS")])
+def test_quality_judges_the_pretrained_architectures_lead_over_the_best_from_scratch_one(
+        monkeypatch, pets_root: Path, capsys, lite0: float, word: str) -> None:
+    from benchmarks import quality
+    from benchmarks.reference_loop import ReferenceResult
+
+    class InProcess:
+        def __init__(self, *a): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): ...
+        def call(self, fn, *args): return ReferenceResult(0.70, np.zeros(60), 0.7, 9, 40, 300.0)
+
+    dice = {"unet": 0.74, "resnet34_unet": 0.75, "efficientnet_lite0_unet": lite0}
+    monkeypatch.setattr(quality, "FreshProcess", InProcess)
+    monkeypatch.setattr(quality, "sweep", lambda arch, *a: dict(
+        test_dice=dice[arch], val_dice=0.8, number=20, epochs_run=119, refit=True, configs=20, trials=21,
+        epochs=245, trial_seconds=276.0, wall=279.0, lines=[], chose="trial 2"))
+    code = quality.main(["--data", str(pets_root), "--pretrained-target", "0.04"])
+    out = capsys.readouterr().out
+    assert code == (0 if word == "PASS" else 1)
+    assert (f"{word}  pretrained lead: efficientnet_lite0_unet {lite0:.4f} - resnet34_unet 0.7500 = "
+            f"{lite0 - 0.75:+.4f} test dice (target >= +0.0400)") in out
+
+
 def test_quality_refuses_a_folder_that_is_not_a_dataset_in_one_line(tmp_path: Path, capsys) -> None:
     from benchmarks import quality
 

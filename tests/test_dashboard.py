@@ -160,6 +160,7 @@ def test_home_shows_dataset_states_best_trials_and_the_trials_table(demo, facts,
     assert any(demo.dataset in t and "synthetic images" in t for t in texts(at))
     best, trials = at.dataframe[0].value, table_with(at, "error")
     assert dict(zip(best["arch"], best["trial"])) == facts["best_number"]
+    assert set(best["encoder start"]) == {"random"}  # trials.encoder_weights: none recorded, or 'none'
     assert len(trials) == len(facts["trials"]) == 12
     assert trials["val dice"].iloc[0] == max(t[4] for t in facts["trials"] if t[4] is not None)  # sorted, best first
     assert any("Sweep running:" in t and "1 trial(s) in progress" in t for t in texts(at))

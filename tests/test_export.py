@@ -118,6 +118,7 @@ def test_the_model_card_says_what_the_store_says(synthetic, tmp_path, capsys) ->
     assert (card["test_dice"]["median"], card["test_dice"]["p10"]) == pytest.approx((dice["median"], dice["p10"]))
     assert card["training_seconds"] > 0 and card["training_device"] == row["device"] == "cpu"
     assert card["segsweep_version"] == "0.2.0" and card["checkpoint_sha256"] == row["checkpoint_sha256"]
+    assert card["encoder_weights"] == "none" and card["encoder_sha256"] is None  # unet trains from random weights
     assert card["format"] == "torchscript" and len(card["file_sha256"]) == 64
 
 

@@ -16,6 +16,11 @@ def test_a_study_starts_from_the_baseline_then_the_recipe_at_two_peak_learning_r
     assert points[2] == {**RECIPE, "lr": 3e-3} and points[1]["dice_weight"] == 0.7 and points[1]["rotate"] == 15
 
 
+def test_a_study_whose_encoder_starts_pretrained_tries_a_lower_peak_instead_of_a_higher_one() -> None:
+    points = starting_points(dict(SPACE), pretrained=True)
+    assert [p["lr"] for p in points] == [1e-4, 1e-3, 3e-4] and points[2] == {**RECIPE, "lr": 3e-4}
+
+
 def test_a_narrowed_space_moves_the_recipes_inside_it_and_drops_fixed_parameters() -> None:
     space = dict(SPACE, lr=Range(2e-3, 5e-3, log=True), rotate=10.0)
     points = starting_points(space)

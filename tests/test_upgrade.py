@@ -544,7 +544,9 @@ def test_the_dashboard_reads_a_v5_store_as_it_is_in_the_current_words(tmp_path: 
         assert store.schema_version == 5
         sweeps = q.sweeps(store.engine)["sweep"].tolist()
         assert sorted(sweeps) == ["oxford-pets-sample-32px", "v5-fixture"]
-        trial_ids = q.best_trials(store.engine, "v5-fixture")["id"].tolist()
+        best = q.best_trials(store.engine, "v5-fixture")
+        assert best["arch"].tolist() == ["resnet34_unet", "unet"] and best["encoder_weights"].isna().all()  # v6's: NULL
+        trial_ids = best["id"].tolist()
         counts = q.failure_mode_counts(store.engine, trial_ids)
         assert "missed object" in set(counts["failure_mode"]) and "missed pet" not in set(counts["failure_mode"])
         medians = q.image_medians(store.engine, "v5-fixture")

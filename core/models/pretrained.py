@@ -174,6 +174,31 @@ def resnet34_imagenet_file(timeout: float = 30.0, progress: bool = True) -> Path
     return dest
 
 
+def weights_source(arch: str, weights: str) -> WeightsSource:
+    """What `load_encoder_weights(model, arch, weights)` loads, found (an absent ImageNet file fetched)
+    and hashed without building a model: jobs check their flags with it before training and record it
+    per trial. Raises WeightsError."""
+    if weights == "none":
+        return WeightsSource("none", None)
+    imagenet = {"efficientnet_lite0_unet": lite0_imagenet_file, "resnet34_unet": resnet34_imagenet_file}
+    if arch not in imagenet:
+        raise WeightsError(f"{arch} has no pretrained encoder; its encoder weights can only be 'none', "
+                           f"not {weights!r}")
+    path, source = _resolve(weights, imagenet[arch])
+    return WeightsSource(source, file_sha256(path))
+
+
+def fixed_width(arch: str, weights: str) -> float | None:
+    """The width `arch` must have to take pretrained `weights` (resnet34_unet's encoder scales with
+    width: 1.0), else None (random weights, or an encoder that keeps its shape at any width)."""
+    return 1.0 if arch == "resnet34_unet" and weights != "none" else None
+
+
+def default_encoder_weights(arch: str) -> str:
+    """The encoder weights `arch` starts from unless told otherwise (ENCODER_WEIGHTS_DEFAULT)."""
+    return ENCODER_WEIGHTS_DEFAULT.get(arch, "none")
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in chunks (weights files are tens of MB)."""
     digest = hashlib.sha256()

@@ -70,7 +70,8 @@ UNMARKED = "unmarked"    # ImageFilter.marks' name for images nobody has marked
 # core.labels.LIKELY_LABEL_ERROR, or a person's 'label error' mark; a 'hard image' or 'fine' mark keeps the
 # image whatever its score
 TRIAL_COLUMNS = ("id", "sweep", "study", "arch", "number", "state", "val_dice", "test_dice", "epochs_run",
-                 "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params")
+                 "started_at", "finished_at", "device", "dataset", "image_size", "error", "checkpoint", "params",
+                 "checkpoint_sha256", "encoder_weights", "encoder_sha256")  # the last three: v6, NULL on older stores
 
 
 def _frame(src: Source, stmt: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -180,18 +181,20 @@ def sweeps(src: Source) -> pd.DataFrame:
 
 def sweep_trials(src: Source, sweep: str) -> pd.DataFrame:
     """Every trial of a sweep (params as a dict), ordered by architecture and trial number."""
-    stmt = (select(*(trials.c[c] for c in TRIAL_COLUMNS)).where(trials.c.sweep == sweep)
-            .order_by(trials.c.arch, trials.c.number))
-    return _frame(src, stmt)
+    with connect(src) as conn:
+        stmt = (select(*_columns(conn, trials, TRIAL_COLUMNS)).where(trials.c.sweep == sweep)
+                .order_by(trials.c.arch, trials.c.number))
+        return _frame(conn, stmt)
 
 
 def best_trials(src: Source, sweep: str) -> pd.DataFrame:
     """Each architecture's result (core.store.selection: its refit once complete, else the
     complete trial with the highest validation dice), one row per architecture."""
-    stmt = (select(*(trials.c[c] for c in TRIAL_COLUMNS))
-            .where(trials.c.sweep == sweep, trials.c.state == "complete", trials.c.val_dice.is_not(None))
-            .order_by(trials.c.arch, trials.c.number))
-    frame = _frame(src, stmt)
+    with connect(src) as conn:
+        stmt = (select(*_columns(conn, trials, TRIAL_COLUMNS))
+                .where(trials.c.sweep == sweep, trials.c.state == "complete", trials.c.val_dice.is_not(None))
+                .order_by(trials.c.arch, trials.c.number))
+        frame = _frame(conn, stmt)
     if frame.empty:
         return frame
     rows = frame.to_dict("records")

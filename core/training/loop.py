@@ -30,6 +30,7 @@ from core.losses import SegmentationLoss
 from core.machine import usable_cores
 from core.metrics import ImageDiagnostics, concat_diagnostics, image_diagnostics, image_scores, predicted_mask
 from core.models import build_model
+from core.models.pretrained import encoder_parameters, load_encoder_weights
 from core.training.malloc import keep_freed_memory
 
 # ImageNet statistics, as the lab reports normalised their inputs.
@@ -59,6 +60,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5     # linear warm-up, then cosine decay to 1% of lr
     grad_clip: float = 1.0         # max gradient norm; 0 disables
     flip_tta: bool = True          # evaluate on each image and its mirror image, logits averaged
+    encoder_weights: str = "none"  # the encoder's start: "imagenet", "none" (random) or a file (core.models.pretrained)
+    encoder_lr: float = 1.0        # the encoder's learning rate as a share of lr (a pretrained one wants less)
+    freeze_epochs: int = 0         # first epochs with the encoder frozen (no encoder backward; its BN statistics kept)
     keep: str = "last"             # the weights fit returns: "last" (the schedule's end) or "best" (by val dice)
     device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
     amp: str = "auto"              # auto (CUDA: bf16/fp16; CPU: bf16 where measured faster, choose_amp) | bf16 | fp16 | off
@@ -284,12 +288,33 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: the decoder (everything else) at lr, and with cfg.encoder_lr != 1 the
+    encoder at that share of it (`lr_scale`, which the schedule multiplies in)."""
+    encoder = encoder_parameters(model)
+    if cfg.encoder_lr == 1.0 or not encoder:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    mine = {id(p) for p in encoder}
+    return [{"params": [p for p in model.parameters() if id(p) not in mine], "lr_scale": 1.0},
+            {"params": encoder, "lr_scale": cfg.encoder_lr, "lr": cfg.lr * cfg.encoder_lr}]
+
+
 def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
     try:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=device.type in ("cuda", "cpu"))
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu"))
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def freeze_encoder(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or thaw) the encoder: no gradients, so no encoder backward at all, and its batch-norm
+    layers in eval mode, keeping their pretrained statistics. Call after model.train()."""
+    for p in encoder_parameters(model):
+        p.requires_grad_(not frozen)
+    for member in getattr(model, "members", [model]):
+        if frozen and isinstance(encoder := getattr(member, "encoder", None), nn.Module):
+            encoder.eval()
 
 
 def _snapshot(model: nn.Module, into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -366,7 +391,9 @@ def build_step(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | 
     `make_optimizer` replaces the trainer's fused AdamW (benchmarks price that choice)."""
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step's reallocations (core/training/malloc.py)
-    model = build_model(cfg.arch, width=cfg.width, members=cfg.members).to(device)
+    model = build_model(cfg.arch, width=cfg.width, members=cfg.members)
+    load_encoder_weights(model, cfg.arch, cfg.encoder_weights)  # "none": as built
+    model = model.to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if cfg.compile else model
@@ -464,6 +491,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
         load_weights(init_from, model, device)
     for epoch in range(first_epoch, cfg.epochs):
         model.train()
+        freeze_encoder(model, epoch < cfg.freeze_epochs and init_from is None)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         dice_sum = torch.zeros((), device=device)
@@ -472,7 +500,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
                    disable=not progress, leave=False, file=sys.stderr)
         for images, trimaps in bar:
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, total_steps, warmup_steps)
+                group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * _lr_factor(step, total_steps, warmup_steps)
             x, target, trimap = normalize(images, trimaps)
             loss, logits = train_step(x, target)
             step += 1

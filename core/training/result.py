@@ -177,8 +177,9 @@ def checked_checkpoint(row: dict[str, Any], warn: Callable[[str], None]) -> tupl
 
 def run_config(cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> TrainConfig:
     """cfg as run on `device`: the precision and layout the trial was evaluated in where the checkpoint
-    recorded them for this kind of device, else the trainer's own choice here (amp 'auto'). Never compiled."""
-    cfg = replace(cfg, device=str(device), compile=False)
+    recorded them for this kind of device, else the trainer's own choice here (amp 'auto'). Never compiled, and
+    its encoder starts from nothing: the checkpoint holds every weight (timing the trainer's choice builds a model)."""
+    cfg = replace(cfg, device=str(device), compile=False, encoder_weights="none")
     if "amp" in meta and torch.device(meta.get("device", "cpu")).type == device.type:
         return replace(cfg, amp=meta["amp"], channels_last=bool(meta["channels_last"]))
     return replace(cfg, amp="auto", channels_last=None)

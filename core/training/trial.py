@@ -21,7 +21,7 @@ import optuna
 import torch
 
 from core.data.dataset import PreparedDataset
-from core.models.pretrained import file_sha256
+from core.models.pretrained import file_sha256, weights_source
 from core.store.db import ImageResults, Store
 from core.training.abandoned import close_abandoned_runs
 from core.training.loop import (
@@ -126,9 +126,11 @@ def run_trial(store: Store, cfg: TrainConfig, data: PreparedDataset, image_ids: 
     """
     started = time.perf_counter()
     device = str(select_device(cfg.device))
+    encoder = weights_source(cfg.arch, cfg.encoder_weights)  # before the trial exists: a bad flag is no trial
     trial_id = store.start_trial(sweep=sweep, study=study, arch=cfg.arch, number=number,
                                  params={**cfg.params(), **(extra_params or {})},
-                                 device=device, dataset=data.name, image_size=data.image_size)
+                                 device=device, dataset=data.name, image_size=data.image_size,
+                                 encoder_weights=encoder.source, encoder_sha256=encoder.sha256)
     best = {"val": None, "epochs": 0}
     if continues is not None:
         store.copy_epochs(*continues, to_trial=trial_id)
