@@ -276,7 +276,7 @@ def refit_start(ladder: Ladder, members: int, epochs: int, config: Config, last:
     out-train the search trial it repeats, so it starts from the weights that configuration's search
     training ended with (in trial `last`): its paused state (`state_file`) or, if it trained to the
     end, that trial's `checkpoint` (None: not kept). A longer refit, and an ensemble, start fresh:
-    members must differ, and that regime is where fresh refits were measured to pay (README,
+    members must differ, and that regime is where fresh refits were measured to pay (docs/sweep.md,
     "Short refits start from the search's weights").
     """
     if members > 1 or epochs >= REFIT_MIN_FACTOR * ladder.epochs:
@@ -319,7 +319,7 @@ def auto_width(budget_seconds: float, members: int, epoch_seconds: Callable[[flo
     ensemble (`members`), else the widest that affords them for one network, else the narrowest.
     Past about 100 epochs on a small training set one network stops improving, and a second one gains
     more than full width does for resnet34_unet; for unet a quarter width cost more than a second
-    member gained (README, "Ensembles past a single network's ceiling").
+    member gained (docs/sweep.md, "Ensembles past a single network's ceiling").
 
     `epoch_seconds(width)` measures, which at full width takes seconds (27 s for unet on a 2-core CPU,
     timing its precision and memory layout too), so widths are measured narrowest first and no wider

@@ -2,7 +2,7 @@
 
 Averaging the logits of a few networks that differ only in their random start and the order in
 which they saw the data is the cheapest known way past a single network's ceiling on a small
-training set (README, "Ensembles past a single network's ceiling", has the measurement).
+training set (docs/sweep.md, "Ensembles past a single network's ceiling", has the measurement).
 """
 from __future__ import annotations
 

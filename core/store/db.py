@@ -1,6 +1,6 @@
 """The results store: every trial, epoch and test image of every run, in one SQL database.
 
-The tables are in core.store.schema (a public interface, documented in README.md); this module
+The tables are in core.store.schema (a public interface, documented in docs/store.md); this module
 writes and reads them through one engine (core.store.engine). Writers create the tables on first
 use and upgrade an older store in place (core.store.upgrade).
 """

@@ -450,7 +450,7 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
 
     "last" is the end of the warm-up + cosine schedule, whose learning rate has decayed to 1%
     by then; "best" is the epoch with the highest validation dice, which on a small validation
-    split is often a noise peak (README, "Which weights a run keeps", has the measurement).
+    split is often a noise peak (docs/sweep.md, "Which weights a run keeps", has the measurement).
 
     `on_epoch` sees every epoch's stats as soon as they exist; an exception it raises (such as
     optuna.TrialPruned) stops training and propagates, except `EndTraining`, which ends it

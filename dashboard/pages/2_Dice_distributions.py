@@ -19,7 +19,7 @@ def pick_metric(ctx: ui.Context) -> str:
     if ctx.diagnostics:
         choices = [m for m in ctx.metrics if m != "dice_no_border"]
         metric = st.selectbox("Metric", choices, format_func=ui.METRIC_LABELS.get, key="dist_metric",
-                              help="Every per-image metric of the store; see README, 'Per-image metrics'. "
+                              help="Every per-image metric of the store; see docs/metrics.md, 'Why an image fails: the diagnostics'. "
                                    "For error metrics (areas, HD95, blobs, entropy) the worst values are the highest.")
     if not ctx.pets:  # no trimap, no border band: border-aware dice would only repeat dice
         return metric
@@ -160,7 +160,7 @@ def failure_modes(ctx: ui.Context) -> None:
     shown = shares.assign(images=table.sum(axis=1).astype(int)).rename_axis("trials").reset_index()
     st.dataframe(shown, hide_index=True, column_config={
         m: st.column_config.NumberColumn(m, format="percent") for m in order})
-    st.caption("One mode per image, by the rule in README (*Failure modes*): `empty prediction`, then `ok` "
+    st.caption("One mode per image, by the rule in docs/metrics.md (*Failure modes*): `empty prediction`, then `ok` "
                "(dice ≥ 0.9 and Boundary IoU ≥ 0.4), `boundary` (precision and recall ≥ 0.8), else the larger "
                f"error: `missed object` or `background leak`. *Sweep* pools every complete trial "
                "of the architecture.")

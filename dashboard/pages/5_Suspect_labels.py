@@ -163,7 +163,7 @@ def render(ctx: ui.Context) -> None:
                "about, are hard rather than mislabelled and score low. Its parts: contradiction (the share of mask and "
                "consensus where the models unanimously contradict the mask), certainty (1 − the models' median "
                "entropy), image evidence (above 1 where the image's own edges follow the models' outline rather than "
-               "the mask's), consensus dice, agreement, median dice; the formula is in README, 'Suspect labels'.")
+               "the mask's), consensus dice, agreement, median dice; the formula is in docs/metrics.md, 'Across a sweep: suspect labels'.")
     said = trust(ctx, frame)
     if said:
         st.caption(said)
