@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import register
-from .unet import Up, pad_to_multiple, scaled_channels
+from .unet import Up, decode, init_weights, pad_to_multiple, scaled_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # core.training.loop.MEAN / STD (a test keeps them equal)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,18 +137,6 @@ class Lite0Encoder(nn.Module):
         return [*features, self.head(x)]
 
 
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan-out) convs with zero bias, BN at (1, 0): the repository's random init."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 @register("efficientnet_lite0_unet")
 class EfficientNetLite0UNet(nn.Module):
     """EfficientNet-Lite0 encoder + UNet decoder; meant to start from ImageNet weights
@@ -184,14 +172,8 @@ class EfficientNetLite0UNet(nn.Module):
         self.head = nn.Conv2d(d1, 1, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        f2, f4, f8, f16, f32 = self.encoder(pad_to_multiple(x, self.stride))
-        x = self.up4(f32, f16)
-        x = self.up3(x, f8)
-        x = self.up2(x, f4)
-        x = self.up1(x, f2)
-        x = self.up0(x)
-        return self.head(x)[..., :h, :w]
+        features = self.encoder(pad_to_multiple(x, self.stride))  # 1/2 ... 1/32
+        return decode((self.up4, self.up3, self.up2, self.up1, self.up0), features, self.head, x.shape[-2:])
 
 
 class Lite0Classifier(nn.Module):

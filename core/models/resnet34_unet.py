@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .registry import register
-from .unet import Up, pad_to_multiple, scaled_channels
+from .unet import Up, decode, init_weights, pad_to_multiple, scaled_channels
 
 
 class BasicBlock(nn.Module):
@@ -93,24 +93,11 @@ class ResNet34UNet(nn.Module):
         self.up1 = Up(c1, c0, c0)
         c_full = max(8, c0 // 2)
         self.up0 = Up(c0, 0, c_full)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         # the head keeps PyTorch's default (fan-in) init: Kaiming fan-out of a 1-channel conv
         # would start with logits of std ~10 and a saturated loss
         self.head = nn.Conv2d(c_full, 1, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        stem, f1, f2, f3, f4 = self.encoder(pad_to_multiple(x, self.stride))
-        x = self.up4(f4, f3)
-        x = self.up3(x, f2)
-        x = self.up2(x, f1)
-        x = self.up1(x, stem)
-        x = self.up0(x)
-        return self.head(x)[..., :h, :w]
+        features = self.encoder(pad_to_multiple(x, self.stride))  # stem (1/2), then 1/4 ... 1/32
+        return decode((self.up4, self.up3, self.up2, self.up1, self.up0), features, self.head, x.shape[-2:])

@@ -2,6 +2,8 @@
 building blocks the other UNet-style decoders share."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +30,27 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
         return x
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan-out) convs with zero bias, BN at (1, 0): the encoder-decoder models' random init."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def decode(ups: Sequence[nn.Module], features: Sequence[Tensor], head: nn.Module, size: tuple[int, int]) -> Tensor:
+    """A UNet decoder over an encoder's five feature maps (finest first): the deepest map up through each
+    skip (`ups[0..3]`), one last stage without a skip (`ups[4]`), the 1x1 `head`, cropped back to `size`."""
+    x = ups[0](features[4], features[3])
+    for up, skip in zip(ups[1:4], (features[2], features[1], features[0])):
+        x = up(x, skip)
+    return head(ups[4](x))[..., :size[0], :size[1]]
 
 
 class DoubleConv(nn.Sequential):
