@@ -4,6 +4,8 @@ The ResNet34 download is served by a local HTTP server only; nothing here reache
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -247,3 +249,14 @@ def test_a_narrow_resnet34_file_of_our_own_loads(tmp_path: Path) -> None:
     model = build_model("resnet34_unet", width=0.125)
     assert load_encoder_weights(model, "resnet34_unet", path).source == f"file:{path}"
     assert all(torch.equal(v, trained.encoder.state_dict()[k]) for k, v in model.encoder.state_dict().items())
+
+
+def test_file_sha256_is_remembered_until_the_file_changes(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256(path)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert file_sha256(path) == first  # the same version: from memory
+    path.write_bytes(b"b" * 1000)  # same size, rewritten: hashed again
+    os.utime(path, ns=(1, 1))
+    assert file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()

@@ -17,6 +17,7 @@ anything else raises `WeightsError`, whose message is one line naming the keys.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -200,7 +201,15 @@ def default_encoder_weights(arch: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (weights files are tens of MB)."""
+    """Hex sha256 of a file, read in chunks (weights files are tens of MB). Remembered per file version
+    (its inode, size and modification time), since one trial's start checks the same encoder file several
+    times (the CLI check, the record, the load, each --width auto probe); a file rewritten is hashed again."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
