@@ -406,11 +406,11 @@ class Worker:
         self.prune_checkpoints(arch)
         return float(outcome.val_dice)
 
-    def config(self, arch: str, p: dict[str, float], epochs: int, members: int = 1) -> TrainConfig:
+    def config(self, arch: str, p: dict[str, int | float], epochs: int, members: int = 1) -> TrainConfig:
         a = self.args
         pretrained = a.encoder[arch] != "none"  # the encoder knobs shape a pretrained encoder's training only
         aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-        augment = AugmentConfig(**{k: (int(v) if k == "rotate" else v) for k, v in p.items() if k in aug_fields})
+        augment = AugmentConfig(**{k: v for k, v in p.items() if k in aug_fields})
         return TrainConfig(arch=arch, width=self.widths[arch], members=members, image_size=a.image_size, epochs=epochs,
                            batch_size=a.batch_size, lr=p["lr"], bce_weight=1.0 - p["dice_weight"],
                            dice_weight=p["dice_weight"], augment=augment, device=a.device, amp=a.amp,
