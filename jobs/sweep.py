@@ -363,18 +363,15 @@ class Worker:
 
         def on_epoch(stats) -> None:
             trial.report(stats.val_dice, stats.epoch)
-            verdict = schedule.after_epoch(self.budget, self.spent(arch), refit=refit_of is not None,
-                                           epochs_done=stats.epoch + 1, epochs=cfg.epochs, epoch_seconds=stats.seconds)
+            verdict = schedule.epoch_verdict(self.budget, self.spent(arch), self.ladder, refit=refit_of is not None,
+                                             epochs_done=stats.epoch + 1, epochs=cfg.epochs,
+                                             epoch_seconds=stats.seconds, pruned=trial.should_prune,
+                                             configs=(lambda: self.configs(arch)) if pausing else None, config=config)
             if verdict == "end":
                 raise EndTraining()
-            if verdict == "stop":
+            if verdict in ("stop", "prune"):
                 raise optuna.TrialPruned()
-            if verdict == "last" or refit_of is not None:
-                return
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-            if pausing and self.ladder.rung_at(stats.epoch + 1) is not None \
-                    and not schedule.goes_on(self.ladder, self.configs(arch), config):
+            if verdict == "pause":
                 raise PausedAtRung()
 
         ckpt = self.checkpoint_dir / arch / f"trial-{trial.number}.pt"  # any trial may become the result: all are written
