@@ -71,7 +71,8 @@ RECIPE: dict[str, float] = {**BASELINE, "lr": 1e-3}
 # both the sample and the synthetic set), so the recipe starts at both.
 STARTING_POINTS: tuple[dict[str, float], ...] = (BASELINE, RECIPE, {**RECIPE, "lr": 3e-3})
 # A network with a pretrained encoder wants a lower peak (EfficientNet-Lite0 on ultrasound, 400 s: 0.645 test
-# dice at 3e-4 against 0.606 at 1e-3; docs/sweep.md), so its study's third start is below the recipe's.
+# dice at 3e-4 against 0.606 at 1e-3; docs/sweep.md, "A pretrained encoder"), so its study's third start is
+# below the recipe's.
 PRETRAINED_STARTING_POINTS: tuple[dict[str, float], ...] = (BASELINE, RECIPE, {**RECIPE, "lr": 3e-4})
 
 

@@ -55,7 +55,7 @@ DEFAULT_ARCHS = ("unet", "resnet34_unet")
 
 # timeout: seconds of training for the whole sweep (split evenly between architectures);
 # epochs: a search trial's full length, the last rung; min_epochs: the first rung; trials: the
-# most configurations sampled per architecture. Measured choices (docs/sweep.md, benchmarks/quality.py).
+# most configurations sampled per architecture. Measured choices (docs/sweep.md, "Presets"; benchmarks/quality.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(timeout=250.0, trials=100, epochs=18, min_epochs=2, image_size=64, width="auto", batch_size=8,
                   refit_members=2, synthetic_images=SYNTHETIC_IMAGES, compile=False),
