@@ -251,6 +251,29 @@ def after_epoch(budget: Budget, spent: float, *, refit: bool, epochs_done: int, 
     return "stop" if budget.search_left(spent) <= 0 else "on"
 
 
+EpochVerdict = Literal["last", "on", "stop", "end", "prune", "pause"]
+
+
+def epoch_verdict(budget: Budget, spent: float, ladder: Ladder, *, refit: bool, epochs_done: int, epochs: int,
+                  epoch_seconds: float, pruned: Callable[[], bool],
+                  configs: Callable[[], list[Config]] | None, config: int) -> EpochVerdict:
+    """The whole decision after a trial's epoch: after_epoch's verdict on the budget; then, for a search
+    trial the budget lets go on, 'prune' if Optuna's pruner says so, else at a rung with successive
+    halving (`configs` given: the configurations now) 'pause' unless `config` goes_on, else 'on'.
+
+    `pruned` and `configs` are asked only when the verdict needs them: Optuna's halving pruners write
+    to the trial when asked, and the configurations are read from the study and the disk."""
+    verdict = after_epoch(budget, spent, refit=refit, epochs_done=epochs_done, epochs=epochs,
+                          epoch_seconds=epoch_seconds)
+    if verdict != "on" or refit:
+        return verdict
+    if pruned():
+        return "prune"
+    if configs is not None and ladder.rung_at(epochs_done) is not None and not goes_on(ladder, configs(), config):
+        return "pause"
+    return "on"
+
+
 # -- the refit ------------------------------------------------------------------------------------
 
 def refit_plan(budget: Budget, spent: float, pace_s: float, at_least: int, ladder: Ladder,

@@ -29,23 +29,30 @@ from core.training.loop import TrainConfig
 
 @dataclass(frozen=True)
 class Range:
+    """A searched parameter: its bounds, scale, and type (`integer`: whole numbers, Optuna's
+    IntDistribution; else FloatDistribution)."""
+
     low: float
     high: float
     log: bool = False
     integer: bool = False
 
-    def suggest(self, trial: optuna.Trial, name: str) -> float:
+    def suggest(self, trial: optuna.Trial, name: str) -> int | float:
+        """The value Optuna draws, as the declared type: an int for an integer range."""
         if self.integer:
-            return float(trial.suggest_int(name, int(self.low), int(self.high), log=self.log))
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
 
-SPACE: dict[str, Range | float] = {
+Entry = Range | int | float  # a searched range, or a fixed value of the parameter's type
+
+
+SPACE: dict[str, Range] = {
     "lr": Range(1e-4, 1e-2, log=True),    # peak of warm-up + cosine; short runs want it well above the reports' 1e-4
     "dice_weight": Range(0.0, 1.0),      # bce_weight = 1 - dice_weight
     "hflip": Range(0.0, 0.5),
     "vflip": Range(0.0, 0.5),
-    "rotate": Range(0, 30, integer=True),
+    "rotate": Range(0, 30, integer=True),  # whole degrees
     "brightness": Range(0.0, 0.4),
     "contrast": Range(0.0, 0.4),
     "color_jitter": Range(0.0, 0.3),
@@ -64,7 +71,8 @@ RECIPE: dict[str, float] = {**BASELINE, "lr": 1e-3}
 # both the sample and the synthetic set), so the recipe starts at both.
 STARTING_POINTS: tuple[dict[str, float], ...] = (BASELINE, RECIPE, {**RECIPE, "lr": 3e-3})
 # A network with a pretrained encoder wants a lower peak (EfficientNet-Lite0 on ultrasound, 400 s: 0.645 test
-# dice at 3e-4 against 0.606 at 1e-3; docs/sweep.md), so its study's third start is below the recipe's.
+# dice at 3e-4 against 0.606 at 1e-3; docs/sweep.md, "A pretrained encoder"), so its study's third start is
+# below the recipe's.
 PRETRAINED_STARTING_POINTS: tuple[dict[str, float], ...] = (BASELINE, RECIPE, {**RECIPE, "lr": 3e-4})
 
 
@@ -72,9 +80,10 @@ class SpaceError(ValueError):
     """A search-space file the sweep cannot use (one-line message)."""
 
 
-def load_space(path: str | Path | None) -> dict[str, Range | float]:
-    """The default space, with the entries of a TOML file (if given) replacing their defaults."""
-    space = dict(SPACE)
+def load_space(path: str | Path | None) -> dict[str, Entry]:
+    """The default space, with the entries of a TOML file (if given) replacing their defaults; each
+    keeps its parameter's type (SPACE's), so a fixed `rotate = 10` stays an int."""
+    space: dict[str, Entry] = dict(SPACE)
     if path is None:
         return space
     try:
@@ -90,36 +99,37 @@ def load_space(path: str | Path | None) -> dict[str, Range | float]:
     return space
 
 
-def _parse_entry(path: str | Path, name: str, value: Any) -> Range | float:
+def _parse_entry(path: str | Path, name: str, value: Any) -> Entry:
+    integer = SPACE[name].integer
+
+    def number(v: Any) -> int | float:
+        if integer and float(v) != int(v):
+            raise SpaceError(f"search space {path}: {name} takes whole numbers, got {v}")
+        return int(v) if integer else float(v)
+
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return number(value)
     if isinstance(value, dict) and {"low", "high"} <= set(value):
-        low, high = float(value["low"]), float(value["high"])
+        low, high = number(value["low"]), number(value["high"])
         log = bool(value.get("log", False))
         if not low < high or (log and low <= 0):
             raise SpaceError(f"search space {path}: {name} needs low < high (and low > 0 with log)")
-        default = SPACE[name]
-        return Range(low, high, log=log, integer=isinstance(default, Range) and default.integer)
+        return Range(low, high, log=log, integer=integer)
     raise SpaceError(f"search space {path}: {name} must be a number or {{ low = .., high = .. }}")
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Range | float]) -> dict[str, float]:
-    """Draw one configuration; fixed entries are recorded as user attributes, not searched."""
-    out: dict[str, float] = {}
-    for name, entry in space.items():
-        if isinstance(entry, Range):
-            out[name] = entry.suggest(trial, name)
-        else:
-            out[name] = float(entry)
-    return out
+def suggest(trial: optuna.Trial, space: dict[str, Entry]) -> dict[str, int | float]:
+    """One configuration, each value of its parameter's type: ranges drawn by Optuna, fixed entries
+    as they are (Optuna's study does not see them; the store records every value in the trial's params)."""
+    return {name: entry.suggest(trial, name) if isinstance(entry, Range) else entry for name, entry in space.items()}
 
 
-def baseline_for(space: dict[str, Range | float]) -> dict[str, float]:
+def baseline_for(space: dict[str, Entry]) -> dict[str, float]:
     """The reports' configuration restricted to the searched parameters (what enqueue_trial takes)."""
     return {k: v for k, v in BASELINE.items() if isinstance(space.get(k), Range)}
 
 
-def starting_points(space: dict[str, Range | float], pretrained: bool = False) -> list[dict[str, float]]:
+def starting_points(space: dict[str, Entry], pretrained: bool = False) -> list[dict[str, float]]:
     """STARTING_POINTS (PRETRAINED_STARTING_POINTS for a study whose encoder starts pretrained) for
     enqueue_trial: the baseline as it is (a known result, even outside a narrowed space), the recipes
     restricted to the searched parameters and moved inside their ranges; a recipe that a narrowed space

@@ -55,7 +55,7 @@ DEFAULT_ARCHS = ("unet", "resnet34_unet")
 
 # timeout: seconds of training for the whole sweep (split evenly between architectures);
 # epochs: a search trial's full length, the last rung; min_epochs: the first rung; trials: the
-# most configurations sampled per architecture. Measured choices (docs/sweep.md, benchmarks/quality.py).
+# most configurations sampled per architecture. Measured choices (docs/sweep.md, "Presets"; benchmarks/quality.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(timeout=250.0, trials=100, epochs=18, min_epochs=2, image_size=64, width="auto", batch_size=8,
                   refit_members=2, synthetic_images=SYNTHETIC_IMAGES, compile=False),
@@ -363,18 +363,15 @@ class Worker:
 
         def on_epoch(stats) -> None:
             trial.report(stats.val_dice, stats.epoch)
-            verdict = schedule.after_epoch(self.budget, self.spent(arch), refit=refit_of is not None,
-                                           epochs_done=stats.epoch + 1, epochs=cfg.epochs, epoch_seconds=stats.seconds)
+            verdict = schedule.epoch_verdict(self.budget, self.spent(arch), self.ladder, refit=refit_of is not None,
+                                             epochs_done=stats.epoch + 1, epochs=cfg.epochs,
+                                             epoch_seconds=stats.seconds, pruned=trial.should_prune,
+                                             configs=(lambda: self.configs(arch)) if pausing else None, config=config)
             if verdict == "end":
                 raise EndTraining()
-            if verdict == "stop":
+            if verdict in ("stop", "prune"):
                 raise optuna.TrialPruned()
-            if verdict == "last" or refit_of is not None:
-                return
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-            if pausing and self.ladder.rung_at(stats.epoch + 1) is not None \
-                    and not schedule.goes_on(self.ladder, self.configs(arch), config):
+            if verdict == "pause":
                 raise PausedAtRung()
 
         ckpt = self.checkpoint_dir / arch / f"trial-{trial.number}.pt"  # any trial may become the result: all are written
@@ -406,11 +403,11 @@ class Worker:
         self.prune_checkpoints(arch)
         return float(outcome.val_dice)
 
-    def config(self, arch: str, p: dict[str, float], epochs: int, members: int = 1) -> TrainConfig:
+    def config(self, arch: str, p: dict[str, int | float], epochs: int, members: int = 1) -> TrainConfig:
         a = self.args
         pretrained = a.encoder[arch] != "none"  # the encoder knobs shape a pretrained encoder's training only
         aug_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-        augment = AugmentConfig(**{k: (int(v) if k == "rotate" else v) for k, v in p.items() if k in aug_fields})
+        augment = AugmentConfig(**{k: v for k, v in p.items() if k in aug_fields})
         return TrainConfig(arch=arch, width=self.widths[arch], members=members, image_size=a.image_size, epochs=epochs,
                            batch_size=a.batch_size, lr=p["lr"], bce_weight=1.0 - p["dice_weight"],
                            dice_weight=p["dice_weight"], augment=augment, device=a.device, amp=a.amp,

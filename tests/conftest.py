@@ -77,3 +77,56 @@ def require_system(what: str) -> None:
     if os.environ.get("SEGSWEEP_REQUIRE_SYSTEM"):
         pytest.fail(f"{what} is required in CI but is not available")
     pytest.skip(f"{what} is not installed here (.ci/run installs it)")
+
+
+# -- the dashboard's demo store (test_dashboard.py, test_browser.py) ------------------------------
+
+from typing import TYPE_CHECKING  # noqa: E402  (kept with its block; the fixtures import dashboard when used)
+
+if TYPE_CHECKING:
+    from dashboard.demo_store import DemoStore, FolderDemo
+
+
+@pytest.fixture(scope="session")
+def _demo_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
+    """dashboard.demo_store's two sweeps, built once a session: "demo-folder" over the user's own kind of
+    folder (groups, a few wrong masks), then the pet sweep "demo" over 60 synthetic images."""
+    import optuna
+
+    from core.data.synthetic import generate_synthetic
+    from dashboard.demo_store import build_demo_sweeps
+
+    base = tmp_path_factory.mktemp("demo-store")
+    root = generate_synthetic(base / "synthetic", n_images=60, image_size=64, seed=0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return build_demo_sweeps(f"sqlite:///{base / 'results.db'}", root, base / "folder-demo", sweep="demo")
+
+
+@pytest.fixture(scope="module")
+def demo_sweeps(_demo_build: tuple[DemoStore, FolderDemo],
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
+    """(DemoStore, FolderDemo) on the module's own copy of the demo database, so what one module writes
+    (review marks, another sweep) never reaches another. The image folders are the session's, shared
+    (test_dashboard adds one outbound link to the pet images, which no other module's store lists)."""
+    import dataclasses
+    import sqlite3
+    from contextlib import closing
+
+    demo, folder = _demo_build
+    copy = tmp_path_factory.mktemp("demo-db") / "results.db"
+    with closing(sqlite3.connect(demo.url.removeprefix("sqlite:///"))) as src, closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+    url = f"sqlite:///{copy}"
+    return dataclasses.replace(demo, url=url), dataclasses.replace(folder, url=url)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_sweeps: tuple[DemoStore, FolderDemo]) -> DemoStore:
+    """The pet sweep "demo" (dashboard.demo_store.DemoStore)."""
+    return demo_sweeps[0]
+
+
+@pytest.fixture(scope="module")
+def folder(demo_sweeps: tuple[DemoStore, FolderDemo]) -> FolderDemo:
+    """The user-folder sweep "demo-folder" (dashboard.demo_store.FolderDemo)."""
+    return demo_sweeps[1]

@@ -8,37 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import optuna
 import pytest
 
 from core.store.queries import ImageFilter, best_trials, count_images, filter_options, hardest_images
 from core.store.db import Store
 from core.store.suspicion import suspects
-from core.data.synthetic import generate_synthetic
-from dashboard.demo_store import DemoStore, FolderDemo, build_demo_sweeps
+from dashboard.demo_store import DemoStore, FolderDemo
 from dashboard.serve import CHROMIUM, PAGES, dashboard, launch_chromium, wait_until_idle
 from tests.conftest import require_system
 
 WAIT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
-    """One store: the user-folder sweep "demo-folder" (groups, wrong masks), then the pet sweep "demo"."""
-    base = tmp_path_factory.mktemp("browser")
-    root = generate_synthetic(base / "synthetic", n_images=60, image_size=64, seed=0)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return build_demo_sweeps(f"sqlite:///{base / 'results.db'}", root, base / "folder-demo", sweep="demo")
-
-
-@pytest.fixture(scope="module")
-def demo(built: tuple[DemoStore, FolderDemo]) -> DemoStore:
-    return built[0]
-
-
-@pytest.fixture(scope="module")
-def folder(built: tuple[DemoStore, FolderDemo]) -> FolderDemo:
-    return built[1]
 
 
 def _browser():

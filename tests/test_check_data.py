@@ -20,7 +20,8 @@ def _lines(text: str) -> list[str]:
 
 
 def test_busi_sample_is_usable_and_reported_in_a_few_lines(busi_root: Path, capsys) -> None:
-    """The README shows this output; the splits are the hash rule's, so they are pinned too."""
+    """The check README's "Your own data" describes, line by line; the splits are the hash rule's, so they are
+    pinned too."""
     assert check_data.main(["--data-root", str(busi_root)]) == 0
     assert _lines(capsys.readouterr().out) == [f"jobs.check_data: {line}" for line in [
         f"layout: paired-folders in {busi_root}",

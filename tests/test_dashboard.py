@@ -18,9 +18,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.store.optuna_storage import optuna_storage
 from core.store.db import ImageResults, Store
-from core.data.synthetic import generate_synthetic
 from dashboard import images, stats
-from dashboard.demo_store import DemoStore, FolderDemo, build_demo_sweeps
+from dashboard.demo_store import DemoStore, FolderDemo
 
 DASH = Path(__file__).resolve().parents[1] / "dashboard"
 PAGES = {
@@ -75,26 +74,11 @@ def _add_odd_sweep(demo: DemoStore, outside_dir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
-    """One store: sweep "demo-folder" over the user's own kind of folder (groups, a few wrong masks), then the
-    pet sweep "demo", then "odd" (so the pet sweeps stay the most recent)."""
-    base = tmp_path_factory.mktemp("dashboard")
-    root = generate_synthetic(base / "data" / "synthetic", n_images=60, image_size=64, seed=0)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    demo, folder = build_demo_sweeps(f"sqlite:///{base / 'results.db'}", root, base / "data" / "folder-demo",
-                                     sweep="demo")
-    _add_odd_sweep(demo, base / "outside")
-    return demo, folder
-
-
-@pytest.fixture(scope="module")
-def demo(built: tuple[DemoStore, FolderDemo]) -> DemoStore:
-    return built[0]
-
-
-@pytest.fixture(scope="module")
-def folder(built: tuple[DemoStore, FolderDemo]) -> FolderDemo:
-    return built[1]
+def demo_sweeps(demo_sweeps: tuple[DemoStore, FolderDemo],
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
+    """conftest's demo store (this module's copy), with sweep "odd" added last."""
+    _add_odd_sweep(demo_sweeps[0], tmp_path_factory.mktemp("outside"))
+    return demo_sweeps
 
 
 @pytest.fixture(scope="module")

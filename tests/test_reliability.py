@@ -2,8 +2,8 @@
 
 Covered here: a worker SIGKILLed mid-trial (and killed at the awkward moments around it),
 three workers on one SQLite file, diverging trials, and the bad-input matrix (data, flags,
-database, checkpoints) that README's "When things go wrong" table documents. PostgreSQL runs
-in tests/test_postgres.py with the same checks.
+database, checkpoints) that docs/troubleshooting.md's "What you may see, and what to do" table
+documents. PostgreSQL runs in tests/test_postgres.py with the same checks.
 
 Everything trains tiny models on a 40-image synthetic set with one CPU thread per process (the
 CI machine has 2 cores and several processes; more threads only make them fight).

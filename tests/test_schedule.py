@@ -156,6 +156,35 @@ def test_after_an_epoch_the_search_stops_at_its_share_and_a_slow_refit_at_the_wh
     assert [verdict(97.0, refit=True, seconds=2.0), verdict(98.5, refit=True, seconds=2.0)] == ["on", "end"]
 
 
+def test_one_epoch_verdict_weighs_the_budget_then_optunas_pruner_then_the_rung_asking_each_only_when_needed() -> None:
+    asked: list[str] = []
+    rivals = [config(0, 0.5, paused=True), config(1, 0.6, paused=True)]
+
+    def verdict(spent: float = 10.0, refit: bool = False, done: int = 1, prune: bool = False, dice: float = 0.7,
+                halving: bool = True, seconds: float = 1.0) -> str:
+        def pruned() -> bool:
+            asked.append("pruner")
+            return prune
+
+        def configs() -> list[Config]:
+            asked.append("configs")
+            return [*rivals, config(2, *[dice] * done)]
+        return schedule.epoch_verdict(SEARCH, spent, LADDER, refit=refit, epochs_done=done, epochs=9,
+                                      epoch_seconds=seconds, pruned=pruned, configs=configs if halving else None,
+                                      config=2)
+
+    assert [verdict(50.0), verdict(done=9), verdict(98.5, refit=True, seconds=2.0), verdict(10.0, refit=True)] == [
+        "stop", "last", "end", "on"]
+    assert asked == []  # the budget decided, and a refit is never pruned nor paused
+    assert verdict(prune=True) == "prune" and asked == ["pruner"]
+    asked.clear()
+    assert [verdict(dice=0.7), verdict(dice=0.55)] == ["on", "pause"]  # best of three at rung 1 goes on
+    assert asked == ["pruner", "configs"] * 2
+    asked.clear()
+    assert [verdict(done=2, dice=0.1), verdict(dice=0.1, halving=False)] == ["on", "on"]  # no rung; no halving
+    assert asked == ["pruner", "pruner"]
+
+
 @pytest.mark.parametrize("seconds, spent, members, planned", [
     (24, 12, 1, (1, 11)),    # the rest at one second an epoch, one epoch kept for the test evaluation
     (100, 12, 1, (1, 24)),   # at most 8 search trials' length
@@ -290,16 +319,14 @@ def train(study: SharedStudy, t: Trial) -> Iterator[None]:
         study.spent += study.cost(t)
         values[epoch] = study.curve(t.user_attrs.get(REFIT_OF, config), epoch)
         t = study.update(t.number, intermediate_values=dict(values), seconds=(epoch + 1 - first) * study.cost(t))
-        verdict = schedule.after_epoch(study.budget, study.spent, refit=refit, epochs_done=epoch + 1, epochs=epochs,
-                                       epoch_seconds=study.cost(t))
+        verdict = schedule.epoch_verdict(study.budget, study.spent, study.ladder, refit=refit, epochs_done=epoch + 1,
+                                         epochs=epochs, epoch_seconds=study.cost(t), pruned=lambda: False,
+                                         configs=lambda: schedule.configs(study.trials, study.paused), config=config)
         if verdict in ("last", "end"):
             break
-        if verdict == "stop":
-            study.update(t.number, state=TrialState.PRUNED)
-            return
-        if not refit and study.ladder.rung_at(epoch + 1) is not None and \
-                not goes_on(study.ladder, schedule.configs(study.trials, study.paused), config):
-            study.paused.add(config)
+        if verdict in ("stop", "pause"):
+            if verdict == "pause":
+                study.paused.add(config)
             study.update(t.number, state=TrialState.PRUNED)
             return
         yield
