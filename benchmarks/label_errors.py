@@ -270,7 +270,7 @@ def judge(title: str, rankings: list, target: float, what: str) -> list[bool]:
 def store_scores(db: str, sweep: str, names: list[str]) -> dict[str, np.ndarray]:
     """The suspect-label and median-dice rankings of `names` from a sweep's store (NaN where missing)."""
     from core.store.db import Store
-    from core.store.suspicion import suspects
+    from core.store.queries import suspects
 
     store = Store(db, read_only=True)
     try:

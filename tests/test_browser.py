@@ -13,7 +13,7 @@ import pytest
 
 from core.store.queries import ImageFilter, best_trials, count_images, filter_options, hardest_images
 from core.store.db import Store
-from core.store.suspicion import suspects
+from core.store.queries import suspects
 from core.data.synthetic import generate_synthetic
 from dashboard.demo_store import DemoStore, FolderDemo, build_demo_sweeps
 from dashboard.serve import CHROMIUM, PAGES, dashboard, launch_chromium, wait_until_idle

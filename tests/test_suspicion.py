@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from core.labels import decode_votes, encode_votes, label_parts
 from core.metrics import mask_diagnostics
 from core.store import schema as st
-from core.store import summaries, suspicion
+from core.store import queries, summaries, suspicion
 from core.store.db import ImageResults, Store
 
 S = 24
@@ -90,6 +90,7 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
     kept = _label_rows(store, "s")
     with store.engine.begin() as conn:
         summaries.rebuild(conn, "s")
+        suspicion.rebuild(conn, "s")
     assert _label_rows(store, "s") == kept
 
     labels, votes = kept
@@ -120,21 +121,21 @@ def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(
         pred = truths.copy()
         pred[3] = False  # the models agree the object is not there: im3's mask is suspect
         _close(store, "s", number, pred)
-    ranked = suspicion.suspects(store, "s")
-    assert list(ranked.columns) == list(suspicion.SUSPECT_COLUMNS)
+    ranked = queries.suspects(store, "s")
+    assert list(ranked.columns) == list(queries.SUSPECT_COLUMNS)
     assert ranked["name"].iloc[0] == "im3" and ranked["contradiction"].iloc[0] == 1.0
     dice_median = ranked["dice_median"].iloc[0]  # every trial's dice for im3 (the fixture's, not measured)
     typical = np.median([_entropy(store, k) for k in range(N)])
     certainty = (1 - _entropy(store, 3)) / (1 - typical)  # against the sweep's typical image
     assert ranked["label_suspicion"].iloc[0] == pytest.approx(np.sqrt(1 - dice_median) * certainty ** 2)
     assert ranked["name"].iloc[-1] == "im0" and np.isnan(ranked["label_suspicion"].iloc[-1])
-    assert (ranked["trials"] == 3).all() and len(suspicion.suspects(store, "s", limit=2)) == 2
-    assert suspicion.consensus(store, "s", int(ids[3])).max() == 0.0
-    assert suspicion.consensus(store, "s", int(ids[2])).tolist() == truths[2].astype(float).tolist()
-    assert suspicion.consensus(store, "nope", int(ids[2])) is None
-    assert suspicion.truth(store, int(ids[2]), S).tolist() == truths[2].tolist()
-    assert suspicion.truth(store, int(ids[0]), S) is None and suspicion.truth(store, int(ids[2]), 64) is None
-    assert suspicion.available(store) and suspicion.available(store.engine)
+    assert (ranked["trials"] == 3).all() and len(queries.suspects(store, "s", limit=2)) == 2
+    assert queries.consensus(store, "s", int(ids[3])).max() == 0.0
+    assert queries.consensus(store, "s", int(ids[2])).tolist() == truths[2].astype(float).tolist()
+    assert queries.consensus(store, "nope", int(ids[2])) is None
+    assert queries.truth_mask(store, int(ids[2]), S).tolist() == truths[2].tolist()
+    assert queries.truth_mask(store, int(ids[0]), S) is None and queries.truth_mask(store, int(ids[2]), 64) is None
+    assert queries.has_label_suspicion(store) and queries.has_label_suspicion(store.engine)
 
 
 def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_truth_stored_without_one(
@@ -162,7 +163,7 @@ def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_
         pred = objects.copy()
         pred[2] = hard
         _close(store, "s", number, pred)
-    ranked = suspicion.suspects(store, "s").set_index("name")
+    ranked = queries.suspects(store, "s").set_index("name")
     with store.engine.connect() as conn:
         evidence = dict(conn.execute(select(st.sweep_images.c.image_id, st.sweep_images.c.image_evidence)).all())
     entropy = np.array([_entropy(store, k) for k in range(N)])
@@ -176,6 +177,7 @@ def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_
     kept = _label_rows(store, "s")  # the third close kept the evidence of the second (the same majority masks)
     with store.engine.begin() as conn:
         summaries.rebuild(conn, "s")
+        suspicion.rebuild(conn, "s")
     assert _label_rows(store, "s") == kept
 
 
@@ -193,7 +195,7 @@ def test_truths_are_stored_once_even_when_two_workers_write_them_at_once(store: 
         list(pool.map(lambda _: [store.record_truths(ids, S, first) for _ in range(5)], range(3)))
     store.record_truths(ids, S, ~first)  # written already: the first truth stays
     assert store.count(st.truth_masks) == N
-    assert all(suspicion.truth(store, int(i), S).tolist() == first[k].tolist() for k, i in enumerate(ids))
+    assert all(queries.truth_mask(store, int(i), S).tolist() == first[k].tolist() for k, i in enumerate(ids))
 
 
 def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_path: Path, monkeypatch) -> None:
@@ -224,9 +226,9 @@ def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_pa
         evidence = conn.execute(select(st.sweep_images.c.image_evidence)).scalars().all()
     for i in test:
         image_id = ids[data.infos[i].name]
-        assert suspicion.truth(store, image_id, 32).tolist() == data.masks[i].astype(bool).tolist()
+        assert queries.truth_mask(store, image_id, 32).tolist() == data.masks[i].astype(bool).tolist()
         assert decode_image(images[image_id]).tolist() == data.images[i].tolist()  # the image as scored, for evidence
-    ranked = suspicion.suspects(store, "s")
+    ranked = queries.suspects(store, "s")
     assert len(ranked) == len(test) and ranked["label_suspicion"].notna().all() and (ranked["trials"] == 3).all()
     assert len(evidence) == len(test) and all(e is not None and 0 < e < 2 for e in evidence)
     store.dispose()
@@ -309,7 +311,7 @@ def test_a_256_px_close_keeps_votes_on_the_64_grid_and_scores_the_subsampled_mas
         want = tuple(float(getattr(expected, c)[k]) for c in suspicion.LABEL_COLUMNS)
         assert labels[image_id][:4] == pytest.approx(want)
     # the dashboard's consensus is drawn at the image's size, from the masks themselves
-    assert suspicion.consensus(big, "big", ids[2]).tolist() == (total[2] / 3).tolist()
+    assert queries.consensus(big, "big", ids[2]).tolist() == (total[2] / 3).tolist()
 
 
 def test_older_full_size_votes_are_sliced_to_the_grid_and_the_next_close_adds_to_them(big: Store) -> None:
@@ -329,7 +331,8 @@ def test_older_full_size_votes_are_sliced_to_the_grid_and_the_next_close_adds_to
         trials, counts = kept[1][image_id]
         assert trials == 3 and counts.tolist() == total[k][::4, ::4].tolist()
     with big.engine.begin() as conn:
-        summaries.rebuild(conn, "big")  # from every stored mask: the same counts and scores
+        summaries.rebuild(conn, "big")
+        suspicion.rebuild(conn, "big")  # from every stored mask: the same counts and scores
     rebuilt = _big_rows(big)
     assert rebuilt[0] == kept[0]
     as_lists = lambda votes: {i: (n, c.tolist()) for i, (n, c) in votes.items()}  # noqa: E731
