@@ -157,7 +157,7 @@ def test_the_score_weighs_the_image_evidence_and_counts_a_missing_image_as_neutr
 # -- benchmarks/label_errors.py: its planting and its scoring, on tiny constructed cases -----------------
 
 def test_the_benchmark_plants_errors_of_the_sizes_it_promises():
-    from benchmarks.label_errors import grow, planted_mask, shift, shrink
+    from benchmarks._planting import grow, planted_mask, shift, shrink
 
     pet = square(10, 10, 8)
     assert 1.8 <= grow(pet).sum() / pet.sum() <= 2.6 and (grow(pet) & pet).sum() == pet.sum()
@@ -196,7 +196,7 @@ def ten_test_images(db_url: str, tmp_path):
 
 
 def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_url, tmp_path, capsys):
-    from benchmarks.label_errors import evaluate, report, store_scores
+    from benchmarks.label_errors import judge, mask_dice, read_sweep, store_rankings, table
     from core.store.db import ImageResults
 
     store, names, image_ids = ten_test_images(db_url, tmp_path)
@@ -208,45 +208,39 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_ur
     for number in range(3):
         pred = np.stack([square(8, 8, 16)] * 10)
         pred[5] = rng.random((S, S)) < 0.5  # a hard image: every model guesses differently
-        # the hard image has the worst dice of all; the planted ones score half, the rest well
-        dice = np.where(np.arange(10) == 5, 0.1, np.where(np.arange(10) < 2, 0.5, 0.9))
+        dice = mask_dice(pred, truth)
         store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
                                              device="cpu", dataset="synthetic/b", image_size=S),
                            state="complete", val_dice=0.5, results=ImageResults(image_ids, dice, dice, dice, masks=pred))
     store.dispose()
-    scores = store_scores(db_url, "b", names)
+    scores = store_rankings(read_sweep(db_url, "b", names), truth)
     scores["cleanlab soft-minimum"] = np.full(10, np.nan)  # not measured here: ranks everything alike
     planted = {"im0": "erased", "im1": "shifted"}
-    rankings = evaluate(scores, np.array([n in planted for n in names]))
+    rankings = table(scores, names, planted)
     assert [r.name for r in rankings] == ["suspect-label score", "median dice", "cleanlab soft-minimum"]
     assert rankings[0].auroc == 1.0 and rankings[0].precision == 1.0
-    assert rankings[1].auroc == 7 / 8 and rankings[2].auroc == 0.5  # median dice puts the hard image first
-    assert report("tiny", rankings, names, planted, 0.95) == [True, True, True]
+    # median dice from the masks: the hard image's coin tosses (about 0.33) beat the planted masks' 0 and 0.25
+    assert rankings[1].auroc == 1.0 and rankings[2].auroc == 0.5
+    assert judge("tiny", rankings, 0.95, "AUROC") == [True, False, True]  # a tie with median dice is no lead
     out = capsys.readouterr().out
     assert "PASS  tiny: suspect-label AUROC: 1 (target >= 0.95)" in out
-    assert "im0 erased 1/" in out and "/-" in out  # its ranks; no cleanlab score
+    assert "MISS  tiny: suspect-label AUROC - median dice AUROC: 0 " in out
+    assert "im0 erased 1/1/-; im1 shifted 2/2/-" in out  # its ranks; no cleanlab score
 
 
 def test_the_benchmark_plants_in_busis_layout_and_removes_one_lesion_of_two(tmp_path):
-    from PIL import Image
+    from benchmarks._planting import Layout, plant
 
-    from benchmarks.label_errors import UltrasoundLayout, layout_of, plant
-
-    (tmp_path / "benign" / "mask").mkdir(parents=True)
-    names = [f"benign/benign ({k})" for k in range(1, 11)]
-    for k in range(1, 11):
-        lesion = square(4, 4, 8 + k % 3)
-        Image.fromarray(lesion).save(tmp_path / "benign" / "mask" / f"benign ({k})_mask.png")  # 1-bit, as BUSI
-    second = square(20, 20, 6)
-    Image.fromarray(second.astype(np.uint8) * 255).save(tmp_path / "benign" / "mask" / "benign (3)_mask_1.png")
-    layout = layout_of(tmp_path)
-    assert isinstance(layout, UltrasoundLayout) and layout.lesions("benign/benign (3)") == 2
-    assert layout.read("benign/benign (3)").sum() == square(4, 4, 8).sum() + second.sum()
+    _, names = ten_lesions(tmp_path)
+    layout = Layout(tmp_path, names, files=True)
+    assert layout.kind == "ultrasound" and layout.lesions("benign/benign (3)") == 2
+    assert layout.read("benign/benign (3)").sum() == square(7, 4, 8).sum() + square(20, 20, 6).sum()
     kinds = plant(layout, names, 0.2, seed=0)
     assert len(kinds) == 2 and kinds["benign/benign (3)"] == "lesion removed"
-    assert layout.lesions("benign/benign (3)") == 1 and layout.read("benign/benign (3)").sum() == square(4, 4, 8).sum()
+    again = Layout(tmp_path, names)  # the files as the loader now reads them
+    assert again.lesions("benign/benign (3)") == 1 and again.read("benign/benign (3)").sum() == square(7, 4, 8).sum()
     [(other, kind)] = [(n, k) for n, k in kinds.items() if n != "benign/benign (3)"]
-    assert kind == "erased" and not layout.read(other).any()
+    assert kind == "erased" and not again.read(other).any()
 
 
 def close_three_trials(store, image_ids, clean: np.ndarray, truth: np.ndarray, rng, entropy: tuple[float, float]
@@ -328,41 +322,45 @@ def test_the_benchmark_recomputes_the_stored_score_of_images_larger_than_the_vot
 
 
 def ten_lesions(root):
-    """A BUSI-layout folder of ten one-lesion masks, one of them with a second lesion: its layout and names."""
+    """A BUSI-layout folder of ten S x S images with one-lesion masks, benign (3) with a second lesion: its layout
+    (read only) and names."""
     from PIL import Image
 
-    from benchmarks.label_errors import layout_of
+    from benchmarks._planting import Layout
 
-    (root / "benign" / "mask").mkdir(parents=True)
+    for folder in ("images", "mask"):
+        (root / "benign" / folder).mkdir(parents=True)
     names = [f"benign/benign ({k})" for k in range(1, 11)]
     for k in range(1, 11):
-        Image.fromarray(square(4 + k, 4, 8 + k % 3)).save(root / "benign" / "mask" / f"benign ({k})_mask.png")
+        Image.fromarray(np.full((S, S, 3), 20 * k, np.uint8)).save(root / "benign" / "images" / f"benign ({k}).png")
+        Image.fromarray(square(4 + k, 4, 8 + k % 3)).save(root / "benign" / "mask" / f"benign ({k})_mask.png")  # 1-bit
     Image.fromarray(square(20, 20, 6)).save(root / "benign" / "mask" / "benign (3)_mask_1.png")
-    return layout_of(root), names
+    return Layout(root, names), names
 
 
 def test_the_benchmark_plants_in_memory_as_it_plants_files_and_leaves_the_files_alone(tmp_path):
-    from benchmarks.label_errors import as_scored, plant, planted_truths
+    from benchmarks._planting import Layout, as_scored, plant, planted_truths
 
     files, names = ten_lesions(tmp_path)
     clean = np.stack([as_scored(files.read(n), (S, S), 16) for n in names])
     truth, kinds = planted_truths(files, names, [(S, S)] * 10, clean, 16, 0.3, seed=2)
-    assert files.lesions("benign/benign (3)") == 2  # the files untouched
+    assert files.lesions("benign/benign (3)") == 2 and Layout(tmp_path, names).lesions("benign/benign (3)") == 2
     assert len(kinds) == 3 and kinds["benign/benign (3)"] == "lesion removed"
-    assert plant(files, names, 0.3, seed=2) == kinds  # now on the files: the same images, the same kinds
-    assert truth.tolist() == [as_scored(files.read(n), (S, S), 16).tolist() for n in names]
+    assert plant(Layout(tmp_path, names, files=True), names, 0.3, seed=2) == kinds  # on the files: the same plants
+    planted = Layout(tmp_path, names)
+    assert truth.tolist() == [as_scored(planted.read(n), (S, S), 16).tolist() for n in names]
 
 
 def test_successive_plantings_start_the_kinds_one_further_along_so_every_kind_is_planted(tmp_path):
-    from benchmarks.label_errors import KINDS, MemoryLayout, plant
+    from benchmarks._planting import KINDS, plant
 
     files, names = ten_lesions(tmp_path)
     # 3 planted, one of them the removed lesion: two kinds a planting, as on BUSI, where starting every planting
     # at the first kind never planted the last ones
-    plantings = [plant(MemoryLayout(files, names), names, 0.3, seed=5, first_kind=j) for j in range(len(KINDS))]
+    plantings = [plant(files.in_memory(), names, 0.3, seed=5, first_kind=j) for j in range(len(KINDS))]
     assert [sorted(k for k in p.values() if k != "lesion removed") for p in plantings] == \
         [sorted((KINDS[j], KINDS[(j + 1) % len(KINDS)])) for j in range(len(KINDS))]
-    assert plantings[0] == plant(MemoryLayout(files, names), names, 0.3, seed=5)  # the sweep's own planting as before
+    assert plantings[0] == plant(files.in_memory(), names, 0.3, seed=5)  # the sweep's own planting as before
 
 
 def test_the_vote_grid_keeps_every_pixel_up_to_64_px_and_a_fixed_stride_above():

@@ -616,16 +616,18 @@ def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -
         return {(int(t), int(i)): bytes(png) for t, i, png in conn.execute(stmt).all()}
 
 
-def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int) -> dict[int, bytes]:
+def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int, column: str = "png") -> dict[int, bytes]:
     """The ground truth exactly as scored at `image_size` (v4 truth_masks, 1-bit PNGs) by image id, for the
-    given images that have one; empty on an older store (the gallery then rebuilds it from the trimap)."""
+    given images that have one; empty on an older store (the gallery then rebuilds it from the trimap).
+    column="image": the images as scored, on the vote grid (v5 truth_masks.image), where stored."""
     if not image_ids:
         return {}
-    stmt = select(truth_masks.c.image_id, truth_masks.c.png).where(
-        truth_masks.c.image_id.in_(_ids(image_ids)), truth_masks.c.image_size == int(image_size))
     with connect(src) as conn:
-        if not _has_table(conn, truth_masks):
+        if not _has_table(conn, truth_masks) or not _has_column(conn, truth_masks, column):
             return {}
+        stmt = select(truth_masks.c.image_id, truth_masks.c[column]).where(
+            truth_masks.c.image_id.in_(_ids(image_ids)), truth_masks.c.image_size == int(image_size),
+            truth_masks.c[column].is_not(None))
         return {int(i): bytes(png) for i, png in conn.execute(stmt).all()}
 
 
@@ -736,7 +738,7 @@ def suspects(src: Source, sweep: str, limit: int | None = None) -> pd.DataFrame:
     s, i = sweep_images, images
     with connect(src) as conn:
         # the image evidence is a part from v5 on; a v4 store's reads as NULL (the score counted it as 1)
-        evidence = s.c.image_evidence if holds(stored_version(conn), s.name, "image_evidence") \
+        evidence = s.c.image_evidence if _has_column(conn, s, "image_evidence") \
             else literal(None, Float).label("image_evidence")
         stmt = (select(s.c.image_id, i.c.name, i.c.path, i.c.group_name, i.c.split, *(s.c[c] for c in LABEL_COLUMNS),
                        evidence, s.c.dice_median, s.c.trials)
