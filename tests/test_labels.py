@@ -195,9 +195,8 @@ def ten_test_images(db_url: str, tmp_path):
     return store, names, np.array([ids[n] for n in names])
 
 
-def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_url, tmp_path, capsys):
+def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(close_trial, db_url, tmp_path, capsys):
     from benchmarks.label_errors import judge, mask_dice, read_sweep, store_rankings, table
-    from core.store.db import ImageResults
 
     store, names, image_ids = ten_test_images(db_url, tmp_path)
     truth = np.stack([square(8, 8, 16)] * 10)
@@ -208,10 +207,8 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(db_ur
     for number in range(3):
         pred = np.stack([square(8, 8, 16)] * 10)
         pred[5] = rng.random((S, S)) < 0.5  # a hard image: every model guesses differently
-        dice = mask_dice(pred, truth)
-        store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
-                                             device="cpu", dataset="synthetic/b", image_size=S),
-                           state="complete", val_dice=0.5, results=ImageResults(image_ids, dice, dice, dice, masks=pred))
+        close_trial(store, "b", number, image_ids, mask_dice(pred, truth), dataset="synthetic/b", image_size=S,
+                    masks=pred)
     store.dispose()
     scores = store_rankings(read_sweep(db_url, "b", names), truth)
     scores["cleanlab soft-minimum"] = np.full(10, np.nan)  # not measured here: ranks everything alike
@@ -243,13 +240,12 @@ def test_the_benchmark_plants_in_busis_layout_and_removes_one_lesion_of_two(tmp_
     assert kind == "erased" and not again.read(other).any()
 
 
-def close_three_trials(store, image_ids, clean: np.ndarray, truth: np.ndarray, rng, entropy: tuple[float, float]
-                       ) -> list[np.ndarray]:
+def close_three_trials(close_trial, store, image_ids, clean: np.ndarray, truth: np.ndarray, rng,
+                       entropy: tuple[float, float]) -> list[np.ndarray]:
     """Three complete trials of sweep 'b' that predict the clean masks, but for image 5, a hard image where every
     model guesses differently; their entropies drawn from `entropy`. Closes the store; returns the predictions."""
     from benchmarks.label_errors import mask_dice
     from core.metrics import mask_diagnostics
-    from core.store.db import ImageResults
 
     size, preds = clean.shape[-1], []
     for number in range(3):
@@ -259,15 +255,14 @@ def close_three_trials(store, image_ids, clean: np.ndarray, truth: np.ndarray, r
         dice = mask_dice(pred, truth)
         diagnostics = mask_diagnostics(pred, truth)
         diagnostics.entropy = rng.uniform(*entropy, len(clean))
-        store.finish_trial(store.start_trial(sweep="b", study="b/unet", arch="unet", number=number, params={},
-                                             device="cpu", dataset="synthetic/b", image_size=size),
-                           state="complete", val_dice=0.5,
-                           results=ImageResults(image_ids, dice, dice, dice, masks=pred, diagnostics=diagnostics))
+        close_trial(store, "b", number, image_ids, dice, dataset="synthetic/b", image_size=size, masks=pred,
+                    diagnostics=diagnostics)
     store.dispose()
     return preds
 
 
-def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks_the_stored_score(db_url, tmp_path):
+def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks_the_stored_score(
+        close_trial, db_url, tmp_path):
     from benchmarks.label_errors import check_reproduces, mask_dice, over_plantings, read_sweep, store_rankings
 
     store, names, image_ids = ten_test_images(db_url, tmp_path)
@@ -276,7 +271,7 @@ def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks
     truth[0] = False               # the sweep's planting: erased
     truth[1] = square(16, 16, 16)  # and shifted
     store.record_truths(image_ids, S, truth)
-    preds = close_three_trials(store, image_ids, clean, truth, np.random.default_rng(0), entropy=(0.1, 0.6))
+    preds = close_three_trials(close_trial, store, image_ids, clean, truth, np.random.default_rng(0), entropy=(0.1, 0.6))
     sweep = read_sweep(db_url, "b", names)
     assert sweep.masks.tolist() == np.stack(preds).tolist() and sweep.truth.tolist() == truth.tolist()
     check_reproduces(sweep, truth)  # the store's own label_suspicion, recomputed from its masks and entropies
@@ -299,7 +294,7 @@ def test_the_benchmark_rescores_one_sweeps_store_against_any_planting_and_checks
         check_reproduces(sweep, np.where(np.arange(10)[:, None, None] == 0, clean, truth))
 
 
-def test_the_benchmark_recomputes_the_stored_score_of_images_larger_than_the_vote_grid(db_url, tmp_path):
+def test_the_benchmark_recomputes_the_stored_score_of_images_larger_than_the_vote_grid(close_trial, db_url, tmp_path):
     """Above VOTE_GRID a side the store scores votes, truth and image on the grid; the replay must do the same
     (it once passed full-size votes beside grid-size images, and failed on every sweep above 64 px)."""
     from benchmarks.label_errors import check_reproduces, read_sweep
@@ -314,7 +309,7 @@ def test_the_benchmark_recomputes_the_stored_score_of_images_larger_than_the_vot
     truth[1] = np.roll(clean[1], 45, axis=1)      # and shifted
     photos = (np.where(clean[..., None], 60, 170) + rng.integers(0, 40, (10, size, size, 3))).astype(np.uint8)
     store.record_truths(image_ids, size, truth, photos)
-    close_three_trials(store, image_ids, clean, truth, rng, entropy=(0.1, 0.3))
+    close_three_trials(close_trial, store, image_ids, clean, truth, rng, entropy=(0.1, 0.3))
     sweep = read_sweep(db_url, "b", names)
     assert sweep.truth.shape == (10, size, size) and sweep.images[0].shape == (*on_grid(truth[0]).shape, 3)
     check_reproduces(sweep, truth)  # the stored label_suspicion, recomputed on the grid: identical
