@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.labels import MIN_TRIALS, VOTE_GRID, add_vote, decode_votes, encode_votes, label_parts, on_grid
+from core.labels import (MIN_TRIALS, VOTE_GRID, add_vote, decode_votes, encode_votes, label_parts, majority, on_grid,
+                         score_parts, scored_dice, typical_entropy, vote_parts)
 
 S = 32
 
@@ -152,6 +153,27 @@ def test_the_score_weighs_the_image_evidence_and_counts_a_missing_image_as_neutr
     assert np.isnan(plain.image_evidence[0]) and weighed.image_evidence[0] > 1.5
     assert weighed.label_suspicion[0] == pytest.approx(plain.label_suspicion[0] * weighed.image_evidence[0])
     assert label_parts(votes, 4, truth, images=[None]).label_suspicion[0] == plain.label_suspicion[0]
+
+
+def test_the_majority_is_half_the_trials_or_more_and_a_bytes_count_never_wraps():
+    votes = np.array([[0, 1, 2, 200]], np.uint8)
+    assert majority(votes, 4).tolist() == [[False, False, True, True]]
+    assert majority(votes, 250).tolist() == [[False, False, False, True]]  # 2 x 200 would wrap to 144 in a byte
+    assert majority(np.array([0.4, 0.5]), 1).tolist() == [False, True]  # a vote share, as the dashboard shows it
+
+
+def test_the_score_weighs_the_median_dice_else_the_consensus_dice_and_the_sweeps_typical_entropy():
+    assert scored_dice(np.array([0.3, np.nan]), np.array([0.9, 0.6])).tolist() == [0.3, 0.6]
+    assert typical_entropy(np.array([0.1, np.nan, 0.3, 0.5])) == 0.3 and np.isnan(typical_entropy(np.array([np.nan])))
+    pet = square(8, 8, 16)
+    votes = np.stack([votes_of(*[pet] * 4), votes_of(*[pet] * 3, square(0, 0, 4))])
+    truth = np.zeros((2, S, S), bool)
+    parts = vote_parts(votes, 4, truth)
+    entropy, dice = np.array([0.2, 0.4]), np.array([np.nan, 0.1])
+    together = label_parts(votes, 4, truth, entropy=entropy, dice_median=dice)
+    assert score_parts(parts, entropy, dice).tolist() == together.label_suspicion.tolist()
+    # the erased mask's models: consensus dice 0 stands in for the missing median; typical 0.3 of the two
+    assert together.label_suspicion[0] == pytest.approx(np.sqrt(parts.contradiction[0]) * (0.8 / 0.7) ** 2)
 
 
 # -- benchmarks/label_errors.py: its planting and its scoring, on tiny constructed cases -----------------
