@@ -276,19 +276,38 @@ def dtype_name(dtype: "torch.dtype | None") -> str:
 
 
 class UpkeepTimer:
-    """Stands in for core.store.summaries.add_trial while installed: the real upkeep, with the
-    seconds and the images recomputed of every call kept for the benchmarks' summary lines."""
+    """The upkeep Store.finish_trial runs on closing a trial as complete (core.store.summaries.add_trial, then
+    core.store.suspicion.add_trial), timed together per close while installed, with the images whose summaries
+    were recomputed, for the benchmarks' summary lines; installed switched off, neither runs."""
 
     def __init__(self) -> None:
-        from core.store import summaries
+        from core.store import summaries, suspicion
 
-        self.real = summaries.add_trial
+        self.modules = (summaries, suspicion)
+        self.real = (summaries.add_trial, suspicion.add_trial)
         self.seconds: list[float] = []
         self.recomputed: list[int] = []
+        self._started = 0.0
 
-    def __call__(self, *args: Any) -> int:
-        started = time.perf_counter()
-        recomputed = self.real(*args)
-        self.seconds.append(time.perf_counter() - started)
+    def install(self, on: bool = True) -> None:
+        for module, call in zip(self.modules, (self._summaries, self._suspicion) if on else (self._off, self._off)):
+            module.add_trial = call
+
+    def remove(self) -> None:
+        for module, real in zip(self.modules, self.real):
+            module.add_trial = real
+
+    def _summaries(self, *args: Any) -> int:
+        self._started = time.perf_counter()
+        recomputed = self.real[0](*args)
         self.recomputed.append(recomputed)
         return recomputed
+
+    def _suspicion(self, *args: Any) -> int:
+        counted = self.real[1](*args)
+        self.seconds.append(time.perf_counter() - self._started)
+        return counted
+
+    @staticmethod
+    def _off(*args: Any) -> int:
+        return 0

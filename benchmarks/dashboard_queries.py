@@ -75,15 +75,13 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
     import numpy as np
 
     from core.metrics import ImageDiagnostics
-    from core.store import summaries
     from core.store.db import ImageResults, Store
 
     rng = np.random.default_rng(seed)
     store = Store(url)
     timer = UpkeepTimer()
     upkeep, recomputed = timer.seconds, timer.recomputed
-    add_trial = summaries.add_trial
-    summaries.add_trial = timer
+    timer.install()
     breeds = rng.integers(0, len(SPECIES_OF_BREED), n_images)
     brightness = np.clip(rng.normal(0.45, 0.15, n_images), 0.02, 0.98)
     fg = np.clip(rng.beta(2.5, 4, n_images), 0.01, 0.95)
@@ -129,7 +127,7 @@ def build_store(url: str, results: int, n_images: int, seed: int = 0) -> None:
             image_ids, dice, dice / (2 - dice), np.clip(dice + 0.02, 0, 1), masks=masks if k in best else None,
             diagnostics=diag))
     store.dispose()
-    summaries.add_trial = add_trial
+    timer.remove()
     late = upkeep[len(upkeep) // 2:]
     print(f"   summary upkeep in finish_trial: {sum(upkeep):.1f} s over {len(upkeep)} closes; per close median "
           f"{1000 * median(upkeep):.0f} ms ({1000 * median(late):.0f} ms over the last half), at most "

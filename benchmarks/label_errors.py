@@ -22,7 +22,7 @@ masks never enter training or model selection, so the one sweep's stored predict
 --plantings plantings (seeds --seed, --seed + 1, ...; same share, the kinds' turn starting one further along each
 time, so that every kind is planted about as often), made in memory at the masks' own
 size and brought to the evaluation size as the loader does: every ranking is recomputed from what the store
-holds (each complete trial's predicted mask and entropy, core.labels.label_parts; median dice from the masks;
+holds (each complete trial's predicted mask and entropy, core.labels' steps; median dice from the masks;
 cleanlab from the refit's probabilities, which no mask changes). First the sweep's own planting is replayed and
 must reproduce the stored truths, dice and label_suspicion exactly, or the dataset fails loudly. PASS when the
 suspect-label score's mean AUROC reaches the dataset's target (0.95 on pets, 0.90 on ultrasound) and beats both
@@ -30,7 +30,6 @@ other rankings' mean AUROC. --keep keeps the copy and the store; --rescore score
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -42,183 +41,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
-from scipy import ndimage
 
 from benchmarks._common import REPO, finish, header, parser, positive_int, verdict
+from benchmarks._planting import KINDS, Layout, plant, planted_truths
 
 SAMPLES = (REPO.parent / "shared" / "data" / "oxford-pets-sample", REPO.parent / "shared" / "data" / "busi-sample")
 TARGETS = {"pets": 0.95, "ultrasound": 0.90}
-KINDS = ("erased", "grown", "shrunk", "shifted", "swapped")
 SWEEP = "label-errors"
-RANKINGS = ("suspect-label score", "median dice", "cleanlab soft-minimum")
-
-
-# -- planting ------------------------------------------------------------------------------------------
-
-def grow(mask: np.ndarray) -> np.ndarray:
-    """The mask widened until its area is about doubled (or the image is full)."""
-    if not mask.any():
-        return mask.copy()
-    outside = ndimage.distance_transform_edt(~mask)
-    reach = np.sort(outside[~mask])
-    if not len(reach):
-        return mask.copy()
-    radius = reach[min(int(mask.sum()), len(reach)) - 1]
-    return mask | (outside <= radius)
-
-
-def shrink(mask: np.ndarray) -> np.ndarray:
-    """The mask narrowed to about half its area (its inner half by distance to the edge)."""
-    inside = ndimage.distance_transform_edt(mask)
-    depth = np.sort(inside[mask])[::-1]
-    if not len(depth):
-        return mask.copy()
-    cut = depth[len(depth) // 2]  # distances come in steps: of >= and >, the one nearer half the area
-    deep, deeper = inside >= cut, inside > cut
-    return min((deep, deeper), key=lambda m: abs(int(m.sum()) - len(depth) / 2))
-
-
-def shift(mask: np.ndarray) -> np.ndarray:
-    """The mask moved right and down by half its extent, at least a fifth of the image (no wrap-around)."""
-    h, w = mask.shape
-    rows, cols = np.nonzero(mask)
-    if not len(rows):
-        return mask.copy()
-    dy = max(int(np.ptp(rows) / 2), h // 5)
-    dx = max(int(np.ptp(cols) / 2), w // 5)
-    out = np.zeros_like(mask)
-    # away from the image's nearer edge, so most of the mask stays inside
-    sy = dy if rows.mean() < h / 2 else -dy
-    sx = dx if cols.mean() < w / 2 else -dx
-    src = mask[max(0, -sy):h - max(0, sy), max(0, -sx):w - max(0, sx)]
-    out[max(0, sy):max(0, sy) + src.shape[0], max(0, sx):max(0, sx) + src.shape[1]] = src
-    return out
-
-
-def resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A mask resized (nearest) to another image's (height, width)."""
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.Resampling.NEAREST)) > 0
-
-
-def planted_mask(kind: str, mask: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """The wrong mask of one kind; `other` is another test image's mask (for 'swapped')."""
-    if kind == "erased":
-        return np.zeros_like(mask)
-    if kind == "swapped":
-        return resized(other, mask.shape)
-    return {"grown": grow, "shrunk": shrink, "shifted": shift}[kind](mask)
-
-
-class Layout:
-    """How a dataset folder keeps its masks: read one test image's mask, write a planted one back."""
-
-    kind = "pets"
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def read(self, name: str) -> np.ndarray:
-        from core.data.layout import pet_mask, trimap_path
-
-        return pet_mask(np.asarray(Image.open(trimap_path(self.root, name))))
-
-    def write(self, name: str, mask: np.ndarray) -> None:
-        from core.data.layout import TRIMAP_BACKGROUND, trimap_path
-
-        trimap = np.where(mask, 1, TRIMAP_BACKGROUND).astype(np.uint8)  # 1 = pet
-        Image.fromarray(trimap).save(trimap_path(self.root, name))
-
-    def lesions(self, name: str) -> int:
-        return 1
-
-
-class UltrasoundLayout(Layout):
-    """BUSI's release: CLASS/images/NAME.png with CLASS/mask/NAME_mask.png (and NAME_mask_1.png, a second lesion)."""
-
-    kind = "ultrasound"
-
-    def _files(self, name: str) -> list[Path]:
-        """The image's mask files, first lesion first; `name` is the loader's CLASS/STEM."""
-        folder, _, stem = name.rpartition("/")
-        found = sorted((self.root / folder / "mask").glob(f"{glob.escape(stem)}_mask*.png"),
-                       key=lambda p: (len(p.name), p.name))
-        if not found:
-            raise FileNotFoundError(f"no mask file for {name} in {self.root / folder / 'mask'}")
-        return found
-
-    def read(self, name: str) -> np.ndarray:
-        masks = [np.asarray(Image.open(p).convert("L")) > 0 for p in self._files(name)]
-        return np.logical_or.reduce(masks)
-
-    def write(self, name: str, mask: np.ndarray) -> None:
-        first, *rest = self._files(name)
-        for extra in rest:
-            extra.unlink()
-        Image.fromarray(mask.astype(np.uint8) * 255).convert("1").save(first)
-
-    def lesions(self, name: str) -> int:
-        return len(self._files(name))
-
-    def drop_lesion(self, name: str) -> None:
-        """Remove the second lesion's mask file: the mask keeps one of its two lesions."""
-        self._files(name)[-1].unlink()
-
-
-def layout_of(root: Path) -> Layout:
-    return Layout(root) if (root / "annotations").is_dir() else UltrasoundLayout(root)
-
-
-class MemoryLayout:
-    """A folder's test masks held in memory at their own size: `plant` rewrites these, never the files, so one
-    sweep's predictions can be scored against many plantings."""
-
-    def __init__(self, files: Layout, names: list[str]):
-        self.kind, self.files = files.kind, files
-        self.masks = {n: files.read(n) for n in names}
-        self.count = {n: files.lesions(n) for n in names}
-
-    def read(self, name: str) -> np.ndarray:
-        return self.masks[name]
-
-    def write(self, name: str, mask: np.ndarray) -> None:
-        self.masks[name] = mask
-
-    def lesions(self, name: str) -> int:
-        return self.count[name]
-
-    def drop_lesion(self, name: str) -> None:
-        kept = self.files._files(name)[:self.count[name] - 1]  # type: ignore[attr-defined]  (ultrasound only)
-        self.masks[name] = np.logical_or.reduce([np.asarray(Image.open(p).convert("L")) > 0 for p in kept])
-        self.count[name] -= 1
-
-
-def plant(layout: Layout, test_names: list[str], share: float, seed: int, first_kind: int = 0) -> dict[str, str]:
-    """Give `share` of the test images (those with a non-empty mask) a wrong mask, the kinds in turn from
-    KINDS[first_kind]; returns name -> kind."""
-    rng = np.random.default_rng(seed)
-    masks = {name: layout.read(name) for name in test_names}
-    candidates = [n for n in test_names if masks[n].any()]
-    k = max(1, round(share * len(test_names)))
-    chosen = [candidates[i] for i in rng.permutation(len(candidates))[:k]]
-    two = [n for n in chosen if layout.lesions(n) > 1] + [n for n in candidates if layout.lesions(n) > 1 and n not in chosen]
-    kinds: dict[str, str] = {}
-    if layout.kind == "ultrasound" and two:  # one two-lesion mask loses a lesion
-        if two[0] not in chosen:
-            chosen[-1] = two[0]
-        kinds[two[0]] = "lesion removed"
-        layout.drop_lesion(two[0])
-    rest = [n for n in chosen if n not in kinds]
-    keep = [n for n in candidates if n not in chosen]
-    for j in range(len(rest)):
-        kind = KINDS[(first_kind + j) % len(KINDS)]
-        # a mask is grown where it can double: the smallest one left (a pet filling the frame has no room)
-        name = min(rest, key=lambda n: masks[n].mean()) if kind == "grown" else rest[0]
-        rest.remove(name)
-        other = masks[keep[int(rng.integers(len(keep)))]] if keep else masks[name][::-1]
-        layout.write(name, planted_mask(kind, masks[name], other))
-        kinds[name] = kind
-    return kinds
 
 
 # -- scoring -------------------------------------------------------------------------------------------
@@ -241,21 +70,6 @@ def precision_at_k(scores: np.ndarray, planted: np.ndarray, k: int) -> float:
     return float(np.asarray(planted, dtype=bool)[top].mean()) if k else float("nan")
 
 
-@dataclass
-class Ranking:
-    """One ranking's score per test image (higher = more suspect), its AUROC and precision at k."""
-
-    name: str
-    scores: np.ndarray
-    auroc: float
-    precision: float
-
-
-def evaluate(scores: dict[str, np.ndarray], planted: np.ndarray) -> list[Ranking]:
-    k = int(np.count_nonzero(planted))
-    return [Ranking(name, s, auroc(s, planted), precision_at_k(s, planted, k)) for name, s in scores.items()]
-
-
 def judge(title: str, rankings: list, target: float, what: str) -> list[bool]:
     """The verdicts: the first ranking (the suspect-label score) reaches `target` and beats each other one's
     `what` (an unmeasured one, NaN, counts as 0)."""
@@ -267,31 +81,15 @@ def judge(title: str, rankings: list, target: float, what: str) -> list[bool]:
     return verdicts
 
 
-def store_scores(db: str, sweep: str, names: list[str]) -> dict[str, np.ndarray]:
-    """The suspect-label and median-dice rankings of `names` from a sweep's store (NaN where missing)."""
-    from core.store.db import Store
-    from core.store.suspicion import suspects
-
-    store = Store(db, read_only=True)
-    try:
-        frame = suspects(store, sweep).set_index("name")
-    finally:
-        store.dispose()
-    frame = frame.reindex(names)
-    return {"suspect-label score": frame["label_suspicion"].to_numpy(np.float64),
-            "median dice": 1.0 - frame["dice_median"].to_numpy(np.float64)}
-
-
 def refit_probabilities(db: str, sweep: str, root: Path, names: list[str]) -> tuple[np.ndarray | None, str]:
-    """The foreground probabilities (N, S, S) of the sweep's selected model (its refit, with its flip-TTA) on the
-    test images `names`, and which model that was; None without a kept checkpoint. They do not depend on the
-    test masks, so every planting's cleanlab ranking is computed from them."""
+    """The foreground probabilities (N, S, S) of the sweep's selected model (its refit) on the test images `names`,
+    computed as its evaluation computed them (core.training.result: flip TTA, members, precision), and which model
+    that was; None without a kept checkpoint. No test mask changes them: every planting's cleanlab ranking uses them."""
     import torch
 
-    from core.models.registry import build_model
     from core.store import queries, selection
     from core.store.db import Store
-    from core.training.loop import Normalizer, load_weights
+    from core.training import result
 
     store = Store(db, read_only=True)
     try:
@@ -302,31 +100,16 @@ def refit_probabilities(db: str, sweep: str, root: Path, names: list[str]) -> tu
     if best.empty:
         return None, "no checkpoint kept"
     row = max(best.to_dict("records"), key=selection.rank)
-    params = row["params"]
+    model = result.load(row, device="cpu", warn=lambda _: None)
     data = load(root, int(row["image_size"]))
     index = {info.name: i for i, info in enumerate(data.infos)}
     idx = np.array([index[n] for n in names])
-    device = torch.device("cpu")
-    model = build_model(params["arch"], width=float(params["width"]), members=int(params.get("members") or 1))
-    load_weights(row["checkpoint"], model, device)
-    model.eval()
-    normalize = Normalizer(device, False)
-    probs = []
-    with torch.no_grad():
-        for start in range(0, len(idx), 16):
-            part = idx[start:start + 16]
-            x, _, _ = normalize(torch.from_numpy(data.images[part]), torch.from_numpy(data.trimaps[part]))
-            logits = model(x).float()
-            if params.get("flip_tta", True):
-                logits = (logits + model(x.flip(-1)).float().flip(-1)) / 2
-            probs.append(torch.sigmoid(logits[:, 0]).numpy())
-    fg = np.concatenate(probs).astype(np.float64)
-    return fg, f"{row['arch']} trial {row['number']} ({selection.chosen_as(params)})"
+    fg = [torch.sigmoid(model.logits(torch.from_numpy(data.images[idx[start:start + 16]]))).float().cpu().numpy()
+          for start in range(0, len(idx), 16)]
+    return np.concatenate(fg).astype(np.float64), f"{row['arch']} trial {row['number']} ({selection.chosen_as(row['params'])})"
 
 
-# -- many plantings of one sweep -----------------------------------------------------------------------
-# Test masks never enter training or model selection, so one sweep's stored predictions can be scored against
-# any planting: with 4 of BUSI's 42 test images planted, one planting's AUROC moves by up to 0.25 per image.
+# -- many plantings of one sweep: what its store holds, rescored against each -----------------------------
 
 @dataclass
 class StoredSweep:
@@ -344,54 +127,43 @@ class StoredSweep:
 
 
 def read_sweep(db: str, sweep: str, names: list[str]) -> StoredSweep:
-    """A sweep's complete trials' masks, dice and entropies of `names`, their truths and stored scores."""
-    from sqlalchemy import select
-
-    from core.store import schema as st
+    """A sweep's complete trials' masks, dice and entropies of `names`, their truths and stored scores
+    (core.store.queries)."""
+    from core.store import queries
     from core.store.db import Store
-    from core.store.engine import connect
     from core.store.mask_png import decode_image, decode_mask
 
     store = Store(db, read_only=True)
     try:
-        with connect(store) as conn:
-            t, i, r, m = st.trials, st.images, st.image_results, st.masks
-            ids = dict(conn.execute(select(i.c.name, i.c.id).join_from(st.sweep_images, i, i.c.id == st.sweep_images.c.image_id)
-                                    .where(st.sweep_images.c.sweep == sweep)).all())
-            missing = [n for n in names if n not in ids]
-            if missing:
-                raise RuntimeError(f"sweep {sweep!r} has no summaries of {len(missing)} test images, e.g. {missing[0]}")
-            at = {ids[n]: k for k, n in enumerate(names)}
-            done = conn.execute(select(t.c.id, t.c.image_size).where(t.c.sweep == sweep, t.c.state == "complete")
-                                .order_by(t.c.finished_at, t.c.id)).all()
-            if not done:
-                raise RuntimeError(f"sweep {sweep!r} has no complete trial")
-            size = int(done[-1][1])
-            n, trial = len(names), {int(tid): k for k, (tid, _) in enumerate(done)}
-            masks = np.zeros((len(done), n, size, size), bool)
-            dice, entropy = np.full((len(done), n), np.nan), np.full((len(done), n), np.nan)
-            for tid, iid, png in conn.execute(select(m.c.trial_id, m.c.image_id, m.c.png).where(m.c.trial_id.in_(trial))):
-                if int(iid) in at:
-                    masks[trial[int(tid)], at[int(iid)]] = decode_mask(bytes(png))
-            for tid, iid, d, e in conn.execute(select(r.c.trial_id, r.c.image_id, r.c.dice, r.c.entropy)
-                                               .where(r.c.trial_id.in_(trial))):
-                if int(iid) in at:
-                    dice[trial[int(tid)], at[int(iid)]] = d
-                    entropy[trial[int(tid)], at[int(iid)]] = np.nan if e is None else e
-            truth = np.zeros((n, size, size), bool)
-            images: list[np.ndarray | None] = [None] * n
-            tm = st.truth_masks
-            image_column = [tm.c.image] if st.holds(st.stored_version(conn), tm.name, "image") else []
-            for iid, png, *image in conn.execute(select(tm.c.image_id, tm.c.png, *image_column)
-                                                 .where(tm.c.image_size == size, tm.c.image_id.in_(at))):
-                truth[at[int(iid)]] = decode_mask(bytes(png))
-                images[at[int(iid)]] = decode_image(image[0]) if image and image[0] is not None else None
-            s = st.sweep_images
-            stored = dict(conn.execute(select(s.c.image_id, s.c.label_suspicion).where(s.c.sweep == sweep)).all())
+        ranked = queries.suspects(store, sweep).set_index("name")
+        missing = [n for n in names if n not in ranked.index]
+        if missing:
+            raise RuntimeError(f"sweep {sweep!r} has no summaries of {len(missing)} test images, e.g. {missing[0]}")
+        ids = [int(i) for i in ranked.loc[names, "image_id"]]
+        done = queries.sweep_trials(store, sweep)
+        done = done[done["state"] == "complete"].sort_values(["finished_at", "id"])
+        if done.empty:
+            raise RuntimeError(f"sweep {sweep!r} has no complete trial")
+        size, trial_ids = int(done["image_size"].iloc[-1]), [int(t) for t in done["id"]]
+        pngs = queries.mask_pngs(store, trial_ids, ids)
+        scores = queries.image_scores(store, trial_ids)
+        truths, pictures = (queries.truth_pngs(store, ids, size, column) for column in ("png", "image"))
     finally:
         store.dispose()
-    suspicion = np.array([np.nan if stored.get(ids[name]) is None else stored[ids[name]] for name in names])
-    return StoredSweep(list(names), masks, dice, entropy, truth, suspicion, images)
+    entropy = scores["entropy"] if "entropy" in scores else np.full(len(scores), np.nan)
+    measured = {(int(t), int(i)): (d, np.nan if e is None else e)
+                for t, i, d, e in zip(scores["trial_id"], scores["image_id"], scores["dice"], entropy)}
+    masks = np.zeros((len(trial_ids), len(ids), size, size), bool)
+    dice, entropies = np.full(masks.shape[:2], np.nan), np.full(masks.shape[:2], np.nan)
+    for t, trial in enumerate(trial_ids):
+        for k, image in enumerate(ids):
+            if (trial, image) in pngs:
+                masks[t, k] = decode_mask(pngs[(trial, image)])
+            dice[t, k], entropies[t, k] = measured.get((trial, image), (np.nan, np.nan))
+    truth = np.stack([decode_mask(truths[i]) if i in truths else np.zeros((size, size), bool) for i in ids])
+    images = [decode_image(pictures[i]) if i in pictures else None for i in ids]
+    suspicion = np.array(ranked.loc[names, "label_suspicion"], dtype=np.float64)
+    return StoredSweep(list(names), masks, dice, entropies, truth, suspicion, images)
 
 
 def mask_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -444,28 +216,6 @@ def cleanlab_ranking(fg: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(quality, np.float64)
 
 
-def as_scored(mask: np.ndarray, image_wh: tuple[int, int], size: int) -> np.ndarray:
-    """A mask at its file's size as the sweep scores it (core.data.dataset.trimap_as_scored, then pet_mask)."""
-    from core.data.dataset import trimap_as_scored
-    from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET, pet_mask
-
-    return pet_mask(trimap_as_scored(np.where(mask, TRIMAP_PET, TRIMAP_BACKGROUND), image_wh, size))
-
-
-def planted_truths(files: Layout, names: list[str], wh: list[tuple[int, int]], clean: np.ndarray, size: int,
-                   share: float, seed: int, first_kind: int = 0) -> tuple[np.ndarray, dict[str, str]]:
-    """The test truths at evaluation size (N, S, S) after planting in memory with `seed`, kinds from
-    KINDS[first_kind] (the files untouched), and name -> kind of the planted ones; `clean` are the unplanted
-    truths."""
-    memory = MemoryLayout(files, names)
-    kinds = plant(memory, names, share, seed, first_kind)
-    truth = clean.astype(bool).copy()
-    for k, name in enumerate(names):
-        if name in kinds:
-            truth[k] = as_scored(memory.read(name), wh[k], size)
-    return truth, kinds
-
-
 @dataclass
 class Spread:
     """One ranking over many plantings: mean AUROC with its 5th-95th percentile, mean precision at k."""
@@ -493,8 +243,9 @@ def over_plantings(rank: Callable[[np.ndarray], dict[str, np.ndarray]], truths: 
     planting's (truth, planted) and `rank` maps a truth to the rankings' scores."""
     found: dict[str, list[tuple[float, float]]] = {}
     for truth, planted in truths:
-        for r in evaluate(rank(truth), planted):
-            found.setdefault(r.name, []).append((r.auroc, r.precision))
+        k = int(np.count_nonzero(planted))
+        for name, scores in rank(truth).items():
+            found.setdefault(name, []).append((auroc(scores, planted), precision_at_k(scores, planted, k)))
     return [Spread(name, np.array([a for a, _ in v]), np.array([p for _, p in v])) for name, v in found.items()]
 
 
@@ -518,37 +269,28 @@ def load(root: Path, size: int):
     return load_data("auto", root, size, log=lambda _: None)
 
 
-def test_names_of(root: Path, size: int) -> list[str]:
-    data = load(root, size)
-    return [data.infos[i].name for i in data.indices("test")]
-
-
-def run_sweep(copy: Path, db: str, extra: list[str]) -> tuple[float, str]:
+def run_sweep(copy: Path, db: str, extra: list[str]) -> float:
+    """`python -m jobs.sweep` on the planted copy; its wall seconds."""
     cmd = [sys.executable, "-m", "jobs.sweep", "--data-root", str(copy), "--db", db, "--name", SWEEP, "--no-progress",
            *extra]
     started = time.perf_counter()
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"the sweep failed ({run.returncode}): {(run.stderr or run.stdout).strip()[-1500:]}")
-    return time.perf_counter() - started, run.stdout
+    return time.perf_counter() - started
 
 
-def table(rankings: list[Ranking], names: list[str], planted: dict[str, str], show: Callable[[str], None] = print) -> None:
-    """One planting's AUROC and precision at k per ranking, and the planted images' ranks."""
-    k = len(planted)
-    show(f"   {'ranking':<24}{'AUROC':>8}{f'precision@{k}':>15}")
+def table(scores: dict[str, np.ndarray], names: list[str], planted: dict[str, str],
+          show: Callable[[str], None] = print) -> list[Spread]:
+    """One planting's AUROC and precision at k per ranking, and the planted images' ranks; returns the former."""
+    rankings = over_plantings(lambda _: scores, [(None, np.array([n in planted for n in names]))])
+    show(f"   {'ranking':<24}{'AUROC':>8}{f'precision@{len(planted)}':>15}")
     for r in rankings:
         show(f"   {r.name:<24}{r.auroc:>8.3f}{r.precision:>15.3f}")
     show(f"   planted (rank of {len(names)}, 1 = most suspect): " + "; ".join(
-        f"{name} {kind} " + "/".join(_rank(r.scores, names.index(name)) for r in rankings)
+        f"{name} {kind} " + "/".join(_rank(s, names.index(name)) for s in scores.values())
         for name, kind in planted.items()))
-
-
-def report(title: str, rankings: list[Ranking], names: list[str], planted: dict[str, str], target: float,
-           show: Callable[[str], None] = print) -> list[bool]:
-    """The table, the planted images' ranks, and the verdicts of one planting."""
-    table(rankings, names, planted, show)
-    return judge(title, rankings, target, "AUROC")
+    return rankings
 
 
 def _rank(scores: np.ndarray, position: int) -> str:
@@ -569,7 +311,7 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
         data = load(root, args.image_size)
         test = data.indices("test")
         names = [data.infos[i].name for i in test]  # the split depends on names only: the original's
-        files = layout_of(root)  # the original's masks: read, never written
+        files = Layout(root, names)  # the original's masks: read, never written
         wh = [(data.infos[i].width, data.infos[i].height) for i in test]
         if args.rescore:
             if not db_file.is_file():
@@ -580,14 +322,14 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
             if copy.exists():
                 shutil.rmtree(copy)
             shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.cache*", ".segsweep*"))
-            planted = plant(layout_of(copy), names, args.share, args.seed)
+            planted = plant(Layout(copy, names, files=True), names, args.share, args.seed)
             db_file.unlink(missing_ok=True)
         print(f"\n{root.name} ({files.kind}): {len(names)} test images, {len(planted)} planted "
               f"({', '.join(sorted(set(planted.values())))}); copy in {copy}", flush=True)
         if not args.rescore:
             extra = ["--image-size", str(args.image_size), *(["--timeout", f"{args.timeout:g}"] if args.timeout else []),
                      *args.sweep_args.split()]
-            wall = f"{run_sweep(copy, db, extra)[0]:.0f} s wall"
+            wall = f"{run_sweep(copy, db, extra):.0f} s wall"
         sweep = read_sweep(db, SWEEP, names)
         truths = []
         for seed in range(args.seed, args.seed + args.plantings):
@@ -610,23 +352,12 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
         print(f"   sweep: {len(sweep.masks)} complete trials voting, {wall}; cleanlab on {model}; the store's "
               f"label_suspicion recomputed from its masks, entropies and images: identical")
         print(f"   the sweep's own planting (seed {args.seed}):")
-        table(evaluate(rank(truths[0][0]), truths[0][1]), names, planted)
+        table(rank(truths[0][0]), names, planted)
         spreads = over_plantings(rank, truths)
         return report_plantings(root.name, spreads, len(planted), TARGETS[files.kind])
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _complete_trials(db: str) -> int:
-    from core.store.db import Store
-    from core.store.schema import trials
-
-    store = Store(db, read_only=True)
-    try:
-        return store.count(trials, sweep=SWEEP, state="complete")
-    finally:
-        store.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     import core.store.db as store_module
     from core.labels import decode_votes
     from core.metrics import mask_diagnostics
-    from core.store import summaries
     from core.store.db import ImageResults, Store, decode_mask, encode_mask
     from core.store.schema import sweep_image_votes, sweep_images
 
@@ -136,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                                 pet_images(args.data.resolve(), args.mask_size, args.images))
         number = iter(range(10**6))
         trials: list[int] = []
-        timed_add_trial = UpkeepTimer()  # summaries.add_trial inside each timed finish_trial
+        timed_add_trial = UpkeepTimer()  # the summaries' and votes' upkeep inside each timed finish_trial
         upkeep, recomputed = timed_add_trial.seconds, timed_add_trial.recomputed
-        add_trial = summaries.add_trial
 
         def close_trial(with_masks: bool = True, encoder=None, summary: bool = True, sweep: str = "bench",
                         scores=None) -> float:
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = store_module.encode_mask
             if encoder is not None:
                 store_module.encode_mask = encoder
-            summaries.add_trial = timed_add_trial if summary else (lambda *a: 0)
+            timed_add_trial.install(summary)
             settle()
             try:
                 started = time.perf_counter()
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.perf_counter() - started
             finally:
                 store_module.encode_mask = saved
-                summaries.add_trial = add_trial
+                timed_add_trial.remove()
             trials.append(tid)
             return elapsed
 

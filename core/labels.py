@@ -50,24 +50,16 @@ relative to the sweep, one threshold reads alike for both (dashboards' "likely a
 ranking within a sweep is the same as with the absolute (1 - entropy)^2. The typical entropy moves as
 trials close, so every close rescores every image of the sweep from the stored parts (no votes read).
 
-Measured (benchmarks/label_errors.py: 10% of the test masks planted wrong, quick preset; mean AUROC of planted
-vs the rest over 50 plantings of one sweep's stored predictions). Without the image evidence: pet sample 0.942
-and 0.938 (two sweeps), BUSI 0.699, 0.715 and 0.725 (three); with it: pets 0.959 and 0.963, BUSI 0.743, 0.744 and
-0.778; median dice 0.928 / 0.926 and 0.638 / 0.655 / 0.709, cleanlab's soft-minimum on the refit 0.890 / 0.915
-and 0.706 / 0.802 / 0.807. The band (3 px at the quick preset's 64 px; 2-4 measured alike), the prior (0.1-0.5
-alike) and the evidence to the power 1 (2 or 3 gained BUSI up to 0.02 and cost pets up to 0.03) were chosen on
-the first BUSI and pet sweeps and confirmed on the others. Those plantings all started the kinds at "erased";
-with every kind planted about as often the same sweeps score pets 0.948 / 0.953, BUSI 0.798 / 0.786 / 0.812
-(median dice 0.912 / 0.903, 0.654 / 0.689 / 0.727; cleanlab 0.891 / 0.910, 0.746 / 0.835 / 0.836).
-Earlier, on single plantings of the pet sample: contradiction alone 0.948 / 0.855, median dice 0.948 / 0.929 /
-0.944; weighing the models' certainty lifted both, most with both kinds of "against the mask" and the certainty
-squared: 0.991 / 0.985 / 0.994 (certainty to the power 1: 0.988 / 0.960). Agreement as a factor added nothing over
-contradiction, which counts unanimous pixels only; it is kept as a part to show. The quick preset's sweep closes
-two to four complete trials (its refits, one per architecture, and the search trials that ran to full length),
-so two models that agree already make a consensus (MIN_TRIALS = 2). On the BUSI sample at that budget (models at
-test dice about 0.5) no ranking finds the planted masks well, nor at three times it (0.765 at 64 px, 0.833 at
-128 px): the models limit the score, not its formula (docs/metrics.md lists the variants tried; two more sweeps
-later scored pets 0.923 and BUSI 0.829).
+The quick preset's sweep closes two to four complete trials (its refits, one per architecture, and the
+search trials that ran to full length), so two models that agree already make a consensus (MIN_TRIALS = 2).
+Agreement adds nothing to the score over contradiction, which counts unanimous pixels only; it is kept as a part
+to show. How well the score finds planted wrong masks, and how the constants were chosen: docs/benchmarks.md,
+"Suspect labels on planted errors".
+
+The steps, each written once and called by the store's upkeep (core.store.suspicion), the dashboard and the
+benchmark: `vote_parts` (votes -> parts, with `majority` the models' majority mask), `score_parts` (parts ->
+label_suspicion, with `scored_dice` the dice fallback and `typical_entropy` the sweep's typical certainty), and
+`label_parts`, both at once.
 
 The votes are stored per sweep and image (sweep_image_votes.votes, encode_votes) so that closing a
 trial adds its masks without reading the earlier ones again. They are kept on a grid of at most VOTE_GRID
@@ -89,15 +81,9 @@ import numpy as np
 
 MIN_TRIALS = 2        # fewer complete trials with a mask: no score (one model is no consensus)
 CONFIDENT = 0.9       # a pixel is unanimous when at least this share of the models vote the same way
-# A score at or above this calls the mask a likely error (the dashboard's "leave out likely label errors"):
-# on the pet benchmark's three runs planted wrong masks scored 0.37-1.34 and every other image at most
-# 0.48-0.56, 90% of them at most 0.36; with the image evidence, over 50 plantings of one pet sweep, 57% of the
-# planted masks score 0.5 or more (median 0.64) and 1.7% of the others (90% of them at most 0.22)
-LIKELY_LABEL_ERROR = 0.5
-# How far the ranking can be trusted depends on the models that vote (benchmarks/label_errors.py, quick preset, 50
-# plantings per sweep): at a median test dice of about 0.73 (pet sample, 4-5 voters) a planted wrong mask outranked
-# a right one 92-95% of the time (mean AUROC), at about 0.5 (BUSI sample, 2-3 voters) 79-83%. Below this median
-# test dice of the complete trials the dashboard calls the ranking a shortlist to review, not a verdict.
+LIKELY_LABEL_ERROR = 0.5  # a score at or above this calls the mask a likely error (docs/benchmarks.md: how often)
+# Below this median test dice of the complete trials the dashboard calls the ranking a shortlist to review, not a
+# verdict: weak models are often unanimous, sure and wrong (docs/benchmarks.md, "Suspect labels on planted errors")
 SHORTLIST_BELOW_DICE = 0.65
 VOTE_GRID = 64        # votes are kept on at most this many cells a side (on_grid): a close's cost bounded per image
 EVIDENCE_BAND = 3     # pixels (on the vote grid) each side of a mask's edge whose colours edge_contrast compares
@@ -107,14 +93,21 @@ _HEADER = struct.Struct("<HH")
 
 
 @dataclass
-class LabelParts:
-    """The suspect-label score and its parts for N images, aligned by position; NaN = not computed."""
+class VoteParts:
+    """The parts of N images' score that their votes, truths and images give, aligned by position; NaN = not
+    computed (fewer than MIN_TRIALS trials)."""
 
-    label_suspicion: np.ndarray
     consensus_dice: np.ndarray
     agreement: np.ndarray
     contradiction: np.ndarray
     image_evidence: np.ndarray  # NaN where no image was given: the score then counts it as neutral, 1
+
+
+@dataclass
+class LabelParts(VoteParts):
+    """The parts and the suspect-label score they make (score_parts)."""
+
+    label_suspicion: np.ndarray
 
 
 def vote_stride(side: int) -> int:
@@ -168,6 +161,18 @@ def _per_image(values: np.ndarray | float | None, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(np.nan if values is None else values, dtype=np.float64), (n,))
 
 
+def majority(votes: np.ndarray, trials: np.ndarray | int | float) -> np.ndarray:
+    """The models' majority mask: where at least half the trials voted foreground (2 x votes >= trials, p >= 1/2).
+    `votes` are counts (widened first: twice a byte's count must not wrap) or vote shares with trials = 1."""
+    votes = np.asarray(votes)
+    return np.multiply(votes, 2, dtype=np.result_type(votes.dtype, np.int32)) >= trials
+
+
+def scored_dice(dice_median: np.ndarray, consensus_dice: np.ndarray) -> np.ndarray:
+    """The dice the score weighs per image: the trials' median dice, else (NaN: not measured) the consensus dice."""
+    return np.where(np.isnan(dice_median), consensus_dice, dice_median)
+
+
 def typical_entropy(entropy: np.ndarray) -> float:
     """The sweep's typical entropy: the median over its images of their trials' median (NaN if none measured)."""
     measured = np.asarray(entropy, dtype=np.float64)
@@ -179,9 +184,9 @@ def suspicion(contradiction: np.ndarray, dice: np.ndarray, entropy: np.ndarray,
               typical: float | None, evidence: np.ndarray | None = None) -> np.ndarray:
     """label_suspicion = sqrt(contradiction x (1 - dice)) x ((1 - entropy) / (1 - typical))^2 x evidence, per image.
 
-    `dice` is the trials' median dice (or the consensus dice where none), `entropy` their median entropy and
-    `typical` the sweep's (typical_entropy); an entropy not measured (NaN) counts as typical. `evidence` is
-    image_evidence (None or NaN: no image stored, 1). NaN where the contradiction is NaN (too few trials, no truth).
+    `dice` is scored_dice, `entropy` the trials' median entropy and `typical` the sweep's (typical_entropy); an
+    entropy not measured (NaN) counts as typical. `evidence` is image_evidence (None or NaN: no image stored, 1).
+    NaN where the contradiction is NaN (too few trials, no truth).
     """
     contradiction = np.asarray(contradiction, dtype=np.float64)
     n = len(contradiction)
@@ -191,6 +196,17 @@ def suspicion(contradiction: np.ndarray, dice: np.ndarray, entropy: np.ndarray,
     missed = 1 - np.clip(_per_image(dice, n), 0.0, 1.0)
     image = np.nan_to_num(_per_image(evidence, n), nan=1.0)
     return np.sqrt(contradiction * missed) * certainty ** 2 * image
+
+
+def score_parts(parts: VoteParts, entropy: np.ndarray | float | None = None,
+                dice_median: np.ndarray | float | None = None, typical: float | None = None) -> np.ndarray:
+    """Parts -> label_suspicion of N images: `entropy` (N,) the trials' median entropy per image (None or NaN: not
+    measured), `dice_median` (N,) their median dice (None or NaN: the consensus dice stands in, scored_dice),
+    `typical` the sweep's typical entropy (None: typical_entropy of these images, which must then be the sweep's)."""
+    n = len(parts.contradiction)
+    unsure = _per_image(entropy, n)
+    return suspicion(parts.contradiction, scored_dice(_per_image(dice_median, n), parts.consensus_dice), unsure,
+                     typical_entropy(unsure) if typical is None else typical, parts.image_evidence)
 
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -223,14 +239,10 @@ def image_evidence(image: np.ndarray, truth: np.ndarray, consensus: np.ndarray) 
     return 2 * (ours + EVIDENCE_PRIOR) / (ours + given + 2 * EVIDENCE_PRIOR)
 
 
-def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
-                entropy: np.ndarray | float | None = None, dice_median: np.ndarray | float | None = None,
-                typical: float | None = None, images: list[np.ndarray | None] | None = None) -> LabelParts:
-    """The score and its parts of N images: votes N (H, W) counts (an array or a sequence; sizes may differ),
+def vote_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
+               images: list[np.ndarray | None] | None = None) -> VoteParts:
+    """Votes -> the parts of N images: votes N (H, W) counts (an array or a sequence; sizes may differ),
     trials (N,) or one count, truth N (H, W) bool,
-    entropy (N,) the trials' median mean binary entropy per image in bits (None or NaN: not measured),
-    dice_median (N,) the trials' median dice against the mask (None or NaN: the consensus dice stands in),
-    typical the sweep's typical entropy (None: typical_entropy of these images),
     images N (H, W, C) uint8 images as scored, on the votes' grid (None, or None for one: no image evidence).
 
     Images with fewer than MIN_TRIALS trials get NaN throughout.
@@ -254,7 +266,7 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
         hist[k] = np.bincount(key, minlength=2 * top).reshape(top, 2)
     v = np.arange(top)[None, :]
     total = t[:, None]
-    consensus = 2 * v >= total  # p >= 1/2
+    consensus = majority(v, total)
     # p >= CONFIDENT or p <= 1 - CONFIDENT, as whole vote counts (rounded first: 0.9 x 10 is 9, not 9.000...02)
     unanimous = (v >= np.ceil(np.round(CONFIDENT * total, 9))) | (v <= np.floor(np.round((1 - CONFIDENT) * total, 9)))
     off, on = hist[..., 0], hist[..., 1]  # pixels the mask leaves out / calls foreground, by votes
@@ -271,14 +283,18 @@ def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
         dice = np.where(sizes > 0, 2 * both / sizes, 1.0)
         agreement = np.where(inside > 0, certainty / (inside * np.maximum(t, 1)), 1.0)
         contradiction = np.where(union > 0, against / union, 0.0)
-    given = _per_image(dice_median, n)
-    unsure = _per_image(entropy, n)
     few = t < MIN_TRIALS
     evidence = np.full(n, np.nan)
     for k, image in enumerate(images or ()):
         if image is not None and not few[k]:
-            evidence[k] = image_evidence(image, truth[k], 2 * np.asarray(votes[k]) >= t[k])
-    score = suspicion(contradiction, np.where(np.isnan(given), dice, given), unsure,
-                      typical_entropy(unsure) if typical is None else typical, evidence)
+            evidence[k] = image_evidence(image, truth[k], majority(votes[k], t[k]))
     nan = lambda a: np.where(few, np.nan, a).astype(np.float64)  # noqa: E731
-    return LabelParts(nan(score), nan(dice), nan(agreement), nan(contradiction), evidence)
+    return VoteParts(nan(dice), nan(agreement), nan(contradiction), evidence)
+
+
+def label_parts(votes: np.ndarray, trials: np.ndarray | int, truth: np.ndarray,
+                entropy: np.ndarray | float | None = None, dice_median: np.ndarray | float | None = None,
+                typical: float | None = None, images: list[np.ndarray | None] | None = None) -> LabelParts:
+    """The score and its parts of N images at once: vote_parts, then score_parts (see both for the arguments)."""
+    parts = vote_parts(votes, trials, truth, images)
+    return LabelParts(**vars(parts), label_suspicion=score_parts(parts, entropy, dice_median, typical))

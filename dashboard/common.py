@@ -82,7 +82,7 @@ def open_store(url: str) -> Store:
 
 
 def _reader(name: str) -> Callable[..., Any]:
-    """core.store.queries.<name>, or core.store.<module>.<function> for a dotted name ("suspicion.suspects")."""
+    """core.store.queries.<name>, or core.store.<module>.<function> for a dotted name ("reviews.export_csv")."""
     if "." in name:
         module, function = name.split(".", 1)
         return getattr(importlib.import_module(f"core.store.{module}"), function)

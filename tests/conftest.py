@@ -130,3 +130,24 @@ def demo(demo_sweeps: tuple[DemoStore, FolderDemo]) -> DemoStore:
 def folder(demo_sweeps: tuple[DemoStore, FolderDemo]) -> FolderDemo:
     """The user-folder sweep "demo-folder" (dashboard.demo_store.FolderDemo)."""
     return demo_sweeps[1]
+
+
+# -- closing a trial as a trial run does (test_summaries, test_suspicion, test_labels) ------------------
+
+@pytest.fixture
+def close_trial():
+    """close_trial(store, sweep, number, image_ids, dice, dataset=..., image_size=..., ...) -> trial id: starts a
+    unet trial of `sweep` and closes it with these per-image results (iou and border-aware dice default to `dice`),
+    masks and diagnostics, as a trial run does; a complete close runs the sweep's summary and label upkeep."""
+    from core.store.db import ImageResults
+
+    def close(store, sweep: str, number: int, image_ids, dice, *, dataset: str, image_size: int, masks=None,
+              diagnostics=None, state: str = "complete", iou=None, dice_no_border=None) -> int:
+        tid = store.start_trial(sweep=sweep, study=f"{sweep}/unet", arch="unet", number=number, params={},
+                                device="cpu", dataset=dataset, image_size=image_size)
+        store.finish_trial(tid, state=state, val_dice=0.5, results=ImageResults(
+            image_ids, dice, dice if iou is None else iou, dice if dice_no_border is None else dice_no_border,
+            masks=masks, diagnostics=diagnostics))
+        return tid
+
+    return close

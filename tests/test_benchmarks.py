@@ -21,6 +21,7 @@ from benchmarks import (
     data_pipeline,
     eval_diagnostics,
     gpu_throughput,
+    label_errors,
     store_writes,
     train_throughput,
 )
@@ -71,7 +72,7 @@ def test_every_benchmark_takes_report_only_and_rejects_a_bad_flag_in_one_line(ca
         p.parse_args(["--report-onyl"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err == "benchmarks/x.py: error: unrecognized arguments: --report-onyl\n"
-    for script in (dashboard_queries, data_pipeline, gpu_throughput, store_writes, train_throughput):
+    for script in (dashboard_queries, data_pipeline, gpu_throughput, label_errors, store_writes, train_throughput):
         with pytest.raises(SystemExit) as info:
             script.main(["--help"])
         assert info.value.code == 0 and "--report-only" in capsys.readouterr().out, script.__name__
@@ -132,6 +133,12 @@ def test_data_pipeline_exits_1_when_caching_does_not_pay(pets_root: Path, monkey
     assert code == 1 and re.search(r"^RATIO cached\+augmentation / decode-every-epoch = \d+\.\dx", out, re.MULTILINE)
     assert [m[0] for m in VERDICT.findall(out)] == ["MISS"]
     assert run(data_pipeline.main, [*argv, "--report-only"], capsys)[0] == 0
+
+
+def test_label_errors_rescore_needs_the_kept_sweeps_folder(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        label_errors.main(["--rescore"])
+    assert info.value.code == 2 and "--rescore needs --keep DIR" in capsys.readouterr().err
 
 
 def test_a_missing_dataset_exits_2_not_1(tmp_path: Path, capsys) -> None:

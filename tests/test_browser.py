@@ -10,9 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from core.store.queries import ImageFilter, best_trials, count_images, filter_options, hardest_images
+from core.store.queries import ImageFilter, best_trials, count_images, filter_options, hardest_images, suspects
 from core.store.db import Store
-from core.store.suspicion import suspects
 from dashboard.demo_store import DemoStore, FolderDemo
 from dashboard.serve import CHROMIUM, PAGES, dashboard, launch_chromium, wait_until_idle
 from tests.conftest import require_system

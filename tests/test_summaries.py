@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 from core.metrics import ImageDiagnostics
 from core.store import queries as q
 from core.store import summaries
-from core.store.db import ImageResults, Store, make_engine
+from core.store.db import Store, make_engine
 from core.store.schema import sweep_image_windows, sweep_images
 from tests.pg_server import PostgresServer, postgres  # noqa: F401  (session fixture)
 
@@ -88,11 +88,9 @@ def _store(url: str) -> tuple[Store, np.ndarray]:
     return store, np.array([ids[f"img_{k}"] for k in range(N_IMAGES)], dtype=np.int64)
 
 
-def _close(store: Store, sweep: str, number: int, image_ids: np.ndarray, dice: np.ndarray,
+def _close(close_trial, store: Store, sweep: str, number: int, image_ids: np.ndarray, dice: np.ndarray,
            rng: np.random.Generator, diagnostics: bool = True, state: str = "complete") -> int:
     n = len(image_ids)
-    tid = store.start_trial(sweep=sweep, study=f"{sweep}/unet", arch="unet", number=number, params={}, device="cpu",
-                            dataset="synthetic/s", image_size=64)
     diag = None
     if diagnostics:
         recall = np.clip(dice + rng.normal(0, 0.1, n), 0, 1)
@@ -100,13 +98,12 @@ def _close(store: Store, sweep: str, number: int, image_ids: np.ndarray, dice: n
                                 recall=recall, boundary_iou=np.clip(dice - 0.3, 0, 1), hd95=rng.exponential(5, n),
                                 fp_blobs=rng.integers(0, 3, n), object_missed=recall < 0.5,
                                 entropy=rng.random(n) if number % 4 else None)
-    results = ImageResults(image_ids, dice, dice * 0.9, np.minimum(dice + 0.05, 1), diagnostics=diag)
-    store.finish_trial(tid, state=state, val_dice=0.5, results=results)
-    return tid
+    return close_trial(store, sweep, number, image_ids, dice, dataset="synthetic/s", image_size=64, state=state,
+                       iou=dice * 0.9, dice_no_border=np.minimum(dice + 0.05, 1), diagnostics=diag)
 
 
 def test_summaries_equal_image_results_after_every_close_and_recompute_only_when_the_median_leaves(
-        tmp_path, monkeypatch) -> None:
+        close_trial, tmp_path, monkeypatch) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store, ids = _store(url)
     recomputed: list[int] = []
@@ -118,23 +115,23 @@ def test_summaries_equal_image_results_after_every_close_and_recompute_only_when
         level = 0.2 if number < 20 else 0.8 if number < 40 else 0.5
         subset = ids if number % 5 else ids[::2]  # some trials evaluate half the images
         dice = np.clip(level + rng.normal(0, 0.03, len(subset)), 0, 1)
-        _close(store, "a", number, subset, dice, rng, diagnostics=number % 7 != 3)
+        _close(close_trial, store, "a", number, subset, dice, rng, diagnostics=number % 7 != 3)
         if number in (0, 1, summaries.WINDOW, 20, 30, 3 * summaries.WINDOW - 1):
             assert assert_summaries_match(url) == (N_IMAGES // 2 if number == 0 else N_IMAGES)
-    _close(store, "a", 99, ids, rng.random(N_IMAGES), rng, state="pruned")  # only complete trials count
-    _close(store, "b", 0, ids[:5], np.full(5, 0.25), rng)                  # another sweep, its own rows
+    _close(close_trial, store, "a", 99, ids, rng.random(N_IMAGES), rng, state="pruned")  # only complete trials count
+    _close(close_trial, store, "b", 0, ids[:5], np.full(5, 0.25), rng)                  # another sweep, its own rows
     assert assert_summaries_match(url) == N_IMAGES + 5
     assert recomputed[:summaries.WINDOW] == [0] * summaries.WINDOW  # every value fits the window
     assert sum(recomputed) > 0  # the runs pushed medians out of their windows: recomputed, still exact
     store.dispose()
 
 
-def test_the_ranking_reads_the_summaries_and_agrees_with_every_result(tmp_path) -> None:
+def test_the_ranking_reads_the_summaries_and_agrees_with_every_result(close_trial, tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store, ids = _store(url)
     rng = np.random.default_rng(1)
     for number in range(30):
-        _close(store, "a", number, ids, np.clip(rng.beta(4, 2, N_IMAGES) - 0.01 * number, 0, 1), rng)
+        _close(close_trial, store, "a", number, ids, np.clip(rng.beta(4, 2, N_IMAGES) - 0.01 * number, 0, 1), rng)
     store.dispose()
     ro = Store(url, read_only=True)
     assert q.has_summaries(ro)
@@ -162,11 +159,11 @@ def test_the_ranking_reads_the_summaries_and_agrees_with_every_result(tmp_path) 
     ro.dispose()
 
 
-def test_a_close_that_fails_leaves_the_summaries_as_they_were(tmp_path, monkeypatch) -> None:
+def test_a_close_that_fails_leaves_the_summaries_as_they_were(close_trial, tmp_path, monkeypatch) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store, ids = _store(url)
     rng = np.random.default_rng(2)
-    _close(store, "a", 0, ids, rng.random(N_IMAGES), rng)
+    _close(close_trial, store, "a", 0, ids, rng.random(N_IMAGES), rng)
     before = stored_summaries(url)
     add = summaries.add_trial
 
@@ -176,28 +173,29 @@ def test_a_close_that_fails_leaves_the_summaries_as_they_were(tmp_path, monkeypa
 
     monkeypatch.setattr(summaries, "add_trial", add_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        _close(store, "a", 1, ids, rng.random(N_IMAGES), rng)
+        _close(close_trial, store, "a", 1, ids, rng.random(N_IMAGES), rng)
     assert stored_summaries(url) == before
     assert store.count(sweep_images) == N_IMAGES and assert_summaries_match(url) == N_IMAGES
     store.dispose()
 
 
-def test_a_window_of_another_layout_is_recomputed_not_misread(tmp_path) -> None:
+def test_a_window_of_another_layout_is_recomputed_not_misread(close_trial, tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store, ids = _store(url)
     rng = np.random.default_rng(3)
     for number in range(3):
-        _close(store, "a", number, ids, rng.random(N_IMAGES), rng)
+        _close(close_trial, store, "a", number, ids, rng.random(N_IMAGES), rng)
     with store.engine.begin() as conn:
         conn.execute(update(sweep_image_windows).where(sweep_image_windows.c.image_id == int(ids[0]))
                      .values(state=b"\x00" * 8))
-    _close(store, "a", 3, ids, rng.random(N_IMAGES), rng)
+    _close(close_trial, store, "a", 3, ids, rng.random(N_IMAGES), rng)
     assert assert_summaries_match(url) == N_IMAGES
     store.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_workers_closing_trials_of_one_sweep_at_once_lose_no_update(backend, tmp_path, request) -> None:
+def test_workers_closing_trials_of_one_sweep_at_once_lose_no_update(close_trial, backend, tmp_path,
+                                                                    request) -> None:
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'r.db'}"
     else:
@@ -211,7 +209,7 @@ def test_workers_closing_trials_of_one_sweep_at_once_lose_no_update(backend, tmp
         rng = np.random.default_rng(10 + k)
         try:
             for number in range(6):
-                _close(own, "a", 100 * k + number, ids, rng.random(N_IMAGES), rng)
+                _close(close_trial, own, "a", 100 * k + number, ids, rng.random(N_IMAGES), rng)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:

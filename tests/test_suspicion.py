@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 from core.labels import decode_votes, encode_votes, label_parts
 from core.metrics import mask_diagnostics
 from core.store import schema as st
-from core.store import summaries, suspicion
-from core.store.db import ImageResults, Store
+from core.store import queries, summaries, suspicion
+from core.store.db import Store
 
 S = 24
 N = 6
@@ -41,18 +41,15 @@ def _ids(store: Store) -> np.ndarray:
     return np.array([store.ids[f"im{k}"] for k in range(N)])  # type: ignore[attr-defined]
 
 
-def _close(store: Store, sweep: str, number: int, masks: np.ndarray | None, state: str = "complete",
+def _close(close_trial, store: Store, sweep: str, number: int, masks: np.ndarray | None, state: str = "complete",
            images: slice = slice(None)) -> int:
-    tid = store.start_trial(sweep=sweep, study=f"{sweep}/unet", arch="unet", number=number, params={}, device="cpu",
-                            dataset="synthetic/t", image_size=S)
     ids = _ids(store)[images]
     dice = np.linspace(0.2, 0.9, len(ids))
     shown = masks[images] if masks is not None else np.zeros((len(ids), S, S), bool)
     diagnostics = mask_diagnostics(shown, shown)  # with the models' entropy per image, as an evaluation measures it
     diagnostics.entropy = np.random.default_rng(number).uniform(0.05, 0.6, len(ids))
-    store.finish_trial(tid, state=state, val_dice=0.5, results=ImageResults(
-        ids, dice, dice, dice, masks=None if masks is None else masks[images], diagnostics=diagnostics))
-    return tid
+    return close_trial(store, sweep, number, ids, dice, dataset="synthetic/t", image_size=S, state=state,
+                       masks=None if masks is None else masks[images], diagnostics=diagnostics)
 
 
 def _label_rows(store: Store, sweep: str) -> tuple[dict, dict]:
@@ -67,7 +64,7 @@ def _label_rows(store: Store, sweep: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("chunk", [suspicion.CHUNK, 4], ids=["one chunk", "chunks of 4 images"])
 def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every_mask(store: Store, chunk: int,
-                                                                                      monkeypatch) -> None:
+                                                                                      close_trial, monkeypatch) -> None:
     monkeypatch.setattr(suspicion, "CHUNK", chunk)
     rng = np.random.default_rng(1)
     truths = np.stack([_square(rng) for _ in range(N)])
@@ -81,15 +78,16 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
         masks.append(pred)
         # trial 3 evaluates only some images, trial 4 stores no masks (its entropy moves the score), trial 5
         # is pruned with nothing
-        _close(store, "s", number, None if number == 4 else pred, state="pruned" if number == 5 else "complete",
+        _close(close_trial, store, "s", number, None if number == 4 else pred, state="pruned" if number == 5 else "complete",
                images=slice(0, 4) if number == 3 else slice(None))
         if number == 0:  # one vote: no score yet
             labels, votes = _label_rows(store, "s")
             assert votes[int(ids[0])][0] == 1 and all(v[0] is None for v in labels.values())
-    _close(store, "other", 0, masks[0])  # another sweep's votes are its own
+    _close(close_trial, store, "other", 0, masks[0])  # another sweep's votes are its own
     kept = _label_rows(store, "s")
     with store.engine.begin() as conn:
         summaries.rebuild(conn, "s")
+        suspicion.rebuild(conn, "s")
     assert _label_rows(store, "s") == kept
 
     labels, votes = kept
@@ -111,7 +109,7 @@ def test_votes_and_label_columns_kept_as_trials_close_equal_a_rebuild_from_every
     assert labels[int(ids[0])][0] == 0.0 and labels[int(ids[1])][0] > 0.2
 
 
-def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(store: Store) -> None:
+def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(close_trial, store: Store) -> None:
     rng = np.random.default_rng(2)
     truths = np.stack([_square(rng) for _ in range(N)])
     ids = _ids(store)
@@ -119,26 +117,26 @@ def test_the_ranking_puts_the_most_suspect_label_first_and_unscored_images_last(
     for number in range(3):
         pred = truths.copy()
         pred[3] = False  # the models agree the object is not there: im3's mask is suspect
-        _close(store, "s", number, pred)
-    ranked = suspicion.suspects(store, "s")
-    assert list(ranked.columns) == list(suspicion.SUSPECT_COLUMNS)
+        _close(close_trial, store, "s", number, pred)
+    ranked = queries.suspects(store, "s")
+    assert list(ranked.columns) == list(queries.SUSPECT_COLUMNS)
     assert ranked["name"].iloc[0] == "im3" and ranked["contradiction"].iloc[0] == 1.0
     dice_median = ranked["dice_median"].iloc[0]  # every trial's dice for im3 (the fixture's, not measured)
     typical = np.median([_entropy(store, k) for k in range(N)])
     certainty = (1 - _entropy(store, 3)) / (1 - typical)  # against the sweep's typical image
     assert ranked["label_suspicion"].iloc[0] == pytest.approx(np.sqrt(1 - dice_median) * certainty ** 2)
     assert ranked["name"].iloc[-1] == "im0" and np.isnan(ranked["label_suspicion"].iloc[-1])
-    assert (ranked["trials"] == 3).all() and len(suspicion.suspects(store, "s", limit=2)) == 2
-    assert suspicion.consensus(store, "s", int(ids[3])).max() == 0.0
-    assert suspicion.consensus(store, "s", int(ids[2])).tolist() == truths[2].astype(float).tolist()
-    assert suspicion.consensus(store, "nope", int(ids[2])) is None
-    assert suspicion.truth(store, int(ids[2]), S).tolist() == truths[2].tolist()
-    assert suspicion.truth(store, int(ids[0]), S) is None and suspicion.truth(store, int(ids[2]), 64) is None
-    assert suspicion.available(store) and suspicion.available(store.engine)
+    assert (ranked["trials"] == 3).all() and len(queries.suspects(store, "s", limit=2)) == 2
+    assert queries.consensus(store, "s", int(ids[3])).max() == 0.0
+    assert queries.consensus(store, "s", int(ids[2])).tolist() == truths[2].astype(float).tolist()
+    assert queries.consensus(store, "nope", int(ids[2])) is None
+    assert queries.truth_mask(store, int(ids[2]), S).tolist() == truths[2].tolist()
+    assert queries.truth_mask(store, int(ids[0]), S) is None and queries.truth_mask(store, int(ids[2]), 64) is None
+    assert queries.has_label_suspicion(store) and queries.has_label_suspicion(store.engine)
 
 
 def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_truth_stored_without_one(
-        store: Store, monkeypatch) -> None:
+        close_trial, store: Store, monkeypatch) -> None:
     from core.store import db as db_module
     from core.store.mask_png import decode_image
 
@@ -161,8 +159,8 @@ def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_
     for number in range(3):
         pred = objects.copy()
         pred[2] = hard
-        _close(store, "s", number, pred)
-    ranked = suspicion.suspects(store, "s").set_index("name")
+        _close(close_trial, store, "s", number, pred)
+    ranked = queries.suspects(store, "s").set_index("name")
     with store.engine.connect() as conn:
         evidence = dict(conn.execute(select(st.sweep_images.c.image_id, st.sweep_images.c.image_evidence)).all())
     entropy = np.array([_entropy(store, k) for k in range(N)])
@@ -176,6 +174,7 @@ def test_a_close_weighs_each_label_by_its_stored_image_and_a_late_image_fills_a_
     kept = _label_rows(store, "s")  # the third close kept the evidence of the second (the same majority masks)
     with store.engine.begin() as conn:
         summaries.rebuild(conn, "s")
+        suspicion.rebuild(conn, "s")
     assert _label_rows(store, "s") == kept
 
 
@@ -193,10 +192,10 @@ def test_truths_are_stored_once_even_when_two_workers_write_them_at_once(store: 
         list(pool.map(lambda _: [store.record_truths(ids, S, first) for _ in range(5)], range(3)))
     store.record_truths(ids, S, ~first)  # written already: the first truth stays
     assert store.count(st.truth_masks) == N
-    assert all(suspicion.truth(store, int(i), S).tolist() == first[k].tolist() for k, i in enumerate(ids))
+    assert all(queries.truth_mask(store, int(i), S).tolist() == first[k].tolist() for k, i in enumerate(ids))
 
 
-def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_path: Path, monkeypatch) -> None:
+def test_a_trial_run_records_the_truth_it_was_scored_against(close_trial, db_url: str, tmp_path: Path, monkeypatch) -> None:
     from core.data.dataset import prepare_dataset
     from core.data.synthetic import generate_synthetic
     from core.models.registry import build_model
@@ -224,9 +223,9 @@ def test_a_trial_run_records_the_truth_it_was_scored_against(db_url: str, tmp_pa
         evidence = conn.execute(select(st.sweep_images.c.image_evidence)).scalars().all()
     for i in test:
         image_id = ids[data.infos[i].name]
-        assert suspicion.truth(store, image_id, 32).tolist() == data.masks[i].astype(bool).tolist()
+        assert queries.truth_mask(store, image_id, 32).tolist() == data.masks[i].astype(bool).tolist()
         assert decode_image(images[image_id]).tolist() == data.images[i].tolist()  # the image as scored, for evidence
-    ranked = suspicion.suspects(store, "s")
+    ranked = queries.suspects(store, "s")
     assert len(ranked) == len(test) and ranked["label_suspicion"].notna().all() and (ranked["trials"] == 3).all()
     assert len(evidence) == len(test) and all(e is not None and 0 < e < 2 for e in evidence)
     store.dispose()
@@ -264,15 +263,13 @@ def _big_masks(number: int) -> np.ndarray:
     return np.stack([_rect(0, 128, 66, 194), _rect(0, 128, 0, 128), _rect(30 + 7 * number, 150, 41, 171 - 5 * number)])
 
 
-def _close_big(store: Store, number: int, masks: np.ndarray | None = None) -> None:
-    tid = store.start_trial(sweep="big", study="big/unet", arch="unet", number=number, params={}, device="cpu",
-                            dataset="synthetic/big", image_size=BIG)
+def _close_big(close_trial, store: Store, number: int, masks: np.ndarray | None = None) -> None:
     masks = _big_masks(number) if masks is None else masks
     dice = np.array([0.3, 0.9, 0.5]) + 0.01 * number
     diagnostics = mask_diagnostics(masks, masks)
     diagnostics.entropy = np.array([0.1, 0.2, 0.6]) + 0.02 * number
-    store.finish_trial(tid, state="complete", val_dice=0.5, results=ImageResults(
-        _big_ids(store), dice, dice, dice, masks=masks, diagnostics=diagnostics))
+    close_trial(store, "big", number, _big_ids(store), dice, dataset="synthetic/big", image_size=BIG, masks=masks,
+                diagnostics=diagnostics)
 
 
 def _big_rows(store: Store) -> tuple[dict, dict]:
@@ -286,9 +283,9 @@ def _big_rows(store: Store) -> tuple[dict, dict]:
     return labels, votes
 
 
-def test_a_256_px_close_keeps_votes_on_the_64_grid_and_scores_the_subsampled_masks(big: Store) -> None:
+def test_a_256_px_close_keeps_votes_on_the_64_grid_and_scores_the_subsampled_masks(close_trial, big: Store) -> None:
     for number in range(3):
-        _close_big(big, number)
+        _close_big(close_trial, big, number)
     labels, votes = _big_rows(big)
     ids = _big_ids(big).tolist()
     truth = _rect(0, 128, 0, 128)
@@ -309,12 +306,12 @@ def test_a_256_px_close_keeps_votes_on_the_64_grid_and_scores_the_subsampled_mas
         want = tuple(float(getattr(expected, c)[k]) for c in suspicion.LABEL_COLUMNS)
         assert labels[image_id][:4] == pytest.approx(want)
     # the dashboard's consensus is drawn at the image's size, from the masks themselves
-    assert suspicion.consensus(big, "big", ids[2]).tolist() == (total[2] / 3).tolist()
+    assert queries.consensus(big, "big", ids[2]).tolist() == (total[2] / 3).tolist()
 
 
-def test_older_full_size_votes_are_sliced_to_the_grid_and_the_next_close_adds_to_them(big: Store) -> None:
+def test_older_full_size_votes_are_sliced_to_the_grid_and_the_next_close_adds_to_them(close_trial, big: Store) -> None:
     for number in range(2):
-        _close_big(big, number)
+        _close_big(close_trial, big, number)
     v = st.sweep_image_votes
     old = np.sum([_big_masks(j) for j in range(2)], axis=0)
     with big.engine.begin() as conn:  # as an older version stored them: every pixel's count, 256 x 256
@@ -322,14 +319,15 @@ def test_older_full_size_votes_are_sliced_to_the_grid_and_the_next_close_adds_to
             conn.execute(update(v).where(v.c.sweep == "big", v.c.image_id == image_id)
                          .values(votes=encode_votes(old[k])))
     assert _big_rows(big)[1][int(_big_ids(big)[0])][1].shape == (BIG, BIG)
-    _close_big(big, 2)
+    _close_big(close_trial, big, 2)
     kept = _big_rows(big)
     total = old + _big_masks(2)
     for k, image_id in enumerate(_big_ids(big).tolist()):
         trials, counts = kept[1][image_id]
         assert trials == 3 and counts.tolist() == total[k][::4, ::4].tolist()
     with big.engine.begin() as conn:
-        summaries.rebuild(conn, "big")  # from every stored mask: the same counts and scores
+        summaries.rebuild(conn, "big")
+        suspicion.rebuild(conn, "big")  # from every stored mask: the same counts and scores
     rebuilt = _big_rows(big)
     assert rebuilt[0] == kept[0]
     as_lists = lambda votes: {i: (n, c.tolist()) for i, (n, c) in votes.items()}  # noqa: E731

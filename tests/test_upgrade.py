@@ -317,7 +317,7 @@ def test_a_v3_store_gets_its_suspect_label_scores_from_its_masks_and_the_trimaps
 
     from core.data.layout import TRIMAP_BACKGROUND, trimap_path
     from core.labels import label_parts
-    from core.store import suspicion
+    from core.store import queries, suspicion
     from tests.v3_store import build_v3_store
 
     url = f"sqlite:///{tmp_path / 'v3.db'}"
@@ -342,11 +342,11 @@ def test_a_v3_store_gets_its_suspect_label_scores_from_its_masks_and_the_trimaps
     truths[1] = False
     store = Store(url, read_only=True)
     with store.engine.connect() as conn:
-        ranked = suspicion.suspects(conn, "old").set_index("image_id")  # four complete trials
+        ranked = queries.suspects(conn, "old").set_index("image_id")  # four complete trials
         entropy = _entropy_medians(conn, "old").reindex(ranked.index)
         typical = float(np.median(entropy.dropna()))
         for k, image_id in enumerate(v3.image_ids):
-            assert suspicion.truth(conn, image_id, 64).tolist() == truths[k].tolist()
+            assert queries.truth_mask(conn, image_id, 64).tolist() == truths[k].tolist()
             masks = conn.execute(select(st.masks.c.png).join(st.trials, st.trials.c.id == st.masks.c.trial_id)
                                  .where(st.trials.c.sweep == "old", st.trials.c.state == "complete",
                                         st.masks.c.image_id == image_id)).scalars().all()
@@ -356,11 +356,11 @@ def test_a_v3_store_gets_its_suspect_label_scores_from_its_masks_and_the_trimaps
                                    np.array([row["dice_median"]]), typical=typical)
             for column in suspicion.LABEL_COLUMNS:
                 assert row[column] == pytest.approx(float(getattr(expected, column)[0])), column
-            np.testing.assert_allclose(suspicion.consensus(conn, "old", image_id), votes / len(masks))
+            np.testing.assert_allclose(queries.consensus(conn, "old", image_id), votes / len(masks))
         # the models stand against the erased mask (its stored dice are against the trimap as it was then)
         assert ranked.loc[v3.image_ids[1], "contradiction"] > 0.5 and ranked.loc[v3.image_ids[1], "label_suspicion"] > 0
         assert (ranked.drop(index=v3.image_ids[1])["contradiction"] < 0.2).all()
-        other = suspicion.suspects(conn, "other")  # one complete trial: too few votes for a score
+        other = queries.suspects(conn, "other")  # one complete trial: too few votes for a score
         assert len(other) == 20 and other["label_suspicion"].isna().all()
     store.dispose()
 

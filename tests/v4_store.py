@@ -26,9 +26,10 @@ def build_v4_store(url: str, data: PreparedDataset, seed: int = 0) -> V2Store:
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE truth_masks SET image = NULL"))  # v4 kept no images: its scores had no evidence
-        from core.store import summaries
+        from core.store import summaries, suspicion
 
         summaries.build(conn)
+        suspicion.build(conn)
         undo_v6(conn)
         for table, columns in V5_COLUMNS.items():
             for column in columns:

@@ -18,7 +18,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from core.metrics import ImageDiagnostics
-from core.store import summaries
+from core.store import summaries, suspicion
 from core.store.engine import (  # noqa: F401 - the store's entry points stay importable from here
     DEFAULT_URL,
     StoreError,
@@ -243,8 +243,10 @@ class Store:
                 raise TrialClosedError(f"trial {trial_id} was already closed by another worker; results not recorded")
             if result_rows:
                 conn.execute(insert(image_results), result_rows)
-                if state == "complete":  # the sweep's per-image summaries, in this transaction: never out of step
-                    summaries.add_trial(conn, trial_id, result_rows, results.masks)
+                if state == "complete":  # the sweep's upkeep, in this transaction: never out of step
+                    sweep = conn.execute(select(trials.c.sweep).where(trials.c.id == trial_id)).scalar_one()
+                    summaries.add_trial(conn, sweep, result_rows)  # takes the sweep's lock; the score reads its medians
+                    suspicion.add_trial(conn, sweep, ids.tolist(), results.masks)
             if mask_rows:
                 conn.execute(insert(masks), mask_rows)
         return test_dice

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import (String, Table, and_, case, distinct, exists, false, func, inspect, literal, literal_column,
-                        or_, select)
+from sqlalchemy import (Float, String, Table, and_, case, distinct, exists, false, func, inspect, literal,
+                        literal_column, or_, select)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -36,6 +36,8 @@ from core.metrics import FAILURE_MODES, NOT_COMPUTED, SEVERITY, spread
 from core.store import selection, summaries
 from core.store.db import Store
 from core.store.engine import connect
+from core.store.mask_png import decode_mask
+from core.store.suspicion import LABEL_COLUMNS, readable_mask
 from core.store.schema import (
     MODE_COLUMNS,
     REVIEW_MARKS,
@@ -614,16 +616,18 @@ def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -
         return {(int(t), int(i)): bytes(png) for t, i, png in conn.execute(stmt).all()}
 
 
-def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int) -> dict[int, bytes]:
+def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int, column: str = "png") -> dict[int, bytes]:
     """The ground truth exactly as scored at `image_size` (v4 truth_masks, 1-bit PNGs) by image id, for the
-    given images that have one; empty on an older store (the gallery then rebuilds it from the trimap)."""
+    given images that have one; empty on an older store (the gallery then rebuilds it from the trimap).
+    column="image": the images as scored, on the vote grid (v5 truth_masks.image), where stored."""
     if not image_ids:
         return {}
-    stmt = select(truth_masks.c.image_id, truth_masks.c.png).where(
-        truth_masks.c.image_id.in_(_ids(image_ids)), truth_masks.c.image_size == int(image_size))
     with connect(src) as conn:
-        if not _has_table(conn, truth_masks):
+        if not _has_table(conn, truth_masks) or not _has_column(conn, truth_masks, column):
             return {}
+        stmt = select(truth_masks.c.image_id, truth_masks.c[column]).where(
+            truth_masks.c.image_id.in_(_ids(image_ids)), truth_masks.c.image_size == int(image_size),
+            truth_masks.c[column].is_not(None))
         return {int(i): bytes(png) for i, png in conn.execute(stmt).all()}
 
 
@@ -721,3 +725,51 @@ def trial_tail_scores(src: Source, sweep: str, metric: str = "dice", fraction: f
         out.append((int(tid), arch, number, val_dice, params, len(v), tail["mean"], float(worst_k.mean()),
                     tail["p10"], tail["worst"]))
     return pd.DataFrame(out, columns=cols)
+
+
+# -- suspect labels (core.store.suspicion keeps them; v4 and later) ----------------------------
+
+SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "image_evidence", "dice_median",
+                   "trials")
+
+
+def suspects(src: Source, sweep: str, limit: int | None = None) -> pd.DataFrame:
+    """The sweep's test images, most suspect label first (NULL scores last, then worst median dice)."""
+    s, i = sweep_images, images
+    with connect(src) as conn:
+        # the image evidence is a part from v5 on; a v4 store's reads as NULL (the score counted it as 1)
+        evidence = s.c.image_evidence if _has_column(conn, s, "image_evidence") \
+            else literal(None, Float).label("image_evidence")
+        stmt = (select(s.c.image_id, i.c.name, i.c.path, i.c.group_name, i.c.split, *(s.c[c] for c in LABEL_COLUMNS),
+                       evidence, s.c.dice_median, s.c.trials)
+                .join_from(s, i, i.c.id == s.c.image_id)
+                .where(s.c.sweep == sweep)
+                .order_by(case((s.c.label_suspicion.is_(None), 1), else_=0), s.c.label_suspicion.desc(),
+                          s.c.dice_median, s.c.image_id))
+        if limit is not None:
+            stmt = stmt.limit(int(limit))
+        result = conn.execute(stmt)
+        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    for column in (*LABEL_COLUMNS, "image_evidence", "dice_median"):
+        frame[column] = frame[column].astype(np.float64)
+    return frame
+
+
+def consensus(src: Source, sweep: str, image_id: int) -> np.ndarray | None:
+    """The models' vote share per pixel of one image at its mask size, (S, S) float in [0, 1]: the mean of the
+    sweep's complete trials' stored masks of the size of the latest one (the stored votes are on the coarser
+    vote grid, too blocky to show); None if none is stored. Reads one mask per trial: for the few shown cards."""
+    stmt = (select(masks.c.png).join_from(masks, trials, trials.c.id == masks.c.trial_id)
+            .where(trials.c.sweep == sweep, trials.c.state == "complete", masks.c.image_id == int(image_id))
+            .order_by(trials.c.finished_at.desc(), trials.c.id.desc()))
+    with connect(src) as conn:
+        pngs = conn.execute(stmt).scalars().all()
+    found = [mask for mask in map(readable_mask, pngs) if mask is not None]
+    found = [mask for mask in found if mask.shape == found[0].shape]
+    return np.mean(found, axis=0) if found else None
+
+
+def truth_mask(src: Source, image_id: int, image_size: int) -> np.ndarray | None:
+    """An image's ground truth exactly as scored at `image_size`, (S, S) bool; None if not stored."""
+    png = truth_pngs(src, [image_id], image_size).get(int(image_id))
+    return None if png is None else decode_mask(png)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from core.data.layout import image_rel
 from core.store import schema as st
 from core.store.engine import StoreError, connect
-from core.store.suspicion import Source
+from core.store.queries import Source
 
 EXPORT_COLUMNS = ("name", "path", "mark", "note", "score")
 

@@ -16,8 +16,9 @@ trials the window holds every value. Only when the median's ranks leave the wind
 values on one side of it) is that image's state recomputed from image_results, in the same
 transaction; `add_trial` returns how many images that took.
 
-The same transaction adds the trial's masks to the sweep's mask votes and rescores its images' labels
-(core.store.suspicion); `rebuild` refills the votes from every stored mask.
+Store.finish_trial then adds the trial's masks to the sweep's mask votes and rescores its images' labels
+(core.store.suspicion.add_trial) in the same transaction, under the lock `add_trial` took; the upgrade
+follows `build` with suspicion.build, which refills the votes from every stored mask.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ from sqlalchemy.engine import Connection
 
 from core.metrics import NOT_COMPUTED, SEVERITY
 from core.store import schema as st
-from core.store import suspicion
 from core.store.engine import executemany_columns
 
 WINDOW = 16                   # values kept around each median
@@ -167,14 +167,12 @@ def _add(m: np.ndarray, v: np.ndarray) -> np.ndarray:
     return has & ((lo < 0) | (hi >= held))
 
 
-def add_trial(conn: Connection, trial_id: int, rows: Sequence[dict[str, Any]],
-              masks: Sequence[np.ndarray] | None = None) -> int:
-    """Add a trial closing as complete (its image_results rows, already inserted in this transaction, and its
-    predicted masks aligned with them, if any) to its sweep's per-image summaries and mask votes
-    (core.store.suspicion); returns how many images had to be recomputed from image_results."""
+def add_trial(conn: Connection, sweep: str, rows: Sequence[dict[str, Any]]) -> int:
+    """Add a trial of `sweep` closing as complete (its image_results rows, already inserted in this transaction)
+    to the sweep's per-image summaries, under the sweep's lock (held to the transaction's end); returns how many
+    images had to be recomputed from image_results."""
     if not rows:
         return 0
-    sweep = conn.execute(select(st.trials.c.sweep).where(st.trials.c.id == int(trial_id))).scalar_one()
     _lock(conn, sweep)
     ids = np.array([int(r["image_id"]) for r in rows], dtype=np.int64)
     values = np.stack([np.array([r.get(m) for r in rows], dtype=np.float64) for m in st.SUMMARY_METRICS], axis=1)
@@ -194,7 +192,6 @@ def add_trial(conn: Connection, trial_id: int, rows: Sequence[dict[str, Any]],
         fresh_ids, fresh, _ = _from_results(conn, sweep, ids[where])
         state[where] = fresh[np.searchsorted(fresh_ids, ids[where])]  # every one has this trial's row at least
     _write(conn, sweep, ids, state, existing)
-    suspicion.add_trial(conn, sweep, ids.tolist(), masks)
     return int(lost.sum())
 
 
@@ -247,13 +244,13 @@ def _write(conn: Connection, sweep: str, ids: np.ndarray, state: np.ndarray, exi
 
 
 def rebuild(conn: Connection, sweep: str) -> tuple[int, int]:
-    """Recompute one sweep's summaries from image_results; returns (images, results read)."""
+    """Recompute one sweep's summaries from image_results (their label columns NULL until suspicion.rebuild);
+    returns (images, results read)."""
     _lock(conn, sweep)
     ids, state, n_results = _from_results(conn, sweep)
-    for table in st.SUMMARY_TABLES:
+    for table in (st.sweep_images, st.sweep_image_windows):  # the votes are suspicion.rebuild's
         conn.execute(delete(table).where(table.c.sweep == sweep))
     _write(conn, sweep, ids, state, np.zeros(len(ids), dtype=bool))
-    suspicion.rebuild(conn, sweep)
     return len(ids), n_results
 
 

@@ -6,10 +6,10 @@ agreement, contradiction; core.labels) from their votes and truths, and their im
 stored beside the truth (truth_masks.image, v5) where the majority mask changed (elsewhere it is as stored:
 it depends on the majority mask, truth and image alone), and then label_suspicion of every
 image of the sweep from those parts and the summaries' dice and entropy medians (the sweep's typical
-entropy moves with every close), in the transaction that closes it (core.store.summaries.add_trial calls
-`add_trial`, under the sweep's lock). That costs one read and write of each test image's votes and truth
+entropy moves with every close), in the transaction that closes it (Store.finish_trial calls `add_trial`
+right after core.store.summaries.add_trial, under the sweep's lock). That costs one read and write of each test image's votes and truth
 and one pass over the sweep's summary rows: no earlier trial's masks are read again. `rebuild` recomputes
-a sweep's votes from every stored mask (the upgrade, summaries.rebuild). Both hold at most CHUNK images'
+a sweep's votes from every stored mask (the upgrade, after summaries.rebuild). Both hold at most CHUNK images'
 votes in memory at a time.
 
 Votes are kept on the vote grid (core.labels.on_grid: at most VOTE_GRID cells a side, every s-th pixel of
@@ -19,9 +19,8 @@ the stored votes' is left out (a sweep evaluates at one size; two sizes with one
 count together). The truth compared against is truth_masks at the size of the image's latest mask counted,
 on the same grid (decoded once per worker: truths never change); without one the label columns stay NULL.
 
-The read side (`suspects`, `consensus`, `truth`, `available`) takes a Store, Engine or Connection like
-core.store.queries and only SELECTs; `consensus`, which the dashboard shows at the image's size, counts
-the stored masks themselves rather than the grid.
+The dashboard's reads of these tables (suspects, consensus, truth_mask) are in core.store.queries; the
+score's rules (majority, dice fallback, typical entropy) are core.labels'.
 """
 from __future__ import annotations
 
@@ -29,86 +28,26 @@ import functools
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
-from sqlalchemy import Float, bindparam, case, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from core.labels import (MIN_TRIALS, LabelParts, add_vote, decode_votes, encode_votes, label_parts, on_grid, suspicion,
-                         typical_entropy, vote_stride)
+from core.labels import (MIN_TRIALS, VoteParts, add_vote, decode_votes, encode_votes, majority, on_grid, score_parts,
+                         vote_parts, vote_stride)
 from core.store import schema as st
-from core.store.engine import connect, executemany_columns
+from core.store.engine import executemany_columns
 from core.store.mask_png import decode_image, decode_mask
 
 LABEL_COLUMNS = ("label_suspicion", "consensus_dice", "agreement", "contradiction")
 TRUTHS_KEPT = 8192  # truths on the grid kept decoded, by their PNG (at 256 px: about 5 KB each with its key)
 CHUNK = 256  # images whose votes are held in memory at once (and their masks' rows read by a rebuild)
-SUSPECT_COLUMNS = ("image_id", "name", "path", "group_name", "split", *LABEL_COLUMNS, "image_evidence", "dice_median",
-                   "trials")
 
 
-# -- reads ---------------------------------------------------------------------------------------------
-
-Source = Any  # a core.store.db.Store (its .engine), an Engine or a Connection; not imported: db imports this module
-
-
-def available(source: Source) -> bool:
-    """Whether the store holds the label-suspicion tables and columns (schema v4 or later)."""
-    with connect(source) as conn:
-        return st.holds(st.stored_version(conn), st.sweep_images.name, "label_suspicion")
-
-
-def suspects(source: Source, sweep: str, limit: int | None = None) -> pd.DataFrame:
-    """The sweep's test images, most suspect label first (NULL scores last, then worst median dice)."""
-    s, i = st.sweep_images, st.images
-    with connect(source) as conn:
-        # the image evidence is a part from v5 on; a v4 store's reads as NULL (the score counted it as 1)
-        evidence = s.c.image_evidence if st.holds(st.stored_version(conn), s.name, "image_evidence") \
-            else literal(None, Float).label("image_evidence")
-        stmt = (select(s.c.image_id, i.c.name, i.c.path, i.c.group_name, i.c.split, *(s.c[c] for c in LABEL_COLUMNS),
-                       evidence, s.c.dice_median, s.c.trials)
-                .join_from(s, i, i.c.id == s.c.image_id)
-                .where(s.c.sweep == sweep)
-                .order_by(case((s.c.label_suspicion.is_(None), 1), else_=0), s.c.label_suspicion.desc(),
-                          s.c.dice_median, s.c.image_id))
-        if limit is not None:
-            stmt = stmt.limit(int(limit))
-        result = conn.execute(stmt)
-        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    for column in (*LABEL_COLUMNS, "image_evidence", "dice_median"):
-        frame[column] = frame[column].astype(np.float64)
-    return frame
-
-
-def consensus(source: Source, sweep: str, image_id: int) -> np.ndarray | None:
-    """The models' vote share per pixel of one image at its mask size, (S, S) float in [0, 1]: the mean of the
-    sweep's complete trials' stored masks of the size of the latest one (the stored votes are on the coarser
-    vote grid, too blocky to show); None if none is stored. Reads one mask per trial: for the few shown cards."""
-    m, t = st.masks, st.trials
-    stmt = (select(m.c.png).join_from(m, t, t.c.id == m.c.trial_id)
-            .where(t.c.sweep == sweep, t.c.state == "complete", m.c.image_id == int(image_id))
-            .order_by(t.c.finished_at.desc(), t.c.id.desc()))
-    with connect(source) as conn:
-        pngs = conn.execute(stmt).scalars().all()
-    masks = [mask for mask in map(_readable, pngs) if mask is not None]
-    masks = [mask for mask in masks if mask.shape == masks[0].shape]
-    return np.mean(masks, axis=0) if masks else None
-
-
-def _readable(png: bytes) -> np.ndarray | None:
+def readable_mask(png: bytes) -> np.ndarray | None:
     """A stored mask, or None where it cannot be read (it counts as no vote, as in `rebuild`)."""
     try:
         return decode_mask(bytes(png))
     except Exception:
         return None
-
-
-def truth(source: Source, image_id: int, image_size: int) -> np.ndarray | None:
-    """An image's ground truth exactly as scored at `image_size`, (S, S) bool; None if not stored."""
-    t = st.truth_masks
-    with connect(source) as conn:
-        png = conn.execute(select(t.c.png).where(t.c.image_id == int(image_id), t.c.image_size == int(image_size))
-                           ).scalar()
-    return None if png is None else decode_mask(bytes(png))
 
 
 # -- upkeep --------------------------------------------------------------------------------------------
@@ -167,10 +106,10 @@ def _parts(conn: Connection, ids: list[int], votes: list[np.ndarray], trials: li
         fresh = {k for k in scored if trials[k] == MIN_TRIALS or (trials[k] > MIN_TRIALS and (moved is None or ids[k] in moved))}
         images = _grid_truths(conn, [(ids[k], sides[k]) for k in fresh], "image")
         shown = [images.get((ids[k], sides[k])) for k in scored]
-        parts: LabelParts = label_parts([votes[k] for k in scored], np.array([trials[k] for k in scored]),
-                                        [truths[(ids[k], sides[k])] for k in scored],
-                                        images=[p if p is not None and p.shape[:2] == votes[k].shape else None
-                                                for k, p in zip(scored, shown)])
+        parts = vote_parts([votes[k] for k in scored], np.array([trials[k] for k in scored]),
+                           [truths[(ids[k], sides[k])] for k in scored],
+                           images=[p if p is not None and p.shape[:2] == votes[k].shape else None
+                                   for k, p in zip(scored, shown)])
         columns = [getattr(parts, c).tolist() for c in PART_COLUMNS]
         for j, k in enumerate(scored):
             found[ids[k]] = tuple(None if c[j] != c[j] else float(c[j]) for c in columns)
@@ -182,7 +121,7 @@ def _parts(conn: Connection, ids: list[int], votes: list[np.ndarray], trials: li
 def _rescore(conn: Connection, sweep: str, fresh: Parts) -> None:
     """Write the label columns of every image of the sweep whose values changed: the `fresh` vote parts of the
     images just voted on, and label_suspicion of all from their parts, dice and entropy medians and the sweep's
-    typical entropy (core.labels.suspicion), which moves with every close. Only columns are read, no votes; one
+    typical entropy (core.labels.score_parts), which moves with every close. Only columns are read, no votes; one
     write per changed row."""
     s = st.sweep_images
     stored = conn.execute(select(s.c.image_id, *(s.c[c] for c in PART_COLUMNS), s.c.label_suspicion, s.c.dice_median,
@@ -193,11 +132,8 @@ def _rescore(conn: Connection, sweep: str, fresh: Parts) -> None:
     rows = [(int(r[0]), _with_kept(fresh.get(int(r[0]), tuple(r[1:1 + k])), r[k]), r[1 + k], r[2 + k], r[3 + k])
             for r in stored]
     nan = lambda v: np.nan if v is None else float(v)  # noqa: E731
-    part = {c: np.array([nan(r[1][j]) for r in rows]) for j, c in enumerate(PART_COLUMNS)}
-    dice_median = np.array([nan(r[3]) for r in rows])
-    entropy = np.array([nan(r[4]) for r in rows])
-    dice = np.where(np.isnan(dice_median), part["consensus_dice"], dice_median)
-    score = suspicion(part["contradiction"], dice, entropy, typical_entropy(entropy), part["image_evidence"])
+    parts = VoteParts(**{c: np.array([nan(r[1][j]) for r in rows]) for j, c in enumerate(PART_COLUMNS)})
+    score = score_parts(parts, entropy=np.array([nan(r[4]) for r in rows]), dice_median=np.array([nan(r[3]) for r in rows]))
     changed = []
     for (image_id, parts, was, _, _), old_parts, value in zip(rows, stored, score.tolist()):
         value = None if value != value else float(value)
@@ -247,7 +183,7 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
             if votes.shape != cells.shape:  # votes are kept on the grid of the first mask counted
                 continue
             before, votes = votes, add_vote(votes, cells, n)
-            if not np.array_equal(2 * before.astype(np.int32) >= n, 2 * votes.astype(np.int32) >= n + 1):
+            if not np.array_equal(majority(before, n), majority(votes, n + 1)):
                 moved.add(image_id)
             scored[image_id] = (votes, n + 1, _side(mask))
             old_rows.append({"key_image": image_id, "trials": n + 1, "votes": encode_votes(votes)})
@@ -267,11 +203,20 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
     return len(new_rows) + len(old_rows)
 
 
+def build(conn: Connection) -> int:
+    """Rebuild the votes and label columns of every sweep with a complete trial (the upgrade, after
+    summaries.build); returns masks counted."""
+    sweeps = conn.execute(select(st.trials.c.sweep).distinct().where(st.trials.c.state == "complete")
+                          .order_by(st.trials.c.sweep)).scalars().all()
+    return sum(rebuild(conn, sweep) for sweep in sweeps)
+
+
 def rebuild(conn: Connection, sweep: str) -> int:
     """Recompute a sweep's votes from every stored mask of its complete trials (in the order they closed) and
-    its sweep_images label columns; sweep_image_votes must hold no rows of the sweep, sweep_images its summaries.
-    Returns masks counted."""
+    its sweep_images label columns; sweep_images must hold its summaries (summaries.rebuild). Returns masks
+    counted."""
     s = st.sweep_images
+    conn.execute(delete(st.sweep_image_votes).where(st.sweep_image_votes.c.sweep == sweep))
     ids = sorted(int(i) for i in conn.execute(select(s.c.image_id).where(s.c.sweep == sweep)).scalars())
     fresh: Parts = {}
     counted = sum(_rebuild_chunk(conn, sweep, ids[start:start + CHUNK], fresh) for start in range(0, len(ids), CHUNK))
@@ -292,7 +237,7 @@ def _rebuild_chunk(conn: Connection, sweep: str, ids: list[int], fresh: Parts) -
     try:
         while rows := result.fetchmany(2000):
             for image_id, png in rows:
-                if (mask := _readable(png)) is None:
+                if (mask := readable_mask(png)) is None:
                     continue
                 image_id, cells = int(image_id), on_grid(mask)
                 if image_id not in votes:

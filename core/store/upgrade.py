@@ -45,7 +45,7 @@ from core.data.layout import image_rel, pet_mask, trimap_path
 from core.labels import on_grid
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import schema as st
-from core.store import summaries
+from core.store import summaries, suspicion
 from core.store.engine import display_url
 from core.store.mask_png import decode_mask, encode_image, encode_mask
 
@@ -280,6 +280,7 @@ def upgrade(conn: Connection, log: Callable[[str], None] | None = None) -> Upgra
     if report.from_version < 5:
         report.images = _record_images(conn)
     report.sweeps, report.summarised, report.results = summaries.build(conn)
+    suspicion.build(conn)
     report.upgraded = True
     return report
 

@@ -29,9 +29,9 @@ NOT_SCORED = (f"not scored: the score needs at least {MIN_TRIALS} complete trial
 
 
 def ranked(ctx: ui.Context) -> pd.DataFrame:
-    """The sweep's test images, most suspect first (core.store.suspicion.suspects), with dataset, the models'
+    """The sweep's test images, most suspect first (core.store.queries.suspects), with dataset, the models'
     median entropy (the score's certainty is 1 minus it) and review mark."""
-    frame = ctx.sweep_aggregate("suspicion.suspects", ctx.sweep)
+    frame = ctx.sweep_aggregate("suspects", ctx.sweep)
     if frame.empty:
         return frame.assign(dataset=[], entropy=[], mark=[], note=[])
     datasets = ctx.query("images_by_id", tuple(int(i) for i in frame["image_id"]))[["image_id", "dataset"]]
@@ -100,16 +100,16 @@ def mark_controls(ctx: ui.Context, row: Any) -> None:
 def trust(ctx: ui.Context, frame: pd.DataFrame) -> str | None:
     """How far the ranking can be trusted: how many models vote and how good they are (their median test dice);
     with weak models a warning that the ranking is a shortlist (core.labels.SHORTLIST_BELOW_DICE). None before
-    two models vote."""
+    core.labels.MIN_TRIALS models vote."""
     voters = int(frame["trials"].max()) if frame["trials"].notna().any() else 0
     dice = ctx.complete()["test_dice"].dropna()
-    if voters < MIN_TRIALS or dice.empty:
+    if voters < labels.MIN_TRIALS or dice.empty:
         return None
     line = f"{voters} models vote, at a median test dice of {dice.median():.2f}."
     if dice.median() < labels.SHORTLIST_BELOW_DICE:
-        line = (f"⚠ {line} With models this weak the ranking is a shortlist to review, not a verdict: on planted "
-                "wrong masks (benchmarks/label_errors.py) models at test dice about 0.5 (BUSI sample) ranked a wrong "
-                "mask above a right one 79–83% of the time, models at about 0.73 (pet sample) 92–95%.")
+        line = (f"⚠ {line} With models this weak (median test dice below {labels.SHORTLIST_BELOW_DICE:.2f}) the "
+                "ranking is a shortlist to review, not a verdict: weak models are often unanimous, sure and wrong. How "
+                "often it finds planted wrong masks: docs/benchmarks.md, 'Suspect labels on planted errors'.")
     return line
 
 
@@ -127,9 +127,9 @@ def parts(row: Any) -> str:
 
 def card(ctx: ui.Context, rank: int, row: Any, size: int) -> None:
     """Image | mask as scored | consensus votes | consensus against the mask, the score's parts, the review."""
-    share = ctx.query("suspicion.consensus", ctx.sweep, int(row.image_id))
+    share = ctx.query("consensus", ctx.sweep, int(row.image_id))
     eval_size = int(share.shape[0]) if share is not None else size
-    majority = [encode_mask(share >= 0.5)] if share is not None and share.ndim == 2 and share.size else [None]
+    majority = [encode_mask(labels.majority(share, 1))] if share is not None and share.ndim == 2 and share.size else [None]
     p = ui.panels(ctx, row, eval_size, majority, display=PANEL_PX)
     votes = images.vote_panel(share, PANEL_PX) if share is not None else images.placeholder(PANEL_PX, "no votes stored")
     with st.container(border=True):
@@ -148,7 +148,7 @@ def card(ctx: ui.Context, rank: int, row: Any, size: int) -> None:
 
 
 def render(ctx: ui.Context) -> None:
-    if not ctx.query("suspicion.available"):
+    if not ctx.query("has_label_suspicion"):
         path = sqlite_path(ctx.url) if ctx.url.startswith("sqlite") else None
         st.info("This store predates the suspect-label score and review marks (schema version 4). The dashboard never "
                 f"upgrades it; `python -m jobs.upgrade --db {path or ctx.url}` does, in place, then reload.")

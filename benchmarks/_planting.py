@@ -1,0 +1,194 @@
+"""Planting wrong masks for benchmarks/label_errors.py: the kinds of error, and a dataset's test masks at their own
+size, read as the loader reads them, planted in memory or, in the copy a sweep trains on, in its files too. Only
+own_size_mask, as_scored and write_mask, side by side, touch core.data's mask rules (reading, scoring size, files).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+KINDS = ("erased", "grown", "shrunk", "shifted", "swapped")
+
+
+# -- kinds of error ----------------------------------------------------------------------------------------
+
+def grow(mask: np.ndarray) -> np.ndarray:
+    """The mask widened until its area is about doubled (or the image is full)."""
+    if not mask.any():
+        return mask.copy()
+    outside = ndimage.distance_transform_edt(~mask)
+    reach = np.sort(outside[~mask])
+    if not len(reach):
+        return mask.copy()
+    radius = reach[min(int(mask.sum()), len(reach)) - 1]
+    return mask | (outside <= radius)
+
+
+def shrink(mask: np.ndarray) -> np.ndarray:
+    """The mask narrowed to about half its area (its inner half by distance to the edge)."""
+    inside = ndimage.distance_transform_edt(mask)
+    depth = np.sort(inside[mask])[::-1]
+    if not len(depth):
+        return mask.copy()
+    cut = depth[len(depth) // 2]  # distances come in steps: of >= and >, the one nearer half the area
+    deep, deeper = inside >= cut, inside > cut
+    return min((deep, deeper), key=lambda m: abs(int(m.sum()) - len(depth) / 2))
+
+
+def shift(mask: np.ndarray) -> np.ndarray:
+    """The mask moved right and down by half its extent, at least a fifth of the image (no wrap-around)."""
+    h, w = mask.shape
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return mask.copy()
+    dy = max(int(np.ptp(rows) / 2), h // 5)
+    dx = max(int(np.ptp(cols) / 2), w // 5)
+    out = np.zeros_like(mask)
+    # away from the image's nearer edge, so most of the mask stays inside
+    sy = dy if rows.mean() < h / 2 else -dy
+    sx = dx if cols.mean() < w / 2 else -dx
+    src = mask[max(0, -sy):h - max(0, sy), max(0, -sx):w - max(0, sx)]
+    out[max(0, sy):max(0, sy) + src.shape[0], max(0, sx):max(0, sx) + src.shape[1]] = src
+    return out
+
+
+def resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask resized (nearest) to another image's (height, width)."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.Resampling.NEAREST)) > 0
+
+
+def planted_mask(kind: str, mask: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The wrong mask of one kind; `other` is another test image's mask (for 'swapped')."""
+    if kind == "erased":
+        return np.zeros_like(mask)
+    if kind == "swapped":
+        return resized(other, mask.shape)
+    return {"grown": grow, "shrunk": shrink, "shifted": shift}[kind](mask)
+
+
+# -- the dataset's masks: the only code here that uses core.data's mask rules ------------------------------
+
+def own_size_mask(root: Path, name: str, pair, foreground: tuple[int, ...] | None = None) -> np.ndarray:
+    """A test image's mask at its own size as the loader reads it: Oxford's trimap (pet and border are foreground)
+    or, for a folder's `pair` (core.data.folders.Pair), the union of its mask files."""
+    from core.data.dataset import open_trimap
+    from core.data.folder_dataset import read_pair
+    from core.data.layout import pet_mask, trimap_path
+
+    trimap = open_trimap(trimap_path(root, name)) if pair is None else read_pair(root, pair, foreground).trimap
+    if trimap is None or isinstance(trimap, str):
+        raise RuntimeError(f"cannot read the mask of {name} in {root}: {trimap or 'unreadable files'}")
+    return pet_mask(trimap)
+
+
+def as_scored(mask: np.ndarray, image_wh: tuple[int, int], size: int) -> np.ndarray:
+    """A mask at its file's size as the sweep scores it (core.data.dataset.trimap_as_scored, then pet_mask)."""
+    from core.data.dataset import trimap_as_scored
+    from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET, pet_mask
+
+    return pet_mask(trimap_as_scored(np.where(mask, TRIMAP_PET, TRIMAP_BACKGROUND), image_wh, size))
+
+
+def write_mask(root: Path, name: str, pair, mask: np.ndarray) -> None:
+    """A planted mask into the dataset's files, in its layout: Oxford's trimap, or a folder's first mask file (the
+    others removed)."""
+    from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET, trimap_path
+
+    if pair is None:
+        Image.fromarray(np.where(mask, TRIMAP_PET, TRIMAP_BACKGROUND).astype(np.uint8)).save(trimap_path(root, name))
+        return
+    first, *rest = pair.masks
+    for extra in rest:
+        (root / extra).unlink()
+    Image.fromarray(mask.astype(np.uint8) * 255).convert("1").save(root / first)
+
+
+class Layout:
+    """A dataset folder's test masks at their own size, read as the loader reads them; `write` and `drop_lesion`
+    plant in memory, and with `files` in the folder's files too (the copy a sweep trains on). Oxford's layout is
+    'pets'; any other (BUSI's CLASS/images/NAME.png with CLASS/mask/NAME_mask.png and NAME_mask_1.png for a second
+    lesion) 'ultrasound'."""
+
+    def __init__(self, root: Path, names: list[str], files: bool = False):
+        from core.data.sources import detect_layout, scan_folder
+
+        self.root, self.files = root, files
+        self.kind = "pets" if detect_layout(root) == "oxford-pets" else "ultrasound"
+        scan = None if self.kind == "pets" else scan_folder(root)
+        self.foreground = scan.foreground if scan else None
+        pairs = {p.name: p for p in scan.pairs} if scan else {}
+        self.pairs = {n: pairs.get(n) for n in names}  # None: Oxford's trimap
+        self.masks = {n: own_size_mask(root, n, self.pairs[n], self.foreground) for n in names}
+
+    def in_memory(self) -> "Layout":
+        """A copy whose plantings stay in memory (the files untouched), so many can be scored against one sweep."""
+        other = copy.copy(self)
+        other.files, other.masks, other.pairs = False, dict(self.masks), dict(self.pairs)
+        return other
+
+    def read(self, name: str) -> np.ndarray:
+        return self.masks[name]
+
+    def lesions(self, name: str) -> int:
+        pair = self.pairs[name]
+        return 1 if pair is None else len(pair.masks)
+
+    def write(self, name: str, mask: np.ndarray) -> None:
+        self.masks[name] = mask
+        if self.files:
+            write_mask(self.root, name, self.pairs[name], mask)
+
+    def drop_lesion(self, name: str) -> None:
+        """The mask keeps all of its mask files' lesions but the last."""
+        pair = self.pairs[name]
+        kept = replace(pair, masks=pair.masks[:-1])
+        if self.files:
+            (self.root / pair.masks[-1]).unlink()
+        self.pairs[name], self.masks[name] = kept, own_size_mask(self.root, name, kept, self.foreground)
+
+
+def plant(layout: Layout, test_names: list[str], share: float, seed: int, first_kind: int = 0) -> dict[str, str]:
+    """Give `share` of the test images (those with a non-empty mask) a wrong mask, the kinds in turn from
+    KINDS[first_kind]; returns name -> kind."""
+    rng = np.random.default_rng(seed)
+    masks = {name: layout.read(name) for name in test_names}
+    candidates = [n for n in test_names if masks[n].any()]
+    k = max(1, round(share * len(test_names)))
+    chosen = [candidates[i] for i in rng.permutation(len(candidates))[:k]]
+    two = [n for n in chosen if layout.lesions(n) > 1] + [n for n in candidates if layout.lesions(n) > 1 and n not in chosen]
+    kinds: dict[str, str] = {}
+    if layout.kind == "ultrasound" and two:  # one two-lesion mask loses a lesion
+        if two[0] not in chosen:
+            chosen[-1] = two[0]
+        kinds[two[0]] = "lesion removed"
+        layout.drop_lesion(two[0])
+    rest = [n for n in chosen if n not in kinds]
+    keep = [n for n in candidates if n not in chosen]
+    for j in range(len(rest)):
+        kind = KINDS[(first_kind + j) % len(KINDS)]
+        # a mask is grown where it can double: the smallest one left (a pet filling the frame has no room)
+        name = min(rest, key=lambda n: masks[n].mean()) if kind == "grown" else rest[0]
+        rest.remove(name)
+        other = masks[keep[int(rng.integers(len(keep)))]] if keep else masks[name][::-1]
+        layout.write(name, planted_mask(kind, masks[name], other))
+        kinds[name] = kind
+    return kinds
+
+
+def planted_truths(files: Layout, names: list[str], wh: list[tuple[int, int]], clean: np.ndarray, size: int,
+                   share: float, seed: int, first_kind: int = 0) -> tuple[np.ndarray, dict[str, str]]:
+    """The test truths at evaluation size (N, S, S) after planting in memory with `seed`, kinds from
+    KINDS[first_kind] (the files untouched), and name -> kind of the planted ones; `clean` are the unplanted
+    truths."""
+    memory = files.in_memory()
+    kinds = plant(memory, names, share, seed, first_kind)
+    truth = clean.astype(bool).copy()
+    for k, name in enumerate(names):
+        if name in kinds:
+            truth[k] = as_scored(memory.read(name), wh[k], size)
+    return truth, kinds
