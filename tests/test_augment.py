@@ -148,3 +148,27 @@ def test_reseed_restarts_the_sequence() -> None:
 def test_negative_strength_is_rejected() -> None:
     with pytest.raises(ValueError, match="rotate"):
         build_augment(AugmentConfig(rotate=-5.0))
+
+
+def test_mask_and_band_move_exactly_as_the_trimap_they_came_from(monkeypatch) -> None:
+    """Same seed, same draws: the (mask, band) pair equals what augmenting the trimap itself (out-of-frame =
+    background, the old pipeline) and reading it afterwards gives."""
+    import albumentations as A
+
+    from core.data import augment as aug
+    from core.data.layout import TRIMAP_BACKGROUND, trimap_truth
+
+    rng = np.random.default_rng(7)
+    image = _gradient(48)
+    trimap = rng.choice(np.array([1, 2, 3], np.uint8), (48, 48))
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rotate=30.0, scale_shift=0.2, brightness=0.2, contrast=0.2)
+    new = build_augment(cfg, seed=9)
+    monkeypatch.setattr(aug, "_OUTSIDE", TRIMAP_BACKGROUND)
+    old = A.Compose(aug._transforms(cfg), seed=9)
+    for _ in range(6):
+        out_image, out_mask, out_band = new(image, *trimap_truth(trimap))
+        was = old(image=image, mask=trimap)
+        np.testing.assert_array_equal(out_image, was["image"])
+        foreground, band = trimap_truth(was["mask"])
+        np.testing.assert_array_equal(out_mask, foreground)
+        np.testing.assert_array_equal(out_band, band)
