@@ -239,7 +239,6 @@ def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) 
     import numpy as np
     import torch
 
-    from core.data.layout import TRIMAP_VALUES
     from core.training import loop
 
     device = loop.select_device(cfg.device)
@@ -248,8 +247,8 @@ def trainer_step(cfg: "TrainConfig", optimizer: OptimizerFactory | None = None) 
     rng = np.random.default_rng(cfg.seed)
     shape = (cfg.batch_size, cfg.image_size, cfg.image_size)
     images = torch.from_numpy(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
-    trimaps = torch.from_numpy(rng.choice(np.array(TRIMAP_VALUES, np.uint8), shape))
-    x, target, _ = loop.Normalizer(device, channels_last)(images, trimaps)
+    masks = torch.from_numpy(rng.choice(np.array([True, False, True]), shape))  # 2/3 foreground
+    x, target, _ = loop.Normalizer(device, channels_last)(images, masks)
     loop.seed_everything(cfg.seed)
     factory = (lambda model, cfg, device: optimizer(model, cfg)) if optimizer else None
     model, built_optimizer, step = loop.build_step(cfg, device, amp, make_optimizer=factory)

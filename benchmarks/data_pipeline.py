@@ -36,7 +36,7 @@ from benchmarks._common import (
     set_threads,
     verdict,
 )
-from benchmarks.reference_loop import PetsDataset
+from benchmarks.reference_loop import ReportsDataset
 
 CACHE_TARGET = 1.0  # cached samples/s over decode-every-epoch samples/s: caching must pay
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{first:.2f} s ({n and len(data.infos) / first:.0f} images/s), from the cache {again:.3f} s")
 
     normalize = Normalizer(device, channels_last=False)
-    reference = torch.utils.data.DataLoader(PetsDataset(root, names, args.image_size), batch_size=args.batch_size,
+    reference = torch.utils.data.DataLoader(ReportsDataset(root, names, args.image_size), batch_size=args.batch_size,
                                             shuffle=True)
 
     def decode_epoch() -> float:
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def run() -> float:
             started, seen = time.perf_counter(), 0
-            for images, trimaps in epoch(next(rounds)):
-                x, target, _ = normalize(images, trimaps)  # what fit does next, so both end as float batches
+            for images, masks in epoch(next(rounds)):
+                x, target, _ = normalize(images, masks)  # what fit does next, so both end as float batches
                 seen += len(x)
             return seen / (time.perf_counter() - started)
         return run

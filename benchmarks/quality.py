@@ -16,7 +16,7 @@ ImageNet), on one machine, one after the other:
 Any folder the jobs take works (`--data ../shared/data/busi-sample`); the reference then reads each
 sample's image and masks from that folder on every access, as the reports' Dataset did. Both are
 scored on the same test masks (the core reader's, at the evaluation size); test images choose nothing
-in either. Also printed: the all-foreground floor (predicting "pet" everywhere),
+in either. Also printed: the all-foreground floor (predicting foreground everywhere),
 trials and epochs each used, and the sweep's wall time (its --timeout counts trial seconds;
 start-up and data preparation come on top). PASS when the sweep beats the reference by --target.
 """
@@ -33,19 +33,18 @@ import numpy as np
 
 from benchmarks._common import DEFAULT_DATA, FreshProcess, finish, header, parser, positive_int
 from benchmarks.reference_loop import ReferenceResult, train_for
-from core.data.layout import pet_mask
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.03  # test dice the sweep's model must gain over the reference
 
 
-def all_foreground_dice(trimaps: np.ndarray) -> float:
-    """Mean per-image dice of predicting the whole image as pet (the floor any model must beat)."""
+def all_foreground_dice(masks: np.ndarray) -> float:
+    """Mean per-image dice of predicting the whole image as foreground (the floor any model must beat)."""
     import torch
 
     from core.metrics import mask_scores
 
-    truth = pet_mask(torch.from_numpy(np.asarray(trimaps)))
+    truth = torch.from_numpy(np.asarray(masks, dtype=bool))
     return float(mask_scores(torch.ones_like(truth), truth).dice.double().mean())
 
 
@@ -60,8 +59,8 @@ def reference(arch: str, root: str, seconds: float, size: int, seed: int = 0) ->
     """The plain loop for `seconds`, scored against the core reader's masks (run in a fresh process)."""
     data = load(root, size)
     names = {s: [data.infos[i].name for i in data.indices(s)] for s in ("train", "val", "test")}
-    return train_for(arch, Path(root), seconds, size, names["train"], names["val"], data.trimaps[data.indices("val")],
-                     names["test"], data.trimaps[data.indices("test")], seed=seed)
+    return train_for(arch, Path(root), seconds, size, names["train"], names["val"], data.masks[data.indices("val")],
+                     names["test"], data.masks[data.indices("test")], seed=seed)
 
 
 def sweep(arch: str, root: Path, seconds: float, size: int, db: str, name: str, extra: list[str]) -> dict:
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load(root, args.image_size)
     except DataError as exc:
         p.error(f"--data {root}: {exc}")
-    floor = all_foreground_dice(data.trimaps[data.indices("test")])
+    floor = all_foreground_dice(data.masks[data.indices("test")])
     print(f"   {data.name}: {len(data.indices('train'))} train / {len(data.indices('val'))} val / "
           f"{len(data.indices('test'))} test images at {args.image_size} px; all-foreground floor {floor:.4f}")
     verdicts = []

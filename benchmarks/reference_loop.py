@@ -16,15 +16,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core.data.layout import image_path, pet_mask, trimap_path
+from core.data.layout import LAYOUT_SOURCES, image_path, trimap_foreground, trimap_path
 
 LR = 1e-4
 BCE_WEIGHT, DICE_WEIGHT = 0.3, 0.7
 BATCH_SIZE = 8
 
 
-class PetFiles:
-    """The reports' reads of one sample: images/NAME.jpg and its trimap, decoded on every access."""
+class OxfordFiles:
+    """The reports' reads of one sample: images/NAME.jpg and its trimap's foreground (uint8 0/1), decoded on
+    every access."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -33,12 +34,12 @@ class PetFiles:
         from PIL import Image
 
         return (np.array(Image.open(image_path(self.root, name)).convert("RGB")),
-                np.array(Image.open(trimap_path(self.root, name))))
+                trimap_foreground(np.array(Image.open(trimap_path(self.root, name)))).astype(np.uint8))
 
 
 class FolderFiles:
     """The same reads from a user's folder: the image and its masks, united, as core.data reads them
-    (trimap values 1 = foreground, 2 = background), decoded on every access."""
+    (uint8 0/1), decoded on every access."""
 
     def __init__(self, root: Path, foreground: tuple[int, ...] | None = None):
         from core.data.sources import scan_folder
@@ -51,19 +52,19 @@ class FolderFiles:
         from core.data.folder_dataset import read_pair
 
         read = read_pair(self.root, self.pairs[name], self.foreground)
-        if read.image is None or read.trimap is None:
+        if read.image is None or read.mask is None:
             raise OSError(f"cannot read {name}: {read.unreadable}")
-        return np.array(read.image), read.trimap
+        return np.array(read.image), read.mask.astype(np.uint8)
 
 
 def sample_reader(root: Path) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
     """How the reports' loop reads a sample of the dataset at `root`: its files, as that layout keeps them."""
     from core.data.sources import detect_layout
 
-    return PetFiles(root) if detect_layout(Path(root)) in ("oxford-pets", "synthetic") else FolderFiles(root)
+    return OxfordFiles(root) if detect_layout(Path(root)) in LAYOUT_SOURCES else FolderFiles(root)
 
 
-class PetsDataset:
+class ReportsDataset:
     """The lab reports' Dataset: decode, resize and (when `train`) augment every sample on every access.
 
     `root` is a dataset folder (its layout's reader: sample_reader) or a reader itself."""
@@ -80,7 +81,7 @@ class PetsDataset:
         self.names = list(names)
         augment = [
             A.HorizontalFlip(p=0.5),
-            A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=2, p=1.0),
+            A.Rotate(limit=15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0),
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
         ] if train else []
         self.transform = A.Compose([A.Resize(size, size), *augment, A.Normalize(mean=MEAN, std=STD), ToTensorV2()])
@@ -89,10 +90,9 @@ class PetsDataset:
         return len(self.names)
 
     def __getitem__(self, i: int):
-        image, trimap = self.read(self.names[i])
-        out = self.transform(image=image, mask=trimap)
-        mask = pet_mask(out["mask"]).float().unsqueeze(0)
-        return out["image"], mask
+        image, mask = self.read(self.names[i])
+        out = self.transform(image=image, mask=mask)
+        return out["image"], out["mask"].float().unsqueeze(0)
 
 
 def reference_model(arch: str, width: float = 1.0, seed: int = 0):
@@ -134,27 +134,26 @@ class ReferenceResult:
     seconds: float
 
 
-def per_image_dice(model, root: Path | Callable[[str], tuple[np.ndarray, np.ndarray]], names: Sequence[str], trimaps: np.ndarray, size: int) -> np.ndarray:
-    """Dice of each image against `trimaps` (the shared ground truth), inputs prepared as the reports did."""
+def per_image_dice(model, root: Path | Callable[[str], tuple[np.ndarray, np.ndarray]], names: Sequence[str], masks: np.ndarray, size: int) -> np.ndarray:
+    """Dice of each image against `masks` (the shared ground truth, bool), inputs prepared as the reports did."""
     import torch
 
     from core.metrics import image_scores
 
-    dataset = PetsDataset(root, names, size, train=False)
+    dataset = ReportsDataset(root, names, size, train=False)
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(names), 32):
             chunk = range(start, min(len(names), start + 32))
             x = torch.stack([dataset[i][0] for i in chunk])
-            trimap = torch.from_numpy(trimaps[start:start + len(chunk)]).unsqueeze(1)
-            target = pet_mask(trimap).float()
-            out.append(image_scores(model(x), target, trimap).dice.double().numpy())
+            target = torch.from_numpy(masks[start:start + len(chunk)]).unsqueeze(1).float()
+            out.append(image_scores(model(x), target).dice.double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def train_for(arch: str, root: Path, seconds: float, size: int, train: Sequence[str], val: Sequence[str],
-              val_trimaps: np.ndarray, test: Sequence[str], test_trimaps: np.ndarray, width: float = 1.0,
+              val_masks: np.ndarray, test: Sequence[str], test_masks: np.ndarray, width: float = 1.0,
               seed: int = 0) -> ReferenceResult:
     """Train the plain loop for `seconds` (whole epochs; the last one may run over), validating after
     each epoch and keeping the best weights, then score every test image with them."""
@@ -162,17 +161,17 @@ def train_for(arch: str, root: Path, seconds: float, size: int, train: Sequence[
 
     model, optimizer, criterion = reference_model(arch, width, seed)
     root = sample_reader(root)  # scanned once; each sample is still decoded on every access
-    loader = torch.utils.data.DataLoader(PetsDataset(root, train, size), batch_size=BATCH_SIZE, shuffle=True)
+    loader = torch.utils.data.DataLoader(ReportsDataset(root, train, size), batch_size=BATCH_SIZE, shuffle=True)
     started = time.perf_counter()
     best_val, best_epoch, best_state, epoch = -1.0, -1, None, 0
     while time.perf_counter() - started < seconds:
         train_epoch(model, optimizer, criterion, loader)
-        dice = float(per_image_dice(model, root, val, val_trimaps, size).mean())
+        dice = float(per_image_dice(model, root, val, val_masks, size).mean())
         if dice > best_val:
             best_val, best_epoch, best_state = dice, epoch, copy.deepcopy(model.state_dict())
         epoch += 1
     elapsed = time.perf_counter() - started
     if best_state is not None:
         model.load_state_dict(best_state)
-    scores = per_image_dice(model, root, test, test_trimaps, size)
+    scores = per_image_dice(model, root, test, test_masks, size)
     return ReferenceResult(float(scores.mean()), scores, best_val, best_epoch, epoch, elapsed)

@@ -49,22 +49,22 @@ TIME_TARGET_S = 1.0
 BYTES_TARGET = 1024
 
 
-def pet_masks(root: Path, size: int, count: int) -> list:
+def sample_masks(root: Path, size: int, count: int) -> list:
     import numpy as np
     from PIL import Image
 
-    from core.data.layout import TRIMAPS_DIR, pet_mask
+    from core.data.layout import TRIMAPS_DIR, trimap_foreground
 
     trimaps = sorted((root / TRIMAPS_DIR).glob("*.png"))
     if not trimaps:
         raise SystemExit(f"error: no trimaps under {root / TRIMAPS_DIR}")
-    shapes = [pet_mask(np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST))) for t in trimaps]
+    shapes = [trimap_foreground(np.asarray(Image.open(t).resize((size, size), Image.Resampling.NEAREST))) for t in trimaps]
     return [shapes[i % len(shapes)] if (i // len(shapes)) % 2 == 0 else shapes[i % len(shapes)][:, ::-1]
             for i in range(count)]
 
 
-def pet_images(root: Path, size: int, count: int) -> list:
-    """The sample's photos of the trimaps pet_masks reads, at the mask size, cycled and mirrored alike."""
+def sample_images(root: Path, size: int, count: int) -> list:
+    """The sample's photos of the trimaps sample_masks reads, at the mask size, cycled and mirrored alike."""
     import numpy as np
     from PIL import Image
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.store.schema import sweep_image_votes, sweep_images
 
     header("store writes: one trial's per-image results, diagnostics and masks on SQLite", args)
-    masks = pet_masks(args.data.resolve(), args.mask_size, args.images)
+    masks = sample_masks(args.data.resolve(), args.mask_size, args.images)
     rng = np.random.default_rng(0)
     dice, iou, dnb = rng.random(args.images), rng.random(args.images), rng.random(args.images)
     period = min(args.images, 2 * len(list((args.data.resolve() / "annotations" / "trimaps").glob("*.png"))))
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = np.array([ids[f"img_{i}"] for i in range(args.images)], dtype=np.int64)
         if not args.no_truths:  # as a trial run records them before it closes: the closes score every image
             store.record_truths(image_ids, args.mask_size, [np.roll(m, 3, axis=1) for m in masks],
-                                pet_images(args.data.resolve(), args.mask_size, args.images))
+                                sample_images(args.data.resolve(), args.mask_size, args.images))
         number = iter(range(10**6))
         trials: list[int] = []
         timed_add_trial = UpkeepTimer()  # the summaries' and votes' upkeep inside each timed finish_trial

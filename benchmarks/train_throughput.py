@@ -56,7 +56,7 @@ from benchmarks._common import (
     trainer_step,
     verdict,
 )
-from benchmarks.reference_loop import PetsDataset, reference_model, train_epoch
+from benchmarks.reference_loop import ReportsDataset, reference_model, train_epoch
 
 TARGETS = {"unet": 2.0, "resnet34_unet": 1.3}  # trainer / reference at 64 px, batch 8, width 1.0
 FLOP_TARGET = 0.60
@@ -76,7 +76,7 @@ def reference_run(arch: str, width: float, root: str, names: list[str], size: in
 
     cv2.setNumThreads(opencv_threads)
     model, optimizer, criterion = reference_model(arch, width, seed)
-    loader = torch.utils.data.DataLoader(PetsDataset(Path(root), names, size), batch_size=batch_size, shuffle=True)
+    loader = torch.utils.data.DataLoader(ReportsDataset(Path(root), names, size), batch_size=batch_size, shuffle=True)
     for _ in range(2):
         started = time.perf_counter()
         seen = train_epoch(model, optimizer, criterion, loader)
@@ -102,7 +102,8 @@ def bench_dataset(root: Path, image_size: int, train_images: int, cache_dir: Pat
         val = data.indices("test")[:1]
     keep = np.concatenate([train, val])
     infos = [dataclasses.replace(data.infos[i], split="train" if k < len(train) else "val") for k, i in enumerate(keep)]
-    subset = PreparedDataset(data.root, data.source, image_size, infos, data.images[keep], data.trimaps[keep])
+    subset = PreparedDataset(data.root, data.source, image_size, infos, data.images[keep], data.masks[keep],
+                            None if data.ignore is None else data.ignore[keep])
     return subset, [data.infos[i].name for i in train]
 
 

@@ -1,4 +1,4 @@
-"""Per-image segmentation scores (Dice, IoU, Dice ignoring the trimap border), vectorized over a batch,
+"""Per-image segmentation scores (Dice, IoU, Dice off the ignore band), vectorized over a batch,
 and the diagnostics that say why an image fails (error areas, boundary, components, confidence).
 
 Scores are per image so they can be stored per image, and a split's score is the mean over
@@ -16,15 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.data.layout import TRIMAP_BORDER
-
 
 @dataclass
 class ImageScores:
     """Per-image scores, each (N,) float32 in [0, 1]."""
     dice: Tensor
     iou: Tensor
-    dice_no_border: Tensor  # Dice over pixels off the trimap's border band (= dice when no trimap given)
+    dice_no_border: Tensor  # Dice over pixels off the ignore band (e.g. Oxford-IIIT Pet's trimap border); = dice without one
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -52,25 +50,26 @@ def predicted_mask(logits: Tensor, threshold: float = THRESHOLD) -> Tensor:
     return logits.float() > math.log(threshold / (1 - threshold))
 
 
-def image_scores(logits: Tensor, target: Tensor, trimap: Tensor | None = None,
+def image_scores(logits: Tensor, target: Tensor, ignore: Tensor | None = None,
                  threshold: float = THRESHOLD) -> ImageScores:
-    """Dice, IoU and border-free Dice of each image of a batch.
+    """Dice, IoU and Dice off the ignore band of each image of a batch.
 
-    logits (N,1,H,W); target (N,1,H,W) in {0,1}; trimap (N,1,H,W) or (N,H,W) with the values of
-    core.data.layout (foreground, background, border). A pixel is predicted foreground when sigmoid(logit) > threshold,
+    logits (N,1,H,W); target (N,1,H,W) in {0,1}; ignore (N,1,H,W) or (N,H,W) bool, the band of ambiguous
+    pixels (e.g. Oxford-IIIT Pet's trimap border), or None. A pixel is predicted foreground when sigmoid(logit) > threshold,
     i.e. logit > logit(threshold) (a logit of exactly 0 is background at threshold 0.5).
     An image whose prediction and target are both empty scores 1.0.
     """
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-    return mask_scores(predicted_mask(logits, threshold), target > 0.5, trimap)
+    return mask_scores(predicted_mask(logits, threshold), target > 0.5, ignore)
 
 
-def mask_scores(pred: Tensor, truth: Tensor, trimap: Tensor | None = None) -> ImageScores:
-    """Dice, IoU and border-free Dice of predicted masks against true masks, bool (N, ...) each.
+def mask_scores(pred: Tensor, truth: Tensor, ignore: Tensor | None = None) -> ImageScores:
+    """Dice, IoU and Dice off the ignore band of predicted masks against true masks, bool (N, ...) each.
 
     What `image_scores` measures once the logits are thresholded, for masks that exist without
-    logits; trimap (N, ...) holds the same pixels. Both masks empty scores 1.0.
+    logits; ignore (N, ...) bool holds the same pixels: the band (e.g. Oxford-IIIT Pet's trimap border)
+    that dice_no_border leaves out; without one dice_no_border is dice. Both masks empty scores 1.0.
     """
     n = pred.shape[0]
     pred, truth = pred.reshape(n, -1), truth.reshape(n, -1)  # (N, H*W) bool
@@ -80,12 +79,12 @@ def mask_scores(pred: Tensor, truth: Tensor, trimap: Tensor | None = None) -> Im
     total = pred.sum(1) + truth.sum(1)
     dice = _ratio(2 * intersection, total)
     iou = _ratio(intersection, total - intersection)
-    if trimap is None:
+    if ignore is None:
         dice_no_border = dice
     else:
-        valid = (trimap != TRIMAP_BORDER).reshape(n, -1)
+        valid = ~ignore.reshape(n, -1).bool()
         if valid.shape != pred.shape:
-            raise ValueError(f"trimap {tuple(valid.shape)} and pred {tuple(pred.shape)} differ in size")
+            raise ValueError(f"ignore {tuple(valid.shape)} and pred {tuple(pred.shape)} differ in size")
         dice_no_border = _dice(pred & valid, truth & valid)
     return ImageScores(dice=dice, iou=iou, dice_no_border=dice_no_border)
 

@@ -35,10 +35,10 @@ from core.store.db import (
     normalize_url,
     sqlite_path,
 )
+from core.data.layout import has_breeds, has_ignore_band
 from core.store.engine import error_detail
 from core.store.schema import utc_now
 from dashboard import images
-from dashboard.wording import Wording, wording_of
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_TTL_S = 5
@@ -58,7 +58,7 @@ READ_ONLY_FLAG = "--read-only"
 UPGRADE_HELP = ("This results store has schema version 1: it holds dice, border-aware dice and IoU per image, but not "
                 "why each image fails (failure modes, precision and recall, Boundary IoU, HD95, false-positive blobs, "
                 "entropy). The dashboard never writes; upgrade the store in place (its old trials are backfilled from "
-                "their masks and the dataset's trimaps), then reload:\n\n```\npython -m jobs.upgrade --db {db}\n```\n\n"
+                "their masks and the dataset's ground truth), then reload:\n\n```\npython -m jobs.upgrade --db {db}\n```\n\n"
                 "Running `jobs.train` or `jobs.sweep` on it upgrades it too.")
 CREATE_HELP = """**Create one** by running a sweep from the repository folder, then reload this page:
 
@@ -124,23 +124,26 @@ class Context:
     diagnostics: bool = True  # the store has the v2 per-image diagnostics (a v1 store read as it is has not)
     kinds: dict[str, dict[str, Any]] | None = None  # the sweep's datasets: name -> source, layout, root
 
-    @property
-    def words(self) -> Wording:
-        """Pet words on pet data, neutral ones on the user's own images (dashboard.wording)."""
+    def sources(self) -> list[str | None]:
+        """datasets.source of each dataset of the sweep (None where the store does not describe it)."""
         datasets = self.trials["dataset"].unique().tolist() if len(self.trials) else []
-        kinds = self.kinds or {}
-        return wording_of((kinds.get(d) or {}).get("source") for d in datasets)
+        return [((self.kinds or {}).get(d) or {}).get("source") for d in datasets]
 
     @property
-    def pets(self) -> bool:
-        """The sweep's data is pet data: breeds, species and a trimap whose border band border-aware dice leaves out."""
-        return self.words.pets
+    def has_breeds(self) -> bool:
+        """Every dataset of the sweep has breeds and species (core.data.layout.has_breeds)."""
+        return all(has_breeds(s) for s in self.sources())
+
+    @property
+    def has_ignore_band(self) -> bool:
+        """Every dataset of the sweep has an ignore band, which border-aware dice leaves out (core.data.layout)."""
+        return all(has_ignore_band(s) for s in self.sources())
 
     @property
     def metrics(self) -> list[str]:
-        """The per-image metrics this store holds, in menu order (border-aware dice only where there is a border)."""
+        """The per-image metrics this store holds, in menu order (border-aware dice only where there is a band)."""
         shown = list(METRIC_LABELS) if self.diagnostics else list(queries.V1_METRICS)
-        return shown if self.pets else [m for m in shown if m != "dice_no_border"]
+        return shown if self.has_ignore_band else [m for m in shown if m != "dice_no_border"]
 
     def upgrade_note(self) -> None:
         """On a v1 store: what is missing and the command that upgrades it."""
@@ -376,7 +379,7 @@ def image_files(ctx: Context, image: Any, eval_size: int) -> images.ImageFiles:
     truth = ctx.query("truth_pngs", (int(image_id),), int(eval_size)).get(int(image_id)) if image_id is not None else None
     path = get("path")
     return images.image_files(kind.get("root"), name, path if isinstance(path, str) else None,
-                              wording_of([kind.get("source")]).pets, truth)
+                              has_ignore_band(kind.get("source")), truth)
 
 
 def panels(ctx: Context, image: Any, eval_size: int, pngs: Iterable[bytes | None], display: int = 192) -> images.Panels:
@@ -386,7 +389,7 @@ def panels(ctx: Context, image: Any, eval_size: int, pngs: Iterable[bytes | None
 
 
 def legend(ctx: Context) -> None:
-    st.markdown(images.legend_html(ctx.words.thing, trimap=ctx.pets), unsafe_allow_html=True)
+    st.markdown(images.legend_html(band=ctx.has_ignore_band), unsafe_allow_html=True)
 
 
 # -- review marks ------------------------------------------------------------------------------

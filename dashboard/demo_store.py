@@ -2,7 +2,7 @@
 
 It records a dataset the way the jobs do (`core.data.dataset.prepare_dataset` + `Store` write
 methods), then invents trials whose per-image predictions are the ground truth perturbed
-(shifted, partly missed, with a spurious blob), more so for small and dark pets and for
+(shifted, partly missed, with a spurious blob), more so for small and dark objects and for
 trials with worse hyperparameters. Scores are measured on those masks, so every dice in the
 store matches the mask stored beside it. One Optuna study per architecture, with the same
 trials, lives in the same database, as a real sweep leaves it.
@@ -12,7 +12,7 @@ as a paired-folders dataset with two groups (site-a/, site-b/; names with spaces
 non-square files), some of whose masks are wrong on purpose (erased, shifted, another image's). The
 store records the truth as scored, so the suspect-label score (core.labels) ranks those first.
 
-    python -m dashboard.demo_store --db demo.db --data /path/to/oxford-pets-like-folder --folder /tmp/folder-demo
+    python -m dashboard.demo_store --db demo.db --data /path/to/oxford-iiit-pet-like-folder --folder /tmp/folder-demo
 """
 from __future__ import annotations
 
@@ -87,10 +87,10 @@ def _predict(rng: np.random.Generator, truth: np.ndarray, error: float) -> np.nd
     shift = rng.integers(-1, 2, size=2) * int(round(error * s * 0.2))
     pred = np.roll(truth, tuple(int(v) for v in shift), axis=(0, 1))
     yy, xx = np.mgrid[0:s, 0:s]
-    if error > 0.1:  # part of the pet missed
+    if error > 0.1:  # part of the object missed
         cy, cx = rng.uniform(0, s, 2)
         pred &= (yy - cy) ** 2 + (xx - cx) ** 2 > (error * s * 0.45) ** 2
-    if error > 0.25:  # something else taken for the pet
+    if error > 0.25:  # something else taken for the object
         cy, cx = rng.uniform(0, s, 2)
         pred |= (yy - cy) ** 2 + (xx - cx) ** 2 < (error * s * 0.3) ** 2
     return pred
@@ -111,10 +111,10 @@ def _curves(rng: np.random.Generator, quality: float, n: int) -> list[dict[str, 
 
 def _record_trials(store: Store, demo: DemoStore, sweep: str, archs: tuple[str, ...], dataset: str, image_size: int,
                    rng: np.random.Generator, running: bool, image_ids: list[int], real: np.ndarray, scored: np.ndarray,
-                   trimaps: np.ndarray | None, hardness: np.ndarray, ease: np.ndarray | None = None) -> None:
+                   ignore: np.ndarray | None, hardness: np.ndarray, ease: np.ndarray | None = None) -> None:
     """Every trial of a sweep, per architecture STATES (the last one running when `running`), with its Optuna
     study: predictions damage the `real` masks, scores measure them against the masks as `scored` (the same
-    unless a label is wrong on purpose); `ease` scales each image's damage down (1 = as hard as the rest)."""
+    unless a label is wrong on purpose) and the ignore band where there is one; `ease` scales each image's damage down (1 = as hard as the rest)."""
     n = len(image_ids)
     distributions = {name: optuna.distributions.FloatDistribution(lo, hi, log=log)
                      for name, (lo, hi, log) in SEARCH.items()}
@@ -139,12 +139,12 @@ def _record_trials(store: Store, demo: DemoStore, sweep: str, archs: tuple[str, 
                 store.record_epoch(tid, e, **row)
             best_val = max(r["val_dice"] for r in curve)
             if state == "complete":
-                # small pets suffer more with little Dice in the loss: the tail, not the mean, moves
+                # small objects suffer more with little Dice in the loss: the tail, not the mean, moves
                 error = np.clip((1 - quality) * (0.8 + 4.5 * hardness ** 1.5) * (1.25 - 0.5 * p["dice_weight"])
                                 + rng.normal(0, 0.04, n), 0, 1) * (1.0 if ease is None else ease)
                 preds = [_predict(rng, t, float(err)) for t, err in zip(real, error)]
                 scores = mask_scores(torch.from_numpy(np.stack(preds)), torch.from_numpy(scored),
-                                     None if trimaps is None else torch.from_numpy(trimaps))
+                                     None if ignore is None else torch.from_numpy(ignore))
                 # diagnostics measured on the masks; the entropy (no probabilities here) is invented, higher
                 # where the prediction is worse, as a model that knows when it fails would have it: worse against
                 # the real mask (a wrong label does not make the model unsure)
@@ -189,12 +189,12 @@ def build_demo_store(db: str, data_root: str | Path, *, sweep: str = "demo-64px"
                      image_ids=ids, test_images=[data.infos[i].name for i in test])
     truths = data.masks[test].astype(bool)
     store.record_truths([ids[n] for n in demo.test_images], image_size, truths, data.images[test])  # as a sweep does
-    trimaps = data.trimaps[test]
+    ignore = None if data.ignore is None else data.ignore[test]
     fg = np.array([data.infos[i].fg_fraction for i in test])
     dark = np.array([data.infos[i].brightness for i in test])
     hardness = _hardness(rng, fg, dark)  # per image, shared by every model
     _record_trials(store, demo, sweep, tuple(archs), data.name, image_size, rng, running,
-                   [ids[n] for n in demo.test_images], truths, truths, trimaps, hardness)
+                   [ids[n] for n in demo.test_images], truths, truths, ignore, hardness)
     store.dispose()
     return demo
 
@@ -295,8 +295,8 @@ def build_folder_sweep(db: str, out: str | Path, data: PreparedDataset, *, sweep
 
 def build_demo_sweeps(db: str, data_root: str | Path, folder: str | Path, *, sweep: str = "demo-64px",
                       image_size: int = 64) -> tuple[DemoStore, FolderDemo]:
-    """Both demo sweeps in `db`: the user-folder one written under `folder` first, then the pet one over
-    `data_root`, which so stays the most recent (the one the dashboard opens)."""
+    """Both demo sweeps in `db`: the user-folder one written under `folder` first, then the Oxford-IIIT Pet layout
+    one over `data_root`, which so stays the most recent (the one the dashboard opens)."""
     data = prepare_dataset(data_root, image_size, log=lambda _msg: None)
     own = build_folder_sweep(db, folder, data, image_size=image_size)
     return build_demo_store(db, data_root, sweep=sweep, image_size=image_size, data=data), own

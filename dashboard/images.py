@@ -6,7 +6,8 @@ never opened. A missing or unreadable file becomes a grey placeholder with a sho
 
 The ground truth is the one the evaluation scored, where the store keeps it (schema v4
 truth_masks), so an overlay never differs from what was measured; an older store's is rebuilt
-from the Oxford-IIIT Pet trimap. Error classes are computed at the evaluation size (the stored
+by the Oxford-IIIT Pet reader (core.data.dataset), which also gives the ignore band shaded grey where the
+data has one. Error classes are computed at the evaluation size (the stored
 mask's size, where the dice was measured) and then enlarged onto a sharper copy of the photo for
 display. Photos are squashed to a square, as the models saw them.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.data.dataset import trimap_as_scored
-from core.data.layout import TRIMAP_BORDER, image_rel, pet_mask, trimap_rel
+from core.data.dataset import mask_as_scored
+from core.data.layout import image_rel, trimap_rel, trimap_truth
 from core.store.mask_png import decode_mask
 
 REFUSED = "refused: outside dataset root"
@@ -29,28 +30,28 @@ FP_COLOR = (230, 159, 0)    # orange: predicted foreground where the ground trut
 FN_COLOR = (86, 180, 233)   # sky blue: foreground the model missed
 TP_COLOR = (255, 255, 255)  # white tint: foreground found
 ALPHA = {"tp": 0.35, "fp": 0.7, "fn": 0.7}
-LEGEND = (  # {thing}: "pet" on pet data, "object" on the user's own (dashboard.wording)
-    ("false positive: predicted {thing}, really background", FP_COLOR),
-    ("false negative: {thing} the model missed", FN_COLOR),
-    ("correct {thing} (white tint)", TP_COLOR),
+LEGEND = (
+    ("false positive: predicted object, really background", FP_COLOR),
+    ("false negative: object the model missed", FN_COLOR),
+    ("correct object (white tint)", TP_COLOR),
 )
-TRUTH_SHADES = {"pet": 255, "border": 140, "background": 0}
+TRUTH_SHADES = {"foreground": 255, "ignore": 140, "background": 0}
 
 
 @dataclass(frozen=True)
 class ImageFiles:
-    """Where one image's pictures come from: its file, and its ground truth as scored or its trimap."""
+    """Where one image's pictures come from: its file, its ground truth as scored, the file of its ignore band."""
 
     root: str | None             # the dataset root the store recorded (None: not recorded)
     image: str                   # the image file relative to root ('/'-separated)
-    trimap: str | None = None    # Oxford-IIIT Pet and synthetic: the trimap relative to root
+    band: str | None = None      # data with an ignore band: the file it is read from (Oxford-IIIT Pet's trimap)
     truth_png: bytes | None = None  # v4: the ground truth exactly as scored at the evaluation size (1-bit PNG)
 
 
-def image_files(root: str | None, name: str, path: str | None, pets: bool, truth_png: bytes | None = None) -> ImageFiles:
-    """An image's files from its store row: images.path where recorded (the user's own folders), else the pet
-    layout's images/NAME.jpg; a trimap only on pet data."""
-    return ImageFiles(root, path or image_rel(name), trimap_rel(name) if pets else None, truth_png)
+def image_files(root: str | None, name: str, path: str | None, band: bool, truth_png: bytes | None = None) -> ImageFiles:
+    """An image's files from its store row: images.path where recorded (the user's own folders), else the Oxford
+    layout's images/NAME.jpg; the trimap holding the ignore band only where the data has one (`band`)."""
+    return ImageFiles(root, path or image_rel(name), trimap_rel(name) if band else None, truth_png)
 
 
 @dataclass
@@ -116,16 +117,19 @@ def image_wh(root: str | Path, relative: str) -> tuple[int, int] | None:
         return None
 
 
-def load_trimap(root: str | Path, relative: str, size: int, photo_wh: tuple[int, int] | None = None) -> Loaded:
-    """The trimap at root/relative (core.data.layout's values) at (size, size) exactly as the evaluation scored
-    it (core.data.dataset.trimap_as_scored: to its photo's size `photo_wh` first, then to size)."""
+def load_band(root: str | Path, relative: str, size: int,
+              photo_wh: tuple[int, int] | None = None) -> tuple[Loaded, np.ndarray | None]:
+    """(foreground, ignore band) of the Oxford-IIIT Pet trimap at root/relative at (size, size), bool, exactly as
+    the evaluation scored them (core.data.dataset.mask_as_scored: to the photo's size `photo_wh` first, then
+    to size; core.data.layout.trimap_truth)."""
     im, note = _open(root, relative)
     if im is None:
-        return Loaded(None, note)
+        return Loaded(None, note), None
     arr = np.asarray(im)
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return Loaded(trimap_as_scored(arr, photo_wh or (arr.shape[1], arr.shape[0]), size))
+    foreground, ignore = trimap_truth(mask_as_scored(arr, photo_wh or (arr.shape[1], arr.shape[0]), size))
+    return Loaded(foreground), ignore
 
 
 def placeholder(size: int, note: str) -> np.ndarray:
@@ -149,12 +153,12 @@ def _enlarge(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
 
 
-def truth_panel(truth: np.ndarray, size: int, trimap: np.ndarray | None = None) -> np.ndarray:
-    """Ground truth as grey levels: foreground white, background black, and where a trimap of the same size is
-    given its border band grey (the outline border-aware dice leaves out)."""
-    shades = np.where(truth.astype(bool), TRUTH_SHADES["pet"], TRUTH_SHADES["background"]).astype(np.uint8)
-    if trimap is not None and trimap.shape == truth.shape:
-        shades[trimap == TRIMAP_BORDER] = TRUTH_SHADES["border"]
+def truth_panel(truth: np.ndarray, size: int, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Ground truth as grey levels: foreground white, background black, and where an ignore band of the same size
+    is given, the band grey (the pixels border-aware dice leaves out)."""
+    shades = np.where(truth.astype(bool), TRUTH_SHADES["foreground"], TRUTH_SHADES["background"]).astype(np.uint8)
+    if ignore is not None and ignore.shape == truth.shape:
+        shades[ignore.astype(bool)] = TRUTH_SHADES["ignore"]
     big = np.asarray(Image.fromarray(shades).resize((size, size), Image.Resampling.NEAREST))
     return np.repeat(big[..., None], 3, axis=2)
 
@@ -212,22 +216,22 @@ class Panels:
 def make_panels(files: ImageFiles, eval_size: int, display: int, preds: list[np.ndarray | None]) -> Panels:
     """Photo, ground truth and one overlay per predicted mask (None: no mask stored) for an image.
 
-    The truth is files.truth_png (as scored) where stored, else the trimap's pet mask; the trimap, where the
-    data has one, also shades its border band grey.
+    The truth is files.truth_png (as scored) where stored, else the foreground read with the ignore band; the
+    band, where the data has one, is shaded grey.
     """
     notes: list[str] = []
     missing = Loaded(None, "dataset root not recorded")
     photo = load_photo(files.root, files.image, display) if files.root is not None else missing
-    trimap = Loaded(None)
-    if files.trimap is not None:
-        trimap = (load_trimap(files.root, files.trimap, eval_size, image_wh(files.root, files.image))
-                  if files.root is not None else missing)
+    read, ignore = Loaded(None), None
+    if files.band is not None:
+        read, ignore = (load_band(files.root, files.band, eval_size, image_wh(files.root, files.image))
+                        if files.root is not None else (missing, None))
     truth = None
     if files.truth_png is not None:
         truth = fit(decode_mask(files.truth_png), eval_size)
-    elif trimap.array is not None:
-        truth = pet_mask(trimap.array)
-    for loaded in (photo, trimap if truth is None else Loaded(None)):
+    elif read.array is not None:
+        truth = read.array
+    for loaded in (photo, read if truth is None else Loaded(None)):
         if loaded.note and loaded.note not in notes:
             notes.append(loaded.note)
     overlays = []
@@ -238,23 +242,23 @@ def make_panels(files: ImageFiles, eval_size: int, display: int, preds: list[np.
         overlays.append(overlay(photo.array, truth, fit(pred, eval_size), display))
     return Panels(
         photo=photo.array if photo.array is not None else placeholder(display, photo.note or "no image"),
-        truth=truth_panel(truth, display, trimap.array) if truth is not None
-        else placeholder(display, trimap.note or "no ground truth stored"),
+        truth=truth_panel(truth, display, ignore) if truth is not None
+        else placeholder(display, read.note or "no ground truth stored"),
         predictions=overlays,
         notes=notes,
     )
 
 
-def legend_html(thing: str = "pet", trimap: bool = True, title: str = "Prediction overlay") -> str:
-    """The overlay colours as a one-line HTML legend (kept next to the gallery), naming what the masks mark
-    (`thing`), and the trimap's border band only where the data has a trimap."""
+def legend_html(band: bool = True, title: str = "Prediction overlay") -> str:
+    """The overlay colours as a one-line HTML legend (kept next to the gallery), and the ignore band only where
+    the data has one (`band`)."""
     def swatch(color: tuple[int, int, int]) -> str:
         return (f"<span style='display:inline-block;width:0.9em;height:0.9em;background:rgb{color};"
                 f"border:1px solid #888;vertical-align:middle;margin:0 0.3em 0 0.8em'></span>")
 
-    items = "".join(f"{swatch(c)}{text.format(thing=thing)}" for text, c in LEGEND)
-    band = f", grey border band (trimap {TRIMAP_BORDER})" if trimap else ""
-    truth = f"ground truth as scored: white {thing}{band}, black background"
+    items = "".join(f"{swatch(c)}{text}" for text, c in LEGEND)
+    grey = ", grey ignore band (left out of border-aware dice)" if band else ""
+    truth = f"ground truth as scored: white object{grey}, black background"
     return f"<div style='font-size:0.9em'><b>{title}:</b>{items}<br><b>{truth}</b></div>"
 
 

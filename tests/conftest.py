@@ -90,7 +90,7 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def _demo_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoStore, FolderDemo]:
     """dashboard.demo_store's two sweeps, built once a session: "demo-folder" over the user's own kind of
-    folder (groups, a few wrong masks), then the pet sweep "demo" over 60 synthetic images."""
+    folder (groups, a few wrong masks), then the sweep "demo" over 60 synthetic images in the Oxford-IIIT Pet layout."""
     import optuna
 
     from core.data.synthetic import generate_synthetic
@@ -122,7 +122,7 @@ def demo_sweeps(_demo_build: tuple[DemoStore, FolderDemo],
 
 @pytest.fixture(scope="module")
 def demo(demo_sweeps: tuple[DemoStore, FolderDemo]) -> DemoStore:
-    """The pet sweep "demo" (dashboard.demo_store.DemoStore)."""
+    """The sweep "demo" over the synthetic images (dashboard.demo_store.DemoStore)."""
     return demo_sweeps[0]
 
 

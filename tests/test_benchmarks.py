@@ -207,13 +207,13 @@ def test_gpu_throughput_skips_with_exit_0_without_cuda(capsys) -> None:
 
 # -- quality.py: the sweep's model against the reports' loop -----------------------------------
 
-def test_the_all_foreground_floor_is_the_dice_of_calling_every_pixel_pet() -> None:
+def test_the_all_foreground_floor_is_the_dice_of_calling_every_pixel_foreground() -> None:
     from benchmarks.quality import all_foreground_dice
 
-    half = np.full((1, 4, 4), 2, np.uint8)
-    half[0, :2] = 1  # 8 of 16 pixels pet: dice = 2 * 8 / (8 + 16)
-    border = np.full((1, 4, 4), 3, np.uint8)  # the border counts as pet, as in training
-    assert all_foreground_dice(np.concatenate([half, border])) == pytest.approx((2 * 8 / 24 + 1.0) / 2)
+    half = np.zeros((1, 4, 4), bool)
+    half[0, :2] = True  # 8 of 16 pixels foreground: dice = 2 * 8 / (8 + 16)
+    full = np.ones((1, 4, 4), bool)
+    assert all_foreground_dice(np.concatenate([half, full])) == pytest.approx((2 * 8 / 24 + 1.0) / 2)
 
 
 @pytest.mark.parametrize("sweep_dice, report_only, code, word", [
@@ -315,10 +315,10 @@ def test_the_reports_loop_reads_a_users_folder_and_scores_every_test_image(busi_
     names = {s: [data.infos[i].name for i in data.indices(s)] for s in ("train", "val", "test")}
     read = sample_reader(busi_root)
     assert isinstance(read, FolderFiles)
-    image, trimap = read("benign/benign (25)")  # two mask files, united
-    assert image.ndim == 3 and image.shape[:2] == trimap.shape and set(np.unique(trimap)) == {1, 2}
+    image, mask = read("benign/benign (25)")  # two mask files, united
+    assert image.ndim == 3 and image.shape[:2] == mask.shape and set(np.unique(mask)) == {0, 1}
     result = train_for("unet", busi_root, 0.01, 32, names["train"][:8], names["val"][:4],
-                       data.trimaps[data.indices("val")][:4], names["test"], data.trimaps[data.indices("test")],
+                       data.masks[data.indices("val")][:4], names["test"], data.masks[data.indices("test")],
                        width=0.125)
     assert result.epochs == 1 and result.test_scores.shape == (len(names["test"]),) == (42,)
     assert 0.0 <= result.test_dice <= 1.0

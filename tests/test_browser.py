@@ -117,7 +117,7 @@ def test_group_filter_in_the_browser_changes_the_gallery_of_a_users_folder(folde
         page.get_by_text(f"{all_count} images match").first.wait_for()
         assert _gallery_state(page) == (all_count, all_first)
         sidebar = page.locator("[data-testid='stSidebar']")
-        assert not sidebar.get_by_text("Species", exact=True).count()  # no pet filters on the user's own data
+        assert not sidebar.get_by_text("Species", exact=True).count()  # no breed filters on the user's own data
         captions = _drop_pill(page, "site-a", (b_count, b_first))  # group pills: drop site-a
         described = [c for c in captions if " · test · " in c]
         assert described and all(c.startswith("group site-b · ") for c in described)

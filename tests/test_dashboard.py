@@ -397,7 +397,7 @@ def test_odd_image_files_are_read_as_rgb_and_unreadable_ones_get_a_note(tmp_path
 
 def test_overlay_colours_false_positives_and_false_negatives_distinctly() -> None:
     truth = np.zeros((4, 4), bool)
-    truth[:2] = True                     # top half is pet
+    truth[:2] = True                     # top half is the object
     pred = np.zeros((4, 4), bool)
     pred[1:3] = True                     # rows 1-2 predicted
     photo = np.zeros((8, 8, 3), np.uint8)
@@ -409,7 +409,7 @@ def test_overlay_colours_false_positives_and_false_negatives_distinctly() -> Non
 
 
 def test_panels_fall_back_to_placeholders_with_notes(tmp_path) -> None:
-    p = images.make_panels(images.image_files(str(tmp_path), "nobody", None, pets=True), 8, 32,
+    p = images.make_panels(images.image_files(str(tmp_path), "nobody", None, band=True), 8, 32,
                            [np.ones((8, 8), bool), None])
     assert p.photo.shape == p.truth.shape == (32, 32, 3) and len(p.predictions) == 2
     assert p.notes == ["missing: images/nobody.jpg", "missing: annotations/trimaps/nobody.png"]
@@ -693,7 +693,7 @@ def marker(folder: FolderDemo):
     _clear_caches()
 
 
-def test_a_folder_dataset_shows_groups_and_its_own_words_not_pet_filters(folder, monkeypatch) -> None:
+def test_a_folder_dataset_shows_groups_and_no_breed_filters_or_ignore_band(folder, monkeypatch) -> None:
     at = app("hardest", monkeypatch, folder.url, sweep=folder.sweep)
     labels = {w.label for w in [*at.button_group, *at.multiselect]}
     assert "Group" in labels and not {"Breed", "Species"} & labels
@@ -701,7 +701,7 @@ def test_a_folder_dataset_shows_groups_and_its_own_words_not_pet_filters(folder,
     assert "border-aware dice" not in widget(at.sidebar.selectbox, "Rank by (worst first)").options
     assert widget(at.slider, "Object size (share of pixels)")
     legend = next(m.value for m in at.markdown if "Prediction overlay" in m.value)
-    assert "object the model missed" in legend and "pet" not in legend and "border band" not in legend
+    assert "object the model missed" in legend and "pet" not in legend and "ignore band" not in legend
     described = [c.value for c in at.caption if " · test · " in c.value]
     assert len(described) == 12 and all(c.startswith("group site-") for c in described)
     assert not [c for c in described if "pet" in c or "border-aware" in c]
@@ -725,15 +725,18 @@ def test_failure_modes_speak_of_objects_on_a_folder_dataset_and_in_the_store(fol
     assert "missed object" in table.columns and "missed pet" not in table.columns
     assert {t["name"] for t in charts(at)[4]["data"]} <= {"ok", "boundary", "missed object", "background leak",
                                                           "empty prediction"}
-    assert not [t for t in at.toggle if t.key == "border_aware"]  # no trimap, no border band
+    assert not [t for t in at.toggle if t.key == "border_aware"]  # no ignore band
     assert any("`missed object`" in c.value for c in at.caption)
 
 
-def test_pet_data_keeps_pet_words_the_border_toggle_and_has_no_group_filter(demo, monkeypatch) -> None:
+def test_oxford_data_speaks_of_objects_keeps_breeds_the_band_toggle_and_has_no_group_filter(demo, monkeypatch) -> None:
     at = app("hardest", monkeypatch, demo.url, sweep="demo")
     legend = next(m.value for m in at.markdown if "Prediction overlay" in m.value)
-    assert "pet the model missed" in legend and "grey border band" in legend
-    assert not [b for b in at.button_group if b.label == "Group"] and widget(at.slider, "Pet size (share of pixels)")
+    assert "object the model missed" in legend and "grey ignore band" in legend and "pet" not in legend
+    assert not [b for b in at.button_group if b.label == "Group"] and widget(at.slider, "Object size (share of pixels)")
+    assert widget(at.button_group, "Species") and widget(at.multiselect, "Breed")  # the data has breeds
+    described = [c.value for c in at.caption if " · test · " in c.value]
+    assert described and all("object " in c and "pet" not in c for c in described)
     assert "border-aware dice" in widget(at.sidebar.selectbox, "Rank by (worst first)").options
     at = app("distributions", monkeypatch, demo.url, sweep="demo")
     assert at.toggle(key="border_aware") and not [b for b in at.button_group if b.label == "Group"]
@@ -776,6 +779,24 @@ def test_overlays_use_the_truth_as_scored_not_a_rebuild_from_the_trimap(tmp_path
     assert p.predictions[0][0, 7].tolist() == fp  # a false positive against the truth as scored
     older = images.make_panels(images.image_files(str(tmp_path), "a", None, True), 8, 8, [np.ones((8, 8), bool)])
     assert older.truth[0, 7].tolist() == [255] * 3 and older.predictions[0][0, 7].tolist() != fp  # the trimap's
+
+
+def test_the_ignore_band_is_shaded_grey_where_the_data_has_one(tmp_path) -> None:
+    """The Oxford-IIIT Pet reader gives the band (the trimap's border); data without one shows none."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    trimap = np.full((8, 8), 2, np.uint8)
+    trimap[:, :4], trimap[:, 4] = 1, 3  # foreground on the left, its border band in column 4
+    Image.fromarray(trimap).save(tmp_path / "annotations" / "trimaps" / "a.png")
+    shades = images.TRUTH_SHADES
+    p = images.make_panels(images.image_files(str(tmp_path), "a", None, True), 8, 8, [])
+    assert [p.truth[0, x, 0] for x in (0, 4, 7)] == [shades["foreground"], shades["ignore"], shades["background"]]
+    mask = np.zeros((8, 8), bool)
+    mask[:, :5] = True
+    from core.store.db import encode_mask
+    plain = images.make_panels(images.image_files(str(tmp_path), "a", None, False, encode_mask(mask)), 8, 8, [])
+    assert [plain.truth[0, x, 0] for x in (0, 4, 7)] == [shades["foreground"], shades["foreground"], shades["background"]]
 
 
 # -- suspect labels and the review queue ----------------------------------------------------------------
@@ -950,7 +971,7 @@ def test_an_overlay_from_a_trimap_of_another_size_than_its_photo_matches_what_wa
     """An older store keeps no truth: the overlay rebuilds it from the trimap by the evaluation's own rule
     (to the photo's size first, then to the evaluation size), not by one resize that rounds differently."""
     from core.data.dataset import decoded
-    from core.data.layout import pet_mask
+    from core.data.layout import trimap_foreground
 
     (tmp_path / "images").mkdir()
     (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
@@ -959,8 +980,8 @@ def test_an_overlay_from_a_trimap_of_another_size_than_its_photo_matches_what_wa
     trimap = np.full((13, 11), 2, np.uint8)  # 11 x 13 px, another size and aspect than its 30 x 20 photo
     trimap[1:11, 1:6] = 1
     Image.fromarray(trimap).save(tmp_path / "annotations" / "trimaps" / "a_1.png")
-    scored = pet_mask(decoded(photo, trimap, 16).trimap)  # what training and evaluation use
-    one_step = pet_mask(np.asarray(Image.fromarray(trimap).resize((16, 16), Image.Resampling.NEAREST)))
+    scored = decoded(photo, trimap_foreground(trimap), 16).mask  # what training and evaluation use
+    one_step = trimap_foreground(np.asarray(Image.fromarray(trimap).resize((16, 16), Image.Resampling.NEAREST)))
     assert scored.tolist() != one_step.tolist()  # the case where a single resize would differ
     p = images.make_panels(images.image_files(str(tmp_path), "a_1", None, True), 16, 16, [scored])
     assert (p.truth[..., 0] == 255).tolist() == scored.tolist()

@@ -76,7 +76,8 @@ def test_real_sample_loads_every_listed_image(data_sample64: PreparedDataset) ->
     assert len(d.infos) == 160 and d.skipped == []
     assert d.source == "oxford-pets" and d.name == "oxford-pets/oxford-pets-sample"
     assert d.images.shape == (160, 64, 64, 3) and d.images.dtype == np.uint8
-    assert d.trimaps.shape == (160, 64, 64) and set(np.unique(d.trimaps)) == {1, 2, 3}
+    assert d.masks.shape == d.ignore.shape == (160, 64, 64) and d.masks.dtype == d.ignore.dtype == bool
+    assert d.masks.any() and d.ignore.any() and not (d.ignore & ~d.masks).any()  # the band is part of the foreground
     assert Counter(i.breed for i in d.infos) == {"Abyssinian": 54, "Bengal": 53, "american_bulldog": 53}
     assert {i.breed: i.species for i in d.infos} == {"Abyssinian": "cat", "Bengal": "cat", "american_bulldog": "dog"}
 
@@ -103,10 +104,24 @@ def test_real_sample_metadata_is_measured_on_the_original_files(data_sample64: P
     assert info.fg_fraction == pytest.approx(np.mean(trimap != 2))
 
 
-def test_masks_count_border_as_pet(data_sample64: PreparedDataset) -> None:
+def test_the_reader_turns_each_trimap_into_foreground_and_ignore_band(data_sample64: PreparedDataset) -> None:
+    """Foreground = pet or border, ignore band = border, read from the trimap as scored (nearest to 64 px)."""
     d = data_sample64
-    assert d.masks.dtype == np.uint8
-    np.testing.assert_array_equal(d.masks, np.isin(d.trimaps, (1, 3)).astype(np.uint8))
+    k = next(i for i, info in enumerate(d.infos) if info.name == "Abyssinian_100")
+    with Image.open(SAMPLE / "annotations" / "trimaps" / "Abyssinian_100.png") as im:
+        trimap = np.asarray(im.resize((64, 64), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(d.masks[k], np.isin(trimap, (1, 3)))
+    np.testing.assert_array_equal(d.ignore[k], trimap == 3)
+    assert 0 < d.ignore[k].sum() < d.masks[k].sum()
+
+
+def test_truth_as_scored_is_what_the_decode_holds(data_sample64: PreparedDataset) -> None:
+    k = len(data_sample64.infos) - 1
+    info = data_sample64.infos[k]
+    foreground, ignore = dataset.truth_as_scored(SAMPLE, info.name, (info.width, info.height), 64)
+    np.testing.assert_array_equal(foreground, data_sample64.masks[k])
+    np.testing.assert_array_equal(ignore, data_sample64.ignore[k])
+    assert dataset.truth_as_scored(SAMPLE, "no_such_image", (8, 8), 64) == "missing trimap"
 
 
 def test_indices_partition_the_dataset_in_order(data_sample64: PreparedDataset) -> None:
@@ -160,9 +175,11 @@ def test_odd_image_formats_and_modes_are_converted_to_rgb(tmp_path: Path) -> Non
     np.testing.assert_allclose(d.images[by["gif_1"], 4, 4], colour, atol=8)
     assert np.all(np.abs(d.images[by["gray_1"]].astype(int) - 90) <= 2)
     assert d.images[by["cmyk_1"], 4, 4, 0] > 200 and d.images[by["cmyk_1"], 4, 4, 1:].max() < 40
-    np.testing.assert_array_equal(d.trimaps[by["ptrimap_1"]], d.trimaps[by["gray_1"]])
+    np.testing.assert_array_equal(d.masks[by["ptrimap_1"]], d.masks[by["gray_1"]])
+    np.testing.assert_array_equal(d.ignore[by["ptrimap_1"]], d.ignore[by["gray_1"]])
     big = d.infos[by["bigtrimap_1"]]
-    assert (big.width, big.height) == (24, 16) and set(np.unique(d.trimaps[by["bigtrimap_1"]])) == {1, 2, 3}
+    assert (big.width, big.height) == (24, 16)
+    assert d.masks[by["bigtrimap_1"]].any() and d.ignore[by["bigtrimap_1"]].any()
     assert big.fg_fraction == pytest.approx(np.mean(_trimap(48, 32) != 2))
 
 
@@ -216,7 +233,9 @@ def test_second_call_decodes_nothing_and_returns_the_same_arrays(tmp_path: Path,
     monkeypatch.setattr(dataset, "_decode_pair", must_not_decode)
     second = prepare_dataset(root, 8, cache_dir=tmp_path / "cache", log=_Log())
     np.testing.assert_array_equal(second.images, first.images)
-    np.testing.assert_array_equal(second.trimaps, first.trimaps)
+    np.testing.assert_array_equal(second.masks, first.masks)
+    np.testing.assert_array_equal(second.ignore, first.ignore)
+    assert second.masks.dtype == second.ignore.dtype == bool
     assert second.infos == first.infos and second.skipped == first.skipped
     assert all(isinstance(i, ImageInfo) for i in second.infos)
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]  # no temp files left
@@ -231,8 +250,21 @@ def test_pets_keep_their_layout_and_no_group_or_path_through_the_cache(tmp_path:
 
 
 def test_a_dataset_built_by_hand_takes_its_sources_layout() -> None:
-    d = PreparedDataset(Path("x"), "synthetic", 8, [], np.zeros((0, 8, 8, 3), np.uint8), np.zeros((0, 8, 8), np.uint8))
-    assert d.layout == "synthetic"
+    d = PreparedDataset(Path("x"), "synthetic", 8, [], np.zeros((0, 8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool))
+    assert d.layout == "synthetic" and d.ignore is None
+
+
+def test_the_cache_format_leads_its_file_name_and_an_old_format_is_not_read(tmp_path: Path) -> None:
+    """The cache is shared by every checkout: a file of another format version is neither read nor deleted."""
+    root = _tiny(tmp_path / "ds")
+    d = prepare_dataset(root, 8, cache_dir=tmp_path / "cache", log=_Log())
+    [path] = (tmp_path / "cache").iterdir()
+    assert path.name.startswith(f"v{dataset.CACHE_VERSION}-") and dataset.CACHE_VERSION == 3
+    old = tmp_path / "cache" / "0123456789abcdef-old.npz"  # version 2: trimaps, no masks
+    np.savez(old, images=d.images, trimaps=np.full((5, 8, 8), 2, np.uint8), meta=np.zeros(1, np.uint8))
+    assert dataset.load_cache(old, root, "oxford-pets", 8) is None
+    prepare_dataset(root, 8, cache_dir=tmp_path / "cache", log=_Log())
+    assert old.exists()
 
 
 def test_cache_is_rebuilt_when_a_file_or_the_size_changes(tmp_path: Path, monkeypatch) -> None:

@@ -69,12 +69,30 @@ def test_0_255_masks_with_a_seg_suffix_pair_by_name_and_read_as_binary(tmp_path:
     assert ds.layout == "paired-folders" and ds.source == "folder" and ds.name == "folder/set"
     assert ds.check.pairs == 12 and ds.check.suffixes == {"_seg": 12}
     assert ds.check.mask_kinds == {"grayscale {0,255}": 12} and ds.check.foreground == "non-zero"
-    assert set(np.unique(ds.trimaps)) == {1, 2}  # foreground and background, no border band
+    assert ds.masks.dtype == bool and ds.ignore is None  # foreground and background, no ignore band
     at = _by_name(ds)
     for name, _, mask in lesions:
         assert np.array_equal(ds.masks[at[name]], _expected(mask))
         assert ds.infos[at[name]].path == f"images/{name}.png" and ds.infos[at[name]].group is None
     assert ds.images.shape == (12, SIZE, SIZE, 3) and ds.infos[0].width == 48 and ds.infos[0].height == 36
+
+
+def test_a_folder_has_no_ignore_band_so_border_aware_dice_is_dice(tmp_path: Path, lesions) -> None:
+    import torch
+
+    from core.training.loop import TrainConfig, predict
+
+    class Bright(torch.nn.Module):  # foreground where the normalised red channel is above the mean: a partial hit
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1]
+
+    _write_pairs(tmp_path / "set", lesions)
+    ds = _load(tmp_path / "set")
+    assert ds.ignore is None
+    cfg = TrainConfig(image_size=SIZE, device="cpu", flip_tta=False)
+    pred = predict(Bright(), ds, np.arange(len(ds.infos)), cfg, with_masks=False)
+    assert len(pred.dice) == 12 and 0 < pred.dice.mean() < 1
+    np.testing.assert_array_equal(pred.dice_no_border, pred.dice)
 
 
 def test_0_1_masks_without_a_suffix_and_an_explicit_foreground(tmp_path: Path, lesions) -> None:

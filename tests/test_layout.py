@@ -19,10 +19,18 @@ def test_paths_follow_the_official_layout(tmp_path: Path) -> None:
     assert layout.trimap_path(tmp_path, "a") == tmp_path / "annotations" / "trimaps" / "a.png"
 
 
-def test_pet_and_border_are_pet_in_arrays_and_tensors() -> None:
+def test_a_trimap_is_foreground_pet_or_border_and_ignore_border_in_arrays_and_tensors() -> None:
     trimap = np.array([[1, 2], [3, 2]], dtype=np.uint8)
-    assert layout.pet_mask(trimap).tolist() == [[True, False], [True, False]]
-    assert layout.pet_mask(torch.from_numpy(trimap)).tolist() == [[True, False], [True, False]]
+    assert layout.trimap_foreground(trimap).tolist() == [[True, False], [True, False]]
+    foreground, ignore = layout.trimap_truth(torch.from_numpy(trimap))
+    assert foreground.tolist() == [[True, False], [True, False]] and ignore.tolist() == [[False, False], [True, False]]
+    assert layout.pet_mask is layout.trimap_foreground  # the old name benchmarks/label_errors.py still uses
+
+
+def test_breeds_and_the_ignore_band_come_with_the_layouts_sources() -> None:
+    for source in ("oxford-pets", "synthetic", None):
+        assert layout.has_breeds(source) and layout.has_ignore_band(source)
+    assert not layout.has_breeds("folder") and not layout.has_ignore_band("folder")
 
 
 def test_the_synthetic_set_is_written_in_the_layout_the_loader_reads(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_BORDER, TRIMAP_PET
 from core.metrics import image_scores, mask_scores
 
 
@@ -38,27 +37,30 @@ def test_both_empty_scores_one():
     assert scores.dice.tolist() == [1.0] and scores.iou.tolist() == [1.0]
 
 
-def test_empty_prediction_of_a_present_pet_scores_zero():
+def test_empty_prediction_of_a_present_object_scores_zero():
     scores = image_scores(_logits([[0] * 4] * 4), _mask(TARGET))
     assert scores.dice.tolist() == [0.0] and scores.iou.tolist() == [0.0]
 
 
-def test_border_pixels_are_excluded_from_dice_no_border():
-    # the prediction's extra pixels (column 0, row 2) all lie on the trimap border, so are ignored
-    trimap = torch.tensor([[3, 1, 1, 2],
-                           [3, 1, 1, 2],
-                           [3, 3, 3, 3],
-                           [2, 2, 2, 2]], dtype=torch.uint8)
-    scores = image_scores(_logits(PRED), _mask(TARGET), trimap=trimap.view(1, 1, 4, 4))
+BAND = [[1, 0, 0, 0],
+        [1, 0, 0, 0],
+        [1, 1, 1, 1],
+        [0, 0, 0, 0]]
+
+
+def test_ignore_band_pixels_are_excluded_from_dice_no_border():
+    # the prediction's extra pixels (column 0, row 2) all lie on the ignore band, so are left out
+    band = torch.tensor(BAND, dtype=torch.bool)
+    scores = image_scores(_logits(PRED), _mask(TARGET), ignore=band.view(1, 1, 4, 4))
     assert scores.dice.tolist() == pytest.approx([0.4])
     # off the border: P = {(0,1), (1,1)}, T = {(0,1),(0,2),(1,1),(1,2)}: 2*2 / (2 + 4)
     assert scores.dice_no_border.tolist() == pytest.approx([4 / 6])
-    # a trimap without the channel dimension gives the same
-    unbatched = image_scores(_logits(PRED), _mask(TARGET), trimap=trimap.view(1, 4, 4))
+    # a band without the channel dimension gives the same
+    unbatched = image_scores(_logits(PRED), _mask(TARGET), ignore=band.view(1, 4, 4))
     assert unbatched.dice_no_border.tolist() == pytest.approx([4 / 6])
 
 
-def test_without_trimap_dice_no_border_is_dice():
+def test_without_an_ignore_band_dice_no_border_is_dice():
     scores = image_scores(_logits(PRED), _mask(TARGET))
     assert scores.dice_no_border.tolist() == scores.dice.tolist()
 
@@ -69,11 +71,11 @@ def test_batch_scores_match_each_image_scored_alone():
     target = (torch.rand(5, 1, 16, 16) > 0.6).float()
     target[3] = 0
     logits[3] = -1.0  # an image with both masks empty
-    trimap = torch.randint(1, 4, (5, 1, 16, 16), dtype=torch.uint8)
-    batch = image_scores(logits, target, trimap)
+    band = torch.rand(5, 1, 16, 16) > 0.7
+    batch = image_scores(logits, target, band)
     assert batch.dice.shape == batch.iou.shape == batch.dice_no_border.shape == (5,)
     for i in range(5):
-        alone = image_scores(logits[i:i + 1], target[i:i + 1], trimap[i:i + 1])
+        alone = image_scores(logits[i:i + 1], target[i:i + 1], band[i:i + 1])
         assert batch.dice[i].item() == alone.dice.item()
         assert batch.iou[i].item() == alone.iou.item()
         assert batch.dice_no_border[i].item() == alone.dice_no_border.item()
@@ -109,9 +111,7 @@ def test_invalid_threshold_is_rejected():
 def test_mask_scores_of_masks_without_logits_are_the_known_values():
     # (H, W) numpy-born bool masks, as a stored prediction is: the same 4x4 example as above
     pred, truth = torch.tensor([PRED], dtype=torch.bool), torch.tensor([TARGET], dtype=torch.bool)
-    p, b, t = TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER
-    trimap = torch.tensor([[[t, p, p, b], [t, p, p, b], [t, t, t, t], [b, b, b, b]]], dtype=torch.uint8)
-    scores = mask_scores(pred, truth, trimap)
+    scores = mask_scores(pred, truth, torch.tensor([BAND], dtype=torch.bool))
     assert scores.dice.tolist() == pytest.approx([0.4])
     assert scores.iou.tolist() == pytest.approx([2 / 8])
     assert scores.dice_no_border.tolist() == pytest.approx([4 / 6])

@@ -130,7 +130,7 @@ def build_v1_store(url: str, data: PreparedDataset, n_trials: int = 2, seed: int
             logits = (preds.astype(np.float32) * 2 - 1)[:, None] * 5
             import torch
             scores = image_scores(torch.from_numpy(logits), torch.from_numpy(truths[:, None].astype(np.float32)),
-                                  torch.from_numpy(data.trimaps[test][:, None]))
+                                  torch.from_numpy(data.ignore[test][:, None]))
             conn.execute(insert(V1_IMAGE_RESULTS), [
                 dict(trial_id=tid, image_id=i, dice=float(d), iou=float(j), dice_no_border=float(b))
                 for i, d, j, b in zip(out.image_ids, scores.dice.tolist(), scores.iou.tolist(),

@@ -93,7 +93,7 @@ def build_v2_store(url: str, data: PreparedDataset, seed: int = 0) -> V2Store:
                               for j, t in enumerate(truths[:m])])
             logits = torch.from_numpy((preds.astype(np.float32) * 2 - 1)[:, None] * 5)
             scores = image_scores(logits, torch.from_numpy(truths[:m, None].astype(np.float32)),
-                                  torch.from_numpy(data.trimaps[test][:m, None]))
+                                  torch.from_numpy(data.ignore[test][:m, None]))
             dice = scores.dice.numpy().astype(np.float64)
             rows = [dict(trial_id=tid, image_id=i, dice=float(d), iou=float(j), dice_no_border=float(b))
                     for i, d, j, b in zip(out.image_ids[:m], dice.tolist(), scores.iou.tolist(),

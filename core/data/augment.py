@@ -1,8 +1,9 @@
 """Training-time augmentation built from a handful of plain, sweepable numbers.
 
-Image and trimap are transformed together by one albumentations pipeline: geometric ops move
-both (trimap with nearest-neighbour, so it keeps values {1, 2, 3}); pixels that come from
-outside the original frame are black in the image and background (2) in the trimap.
+Image, foreground mask and ignore band are transformed together by one albumentations pipeline:
+geometric ops move all three (the masks with nearest-neighbour, so they stay binary and aligned);
+pixels that come from outside the original frame are black in the image, background in the mask
+and not ignored.
 Flips use their probability; every other op is always applied with a strength drawn
 uniformly from +-its limit, a range that includes the identity.
 """
@@ -20,7 +21,8 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.data.layout import TRIMAP_BACKGROUND  # noqa: E402
+Masks = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+_OUTSIDE = 0  # the masks' code for out-of-frame pixels: background, not ignored
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class AugmentConfig:
 
 
 class Augmenter:
-    """Callable (image HxWx3 uint8, trimap HxW uint8) -> augmented (image, trimap), same shapes.
+    """Callable (image HxWx3 uint8, mask HxW bool, ignore band HxW bool or None) -> augmented
+    (image, mask, ignore band), same shapes and dtypes (the band stays None where none was given).
 
     Reproducible: seed None draws the seed from numpy's global RNG (so np.random.seed() governs
     it). In a DataLoader worker the first call reseeds from the worker's torch seed, otherwise
@@ -70,13 +73,20 @@ class Augmenter:
         self.seed = int(seed)
         self.compose.set_random_seed(self.seed)
 
-    def __call__(self, image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None) -> Masks:
         if os.getpid() != self._pid:  # first call in a new worker process
             self._pid = os.getpid()
             self.reseed(_worker_seed(self.seed))
-        out = self.compose(image=image, mask=trimap)
+        # mask and band travel as one uint8 code (bit 0 foreground, bit 1 ignored) through one nearest
+        # warp: they cannot drift apart, and the random draws are those of a single mask
+        code = np.asarray(mask, dtype=np.uint8)
+        if ignore is not None:
+            code = code | (np.asarray(ignore, dtype=np.uint8) << 1)
+        out = self.compose(image=image, mask=code)
         # flips return negative-stride views, which torch.from_numpy rejects
-        return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"])
+        moved = np.ascontiguousarray(out["mask"])
+        return (np.ascontiguousarray(out["image"]), (moved & 1).astype(bool),
+                None if ignore is None else (moved & 2).astype(bool))
 
 
 def _worker_seed(base: int) -> int:
@@ -109,7 +119,7 @@ def _transforms(cfg: AugmentConfig) -> list:
                 mask_interpolation=cv2.INTER_NEAREST,
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
-                fill_mask=TRIMAP_BACKGROUND,
+                fill_mask=_OUTSIDE,
                 p=1.0,
             )
         )
@@ -124,9 +134,7 @@ def _transforms(cfg: AugmentConfig) -> list:
     return ts
 
 
-def build_augment(
-    cfg: AugmentConfig, seed: int | None = None
-) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+def build_augment(cfg: AugmentConfig, seed: int | None = None) -> Callable[..., Masks] | None:
     """The augmentation function for cfg, or None when cfg does nothing (so callers skip it).
 
     `seed` makes the sequence of random draws reproducible.

@@ -20,8 +20,11 @@ atomically) under a key of the root, size and a fingerprint of every file involv
 Every image, of any size and aspect ratio, is resized to image_size x image_size (bilinear) and its
 mask the same way (nearest): squashed, not cropped or padded, so the whole frame is seen; training,
 evaluation, the stored masks and the dashboard's overlays all use these arrays.
-A user's own folder (core/data/folder_dataset.py) becomes the same PreparedDataset, its binary
-masks written as trimap values 1 (foreground) and 2 (background) with no border band.
+
+The core holds every dataset as a boolean foreground mask plus an optional boolean ignore band:
+this reader is where trimaps stop (core.data.layout.trimap_truth: foreground = pet or border,
+ignore = border). A user's own folder (core/data/folder_dataset.py) becomes the same
+PreparedDataset with no ignore band.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -41,22 +43,20 @@ import numpy as np
 from PIL import Image
 
 from core.data.check import DataCheck
-from core.data.layout import (  # noqa: F401 - the trimap values stay importable from here too
+from core.data.layout import (
     SPLIT_LISTS,
     TEST_LIST,
     TRAINVAL_LIST,
-    TRIMAP_BACKGROUND,
-    TRIMAP_BORDER,
-    TRIMAP_PET,
     TRIMAP_VALUES,
     image_rel,
-    pet_mask,
+    trimap_path,
     trimap_rel,
+    trimap_truth,
 )
 from core.machine import usable_cores
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 2  # 2: layout, groups, paths and the data check ride along
+CACHE_VERSION = 3  # 2: layout, groups, paths and the data check ride along; 3: masks + ignore band, no trimaps
 SPECIES_NAMES = {1: "cat", 2: "dog"}
 SYNTHETIC_MARKER = "SYNTHETIC.md"  # written last by the synthetic generator: a complete synthetic root
 
@@ -90,7 +90,8 @@ class PreparedDataset:
     image_size: int
     infos: list[ImageInfo]
     images: np.ndarray
-    trimaps: np.ndarray
+    masks: np.ndarray  # (N, S, S) bool: the foreground
+    ignore: np.ndarray | None = None  # (N, S, S) bool: pixels the border-aware dice leaves out; None = no band
     skipped: list[tuple[str, str]] = field(default_factory=list)
     layout: str = ""  # one of core.store.schema.LAYOUTS; "" = the source's own (oxford-pets, synthetic)
     check: DataCheck | None = None  # what reading a user's folder found (None for Oxford-IIIT Pet and synthetic)
@@ -106,11 +107,6 @@ class PreparedDataset:
         Reading options that change masks or splits are part of it ("folder/busi [foreground 255]"):
         an image's stored split and foreground share are those of the options it was read with."""
         return f"{self.source}/{self.root.name}" + (f" [{self.variant}]" if self.variant else "")
-
-    @cached_property
-    def masks(self) -> np.ndarray:
-        """(N, S, S) uint8 binary masks: 1 = pet (trimap pet or border), 0 = background."""
-        return pet_mask(self.trimaps).astype(np.uint8)
 
     def indices(self, split: str) -> np.ndarray:
         """int64 positions of the images of `split`, in dataset order."""
@@ -200,10 +196,11 @@ def _read_split_files(root: Path) -> tuple[list[_Entry], list[tuple[str, str]], 
 
 @dataclass
 class Decoded:
-    """One image and its trimap at the training size, with what was measured on the full-size files."""
+    """One image and its masks at the training size, with what was measured on the full-size files."""
 
     image: np.ndarray  # (S, S, 3) uint8
-    trimap: np.ndarray  # (S, S) uint8
+    mask: np.ndarray  # (S, S) bool foreground
+    ignore: np.ndarray | None  # (S, S) bool ignore band, None where the data has none
     width: int
     height: int
     brightness: float
@@ -256,23 +253,34 @@ def _decode_pair(root: Path, name: str, image_size: int) -> Decoded | tuple[str,
     trimap = _open_trimap(root / trimap_at)
     if isinstance(trimap, str):
         return trimap_at, trimap
+    foreground, ignore = trimap_truth(trimap)
+    return decoded(image, foreground, image_size, ignore)
 
-    return decoded(image, trimap, image_size)
 
-
-def trimap_as_scored(trimap: np.ndarray, image_wh: tuple[int, int], image_size: int) -> np.ndarray:
-    """A full-size trimap as training and evaluation see it: to its image's size (width, height) first where
-    it differs, then to image_size x image_size, nearest both times. The one rule for the truth at
-    evaluation size: the decode, the upgrade's rebuilt truths and the dashboard's overlays use it."""
-    im = Image.fromarray(np.asarray(trimap, dtype=np.uint8))
+def mask_as_scored(mask: np.ndarray, image_wh: tuple[int, int], image_size: int) -> np.ndarray:
+    """A full-size mask (bool) or label map (uint8) as training and evaluation see it: to its image's size
+    (width, height) first where it differs, then to image_size x image_size, nearest both times; same dtype.
+    The one rule for the truth at evaluation size: the decode, the upgrade's rebuilt truths and the
+    dashboard's overlays use it."""
+    arr = np.asarray(mask)
+    im = Image.fromarray(arr.astype(np.uint8))
     if im.size != tuple(image_wh):
         im = im.resize(tuple(int(v) for v in image_wh), Image.Resampling.NEAREST)
-    return np.asarray(im.resize((image_size, image_size), Image.Resampling.NEAREST), dtype=np.uint8)
+    return np.asarray(im.resize((image_size, image_size), Image.Resampling.NEAREST)).astype(arr.dtype)
 
 
-def open_trimap(path: Path) -> np.ndarray | str:
-    """A trimap file as a 2-D uint8 array of core.data.layout's values, or the reason it is unusable."""
-    return _open_trimap(path)
+trimap_as_scored = mask_as_scored  # a trimap's values survive nearest resizing; the old name, for label_errors.py
+
+
+def truth_as_scored(root: str | Path, name: str, image_wh: tuple[int, int],
+                    image_size: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """One Oxford-layout image's (foreground, ignore band) at image_size, bool each, read from its trimap
+    as the decode reads it, or the reason the trimap is unusable (the upgrade rebuilds old stores' truths so)."""
+    trimap = _open_trimap(trimap_path(root, name))
+    if isinstance(trimap, str):
+        return trimap
+    foreground, ignore = trimap_truth(mask_as_scored(trimap, image_wh, image_size))
+    return foreground, ignore
 
 
 def image_as_scored(image: Image.Image, image_size: int) -> np.ndarray:
@@ -281,15 +289,18 @@ def image_as_scored(image: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def decoded(image: Image.Image, trimap: np.ndarray, image_size: int) -> Decoded:
-    """Measure a full-size RGB image and its trimap, then bring both to image_size x image_size:
-    the trimap to the image's size first if it differs, then image bilinear, trimap nearest."""
+def decoded(image: Image.Image, mask: np.ndarray, image_size: int, ignore: np.ndarray | None = None) -> Decoded:
+    """Measure a full-size RGB image and its foreground mask (bool, with an optional ignore band of the
+    mask's size), then bring them to image_size x image_size: masks to the image's size first if they
+    differ, then image bilinear, masks nearest."""
     width, height = image.size
     brightness = float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)  # L = ITU-R 601 luma
-    fg_fraction = float(np.mean(pet_mask(trimap)))
+    mask = np.asarray(mask, dtype=bool)
+    fg_fraction = float(np.mean(mask))
     return Decoded(
         image=image_as_scored(image, image_size),
-        trimap=trimap_as_scored(trimap, image.size, image_size),
+        mask=mask_as_scored(mask, image.size, image_size),
+        ignore=None if ignore is None else mask_as_scored(np.asarray(ignore, dtype=bool), image.size, image_size),
         width=width,
         height=height,
         brightness=brightness,
@@ -314,9 +325,11 @@ def _fingerprint(root: Path, entries: list[_Entry], split_bytes: bytes) -> str:
 
 
 def cache_name(root: Path, image_size: int, source: str, fingerprint: str) -> tuple[str, str]:
-    """(file name, stem prefix shared by every version of this root and size)."""
+    """(file name, stem prefix shared by every file of this root and size in this format). The format
+    version leads the name, so code of another version (another worktree sharing the cache) neither
+    reads nor, dropping its stale files, deletes it."""
     base = [CACHE_VERSION, str(root), image_size, source]
-    prefix = hashlib.sha1(json.dumps(base).encode()).hexdigest()[:16]
+    prefix = f"v{CACHE_VERSION}-" + hashlib.sha1(json.dumps(base).encode()).hexdigest()[:16]
     key = hashlib.sha1(json.dumps(base + [fingerprint]).encode()).hexdigest()
     return f"{prefix}-{key}.npz", prefix
 
@@ -328,16 +341,17 @@ def load_cache(path: Path, root: Path, source: str, image_size: int) -> Prepared
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes().decode())
-            images, trimaps = npz["images"], npz["trimaps"]
+            images, masks = npz["images"], npz["masks"]
+            ignore = npz["ignore"] if "ignore" in npz.files else None
         infos = [ImageInfo(**d) for d in meta["infos"]]
         skipped = [(p, r) for p, r in meta["skipped"]]
         check = DataCheck.from_dict(meta["check"]) if meta.get("check") else None
         layout = str(meta.get("layout", ""))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
         return None  # unreadable or stale cache: rebuild it
-    if len(infos) != len(images) or images.shape[1:] != (image_size, image_size, 3):
+    if len(infos) != len(images) or images.shape[1:] != (image_size, image_size, 3) or masks.dtype != bool:
         return None
-    return PreparedDataset(root, source, image_size, infos, images, trimaps, skipped, layout, check)
+    return PreparedDataset(root, source, image_size, infos, images, masks, ignore, skipped, layout, check)
 
 
 def write_cache(path: Path, ds: PreparedDataset, prefix: str) -> None:
@@ -348,7 +362,8 @@ def write_cache(path: Path, ds: PreparedDataset, prefix: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=ds.images, trimaps=ds.trimaps, meta=np.frombuffer(meta, dtype=np.uint8))
+            bands = {} if ds.ignore is None else {"ignore": ds.ignore}
+            np.savez(f, images=ds.images, masks=ds.masks, **bands, meta=np.frombuffer(meta, dtype=np.uint8))
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
@@ -424,8 +439,7 @@ def _decode_all(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda e: _decode_pair(root, e.name, image_size), entries))
     infos: list[ImageInfo] = []
-    images: list[np.ndarray] = []
-    trimaps: list[np.ndarray] = []
+    kept: list[Decoded] = []
     skipped = list(skipped)
     for entry, result in zip(entries, results):
         if not isinstance(result, Decoded):
@@ -443,18 +457,21 @@ def _decode_all(
                 fg_fraction=result.fg_fraction,
             )
         )
-        images.append(result.image)
-        trimaps.append(result.trimap)
+        kept.append(result)
+    images, masks, ignore = stacked(kept, image_size)
+    return PreparedDataset(root=root, source=source, image_size=image_size, infos=infos, images=images,
+                           masks=masks, ignore=ignore, skipped=skipped)
+
+
+def stacked(items: list[Decoded], image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(images, masks, ignore band) arrays of decoded images; the band is None when no image has one."""
     s = image_size
-    return PreparedDataset(
-        root=root,
-        source=source,
-        image_size=image_size,
-        infos=infos,
-        images=np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
-        trimaps=np.stack(trimaps) if trimaps else np.zeros((0, s, s), np.uint8),
-        skipped=skipped,
-    )
+    images = np.stack([d.image for d in items]) if items else np.zeros((0, s, s, 3), np.uint8)
+    masks = np.stack([d.mask for d in items]) if items else np.zeros((0, s, s), bool)
+    if all(d.ignore is None for d in items):
+        return images, masks, None
+    empty = np.zeros((s, s), bool)
+    return images, masks, np.stack([empty if d.ignore is None else d.ignore for d in items])
 
 
 def _check_usable(ds: PreparedDataset, root: Path, listed: int) -> None:

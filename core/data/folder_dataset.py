@@ -1,9 +1,9 @@
 """Read a user's folder of images and binary masks into a PreparedDataset, with its data check.
 
-The folder's pairs (core/data/folders.py, core/data/nnunet.py) are decoded like the pets'
-(core/data/dataset.py: any image mode, squashed to image_size x image_size) and their masks
-(core/data/masks.py) written as trimap values 1 = foreground, 2 = background, with no border
-band, so training, evaluation and the store read them as they read pets. Several masks of one
+The folder's pairs (core/data/folders.py, core/data/nnunet.py) are decoded like Oxford-IIIT Pet's
+(core/data/dataset.py: any image mode, squashed to image_size x image_size) into the same
+PreparedDataset: a boolean foreground mask (core/data/masks.py) and no ignore band, so training,
+evaluation and the store read every dataset alike. Several masks of one
 image are united; a mask of another size than its image is resized to it (nearest) and counted.
 An image whose file or any of whose masks cannot be read is skipped and named in the check.
 An image's group (images.group_name) is its group folder (benign/), else its --group-by key.
@@ -22,9 +22,8 @@ import numpy as np
 from PIL import Image
 
 from core.data.check import DataCheck
-from core.data.dataset import DataError, ImageInfo, PreparedDataset, Decoded, cached, decoded, open_rgb
+from core.data.dataset import DataError, ImageInfo, PreparedDataset, Decoded, cached, decoded, open_rgb, stacked
 from core.data.folders import Pair, Scan, stem
-from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET
 from core.data.masks import SOFT_VALUES, format_foreground, read_mask
 from core.data.splits import assign_splits, compile_group_by, group_key
 from core.machine import usable_cores
@@ -46,7 +45,7 @@ class _Read:
 
     decoded: Decoded | None = None   # at image_size
     image: Image.Image | None = None  # at its own size
-    trimap: np.ndarray | None = None  # (H, W) uint8, 1 = foreground, 2 = background
+    mask: np.ndarray | None = None  # (H, W) bool foreground
     kinds: list[str] = field(default_factory=list)
     soft: int = 0  # masks with more than SOFT_VALUES values
     resized: list[str] = field(default_factory=list)
@@ -54,7 +53,7 @@ class _Read:
 
 
 def read_pair(root: Path, pair: Pair, foreground: tuple[int, ...] | None) -> _Read:
-    """One pair at its own size: the image (RGB) and the union of its masks as trimap values 1/2, or
+    """One pair at its own size: the image (RGB) and the union of its masks (bool), or
     the files that stopped it. What the dataset decodes, and what a per-sample reader (the reports'
     loop in benchmarks/) reads on every access."""
     out = _Read()
@@ -77,14 +76,14 @@ def read_pair(root: Path, pair: Pair, foreground: tuple[int, ...] | None) -> _Re
             fg = np.asarray(Image.fromarray(fg).resize(image.size, Image.Resampling.NEAREST), dtype=bool)
         union |= fg
     if not out.unreadable:
-        out.image, out.trimap = image, np.where(union, TRIMAP_PET, TRIMAP_BACKGROUND).astype(np.uint8)
+        out.image, out.mask = image, union
     return out
 
 
 def _read_pair(root: Path, pair: Pair, image_size: int, foreground: tuple[int, ...] | None) -> _Read:
     out = read_pair(root, pair, foreground)
-    if out.image is not None and out.trimap is not None:
-        out.decoded = decoded(out.image, out.trimap, image_size)
+    if out.image is not None and out.mask is not None:
+        out.decoded = decoded(out.image, out.mask, image_size)
     return out
 
 
@@ -115,7 +114,7 @@ def _foreground_words(given: tuple[int, ...] | None, scan: Scan) -> str:
 def prepare_folder(scan: Scan, image_size: int, *, foreground: tuple[int, ...] | None = None,
                    group_by: str | None = None, cache_dir: Path | None = None,
                    log: Callable[[str], None] = print) -> PreparedDataset:
-    """Decode a scanned folder at image_size x image_size (cached like the pets), with its check.
+    """Decode a scanned folder at image_size x image_size (cached like Oxford-IIIT Pet), with its check.
 
     Raises UnusableData (a DataError, one line, with the check) when it cannot be trained on.
     """
@@ -165,8 +164,7 @@ def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None,
                       suffixes=dict(scan.suffixes), foreground=fg_words, ignored=scan.ignored,
                       notes=notes + scan.notes, group_by=group_by)
     infos: list[ImageInfo] = []
-    images: list[np.ndarray] = []
-    trimaps: list[np.ndarray] = []
+    kept: list[Decoded] = []
     kinds: Counter[str] = Counter()
     for pair, read, split, key in zip(scan.pairs, reads, splits, keys):
         kinds.update(read.kinds)
@@ -179,8 +177,7 @@ def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None,
         group = pair.group or key
         infos.append(ImageInfo(name=pair.name, split=split, breed="", species="", width=d.width, height=d.height,
                                brightness=d.brightness, fg_fraction=d.fg_fraction, group=group, path=pair.image))
-        images.append(d.image)
-        trimaps.append(d.trimap)
+        kept.append(d)
     check.mask_kinds = dict(kinds)
     soft = sum(read.soft for read in reads)
     if soft and foreground is None:
@@ -201,9 +198,7 @@ def _decode_all(scan: Scan, image_size: int, foreground: tuple[int, ...] | None,
         if spread:
             check.notes.append(f"{len(spread)} --group-by keys have images in several split folders "
                                f"({', '.join(spread[:3])}{', ...' if len(spread) > 3 else ''}): the folders' splits are kept")
-    s = image_size
+    images, masks, ignore = stacked(kept, image_size)
     return PreparedDataset(
-        root=scan.root, source=SOURCE, image_size=image_size, infos=infos,
-        images=np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
-        trimaps=np.stack(trimaps) if trimaps else np.zeros((0, s, s), np.uint8),
+        root=scan.root, source=SOURCE, image_size=image_size, infos=infos, images=images, masks=masks, ignore=ignore,
         skipped=[(f, why) for f, why in check.unreadable], layout=scan.layout, check=check)

@@ -1,5 +1,9 @@
 """The Oxford-IIIT Pet file layout and trimap values: the one place every module takes them from.
 
+Only the Oxford-IIIT Pet reader (core/data/dataset.py) and the synthetic generator, which writes this
+layout, know trimap values: the reader turns a trimap into the core's foreground mask and ignore band
+(`trimap_truth`) as it reads it.
+
 The official release, which the synthetic set also writes::
 
     images/<name>.jpg
@@ -15,6 +19,20 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TypeVar
+
+LAYOUT_SOURCES = ("oxford-pets", "synthetic")  # datasets.source values read from this layout
+
+
+def has_breeds(source: str | None) -> bool:
+    """Whether a dataset of this datasets.source has breeds and species (its split files name them). None, a
+    dataset no store row describes, counts as this layout: stores before the user's own folders held no other."""
+    return source is None or source in LAYOUT_SOURCES
+
+
+def has_ignore_band(source: str | None) -> bool:
+    """Whether a dataset of this datasets.source has an ignore band (its trimaps' border); None as in has_breeds."""
+    return source is None or source in LAYOUT_SOURCES
+
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 TRIMAP_VALUES = (TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER)
@@ -49,10 +67,18 @@ def trimap_path(root: str | Path, name: str) -> Path:
 A = TypeVar("A")
 
 
-def pet_mask(trimap: A) -> A:
-    """The binary target of a trimap (numpy array or torch tensor): pet and border are pet.
+def trimap_foreground(trimap: A) -> A:
+    """The foreground mask of a trimap (numpy array or torch tensor), bool: pet and border are foreground.
 
-    The border band is the pet's ambiguous outline; counting it as pet is the lab reports'
-    convention, and the border-aware dice ignores it instead.
+    The border band is the pet's ambiguous outline; counting it as foreground is the lab reports'
+    convention, and the border-aware dice ignores it instead (`trimap_truth`'s ignore band).
     """
     return trimap != TRIMAP_BACKGROUND
+
+
+pet_mask = trimap_foreground  # the old name, still used by benchmarks/label_errors.py
+
+
+def trimap_truth(trimap: A) -> tuple[A, A]:
+    """(foreground, ignore band) of a trimap, bool each: foreground = pet or border, ignore = border."""
+    return trimap_foreground(trimap), trimap == TRIMAP_BORDER

@@ -11,7 +11,7 @@ from PIL import Image
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
-    """A binary mask as a 1-bit PNG: a few hundred bytes at 256 px for pet-shaped masks.
+    """A binary mask as a 1-bit PNG: a few hundred bytes at 256 px for object-shaped masks.
 
     Written directly (bit-packed rows, PNG filter "none", one zlib level-5 stream): for 1-bit
     masks that is faster than PIL's optimize=True and smaller too (PIL's per-row filters suit

@@ -14,8 +14,8 @@ the sweep (a median needs them).
 
 Older stores (v1-v5) are read as they are: a column a later version added (images.group_name and
 path, datasets.layout, sweep_images' label-suspicion parts) reads as NULL there, a table it
-added (reviews, truth_masks) as empty, and a column or value a later version renamed (schema.RENAMED_IN:
-pet_missed, 'missed pet') reads under its current name.
+added (reviews, truth_masks) as empty, and a column or value a later version renamed (schema.RENAMED_IN)
+reads under its current name.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _stored(conn: Connection, table: Table, name: str) -> ColumnElement:
 
 def _mode(conn: Connection, column: ColumnElement) -> ColumnElement:
     """A stored failure-mode column (image_results.failure_mode, sweep_images.top_mode) with this store's
-    renamed values read as today's ('missed pet' on a v5 store reads 'missed object'); any other column as it is."""
+    renamed values read as today's (schema.RENAMED_IN: a v5 store's reads 'missed object'); any other column as it is."""
     old = stored_values(stored_version(conn))
     if not old or column.name != "failure_mode" and column.name != "top_mode":
         return column
@@ -246,7 +246,7 @@ def dataset_roots(src: Source) -> dict[str, str]:
 
 def dataset_kinds(src: Source) -> dict[str, dict[str, Any]]:
     """Dataset name -> its source, layout (NULL before v4) and root: what tells a page whether the data has
-    pets (breeds, species, a trimap's border band) or is the user's own folder."""
+    breeds and species and an ignore band (core.data.layout.has_breeds, has_ignore_band)."""
     with connect(src) as conn:
         stmt = select(*_columns(conn, datasets, ("name", "source", "layout", "root")))
         return {r["name"]: dict(r) for r in conn.execute(stmt).mappings().all()}
@@ -618,7 +618,7 @@ def mask_pngs(src: Source, trial_ids: Sequence[int], image_ids: Sequence[int]) -
 
 def truth_pngs(src: Source, image_ids: Sequence[int], image_size: int, column: str = "png") -> dict[int, bytes]:
     """The ground truth exactly as scored at `image_size` (v4 truth_masks, 1-bit PNGs) by image id, for the
-    given images that have one; empty on an older store (the gallery then rebuilds it from the trimap).
+    given images that have one; empty on an older store (the gallery then rebuilds it from the dataset's files).
     column="image": the images as scored, on the vote grid (v5 truth_masks.image), where stored."""
     if not image_ids:
         return {}

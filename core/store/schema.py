@@ -142,9 +142,9 @@ image_results = Table(
     Column("boundary_iou", Float),
     Column("hd95", Float),
     Column("fp_blobs", Integer),
-    Column("object_missed", Boolean),  # v6 name; pet_missed before
+    Column("object_missed", Boolean),  # v6 name (RENAMED_IN has the old one)
     Column("entropy", Float),
-    Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed' (v6: 'missed pet' -> 'missed object')
+    Column("failure_mode", String(24)),  # core.metrics.failure_modes, or 'not computed' (v6 renamed a value: RENAMED_IN)
     Index("ix_image_results_trial_dice", "trial_id", "dice"),  # worst images of a trial
     Index("ix_image_results_trial_mode", "trial_id", "failure_mode"),  # v2: failure-mode shares and filters
     Index("ix_image_results_image", "image_id"),               # all results of one image

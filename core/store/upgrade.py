@@ -19,9 +19,8 @@ v4 -> v5: new nullable columns (truth_masks.image, sweep_images.image_evidence);
 scored is read again from the dataset folder where its file is still there, and the summaries are rebuilt, so
 the score gains its image evidence there and keeps its v4 value (evidence NULL, counted as 1) elsewhere.
 
-v5 -> v6: the neutral names (schema.RENAMED_IN): image_results.pet_missed -> object_missed,
-sweep_images.n_missed_pet -> n_missed_object, failure mode 'missed pet' -> 'missed object' (image_results and
-sweep_images.top_mode); new nullable trials columns (checkpoint_sha256, encoder_weights, encoder_sha256), NULL on
+v5 -> v6: the neutral names (schema.RENAMED_IN): image_results.object_missed, sweep_images.n_missed_object and
+failure mode 'missed object' (image_results and sweep_images.top_mode) under their old names are renamed; new nullable trials columns (checkpoint_sha256, encoder_weights, encoder_sha256), NULL on
 older trials. Renames come first, so a renamed column is never added anew beside its old one.
 
 Everything (renames, columns, backfill, summaries, version bump) happens in one transaction: a crash or a full
@@ -40,8 +39,8 @@ import numpy as np
 from sqlalchemy import and_, bindparam, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
-from core.data.dataset import image_as_scored, open_rgb, open_trimap, trimap_as_scored
-from core.data.layout import image_rel, pet_mask, trimap_path
+from core.data.dataset import image_as_scored, open_rgb, truth_as_scored
+from core.data.layout import LAYOUT_SOURCES, image_rel
 from core.labels import on_grid
 from core.metrics import DIAGNOSTICS, NOT_COMPUTED, mask_diagnostics
 from core.store import schema as st
@@ -90,12 +89,10 @@ class UpgradeReport:
 
 
 def eval_truth(root: Path, name: str, width: int, height: int, size: int) -> np.ndarray | None:
-    """The ground truth the evaluation used, (size, size) bool, rebuilt from the trimap as
-    core.data.dataset resizes it (to the image's size, then to size x size, both nearest); None if unreadable."""
-    trimap = open_trimap(trimap_path(root, name))
-    if isinstance(trimap, str):
-        return None
-    return pet_mask(trimap_as_scored(trimap, (int(width), int(height)), size))
+    """The foreground the evaluation used, (size, size) bool, rebuilt from the dataset's trimap by the
+    Oxford-IIIT Pet reader (core.data.dataset.truth_as_scored); None if unreadable."""
+    truth = truth_as_scored(root, name, (int(width), int(height)), size)
+    return None if isinstance(truth, str) else truth[0]
 
 
 def rename_columns_and_values(conn: Connection, from_version: int) -> list[str]:
@@ -209,7 +206,7 @@ def _record_truths(conn: Connection) -> int:
     wanted = conn.execute(
         select(i.c.id, i.c.name, i.c.width, i.c.height, t.c.image_size, d.c.root).distinct()
         .select_from(m.join(t, t.c.id == m.c.trial_id).join(i, i.c.id == m.c.image_id).join(d, d.c.name == i.c.dataset))
-        .where(t.c.state == "complete", d.c.source.in_(("oxford-pets", "synthetic")))).all()
+        .where(t.c.state == "complete", d.c.source.in_(LAYOUT_SOURCES))).all()
     known = {tuple(r) for r in conn.execute(select(st.truth_masks.c.image_id, st.truth_masks.c.image_size))}
     rows = []
     for image_id, name, width, height, size, root in wanted:

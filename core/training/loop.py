@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from core.data.augment import AugmentConfig, build_augment
 from core.data.dataset import PreparedDataset
-from core.data.layout import pet_mask
 from core.losses import SegmentationLoss
 from core.machine import usable_cores
 from core.metrics import ImageDiagnostics, concat_diagnostics, image_diagnostics, image_scores, predicted_mask
@@ -236,27 +235,36 @@ def seed_everything(seed: int) -> None:
 # -- batches ------------------------------------------------------------------------
 
 class _Split(torch.utils.data.Dataset):
-    """uint8 (image, trimap) pairs of one split, augmented together when asked."""
+    """(uint8 image, bool mask) pairs of one split, augmented together when asked. Training needs no
+    ignore band (only the evaluation's dice_no_border does), so none is moved."""
 
     def __init__(self, data: PreparedDataset, indices: np.ndarray, augment: Callable | None):
-        self.images, self.trimaps, self.indices, self.augment = data.images, data.trimaps, indices, augment
+        self.images, self.masks, self.indices, self.augment = data.images, data.masks, indices, augment
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         j = self.indices[i]
-        image, trimap = self.images[j], self.trimaps[j]
+        image, mask = self.images[j], self.masks[j]
         if self.augment is not None:
-            image, trimap = self.augment(image, trimap)
-        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(trimap))
+            image, mask, _ = self.augment(image, mask)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask))
 
 
 def _plain_batches(data: PreparedDataset, indices: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Slices of the cached arrays: no per-sample Python work when nothing is augmented."""
+    """(images, masks) slices of the cached arrays: no per-sample Python work when nothing is augmented."""
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
-        yield torch.from_numpy(data.images[idx]), torch.from_numpy(data.trimaps[idx])
+        yield torch.from_numpy(data.images[idx]), torch.from_numpy(data.masks[idx])
+
+
+def _scored_batches(data: PreparedDataset, indices: np.ndarray,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """(images, masks, ignore band or None) slices: what evaluation scores."""
+    for start, (images, masks) in zip(range(0, len(indices), batch_size), _plain_batches(data, indices, batch_size)):
+        ignore = None if data.ignore is None else torch.from_numpy(data.ignore[indices[start:start + batch_size]])
+        yield images, masks, ignore
 
 
 class Normalizer:
@@ -267,11 +275,15 @@ class Normalizer:
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.inv_std = 1 / (torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
 
-    def __call__(self, images: torch.Tensor, trimaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
+                 ignore: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x, target (N,1,H,W) float 0/1, ignore band (N,1,H,W) bool or None) on the device."""
         x = self.images(images)
-        trimaps = trimaps.to(self.device, non_blocking=self.device.type == "cuda").unsqueeze(1)
-        target = pet_mask(trimaps).float()
-        return x, target, trimaps
+        target = self._masks(masks).float()
+        return x, target, None if ignore is None else self._masks(ignore)
+
+    def _masks(self, masks: torch.Tensor) -> torch.Tensor:
+        return masks.to(self.device, non_blocking=self.device.type == "cuda").unsqueeze(1).bool()
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """The images alone (no masks: a prediction's input), as __call__ gives them."""
@@ -351,7 +363,7 @@ def _train_loader(data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig, 
 
         def ensemble_epoch(k: int) -> Iterator:
             for batches in zip(*(epoch(k) for epoch, _ in loaders)):
-                yield torch.cat([images for images, _ in batches]), torch.cat([trimaps for _, trimaps in batches])
+                yield torch.cat([images for images, _ in batches]), torch.cat([masks for _, masks in batches])
         return ensemble_epoch, loaders[0][1]
     augment = build_augment(cfg.augment)
     n_batches = max(1, len(indices) // cfg.batch_size)  # drop the last partial batch: BatchNorm needs > 1
@@ -498,15 +510,15 @@ def fit(cfg: TrainConfig, data: PreparedDataset, on_epoch: Callable[[EpochStats]
         seen = 0
         bar = tqdm(next_epoch(epoch), total=n_batches, desc=f"{cfg.arch} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, file=sys.stderr)
-        for images, trimaps in bar:
+        for images, masks in bar:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * _lr_factor(step, total_steps, warmup_steps)
-            x, target, trimap = normalize(images, trimaps)
+            x, target, _ = normalize(images, masks)
             loss, logits = train_step(x, target)
             step += 1
             n = x.shape[0]
             loss_sum += loss.detach().float() * n
-            dice_sum += image_scores(logits.detach(), target, trimap).dice.sum()
+            dice_sum += image_scores(logits.detach(), target).dice.sum()
             seen += n
             # checking costs a device sync: every step on the CPU, every 25 steps on a GPU
             if (device.type == "cpu" or step % 25 == 0) and not math.isfinite(loss.item()):
@@ -572,7 +584,7 @@ def evaluation_logits(model: nn.Module, x: torch.Tensor, flip_tta: bool) -> torc
 def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: TrainConfig,
             device: torch.device | None = None, with_masks: bool = True, batch_size: int | None = None,
             diagnostics: bool = False) -> Prediction:
-    """Score every image of `indices`: per-image dice, IoU, border-aware dice, loss, and masks.
+    """Score every image of `indices`: per-image dice, IoU, dice off the ignore band, loss, and masks.
 
     diagnostics=True adds core.metrics.image_diagnostics per image (error areas, boundary, components,
     entropy): the test evaluation asks for them, the per-epoch validation does not.
@@ -586,10 +598,10 @@ def predict(model: nn.Module, data: PreparedDataset, indices: np.ndarray, cfg: T
     dice, iou, dnb, losses, masks, diags = [], [], [], [], [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with autocast:
-        for images, trimaps in _plain_batches(data, indices, batch_size or evaluation_batch(cfg)):
-            x, target, trimap = normalize(images, trimaps)
+        for images, truths, ignore in _scored_batches(data, indices, batch_size or evaluation_batch(cfg)):
+            x, target, ignore = normalize(images, truths, ignore)
             logits = evaluation_logits(model, x, cfg.flip_tta)
-            scores = image_scores(logits, target, trimap)
+            scores = image_scores(logits, target, ignore)
             dice.append(scores.dice.cpu())
             iou.append(scores.iou.cpu())
             dnb.append(scores.dice_no_border.cpu())

@@ -21,11 +21,12 @@ def pick_metric(ctx: ui.Context) -> str:
         metric = st.selectbox("Metric", choices, format_func=ui.METRIC_LABELS.get, key="dist_metric",
                               help="Every per-image metric of the store; see docs/metrics.md, 'Why an image fails: the diagnostics'. "
                                    "For error metrics (areas, HD95, blobs, entropy) the worst values are the highest.")
-    if not ctx.pets:  # no trimap, no border band: border-aware dice would only repeat dice
+    if not ctx.has_ignore_band:  # no ignore band: border-aware dice would only repeat dice
         return metric
-    border_aware = st.toggle("Border-aware dice (ignore the trimap's border band)", key="border_aware",
+    border_aware = st.toggle("Border-aware dice (leave out the ignore band)", key="border_aware",
                              disabled=metric != "dice",
-                             help="dice_no_border: pixels of the ambiguous outline band (trimap 3) are left out.")
+                             help="dice_no_border: pixels of the ambiguous outline band (Oxford-IIIT Pet's trimap "
+                                  "border) are left out.")
     return "dice_no_border" if border_aware and metric == "dice" else metric
 
 
@@ -127,7 +128,7 @@ def paired(ctx: ui.Context, metric: str, groups: tuple[str, ...] | None) -> None
     disagree = pairs.assign(**{"A": pairs[f"{metric}_a"], "B": pairs[f"{metric}_b"], "B − A": diff}) \
         .reindex(diff.abs().sort_values(ascending=False).index).head(DISAGREE_ROWS)
     right.markdown(f"**Where they disagree most** ({ui.METRIC_LABELS[metric]})")
-    about = ["species"] if ctx.pets else ["group_name"] if disagree["group_name"].notna().any() else []
+    about = ["species"] if ctx.has_breeds else ["group_name"] if disagree["group_name"].notna().any() else []
     right.dataframe(disagree[["name", *about, "A", "B", "B − A"]].rename(columns={"group_name": "group"}).round(4),
                     hide_index=True)
     right.caption("Open an image in **Hardest images** → *Across all trials* to see both predictions.")

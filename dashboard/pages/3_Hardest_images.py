@@ -3,8 +3,8 @@
 Each example shows the image, its ground truth and the prediction overlaid with false positives
 and false negatives in their own colours, worst first, a page at a time. The filters in the
 sidebar narrow the images down in SQL (see core.store.queries.hardest_images): by score, failure mode,
-group (the user's own folders), review mark, split, brightness and size, and on pet data by breed and
-species. Every card shows the image's review mark, where the store keeps them.
+group (the user's own folders), review mark, split, brightness and size, and where the data has breeds by
+breed and species. Every card shows the image's review mark, where the store keeps them.
 """
 
 import math
@@ -18,7 +18,6 @@ from core.labels import LIKELY_LABEL_ERROR
 from core.store.queries import UNIT_RANGE, ImageFilter
 from dashboard import common as ui
 from dashboard import images
-from dashboard.wording import Wording
 
 VIEWS = ("Worst images of one trial", "Hard for every model", "Compare two trials")
 SCORES = ui.METRIC_LABELS
@@ -83,7 +82,6 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
         score = st.sidebar.slider(f"{score_label} range", 0.0, 1.0, (0.0, 1.0), step=0.01, key=f"range::{scope}")
     evaluated = tuple(int(i) for i in best["id"]) or tuple(int(i) for i in complete["id"])
     options = ctx.query("filter_options", (int(trial_id),) if trial_id is not None else evaluated)
-    words = ctx.words
     modes = None
     if view == VIEWS[0] and options.get("modes"):
         modes = _subset("Failure mode", options["modes"], f"mode::{scope}::{trial_id}", "pills")
@@ -104,9 +102,9 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
     splits = _subset("Split", options["splits"], f"split::{scope}", "pills")
     brightness = _range("Brightness (mean luma)", options["brightness"], f"bright::{scope}", "%.2f",
                         "0 = black, 1 = white, measured on the original image")
-    fg = _range(f"{words.thing.capitalize()} size (share of pixels)", options["fg_fraction"], f"fg::{scope}", "%.2f",
-                "fg_fraction: pet and border pixels over all pixels of the ground truth" if words.pets
-                else "fg_fraction: foreground pixels over all pixels of the mask")
+    fg = _range("Object size (share of pixels)", options["fg_fraction"], f"fg::{scope}", "%.2f",
+                "fg_fraction: foreground pixels (the ignore band included, where there is one) over all pixels "
+                "of the ground truth")
     size = st.sidebar.selectbox("Images per page", PAGE_SIZES, index=1, key="page_size")
     flt = ImageFilter(metric=metric, score=(float(score[0]), float(score[1])), breeds=breeds, species=species,
                       splits=splits, brightness=brightness, fg_fraction=fg, modes=modes, groups=groups, marks=marks,
@@ -114,13 +112,13 @@ def filters(ctx: ui.Context, view: str, scope: str) -> tuple[int | None, ImageFi
     return trial_id, flt, size
 
 
-def describe(row: Any, words: Wording) -> str:
-    """A card's attributes: group (where it has one), breed and species (pet data), split, brightness, size."""
+def describe(row: Any, breeds: bool) -> str:
+    """A card's attributes: group (where it has one), breed and species (`breeds`), split, brightness, size."""
     group = getattr(row, "group_name", None)
     parts = [f"group {group}"] if isinstance(group, str) and group else []
-    if words.pets:
+    if breeds:
         parts += [row.breed, row.species]
-    parts += [row.split, f"brightness {row.brightness:.2f}", f"{words.thing} {row.fg_fraction:.0%} of the image"]
+    parts += [row.split, f"brightness {row.brightness:.2f}", f"object {row.fg_fraction:.0%} of the image"]
     return " · ".join(parts)
 
 
@@ -129,12 +127,12 @@ def value(x: Any, digits: int = 3) -> str:
     return "not computed" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def diagnosis(row: Any, words: Wording) -> str:
+def diagnosis(row: Any) -> str:
     """The caption naming an image's failure mode and the diagnostics behind it."""
     if getattr(row, "failure_mode", None) in (None, "not computed"):
         return "failure mode: not computed (results upgraded from schema version 1 whose dataset was not reachable)"
     blobs = int(row.fp_blobs)
-    missed = f" · largest {words.thing} part missed" if row.object_missed else ""
+    missed = " · largest object part missed" if row.object_missed else ""
     return (f"failure mode: {row.failure_mode} · precision {row.precision:.2f} · recall {row.recall:.2f} · "
             f"Boundary IoU {row.boundary_iou:.2f} · HD95 {row.hd95:.1f} px · {blobs} false-positive "
             f"blob{'s' if blobs != 1 else ''}{missed} · entropy {value(row.entropy, 2)}")
@@ -161,7 +159,7 @@ def show_across_trials(ctx: ui.Context, image_id: int) -> None:
             head.info("That image has no result in this sweep.")
             return
         head.subheader(f"{info['name']} across every architecture and trial")
-        st.caption(describe(pd.Series(info), ctx.words))
+        st.caption(describe(pd.Series(info), ctx.has_breeds))
         pngs = ctx.query("mask_pngs", tuple(int(t) for t in rows["trial_id"]), (int(image_id),))
         size = int(rows["image_size"].max())
         first = ui.panels(ctx, info, size, [])
@@ -175,7 +173,7 @@ def show_across_trials(ctx: ui.Context, image_id: int) -> None:
                 st.image(p.predictions, width=PANEL_PX - 40, caption=[
                     f"#{r.number} {r.state}: dice {r.dice:.3f}" for r in same.itertuples()])
         extra = [c for c in ("failure_mode", "precision", "recall", "boundary_iou", "hd95", "entropy") if c in rows]
-        border = ["dice_no_border"] if ctx.pets else []
+        border = ["dice_no_border"] if ctx.has_ignore_band else []
         table = rows[["arch", "number", "state", "val_dice", "dice", *border, "iou", *extra]].rename(
             columns={"number": "trial", "val_dice": "trial val dice", "dice_no_border": "border-aware dice",
                      "failure_mode": "failure mode", "boundary_iou": "Boundary IoU"})
@@ -202,10 +200,10 @@ def gallery_one_trial(ctx: ui.Context, trial_id: int, flt: ImageFilter, size: in
             st.markdown(f"**{rank}. {row.name}** — {SCORES[shown]} **{value(getattr(row, shown))}**{mode}")
             st.image(images.strip([p.photo, p.truth, p.predictions[0]]), width="stretch",
                      caption=f"image | ground truth | prediction of {label}")
-            border = f" · border-aware {row.dice_no_border:.3f}" if ctx.pets else ""
-            st.caption(f"{describe(row, ctx.words)} · dice {row.dice:.3f}{border} · IoU {row.iou:.3f}")
+            border = f" · border-aware {row.dice_no_border:.3f}" if ctx.has_ignore_band else ""
+            st.caption(f"{describe(row, ctx.has_breeds)} · dice {row.dice:.3f}{border} · IoU {row.iou:.3f}")
             if hasattr(row, "failure_mode"):
-                st.caption(diagnosis(row, ctx.words))
+                st.caption(diagnosis(row))
             review(ctx, row)
             for note in p.notes:
                 st.caption(f"⚠ {note}")
@@ -246,7 +244,7 @@ def gallery_every_model(ctx: ui.Context, flt: ImageFilter, size: int) -> None:
                         f"{row.trials} trials (mean {row.mean:.3f}, worst {row.min:.3f}, best {row.max:.3f})")
             st.image(images.strip([p.photo, p.truth, *p.predictions]), width="content",
                      caption=" | ".join(["image", "ground truth", *captions]))
-            st.caption(describe(row, ctx.words))
+            st.caption(describe(row, ctx.has_breeds))
             if hasattr(row, "mode"):
                 st.caption(f"most common failure mode: {row.mode}, in {row.mode_trials} of "
                            f"{row.evaluated} trials")

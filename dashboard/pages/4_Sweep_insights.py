@@ -70,7 +70,7 @@ def tail_insights(ctx: ui.Context, arch: str) -> None:
     st.subheader("Hyperparameters vs the hardest images")
     c1, c2 = st.columns(2)
     tail = c1.radio("Tail score", list(TAILS), format_func=TAILS.get, horizontal=True, key="tail_kind")
-    border = ctx.pets and c2.toggle("Border-aware dice", key="tail_border")  # a trimap's border band: pet data only
+    border = ctx.has_ignore_band and c2.toggle("Border-aware dice", key="tail_border")  # only data with an ignore band
     metric = "dice_no_border" if border else "dice"
     scores = ctx.sweep_aggregate("trial_tail_scores", ctx.sweep, metric)
     scores = scores[scores["arch"] == arch]

@@ -170,7 +170,7 @@ def render(ctx: ui.Context) -> None:
     export(ctx, sorted(frame["dataset"].dropna().unique()))
     if ui.started_read_only():
         st.caption("Started read-only: marks are shown, not written.")
-    st.markdown(images.legend_html(ctx.words.thing, trimap=ctx.pets, title="Consensus against the mask"),
+    st.markdown(images.legend_html(band=ctx.has_ignore_band, title="Consensus against the mask"),
                 unsafe_allow_html=True)
     frame, size = filters(ctx, frame)
     page = ui.pager(len(frame), size, (ctx.sweep, hash(tuple(frame["image_id"])), size),
