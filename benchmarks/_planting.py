@@ -74,24 +74,22 @@ def planted_mask(kind: str, mask: np.ndarray, other: np.ndarray) -> np.ndarray:
 # -- the dataset's masks: the only code here that uses core.data's mask rules ------------------------------
 
 def own_size_mask(root: Path, name: str, pair, foreground: tuple[int, ...] | None = None) -> np.ndarray:
-    """A test image's mask at its own size as the loader reads it: Oxford's trimap (pet and border are foreground)
-    or, for a folder's `pair` (core.data.folders.Pair), the union of its mask files."""
-    from core.data.dataset import open_trimap
+    """A test image's mask at its own size as the loader reads it: Oxford's foreground (its trimap's ignore band
+    counts as foreground) or, for a folder's `pair` (core.data.folders.Pair), the union of its mask files."""
+    from core.data.dataset import read_truth
     from core.data.folder_dataset import read_pair
-    from core.data.layout import pet_mask, trimap_path
 
-    trimap = open_trimap(trimap_path(root, name)) if pair is None else read_pair(root, pair, foreground).trimap
-    if trimap is None or isinstance(trimap, str):
-        raise RuntimeError(f"cannot read the mask of {name} in {root}: {trimap or 'unreadable files'}")
-    return pet_mask(trimap)
+    mask = read_truth(root, name) if pair is None else read_pair(root, pair, foreground).mask
+    if mask is None or isinstance(mask, str):
+        raise RuntimeError(f"cannot read the mask of {name} in {root}: {mask or 'unreadable files'}")
+    return mask[0] if pair is None else mask
 
 
 def as_scored(mask: np.ndarray, image_wh: tuple[int, int], size: int) -> np.ndarray:
-    """A mask at its file's size as the sweep scores it (core.data.dataset.trimap_as_scored, then pet_mask)."""
-    from core.data.dataset import trimap_as_scored
-    from core.data.layout import TRIMAP_BACKGROUND, TRIMAP_PET, pet_mask
+    """A mask (bool) at its file's size as the sweep scores it (core.data.dataset.mask_as_scored)."""
+    from core.data.dataset import mask_as_scored
 
-    return pet_mask(trimap_as_scored(np.where(mask, TRIMAP_PET, TRIMAP_BACKGROUND), image_wh, size))
+    return mask_as_scored(np.asarray(mask, dtype=bool), image_wh, size)
 
 
 def write_mask(root: Path, name: str, pair, mask: np.ndarray) -> None:
@@ -109,17 +107,17 @@ def write_mask(root: Path, name: str, pair, mask: np.ndarray) -> None:
 
 
 class Layout:
-    """A dataset folder's test masks at their own size, read as the loader reads them; `write` and `drop_lesion`
-    plant in memory, and with `files` in the folder's files too (the copy a sweep trains on). Oxford's layout is
-    'pets'; any other (BUSI's CLASS/images/NAME.png with CLASS/mask/NAME_mask.png and NAME_mask_1.png for a second
-    lesion) 'ultrasound'."""
+    """A dataset folder's test masks at their own size, read as the loader reads them; `write` and `drop_object`
+    plant in memory, and with `files` in the folder's files too (the copy a sweep trains on). `kind` is the
+    layout: "oxford-pets" (a trimap per image) or "folder" (the user's own, read by core.data.sources: an image
+    may have several mask files, one object each, as BUSI's NAME_mask.png and NAME_mask_1.png)."""
 
     def __init__(self, root: Path, names: list[str], files: bool = False):
         from core.data.sources import detect_layout, scan_folder
 
         self.root, self.files = root, files
-        self.kind = "pets" if detect_layout(root) == "oxford-pets" else "ultrasound"
-        scan = None if self.kind == "pets" else scan_folder(root)
+        self.kind = "oxford-pets" if detect_layout(root) == "oxford-pets" else "folder"
+        scan = None if self.kind == "oxford-pets" else scan_folder(root)
         self.foreground = scan.foreground if scan else None
         pairs = {p.name: p for p in scan.pairs} if scan else {}
         self.pairs = {n: pairs.get(n) for n in names}  # None: Oxford's trimap
@@ -134,7 +132,7 @@ class Layout:
     def read(self, name: str) -> np.ndarray:
         return self.masks[name]
 
-    def lesions(self, name: str) -> int:
+    def objects(self, name: str) -> int:
         pair = self.pairs[name]
         return 1 if pair is None else len(pair.masks)
 
@@ -143,8 +141,8 @@ class Layout:
         if self.files:
             write_mask(self.root, name, self.pairs[name], mask)
 
-    def drop_lesion(self, name: str) -> None:
-        """The mask keeps all of its mask files' lesions but the last."""
+    def drop_object(self, name: str) -> None:
+        """The mask keeps all of its mask files' objects but the last's."""
         pair = self.pairs[name]
         kept = replace(pair, masks=pair.masks[:-1])
         if self.files:
@@ -160,13 +158,13 @@ def plant(layout: Layout, test_names: list[str], share: float, seed: int, first_
     candidates = [n for n in test_names if masks[n].any()]
     k = max(1, round(share * len(test_names)))
     chosen = [candidates[i] for i in rng.permutation(len(candidates))[:k]]
-    two = [n for n in chosen if layout.lesions(n) > 1] + [n for n in candidates if layout.lesions(n) > 1 and n not in chosen]
+    two = [n for n in chosen if layout.objects(n) > 1] + [n for n in candidates if layout.objects(n) > 1 and n not in chosen]
     kinds: dict[str, str] = {}
-    if layout.kind == "ultrasound" and two:  # one two-lesion mask loses a lesion
+    if layout.kind == "folder" and two:  # one mask of several files loses one
         if two[0] not in chosen:
             chosen[-1] = two[0]
-        kinds[two[0]] = "lesion removed"
-        layout.drop_lesion(two[0])
+        kinds[two[0]] = "object removed"
+        layout.drop_object(two[0])
     rest = [n for n in chosen if n not in kinds]
     keep = [n for n in candidates if n not in chosen]
     for j in range(len(rest)):

@@ -6,9 +6,10 @@
 
 For each dataset folder, in a temporary copy: a share (--share, 10%) of the test images get a wrong mask,
 by kinds in turn: erased, grown (area about doubled), shrunk (about halved), shifted (by half the mask's
-extent, at least a fifth of the image), or another test image's mask; on ultrasound (BUSI's layout) a
-two-lesion mask first loses a lesion. Then `python -m jobs.sweep --data-root COPY` at the given budget
-(default: the quick preset's), and three rankings of the test images, most suspect first:
+extent, at least a fifth of the image), or another test image's mask; in a folder whose images may have
+several mask files (BUSI's second lesions), one such image first loses one. Then `python -m jobs.sweep
+--data-root COPY` at the given budget (default: the quick preset's), and three rankings of the test images,
+most suspect first:
 
 * suspect-label score   sweep_images.label_suspicion (core.labels: the models agree, and against the mask);
 * median dice           sweep_images.dice_median ascending: "hard for every model" as the dashboard had it;
@@ -25,8 +26,8 @@ size and brought to the evaluation size as the loader does: every ranking is rec
 holds (each complete trial's predicted mask and entropy, core.labels' steps; median dice from the masks;
 cleanlab from the refit's probabilities, which no mask changes). First the sweep's own planting is replayed and
 must reproduce the stored truths, dice and label_suspicion exactly, or the dataset fails loudly. PASS when the
-suspect-label score's mean AUROC reaches the dataset's target (0.95 on pets, 0.90 on ultrasound) and beats both
-other rankings' mean AUROC. --keep keeps the copy and the store; --rescore scores a kept sweep again, no sweep.
+suspect-label score's mean AUROC reaches the dataset's target (0.95 in Oxford-IIIT Pet's layout, 0.90 in a
+folder of the user's kind) and beats both other rankings' mean AUROC. --keep keeps the copy and the store; --rescore scores a kept sweep again, no sweep.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from benchmarks._common import REPO, finish, header, parser, positive_int, verdi
 from benchmarks._planting import KINDS, Layout, plant, planted_truths
 
 SAMPLES = (REPO.parent / "shared" / "data" / "oxford-pets-sample", REPO.parent / "shared" / "data" / "busi-sample")
-TARGETS = {"pets": 0.95, "ultrasound": 0.90}
+TARGETS = {"oxford-pets": 0.95, "folder": 0.90}  # by _planting.Layout.kind
 SWEEP = "label-errors"
 
 
@@ -333,7 +334,7 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
         sweep = read_sweep(db, SWEEP, names)
         truths = []
         for seed in range(args.seed, args.seed + args.plantings):
-            # each planting starts the kinds one further along: with few planted (BUSI's 4, one a removed lesion)
+            # each planting starts the kinds one further along: with few planted (BUSI's 4, one a removed object)
             # the kinds late in KINDS would otherwise never be planted; the sweep's own planting starts at the first
             truth, kinds = planted_truths(files, names, wh, data.masks[test], args.image_size, args.share, seed,
                                           first_kind=(seed - args.seed) % len(KINDS))

@@ -124,6 +124,16 @@ def test_truth_as_scored_is_what_the_decode_holds(data_sample64: PreparedDataset
     assert dataset.truth_as_scored(SAMPLE, "no_such_image", (8, 8), 64) == "missing trimap"
 
 
+def test_read_truth_is_the_trimaps_foreground_and_band_at_the_files_size() -> None:
+    with Image.open(SAMPLE / "annotations" / "trimaps" / "Abyssinian_100.png") as im:
+        trimap = np.asarray(im)
+    foreground, ignore = dataset.read_truth(SAMPLE, "Abyssinian_100")
+    assert foreground.shape == ignore.shape == trimap.shape and foreground.dtype == ignore.dtype == bool
+    np.testing.assert_array_equal(foreground, np.isin(trimap, (1, 3)))
+    np.testing.assert_array_equal(ignore, trimap == 3)
+    assert dataset.read_truth(SAMPLE, "no_such_image") == "missing trimap"
+
+
 def test_indices_partition_the_dataset_in_order(data_sample64: PreparedDataset) -> None:
     d = data_sample64
     parts = [d.indices(s) for s in ("train", "val", "test")]

@@ -24,7 +24,6 @@ def test_a_trimap_is_foreground_pet_or_border_and_ignore_border_in_arrays_and_te
     assert layout.trimap_foreground(trimap).tolist() == [[True, False], [True, False]]
     foreground, ignore = layout.trimap_truth(torch.from_numpy(trimap))
     assert foreground.tolist() == [[True, False], [True, False]] and ignore.tolist() == [[False, False], [True, False]]
-    assert layout.pet_mask is layout.trimap_foreground  # the old name benchmarks/label_errors.py still uses
 
 
 def test_breeds_and_the_ignore_band_come_with_the_layouts_sources() -> None:

@@ -269,18 +269,22 @@ def mask_as_scored(mask: np.ndarray, image_wh: tuple[int, int], image_size: int)
     return np.asarray(im.resize((image_size, image_size), Image.Resampling.NEAREST)).astype(arr.dtype)
 
 
-trimap_as_scored = mask_as_scored  # a trimap's values survive nearest resizing; the old name, for label_errors.py
+def read_truth(root: str | Path, name: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """One Oxford-layout image's (foreground, ignore band) at its file's size, bool each, read from its
+    trimap as the decode reads it, or the reason the trimap is unusable."""
+    trimap = _open_trimap(trimap_path(root, name))
+    return trimap if isinstance(trimap, str) else trimap_truth(trimap)
 
 
 def truth_as_scored(root: str | Path, name: str, image_wh: tuple[int, int],
                     image_size: int) -> tuple[np.ndarray, np.ndarray] | str:
     """One Oxford-layout image's (foreground, ignore band) at image_size, bool each, read from its trimap
     as the decode reads it, or the reason the trimap is unusable (the upgrade rebuilds old stores' truths so)."""
-    trimap = _open_trimap(trimap_path(root, name))
-    if isinstance(trimap, str):
-        return trimap
-    foreground, ignore = trimap_truth(mask_as_scored(trimap, image_wh, image_size))
-    return foreground, ignore
+    truth = read_truth(root, name)
+    if isinstance(truth, str):
+        return truth
+    foreground, ignore = truth
+    return mask_as_scored(foreground, image_wh, image_size), mask_as_scored(ignore, image_wh, image_size)
 
 
 def image_as_scored(image: Image.Image, image_size: int) -> np.ndarray:

@@ -76,7 +76,6 @@ def trimap_foreground(trimap: A) -> A:
     return trimap != TRIMAP_BACKGROUND
 
 
-pet_mask = trimap_foreground  # the old name, still used by benchmarks/label_errors.py
 
 
 def trimap_truth(trimap: A) -> tuple[A, A]:
