@@ -36,7 +36,7 @@ MIN_TRIALS votes, or no stored truth: NULL (NaN here).
 
 Weak models (a quick sweep on a hard dataset) are often unanimous, sure and wrong: they all miss a faint
 lesion whose mask is right, and the votes alone cannot tell that from a wrong mask. The image can: a drawn
-outline follows an edge in the image (a lesion is darker than its surroundings, a pet differs from its
+outline follows an edge in the image (a lesion is darker than its surroundings, an animal differs from its
 background), while a grown, shrunk, shifted or swapped mask cuts through plain tissue or background, and an
 erased one has no edge at all. So the evidence compares the two candidate outlines on the image itself, without
 trusting the models: where the mask follows the image better than the models' majority, the models are the
