@@ -247,17 +247,17 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(close
     assert "im0 erased 1/1/-; im1 shifted 2/2/-" in out  # its ranks; no cleanlab score
 
 
-def test_the_benchmark_plants_in_busis_layout_and_removes_one_lesion_of_two(tmp_path):
+def test_the_benchmark_plants_in_busis_layout_and_removes_one_object_of_two(tmp_path):
     from benchmarks._planting import Layout, plant
 
     _, names = ten_lesions(tmp_path)
     layout = Layout(tmp_path, names, files=True)
-    assert layout.kind == "ultrasound" and layout.lesions("benign/benign (3)") == 2
+    assert layout.kind == "folder" and layout.objects("benign/benign (3)") == 2
     assert layout.read("benign/benign (3)").sum() == square(7, 4, 8).sum() + square(20, 20, 6).sum()
     kinds = plant(layout, names, 0.2, seed=0)
-    assert len(kinds) == 2 and kinds["benign/benign (3)"] == "lesion removed"
+    assert len(kinds) == 2 and kinds["benign/benign (3)"] == "object removed"
     again = Layout(tmp_path, names)  # the files as the loader now reads them
-    assert again.lesions("benign/benign (3)") == 1 and again.read("benign/benign (3)").sum() == square(7, 4, 8).sum()
+    assert again.objects("benign/benign (3)") == 1 and again.read("benign/benign (3)").sum() == square(7, 4, 8).sum()
     [(other, kind)] = [(n, k) for n, k in kinds.items() if n != "benign/benign (3)"]
     assert kind == "erased" and not again.read(other).any()
 
@@ -361,8 +361,8 @@ def test_the_benchmark_plants_in_memory_as_it_plants_files_and_leaves_the_files_
     files, names = ten_lesions(tmp_path)
     clean = np.stack([as_scored(files.read(n), (S, S), 16) for n in names])
     truth, kinds = planted_truths(files, names, [(S, S)] * 10, clean, 16, 0.3, seed=2)
-    assert files.lesions("benign/benign (3)") == 2 and Layout(tmp_path, names).lesions("benign/benign (3)") == 2
-    assert len(kinds) == 3 and kinds["benign/benign (3)"] == "lesion removed"
+    assert files.objects("benign/benign (3)") == 2 and Layout(tmp_path, names).objects("benign/benign (3)") == 2
+    assert len(kinds) == 3 and kinds["benign/benign (3)"] == "object removed"
     assert plant(Layout(tmp_path, names, files=True), names, 0.3, seed=2) == kinds  # on the files: the same plants
     planted = Layout(tmp_path, names)
     assert truth.tolist() == [as_scored(planted.read(n), (S, S), 16).tolist() for n in names]
@@ -372,10 +372,10 @@ def test_successive_plantings_start_the_kinds_one_further_along_so_every_kind_is
     from benchmarks._planting import KINDS, plant
 
     files, names = ten_lesions(tmp_path)
-    # 3 planted, one of them the removed lesion: two kinds a planting, as on BUSI, where starting every planting
+    # 3 planted, one of them the removed object: two kinds a planting, as on BUSI, where starting every planting
     # at the first kind never planted the last ones
     plantings = [plant(files.in_memory(), names, 0.3, seed=5, first_kind=j) for j in range(len(KINDS))]
-    assert [sorted(k for k in p.values() if k != "lesion removed") for p in plantings] == \
+    assert [sorted(k for k in p.values() if k != "object removed") for p in plantings] == \
         [sorted((KINDS[j], KINDS[(j + 1) % len(KINDS)])) for j in range(len(KINDS))]
     assert plantings[0] == plant(files.in_memory(), names, 0.3, seed=5)  # the sweep's own planting as before
 
