@@ -76,8 +76,6 @@ def trimap_foreground(trimap: A) -> A:
     return trimap != TRIMAP_BACKGROUND
 
 
-
-
 def trimap_truth(trimap: A) -> tuple[A, A]:
     """(foreground, ignore band) of a trimap, bool each: foreground = pet or border, ignore = border."""
     return trimap_foreground(trimap), trimap == TRIMAP_BORDER
