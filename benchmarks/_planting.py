@@ -106,7 +106,7 @@ def write_mask(root: Path, name: str, pair, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).convert("1").save(root / first)
 
 
-class Layout:
+class DatasetMasks:
     """A dataset folder's test masks at their own size, read as the loader reads them; `write` and `drop_object`
     plant in memory, and with `files` in the folder's files too (the copy a sweep trains on). `kind` is the
     layout: "oxford-pets" (a trimap per image) or "folder" (the user's own, read by core.data.sources: an image
@@ -123,7 +123,7 @@ class Layout:
         self.pairs = {n: pairs.get(n) for n in names}  # None: Oxford's trimap
         self.masks = {n: own_size_mask(root, n, self.pairs[n], self.foreground) for n in names}
 
-    def in_memory(self) -> "Layout":
+    def in_memory(self) -> "DatasetMasks":
         """A copy whose plantings stay in memory (the files untouched), so many can be scored against one sweep."""
         other = copy.copy(self)
         other.files, other.masks, other.pairs = False, dict(self.masks), dict(self.pairs)
@@ -150,21 +150,21 @@ class Layout:
         self.pairs[name], self.masks[name] = kept, own_size_mask(self.root, name, kept, self.foreground)
 
 
-def plant(layout: Layout, test_names: list[str], share: float, seed: int, first_kind: int = 0) -> dict[str, str]:
+def plant(dataset: DatasetMasks, test_names: list[str], share: float, seed: int, first_kind: int = 0) -> dict[str, str]:
     """Give `share` of the test images (those with a non-empty mask) a wrong mask, the kinds in turn from
     KINDS[first_kind]; returns name -> kind."""
     rng = np.random.default_rng(seed)
-    masks = {name: layout.read(name) for name in test_names}
+    masks = {name: dataset.read(name) for name in test_names}
     candidates = [n for n in test_names if masks[n].any()]
     k = max(1, round(share * len(test_names)))
     chosen = [candidates[i] for i in rng.permutation(len(candidates))[:k]]
-    two = [n for n in chosen if layout.objects(n) > 1] + [n for n in candidates if layout.objects(n) > 1 and n not in chosen]
+    two = [n for n in chosen if dataset.objects(n) > 1] + [n for n in candidates if dataset.objects(n) > 1 and n not in chosen]
     kinds: dict[str, str] = {}
-    if layout.kind == "folder" and two:  # one mask of several files loses one
+    if dataset.kind == "folder" and two:  # one mask of several files loses one
         if two[0] not in chosen:
             chosen[-1] = two[0]
         kinds[two[0]] = "object removed"
-        layout.drop_object(two[0])
+        dataset.drop_object(two[0])
     rest = [n for n in chosen if n not in kinds]
     keep = [n for n in candidates if n not in chosen]
     for j in range(len(rest)):
@@ -173,12 +173,12 @@ def plant(layout: Layout, test_names: list[str], share: float, seed: int, first_
         name = min(rest, key=lambda n: masks[n].mean()) if kind == "grown" else rest[0]
         rest.remove(name)
         other = masks[keep[int(rng.integers(len(keep)))]] if keep else masks[name][::-1]
-        layout.write(name, planted_mask(kind, masks[name], other))
+        dataset.write(name, planted_mask(kind, masks[name], other))
         kinds[name] = kind
     return kinds
 
 
-def planted_truths(files: Layout, names: list[str], wh: list[tuple[int, int]], clean: np.ndarray, size: int,
+def planted_truths(files: DatasetMasks, names: list[str], wh: list[tuple[int, int]], clean: np.ndarray, size: int,
                    share: float, seed: int, first_kind: int = 0) -> tuple[np.ndarray, dict[str, str]]:
     """The test truths at evaluation size (N, S, S) after planting in memory with `seed`, kinds from
     KINDS[first_kind] (the files untouched), and name -> kind of the planted ones; `clean` are the unplanted

@@ -44,10 +44,10 @@ from typing import Callable
 import numpy as np
 
 from benchmarks._common import REPO, finish, header, parser, positive_int, verdict
-from benchmarks._planting import KINDS, Layout, plant, planted_truths
+from benchmarks._planting import KINDS, DatasetMasks, plant, planted_truths
 
 SAMPLES = (REPO.parent / "shared" / "data" / "oxford-pets-sample", REPO.parent / "shared" / "data" / "busi-sample")
-TARGETS = {"oxford-pets": 0.95, "folder": 0.90}  # by _planting.Layout.kind
+TARGETS = {"oxford-pets": 0.95, "folder": 0.90}  # by _planting.DatasetMasks.kind
 SWEEP = "label-errors"
 
 
@@ -312,7 +312,7 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
         data = load(root, args.image_size)
         test = data.indices("test")
         names = [data.infos[i].name for i in test]  # the split depends on names only: the original's
-        files = Layout(root, names)  # the original's masks: read, never written
+        files = DatasetMasks(root, names)  # the original's masks: read, never written
         wh = [(data.infos[i].width, data.infos[i].height) for i in test]
         if args.rescore:
             if not db_file.is_file():
@@ -323,7 +323,7 @@ def run_dataset(root: Path, args, keep: Path | None) -> list[bool]:
             if copy.exists():
                 shutil.rmtree(copy)
             shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.cache*", ".segsweep*"))
-            planted = plant(Layout(copy, names, files=True), names, args.share, args.seed)
+            planted = plant(DatasetMasks(copy, names, files=True), names, args.share, args.seed)
             db_file.unlink(missing_ok=True)
         print(f"\n{root.name} ({files.kind}): {len(names)} test images, {len(planted)} planted "
               f"({', '.join(sorted(set(planted.values())))}); copy in {copy}", flush=True)

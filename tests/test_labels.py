@@ -248,15 +248,15 @@ def test_the_benchmark_scores_a_store_and_judges_the_suspect_label_ranking(close
 
 
 def test_the_benchmark_plants_in_busis_layout_and_removes_one_object_of_two(tmp_path):
-    from benchmarks._planting import Layout, plant
+    from benchmarks._planting import DatasetMasks, plant
 
     _, names = ten_lesions(tmp_path)
-    layout = Layout(tmp_path, names, files=True)
+    layout = DatasetMasks(tmp_path, names, files=True)
     assert layout.kind == "folder" and layout.objects("benign/benign (3)") == 2
     assert layout.read("benign/benign (3)").sum() == square(7, 4, 8).sum() + square(20, 20, 6).sum()
     kinds = plant(layout, names, 0.2, seed=0)
     assert len(kinds) == 2 and kinds["benign/benign (3)"] == "object removed"
-    again = Layout(tmp_path, names)  # the files as the loader now reads them
+    again = DatasetMasks(tmp_path, names)  # the files as the loader now reads them
     assert again.objects("benign/benign (3)") == 1 and again.read("benign/benign (3)").sum() == square(7, 4, 8).sum()
     [(other, kind)] = [(n, k) for n, k in kinds.items() if n != "benign/benign (3)"]
     assert kind == "erased" and not again.read(other).any()
@@ -343,7 +343,7 @@ def ten_lesions(root):
     (read only) and names."""
     from PIL import Image
 
-    from benchmarks._planting import Layout
+    from benchmarks._planting import DatasetMasks
 
     for folder in ("images", "mask"):
         (root / "benign" / folder).mkdir(parents=True)
@@ -352,19 +352,19 @@ def ten_lesions(root):
         Image.fromarray(np.full((S, S, 3), 20 * k, np.uint8)).save(root / "benign" / "images" / f"benign ({k}).png")
         Image.fromarray(square(4 + k, 4, 8 + k % 3)).save(root / "benign" / "mask" / f"benign ({k})_mask.png")  # 1-bit
     Image.fromarray(square(20, 20, 6)).save(root / "benign" / "mask" / "benign (3)_mask_1.png")
-    return Layout(root, names), names
+    return DatasetMasks(root, names), names
 
 
 def test_the_benchmark_plants_in_memory_as_it_plants_files_and_leaves_the_files_alone(tmp_path):
-    from benchmarks._planting import Layout, as_scored, plant, planted_truths
+    from benchmarks._planting import DatasetMasks, as_scored, plant, planted_truths
 
     files, names = ten_lesions(tmp_path)
     clean = np.stack([as_scored(files.read(n), (S, S), 16) for n in names])
     truth, kinds = planted_truths(files, names, [(S, S)] * 10, clean, 16, 0.3, seed=2)
-    assert files.objects("benign/benign (3)") == 2 and Layout(tmp_path, names).objects("benign/benign (3)") == 2
+    assert files.objects("benign/benign (3)") == 2 and DatasetMasks(tmp_path, names).objects("benign/benign (3)") == 2
     assert len(kinds) == 3 and kinds["benign/benign (3)"] == "object removed"
-    assert plant(Layout(tmp_path, names, files=True), names, 0.3, seed=2) == kinds  # on the files: the same plants
-    planted = Layout(tmp_path, names)
+    assert plant(DatasetMasks(tmp_path, names, files=True), names, 0.3, seed=2) == kinds  # on the files: the same plants
+    planted = DatasetMasks(tmp_path, names)
     assert truth.tolist() == [as_scored(planted.read(n), (S, S), 16).tolist() for n in names]
 
 
