@@ -254,12 +254,17 @@ def rebuild(conn: Connection, sweep: str) -> tuple[int, int]:
     return len(ids), n_results
 
 
+def complete_sweeps(conn: Connection) -> list[str]:
+    """The sweeps with a complete trial, by name: those the upgrade's builds fill."""
+    return list(conn.execute(select(st.trials.c.sweep).distinct().where(st.trials.c.state == "complete")
+                             .order_by(st.trials.c.sweep)).scalars())
+
+
 def build(conn: Connection) -> tuple[int, int, int]:
     """Create the summary tables if missing and fill them for every sweep; returns (sweeps, images, results)."""
     for table in st.SUMMARY_TABLES:
         table.create(conn, checkfirst=True)
-    sweeps = conn.execute(select(st.trials.c.sweep).distinct().where(st.trials.c.state == "complete")
-                          .order_by(st.trials.c.sweep)).scalars().all()
+    sweeps = complete_sweeps(conn)
     images = results = 0
     for sweep in sweeps:
         n_images, n_results = rebuild(conn, sweep)

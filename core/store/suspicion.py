@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from core.labels import (MIN_TRIALS, VoteParts, add_vote, decode_votes, encode_votes, majority, on_grid, score_parts,
                          vote_parts, vote_stride)
 from core.store import schema as st
+from core.store import summaries
 from core.store.engine import executemany_columns
 from core.store.mask_png import decode_image, decode_mask
 
@@ -206,9 +207,7 @@ def _add_chunk(conn: Connection, sweep: str, ids: list[int], masks: Sequence[np.
 def build(conn: Connection) -> int:
     """Rebuild the votes and label columns of every sweep with a complete trial (the upgrade, after
     summaries.build); returns masks counted."""
-    sweeps = conn.execute(select(st.trials.c.sweep).distinct().where(st.trials.c.state == "complete")
-                          .order_by(st.trials.c.sweep)).scalars().all()
-    return sum(rebuild(conn, sweep) for sweep in sweeps)
+    return sum(rebuild(conn, sweep) for sweep in summaries.complete_sweeps(conn))
 
 
 def rebuild(conn: Connection, sweep: str) -> int:
