@@ -265,6 +265,16 @@ def width_or_auto(text: str) -> float | str:
     return "auto" if text == "auto" else positive_float(text)
 
 
+def add_result_args(p: argparse.ArgumentParser) -> None:
+    """--db, --sweep and --arch/--trial: which result (jobs.predict and jobs.export)."""
+    p.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL or SQLite file path (default %(default)s)")
+    p.add_argument("--sweep", default=None, help="sweep name (default: the most recently active)")
+    p.add_argument("--arch", type=arch_name, default=None,
+                   help="the architecture whose result to use (default: the result with the best val dice)")
+    p.add_argument("--trial", type=non_negative_int, default=None,
+                   help="a trial number instead of the result (with --arch where several architectures have it)")
+
+
 def add_size_args(p: argparse.ArgumentParser, *, epochs: int | None, image: int | None, width: float | None,
                   batch: int | None, auto_width: bool = False) -> None:
     g = p.add_argument_group("size")

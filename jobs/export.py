@@ -35,7 +35,6 @@ from core.store.db import Store
 from core.training.loop import MEAN, STD, Normalizer, evaluation_logits
 from core.training.result import Result, ResultError, choose, describe, load, reading
 from jobs import cli
-from jobs.predict import add_result_args
 
 PROG = "jobs.export"
 FORMATS = ("onnx", "torchscript")
@@ -66,7 +65,7 @@ def deployable(result: Result) -> Deployable:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    add_result_args(p)
+    cli.add_result_args(p)
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", required=True, help="the model file to write; its card goes to FILE.json")
     return p.parse_args(argv)

@@ -41,7 +41,6 @@ from core.data.layout import image_rel
 from core.data.sources import load_data
 from core.machine import usable_cores
 from core.metrics import predicted_mask
-from core.store.db import DEFAULT_URL
 from core.training.loop import evaluation_batch
 from core.training.result import Result, ResultError, choose, describe, load, reading
 from jobs import cli
@@ -57,19 +56,9 @@ class InputError(Exception):
     """The images or the output folder cannot be used as given; one line for the user."""
 
 
-def add_result_args(p: argparse.ArgumentParser) -> None:
-    """--db, --sweep and --arch/--trial: which result (jobs.predict and jobs.export)."""
-    p.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL or SQLite file path (default %(default)s)")
-    p.add_argument("--sweep", default=None, help="sweep name (default: the most recently active)")
-    p.add_argument("--arch", type=cli.arch_name, default=None,
-                   help="the architecture whose result to use (default: the result with the best val dice)")
-    p.add_argument("--trial", type=cli.non_negative_int, default=None,
-                   help="a trial number instead of the result (with --arch where several architectures have it)")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    add_result_args(p)
+    cli.add_result_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", default=None, help=f"a folder of images ({SUPPORTED}; subfolders too)")
     src.add_argument("--data-root", default=None, help="a dataset folder, read as jobs.sweep reads it")
